@@ -1,0 +1,874 @@
+//! An in-memory AWS for deterministic tests: ECS clusters, services and task definitions,
+//! Secrets Manager secrets with versions and stages, SSM parameters.
+//!
+//! Unlike the emulator it models what the tests of the rollout engine need: pages of a chosen
+//! size, `DescribeServices`' limit of ten, rollouts that progress with (tokio's, pausable) time and
+//! complete, fail, roll back or hang, ECS-style token buckets that throttle, and injected faults.
+//! It counts every call by operation and records every `UpdateService`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    AwsError, AwsResult, Clients, Controller, Deployment, Ecs, ErrorKind, Page, ParameterMeta,
+    ParameterVersion, Parameters, RawRef, SecretMeta, SecretVersion, Secrets, Service,
+    TaskDefinition,
+};
+use crate::clock::Clock;
+use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPREVIOUS};
+
+const ACCOUNT: &str = "111122223333";
+
+/// How a forced deployment of a service plays out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Reaches `COMPLETED` after the given time.
+    Complete(Duration),
+    /// Reaches `FAILED` after the given time, with this many failed tasks.
+    Fail(Duration, i32),
+    /// The circuit breaker rolls back after the given time: a new primary deployment appears
+    /// and ours turns `ACTIVE` / `FAILED`.
+    RollBack(Duration),
+    /// Stays `IN_PROGRESS` forever.
+    Stuck,
+    /// Reports no `rolloutState` at all; after the given time running = desired and the old
+    /// deployment is gone.
+    NoRolloutState(Duration),
+}
+
+/// A token bucket, as ECS documents per API action.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    /// Burst capacity.
+    pub burst: f64,
+    /// Refill per second.
+    pub refill: f64,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    spec: Bucket,
+    tokens: f64,
+    at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeDeployment {
+    dep: Deployment,
+    started: DateTime<Utc>,
+    behaviour: Option<Behaviour>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeService {
+    service: Service,
+    behaviour: Behaviour,
+    deployments: Vec<FakeDeployment>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeVersion {
+    id: String,
+    created: DateTime<Utc>,
+    stages: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeSecret {
+    arn: String,
+    name: String,
+    region: String,
+    last_changed: DateTime<Utc>,
+    versions: Vec<FakeVersion>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeParam {
+    history: Vec<ParameterVersion>,
+}
+
+/// One recorded `UpdateService`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateRecord {
+    /// `cluster/service`.
+    pub service: String,
+    /// When (fake clock).
+    pub at: DateTime<Utc>,
+    /// Deployments in progress across the account right after this call, this one included.
+    pub in_progress_after: usize,
+}
+
+#[derive(Default)]
+struct World {
+    clusters: BTreeMap<String, BTreeMap<String, FakeService>>,
+    task_defs: HashMap<String, Vec<RawRef>>,
+    families: HashMap<String, u32>,
+    secrets: Vec<FakeSecret>,
+    params: BTreeMap<(String, String), FakeParam>,
+    calls: BTreeMap<&'static str, u64>,
+    throttled: BTreeMap<&'static str, u64>,
+    buckets: HashMap<&'static str, BucketState>,
+    faults: HashMap<&'static str, VecDeque<ErrorKind>>,
+    updates: Vec<UpdateRecord>,
+    page_size: usize,
+    seq: u64,
+}
+
+/// The fake. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct FakeAws {
+    world: Arc<Mutex<World>>,
+    clock: Arc<dyn Clock>,
+    region: String,
+}
+
+impl FakeAws {
+    /// An empty account in `region`, on `clock`.
+    pub fn new(region: &str, clock: Arc<dyn Clock>) -> Self {
+        let world = World {
+            page_size: 100,
+            ..Default::default()
+        };
+        FakeAws {
+            world: Arc::new(Mutex::new(world)),
+            clock,
+            region: region.to_string(),
+        }
+    }
+
+    /// The three clients over this fake.
+    pub fn clients(&self) -> Clients {
+        Clients {
+            ecs: Arc::new(self.clone()),
+            secrets: Arc::new(self.clone()),
+            parameters: Arc::new(self.clone()),
+            region: self.region.clone(),
+        }
+    }
+
+    fn w(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Page size for every listing (AWS uses up to 100; small pages test the paging loop).
+    pub fn set_page_size(&self, n: usize) {
+        self.w().page_size = n.max(1);
+    }
+
+    /// Throttle `operation` (e.g. `ecs:UpdateService`) with a token bucket, full at start.
+    pub fn set_bucket(&self, operation: &'static str, spec: Bucket) {
+        let at = self.now();
+        self.w().buckets.insert(
+            operation,
+            BucketState {
+                spec,
+                tokens: spec.burst,
+                at,
+            },
+        );
+    }
+
+    /// ECS's documented buckets for the calls ecs-reloader makes.
+    pub fn use_ecs_buckets(&self) {
+        self.set_bucket(
+            "ecs:UpdateService",
+            Bucket {
+                burst: 50.0,
+                refill: 5.0,
+            },
+        );
+        self.set_bucket(
+            "ecs:DescribeServices",
+            Bucket {
+                burst: 100.0,
+                refill: 20.0,
+            },
+        );
+        self.set_bucket(
+            "ecs:ListServices",
+            Bucket {
+                burst: 100.0,
+                refill: 20.0,
+            },
+        );
+        self.set_bucket(
+            "ecs:DescribeTaskDefinition",
+            Bucket {
+                burst: 50.0,
+                refill: 20.0,
+            },
+        );
+    }
+
+    /// The next `n` calls of `operation` fail with `kind`.
+    pub fn fail_next(&self, operation: &'static str, n: usize, kind: ErrorKind) {
+        let mut w = self.w();
+        let q = w.faults.entry(operation).or_default();
+        for _ in 0..n {
+            q.push_back(kind);
+        }
+    }
+
+    /// Calls made of `operation` (throttled ones included).
+    pub fn calls(&self, operation: &str) -> u64 {
+        self.w().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// All calls by operation.
+    pub fn all_calls(&self) -> BTreeMap<&'static str, u64> {
+        self.w().calls.clone()
+    }
+
+    /// Calls of `operation` answered with a throttling error.
+    pub fn throttled(&self, operation: &str) -> u64 {
+        self.w().throttled.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Every successful `UpdateService`, in order.
+    pub fn updates(&self) -> Vec<UpdateRecord> {
+        self.w().updates.clone()
+    }
+
+    /// Successful `UpdateService` calls for one service.
+    pub fn rollouts_of(&self, cluster: &str, service: &str) -> usize {
+        let key = format!("{cluster}/{service}");
+        self.w().updates.iter().filter(|u| u.service == key).count()
+    }
+
+    fn next_id(w: &mut World, prefix: &str) -> String {
+        w.seq += 1;
+        format!("{prefix}{:012}", w.seq)
+    }
+
+    // ---- Secrets Manager -------------------------------------------------------------------
+
+    /// Creates a secret with one `AWSCURRENT` version now; returns its full ARN.
+    pub fn create_secret(&self, name: &str) -> String {
+        self.create_secret_in(&self.region.clone(), name)
+    }
+
+    /// Creates a secret in another region.
+    pub fn create_secret_in(&self, region: &str, name: &str) -> String {
+        let now = self.now();
+        let mut w = self.w();
+        let n = w.seq;
+        let suffix: String = format!("{:06}", n % 1_000_000)
+            .chars()
+            .map(|c| (b'A' + (c as u8 - b'0')) as char)
+            .collect();
+        let arn = format!("arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{name}-{suffix}");
+        let id = Self::next_id(&mut w, "v");
+        w.secrets.push(FakeSecret {
+            arn: arn.clone(),
+            name: name.to_string(),
+            region: region.to_string(),
+            last_changed: now,
+            versions: vec![FakeVersion {
+                id,
+                created: now,
+                stages: vec![AWSCURRENT.into()],
+            }],
+        });
+        arn
+    }
+
+    fn secret_mut<'a>(w: &'a mut World, name: &str) -> Option<&'a mut FakeSecret> {
+        w.secrets
+            .iter_mut()
+            .find(|s| s.name == name || s.arn == name)
+    }
+
+    /// `PutSecretValue` with `stages` (default `AWSCURRENT`): returns the new version id.
+    pub fn put_secret_value(&self, name: &str, stages: &[&str]) -> String {
+        let now = self.now();
+        let mut w = self.w();
+        let id = Self::next_id(&mut w, "v");
+        let stages: Vec<String> = if stages.is_empty() {
+            vec![AWSCURRENT.into()]
+        } else {
+            stages.iter().map(|s| s.to_string()).collect()
+        };
+        let Some(s) = Self::secret_mut(&mut w, name) else {
+            return id;
+        };
+        for st in &stages {
+            Self::detach(s, st);
+        }
+        s.versions.push(FakeVersion {
+            id: id.clone(),
+            created: now,
+            stages: stages.clone(),
+        });
+        s.last_changed = now;
+        id
+    }
+
+    fn detach(s: &mut FakeSecret, stage: &str) {
+        let mut from = None;
+        for v in &mut s.versions {
+            if let Some(pos) = v.stages.iter().position(|x| x == stage) {
+                v.stages.remove(pos);
+                from = Some(v.id.clone());
+            }
+        }
+        if stage == AWSCURRENT {
+            for v in &mut s.versions {
+                v.stages.retain(|x| x != AWSPREVIOUS);
+            }
+            if let Some(from) = from {
+                if let Some(v) = s.versions.iter_mut().find(|v| v.id == from) {
+                    v.stages.push(AWSPREVIOUS.into());
+                }
+            }
+        }
+    }
+
+    /// `UpdateSecretVersionStage`: moves `stage` to `version`.
+    pub fn move_stage(&self, name: &str, stage: &str, version: &str) {
+        let now = self.now();
+        let mut w = self.w();
+        let Some(s) = Self::secret_mut(&mut w, name) else {
+            return;
+        };
+        Self::detach(s, stage);
+        if let Some(v) = s.versions.iter_mut().find(|v| v.id == version) {
+            v.stages.retain(|x| x != AWSPREVIOUS || stage != AWSCURRENT);
+            v.stages.push(stage.to_string());
+        }
+        s.last_changed = now;
+    }
+
+    /// A full rotation's first step: a new `AWSPENDING` version. Returns its id.
+    pub fn start_rotation(&self, name: &str) -> String {
+        self.put_secret_value(name, &[AWSPENDING])
+    }
+
+    /// The version id carrying `stage`.
+    pub fn version_with(&self, name: &str, stage: &str) -> Option<String> {
+        let w = self.w();
+        let s = w.secrets.iter().find(|s| s.name == name)?;
+        s.versions
+            .iter()
+            .find(|v| v.stages.iter().any(|x| x == stage))
+            .map(|v| v.id.clone())
+    }
+
+    // ---- SSM --------------------------------------------------------------------------------
+
+    /// `PutParameter` (creating or overwriting): returns the new version number.
+    pub fn put_parameter(&self, name: &str) -> i64 {
+        let now = self.now();
+        let key = (self.region.clone(), canonical_param_name(name));
+        let mut w = self.w();
+        let p = w.params.entry(key).or_insert(FakeParam { history: vec![] });
+        let version = p.history.len() as i64 + 1;
+        p.history.push(ParameterVersion {
+            version,
+            last_modified: Some(now),
+            labels: vec![],
+        });
+        version
+    }
+
+    // ---- ECS --------------------------------------------------------------------------------
+
+    /// Registers a task definition revision with these references; returns its ARN.
+    pub fn register_task_definition(&self, family: &str, refs: &[(Site, &str)]) -> String {
+        let mut w = self.w();
+        let rev = w.families.entry(family.to_string()).or_insert(0);
+        *rev += 1;
+        let arn = format!(
+            "arn:aws:ecs:{}:{ACCOUNT}:task-definition/{family}:{rev}",
+            self.region
+        );
+        let raw = refs
+            .iter()
+            .map(|(site, v)| RawRef {
+                site: site.clone(),
+                value: v.to_string(),
+            })
+            .collect();
+        w.task_defs.insert(arn.clone(), raw);
+        arn
+    }
+
+    /// Creates a service whose (completed) deployment was created now.
+    pub fn create_service(
+        &self,
+        cluster: &str,
+        name: &str,
+        task_def: &str,
+        desired: i32,
+        tags: &[(&str, &str)],
+    ) {
+        let now = self.now();
+        let region = self.region.clone();
+        let mut w = self.w();
+        let id = Self::next_id(&mut w, "ecs-svc/");
+        let cluster_arn = format!("arn:aws:ecs:{region}:{ACCOUNT}:cluster/{cluster}");
+        let service = Service {
+            arn: format!("arn:aws:ecs:{region}:{ACCOUNT}:service/{cluster}/{name}"),
+            name: name.to_string(),
+            cluster_arn,
+            status: "ACTIVE".into(),
+            task_definition: task_def.to_string(),
+            desired_count: desired,
+            controller: Controller::Ecs,
+            deployments: vec![],
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let dep = FakeDeployment {
+            dep: Deployment {
+                id,
+                status: "PRIMARY".into(),
+                task_definition: task_def.to_string(),
+                created_at: now,
+                rollout_state: Some("COMPLETED".into()),
+                rollout_state_reason: None,
+                desired_count: desired,
+                running_count: desired,
+                failed_tasks: 0,
+            },
+            started: now,
+            behaviour: None,
+        };
+        w.clusters.entry(cluster.to_string()).or_default().insert(
+            name.to_string(),
+            FakeService {
+                service,
+                behaviour: Behaviour::Complete(Duration::from_secs(60)),
+                deployments: vec![dep],
+            },
+        );
+    }
+
+    /// How future forced deployments of a service play out (default: complete after 60 s).
+    pub fn set_behaviour(&self, cluster: &str, name: &str, b: Behaviour) {
+        if let Some(s) = self
+            .w()
+            .clusters
+            .get_mut(cluster)
+            .and_then(|c| c.get_mut(name))
+        {
+            s.behaviour = b;
+        }
+    }
+
+    /// Changes a service (controller, desired count, tags, …) in place.
+    pub fn edit_service(&self, cluster: &str, name: &str, f: impl FnOnce(&mut Service)) {
+        if let Some(s) = self
+            .w()
+            .clusters
+            .get_mut(cluster)
+            .and_then(|c| c.get_mut(name))
+        {
+            f(&mut s.service);
+        }
+    }
+
+    /// The service as `DescribeServices` would show it now.
+    pub fn service(&self, cluster: &str, name: &str) -> Option<Service> {
+        let now = self.now();
+        let w = self.w();
+        w.clusters
+            .get(cluster)
+            .and_then(|c| c.get(name))
+            .map(|s| view(s, now))
+    }
+
+    fn gate(&self, operation: &'static str, resource: &str) -> AwsResult<()> {
+        let now = self.now();
+        let mut w = self.w();
+        *w.calls.entry(operation).or_default() += 1;
+        if let Some(kind) = w.faults.get_mut(operation).and_then(|q| q.pop_front()) {
+            if kind == ErrorKind::Throttled {
+                *w.throttled.entry(operation).or_default() += 1;
+            }
+            return Err(AwsError::new(operation, resource, kind, "injected fault"));
+        }
+        if let Some(b) = w.buckets.get_mut(operation) {
+            let elapsed = (now - b.at).num_milliseconds().max(0) as f64 / 1000.0;
+            b.tokens = (b.tokens + elapsed * b.spec.refill).min(b.spec.burst);
+            b.at = now;
+            if b.tokens < 1.0 {
+                *w.throttled.entry(operation).or_default() += 1;
+                return Err(AwsError::new(
+                    operation,
+                    resource,
+                    ErrorKind::Throttled,
+                    "ThrottlingException: Rate exceeded",
+                ));
+            }
+            b.tokens -= 1.0;
+        }
+        Ok(())
+    }
+
+    fn page<T: Clone>(w: &World, items: &[T], next: Option<String>) -> Page<T> {
+        let start: usize = next.and_then(|t| t.parse().ok()).unwrap_or(0);
+        let end = (start + w.page_size).min(items.len());
+        let next = (end < items.len()).then(|| end.to_string());
+        Page {
+            items: items.get(start..end).unwrap_or_default().to_vec(),
+            next,
+        }
+    }
+}
+
+/// The outward view of a service at `now`: deployments progress according to their behaviour.
+fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
+    let mut out = s.service.clone();
+    let mut deployments = Vec::new();
+    let primary_done = |d: &FakeDeployment| -> bool {
+        match d.behaviour {
+            Some(Behaviour::Complete(t)) | Some(Behaviour::NoRolloutState(t)) => {
+                elapsed(d, now) >= t
+            }
+            None => true,
+            _ => false,
+        }
+    };
+    let newest = s.deployments.last();
+    for (i, d) in s.deployments.iter().enumerate() {
+        let is_newest = i + 1 == s.deployments.len();
+        let mut dep = d.dep.clone();
+        if !is_newest {
+            // An older deployment drains once the newest is done.
+            if newest.is_some_and(primary_done) {
+                continue;
+            }
+            dep.status = "ACTIVE".into();
+            deployments.push(dep);
+            continue;
+        }
+        match d.behaviour {
+            None => {}
+            Some(Behaviour::Complete(t)) => {
+                if elapsed(d, now) >= t {
+                    dep.rollout_state = Some("COMPLETED".into());
+                    dep.running_count = dep.desired_count;
+                }
+            }
+            Some(Behaviour::NoRolloutState(t)) => {
+                dep.rollout_state = None;
+                if elapsed(d, now) >= t {
+                    dep.running_count = dep.desired_count;
+                }
+            }
+            Some(Behaviour::Fail(t, n)) => {
+                if elapsed(d, now) >= t {
+                    dep.rollout_state = Some("FAILED".into());
+                    dep.rollout_state_reason = Some("tasks failed to start".into());
+                    dep.failed_tasks = n;
+                }
+            }
+            Some(Behaviour::RollBack(t)) => {
+                if elapsed(d, now) >= t {
+                    let since = d.started + chrono::Duration::from_std(t).unwrap_or_default();
+                    dep.status = "ACTIVE".into();
+                    dep.rollout_state = Some("FAILED".into());
+                    dep.rollout_state_reason = Some(format!(
+                        "ECS deployment circuit breaker: rolling back to the previous deployment (rolled back {since})"
+                    ));
+                    let mut back = dep.clone();
+                    back.id = format!("{}-rollback", dep.id);
+                    back.status = "PRIMARY".into();
+                    back.rollout_state = Some("IN_PROGRESS".into());
+                    back.created_at = since;
+                    deployments.push(back);
+                }
+            }
+            Some(Behaviour::Stuck) => {}
+        }
+        deployments.push(dep);
+    }
+    // ECS lists the primary first.
+    deployments.sort_by_key(|d| d.status != "PRIMARY");
+    out.deployments = deployments;
+    out
+}
+
+fn elapsed(d: &FakeDeployment, now: DateTime<Utc>) -> Duration {
+    (now - d.started).to_std().unwrap_or_default()
+}
+
+fn in_progress(s: &FakeService, now: DateTime<Utc>) -> bool {
+    let v = view(s, now);
+    v.deployments.len() > 1
+        || v.primary()
+            .is_some_and(|d| d.rollout_state.as_deref() == Some("IN_PROGRESS"))
+}
+
+fn cluster_name(c: &str) -> &str {
+    c.rsplit('/').next().unwrap_or(c)
+}
+
+#[async_trait]
+impl Ecs for FakeAws {
+    async fn list_clusters(&self, next: Option<String>) -> AwsResult<Page<String>> {
+        self.gate("ecs:ListClusters", "-")?;
+        let w = self.w();
+        let arns: Vec<String> = w
+            .clusters
+            .keys()
+            .map(|c| format!("arn:aws:ecs:{}:{ACCOUNT}:cluster/{c}", self.region))
+            .collect();
+        Ok(Self::page(&w, &arns, next))
+    }
+
+    async fn list_services(&self, cluster: &str, next: Option<String>) -> AwsResult<Page<String>> {
+        self.gate("ecs:ListServices", cluster)?;
+        let w = self.w();
+        let Some(c) = w.clusters.get(cluster_name(cluster)) else {
+            return Err(AwsError::new(
+                "ecs:ListServices",
+                cluster,
+                ErrorKind::NotFound,
+                "ClusterNotFoundException",
+            ));
+        };
+        let arns: Vec<String> = c.values().map(|s| s.service.arn.clone()).collect();
+        Ok(Self::page(&w, &arns, next))
+    }
+
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> AwsResult<Vec<Service>> {
+        self.gate("ecs:DescribeServices", cluster)?;
+        if services.len() > 10 {
+            return Err(AwsError::new(
+                "ecs:DescribeServices",
+                cluster,
+                ErrorKind::Other,
+                "InvalidParameterException: at most 10 services",
+            ));
+        }
+        let now = self.now();
+        let w = self.w();
+        let Some(c) = w.clusters.get(cluster_name(cluster)) else {
+            return Err(AwsError::new(
+                "ecs:DescribeServices",
+                cluster,
+                ErrorKind::NotFound,
+                "ClusterNotFoundException",
+            ));
+        };
+        Ok(services
+            .iter()
+            .filter_map(|s| c.get(s.rsplit('/').next().unwrap_or(s)))
+            .map(|s| view(s, now))
+            .collect())
+    }
+
+    async fn describe_task_definition(&self, arn: &str) -> AwsResult<TaskDefinition> {
+        self.gate("ecs:DescribeTaskDefinition", arn)?;
+        let w = self.w();
+        match w.task_defs.get(arn) {
+            Some(refs) => Ok(TaskDefinition {
+                arn: arn.to_string(),
+                refs: refs.clone(),
+            }),
+            None => Err(AwsError::new(
+                "ecs:DescribeTaskDefinition",
+                arn,
+                ErrorKind::Other,
+                "ClientException: unknown task definition",
+            )),
+        }
+    }
+
+    async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment> {
+        let resource = format!("{}/{service}", cluster_name(cluster));
+        self.gate("ecs:UpdateService", &resource)?;
+        let now = self.now();
+        let mut w = self.w();
+        let id = Self::next_id(&mut w, "ecs-svc/");
+        let Some(s) = w
+            .clusters
+            .get_mut(cluster_name(cluster))
+            .and_then(|c| c.get_mut(service))
+        else {
+            return Err(AwsError::new(
+                "ecs:UpdateService",
+                resource,
+                ErrorKind::NotFound,
+                "ServiceNotFoundException",
+            ));
+        };
+        // What ECS would show now becomes history, and a new primary starts.
+        let current = view(s, now);
+        let desired = s.service.desired_count;
+        s.deployments = current
+            .deployments
+            .into_iter()
+            .map(|dep| FakeDeployment {
+                dep,
+                started: now,
+                behaviour: None,
+            })
+            .collect();
+        for d in &mut s.deployments {
+            d.dep.status = "ACTIVE".into();
+        }
+        let dep = Deployment {
+            id,
+            status: "PRIMARY".into(),
+            task_definition: s.service.task_definition.clone(),
+            created_at: now,
+            rollout_state: Some("IN_PROGRESS".into()),
+            rollout_state_reason: None,
+            desired_count: desired,
+            running_count: 0,
+            failed_tasks: 0,
+        };
+        let behaviour = s.behaviour;
+        s.deployments.push(FakeDeployment {
+            dep: dep.clone(),
+            started: now,
+            behaviour: Some(behaviour),
+        });
+        let in_progress_after = w
+            .clusters
+            .values()
+            .flat_map(|c| c.values())
+            .filter(|s| in_progress(s, now))
+            .count();
+        w.updates.push(UpdateRecord {
+            service: resource,
+            at: now,
+            in_progress_after,
+        });
+        Ok(dep)
+    }
+}
+
+#[async_trait]
+impl Secrets for FakeAws {
+    async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta> {
+        self.gate("secretsmanager:DescribeSecret", id)?;
+        let w = self.w();
+        // Exact name, full ARN, or ARN without the suffix: never by prefix.
+        let found = w.secrets.iter().find(|s| {
+            s.region == region
+                && (s.name == id
+                    || s.arn == id
+                    || s.arn.rsplit_once('-').is_some_and(|(base, _)| {
+                        base == id && base.ends_with(&format!(":secret:{}", s.name))
+                    }))
+        });
+        let Some(s) = found else {
+            return Err(AwsError::new(
+                "secretsmanager:DescribeSecret",
+                id,
+                ErrorKind::NotFound,
+                "ResourceNotFoundException",
+            ));
+        };
+        let version_stages = s
+            .versions
+            .iter()
+            .filter(|v| !v.stages.is_empty())
+            .map(|v| (v.id.clone(), v.stages.clone()))
+            .collect();
+        Ok(SecretMeta {
+            arn: s.arn.clone(),
+            name: s.name.clone(),
+            last_changed: Some(truncate(s.last_changed)),
+            version_stages,
+            deleted: None,
+        })
+    }
+
+    async fn list_secret_versions(
+        &self,
+        region: &str,
+        arn: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<SecretVersion>> {
+        self.gate("secretsmanager:ListSecretVersionIds", arn)?;
+        let w = self.w();
+        let Some(s) = w
+            .secrets
+            .iter()
+            .find(|s| s.region == region && s.arn == arn)
+        else {
+            return Err(AwsError::new(
+                "secretsmanager:ListSecretVersionIds",
+                arn,
+                ErrorKind::NotFound,
+                "ResourceNotFoundException",
+            ));
+        };
+        let versions: Vec<SecretVersion> = s
+            .versions
+            .iter()
+            .filter(|v| !v.stages.is_empty())
+            .map(|v| SecretVersion {
+                id: v.id.clone(),
+                created: Some(truncate(v.created)),
+                stages: v.stages.clone(),
+            })
+            .collect();
+        Ok(Self::page(&w, &versions, next))
+    }
+}
+
+/// Secrets Manager reports whole seconds.
+fn truncate(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+#[async_trait]
+impl Parameters for FakeAws {
+    async fn describe_parameters(
+        &self,
+        region: &str,
+        names: &[String],
+    ) -> AwsResult<Vec<ParameterMeta>> {
+        self.gate("ssm:DescribeParameters", &names.join(","))?;
+        let w = self.w();
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                let p = w.params.get(&(region.to_string(), n.clone()))?;
+                let last = p.history.last()?;
+                Some(ParameterMeta {
+                    name: n.clone(),
+                    last_modified: last.last_modified,
+                    version: last.version,
+                })
+            })
+            .collect())
+    }
+
+    async fn parameter_history(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> AwsResult<Vec<ParameterVersion>> {
+        self.gate("ssm:GetParameterHistory", name)?;
+        let w = self.w();
+        match w.params.get(&(region.to_string(), name.to_string())) {
+            Some(p) => Ok(p.history.clone()),
+            None => Err(AwsError::new(
+                "ssm:GetParameterHistory",
+                name,
+                ErrorKind::NotFound,
+                "ParameterNotFound",
+            )),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The AWS boundary: small traits over the handful of API calls ecs-reloader makes, plain data
+//! types for their answers, one real implementation over the AWS SDK for Rust ([`sdk`]) and one
+//! in-memory fake for deterministic tests ([`fake`]).
+//!
+//! Nothing outside this module sees an SDK type. The traits work page by page where AWS pages,
+//! so that the paging loop lives in the core and the fake can test it with tiny pages.
+
+pub mod fake;
+pub mod sdk;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One page of a paginated listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// The token for the next page; `None` (or an empty string, which some emulators send) ends it.
+    pub next: Option<String>,
+}
+
+/// The kind of an AWS error, as far as ecs-reloader cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The API's rate limit was hit (`ThrottlingException` and kin): retry later.
+    Throttled,
+    /// A transient failure (5xx, timeout, dropped connection): retry.
+    Transient,
+    /// The resource does not exist.
+    NotFound,
+    /// Credentials or permissions are missing.
+    AccessDenied,
+    /// Anything else: a bad request, a conflict; retrying will not help.
+    Other,
+}
+
+/// An error from one AWS call, naming the call and the resource it was about.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} {resource}: {message}")]
+pub struct AwsError {
+    /// The API operation, e.g. `ecs:DescribeServices`.
+    pub operation: &'static str,
+    /// The resource the call was about (a cluster, a service, a secret id).
+    pub resource: String,
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// The service's message or error code.
+    pub message: String,
+}
+
+impl AwsError {
+    /// Builds an error.
+    pub fn new(
+        operation: &'static str,
+        resource: impl Into<String>,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        AwsError {
+            operation,
+            resource: resource.into(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+/// Result of an AWS call.
+pub type AwsResult<T> = Result<T, AwsError>;
+
+/// The deployment controller of a service; only `ECS` can be rolled with `forceNewDeployment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Controller {
+    /// Rolling updates driven by ECS.
+    Ecs,
+    /// Blue/green through CodeDeploy.
+    CodeDeploy,
+    /// A third-party controller.
+    External,
+}
+
+/// A service deployment, as `DescribeServices` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deployment {
+    /// The deployment id (`ecs-svc/…`).
+    pub id: String,
+    /// `PRIMARY`, `ACTIVE` or `INACTIVE`.
+    pub status: String,
+    /// The task definition ARN this deployment runs.
+    pub task_definition: String,
+    /// When ECS created the deployment; tasks it starts resolve secrets at or after this moment.
+    pub created_at: DateTime<Utc>,
+    /// `COMPLETED`, `IN_PROGRESS` or `FAILED`, where the service reports it.
+    pub rollout_state: Option<String>,
+    /// Why the rollout is in its state (e.g. a circuit-breaker rollback).
+    pub rollout_state_reason: Option<String>,
+    /// Tasks the deployment wants.
+    pub desired_count: i32,
+    /// Tasks running.
+    pub running_count: i32,
+    /// Tasks that failed to start.
+    pub failed_tasks: i32,
+}
+
+impl Deployment {
+    /// Whether this is the deployment new tasks are started from.
+    pub fn is_primary(&self) -> bool {
+        self.status == "PRIMARY"
+    }
+}
+
+/// An ECS service with what ecs-reloader needs of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// The service ARN.
+    pub arn: String,
+    /// The service name.
+    pub name: String,
+    /// The cluster ARN.
+    pub cluster_arn: String,
+    /// `ACTIVE`, `DRAINING` or `INACTIVE`.
+    pub status: String,
+    /// The task definition of the service (the primary deployment's, normally).
+    pub task_definition: String,
+    /// Desired task count.
+    pub desired_count: i32,
+    /// The deployment controller.
+    pub controller: Controller,
+    /// All current deployments.
+    pub deployments: Vec<Deployment>,
+    /// Tags on the service.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// The primary deployment.
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.is_primary())
+    }
+
+    /// The cluster's name (the last part of its ARN).
+    pub fn cluster_name(&self) -> &str {
+        self.cluster_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.cluster_arn)
+    }
+}
+
+/// A raw secret reference from a task definition: where it sits and the string as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRef {
+    /// Where in the task definition it was found.
+    pub site: crate::reference::Site,
+    /// The `valueFrom` / `credentialsParameter` string.
+    pub value: String,
+}
+
+/// What ecs-reloader keeps of a task definition revision: its secret references. Revisions are
+/// immutable, so this is fetched once per ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDefinition {
+    /// The revision's ARN.
+    pub arn: String,
+    /// Every secret reference it holds.
+    pub refs: Vec<RawRef>,
+}
+
+/// Metadata of a Secrets Manager secret (never its value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretMeta {
+    /// Full ARN.
+    pub arn: String,
+    /// Name.
+    pub name: String,
+    /// `LastChangedDate`: the last modification of any kind, stage moves included.
+    pub last_changed: Option<DateTime<Utc>>,
+    /// `VersionIdsToStages`.
+    pub version_stages: BTreeMap<String, Vec<String>>,
+    /// Set when the secret is scheduled for deletion.
+    pub deleted: Option<DateTime<Utc>>,
+}
+
+/// One version from `ListSecretVersionIds`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretVersion {
+    /// The version id.
+    pub id: String,
+    /// When the version was created.
+    pub created: Option<DateTime<Utc>>,
+    /// Its staging labels.
+    pub stages: Vec<String>,
+}
+
+/// Metadata of an SSM parameter from `DescribeParameters` (never its value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterMeta {
+    /// Canonical name.
+    pub name: String,
+    /// When the latest version was written.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// The latest version number.
+    pub version: i64,
+}
+
+/// One version from `GetParameterHistory`, values dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterVersion {
+    /// Version number.
+    pub version: i64,
+    /// When it was written.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// Labels on it.
+    pub labels: Vec<String>,
+}
+
+/// The ECS calls ecs-reloader makes.
+#[async_trait]
+pub trait Ecs: Send + Sync {
+    /// One page of `ListClusters`.
+    async fn list_clusters(&self, next: Option<String>) -> AwsResult<Page<String>>;
+    /// One page of `ListServices` in a cluster.
+    async fn list_services(&self, cluster: &str, next: Option<String>) -> AwsResult<Page<String>>;
+    /// `DescribeServices` (with tags) for at most 10 services of one cluster; missing ones are
+    /// left out of the answer.
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> AwsResult<Vec<Service>>;
+    /// `DescribeTaskDefinition`, reduced to its secret references.
+    async fn describe_task_definition(&self, arn: &str) -> AwsResult<TaskDefinition>;
+    /// `UpdateService(forceNewDeployment = true)`; returns the new primary deployment.
+    async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment>;
+}
+
+/// The Secrets Manager calls ecs-reloader makes. `region` is where the secret lives.
+#[async_trait]
+pub trait Secrets: Send + Sync {
+    /// `DescribeSecret`; `id` is a name, partial or full ARN.
+    async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta>;
+    /// One page of `ListSecretVersionIds`.
+    async fn list_secret_versions(
+        &self,
+        region: &str,
+        arn: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<SecretVersion>>;
+}
+
+/// The SSM calls ecs-reloader makes. `region` is where the parameter lives.
+#[async_trait]
+pub trait Parameters: Send + Sync {
+    /// `DescribeParameters` filtered by exact names (at most 50); unknown names are left out.
+    async fn describe_parameters(
+        &self,
+        region: &str,
+        names: &[String],
+    ) -> AwsResult<Vec<ParameterMeta>>;
+    /// `GetParameterHistory` without decryption, values dropped.
+    async fn parameter_history(&self, region: &str, name: &str)
+        -> AwsResult<Vec<ParameterVersion>>;
+}
+
+/// Drains a paginated call: `call(token)` until the token runs out. An empty token ends the
+/// listing as an absent one does (moto sends `""`).
+pub async fn all_pages<T, F, Fut>(mut call: F) -> AwsResult<Vec<T>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = AwsResult<Page<T>>>,
+{
+    let mut out = Vec::new();
+    let mut token = None;
+    // A service that hands back the same token forever would loop us forever; bail out instead.
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let page = call(token.take()).await?;
+        out.extend(page.items);
+        match page.next.filter(|t| !t.is_empty()) {
+            Some(t) if seen.insert(t.clone()) => token = Some(t),
+            Some(t) => {
+                return Err(AwsError::new(
+                    "pagination",
+                    t,
+                    ErrorKind::Other,
+                    "the service returned the same page token twice",
+                ))
+            }
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The three clients together, as the core takes them.
+#[derive(Clone)]
+pub struct Clients {
+    /// ECS.
+    pub ecs: std::sync::Arc<dyn Ecs>,
+    /// Secrets Manager.
+    pub secrets: std::sync::Arc<dyn Secrets>,
+    /// SSM Parameter Store.
+    pub parameters: std::sync::Arc<dyn Parameters>,
+    /// The region the clients default to (for references without one).
+    pub region: String,
+}
+
+impl fmt::Debug for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clients")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,431 @@
+//! Configuration: a TOML file, every key also settable by an environment variable
+//! `ECS_RELOADER_<SECTION>_<KEY>` (e.g. `ECS_RELOADER_AWS_MAX_ATTEMPTS=5`), which wins over the file.
+//!
+//! Unknown or misspelt keys are errors, never silently ignored: in the file the error names the
+//! key and its line; in the environment it names the variable. `config/ecs-reloader.toml`
+//! documents every key with its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "ECS_RELOADER_";
+
+/// A duration written like `"90s"`, `"15m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"90s\" or \"15m\": {e}"
+            ))
+        })
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// AWS access.
+    pub aws: AwsConfig,
+    /// What to manage.
+    pub scope: ScopeConfig,
+    /// The staleness rule.
+    pub decide: DecideConfig,
+}
+
+/// `[aws]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// Region; empty means the SDK's default chain (`AWS_REGION`, profile, IMDS).
+    pub region: String,
+    /// `standard` or `adaptive`.
+    pub retry_mode: String,
+    /// SDK attempts per call, first try included.
+    pub max_attempts: u32,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            region: String::new(),
+            retry_mode: "standard".into(),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// `[scope]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    /// Clusters to manage (names or ARNs); empty means every cluster of the region.
+    pub clusters: Vec<String>,
+    /// AWS calls in flight while scanning.
+    pub scan_concurrency: usize,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        ScopeConfig {
+            clusters: vec![],
+            scan_concurrency: 8,
+        }
+    }
+}
+
+/// `[decide]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecideConfig {
+    /// Allowance for the difference between our clock and AWS's.
+    pub clock_skew: Dur,
+    /// How long a rotation in progress (`AWSPENDING`) holds back a rollout.
+    pub rotation_grace: Dur,
+}
+
+impl Default for DecideConfig {
+    fn default() -> Self {
+        DecideConfig {
+            clock_skew: Dur(Duration::from_secs(1)),
+            rotation_grace: Dur(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a bad value (the message gives the
+    /// line and the key).
+    #[error("configuration file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An environment variable names no key, or has a bad value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("configuration key {key}: {message}")]
+    Invalid {
+        /// `section.key`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the file (if any), then applies `ECS_RELOADER_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                // Deserialising the typed struct first gives errors with the line of the key.
+                let file_err = |e: toml::de::Error| ConfigError::File {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                };
+                toml::from_str::<Config>(&text).map_err(file_err)?;
+                toml::from_str::<toml::Table>(&text).map_err(file_err)?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    key: "-".into(),
+                    message: e.message().to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if !matches!(self.aws.retry_mode.as_str(), "standard" | "adaptive") {
+            return Err(invalid(
+                "aws.retry_mode",
+                "must be \"standard\" or \"adaptive\"",
+            ));
+        }
+        if self.aws.max_attempts == 0 {
+            return Err(invalid("aws.max_attempts", "must be at least 1"));
+        }
+        if self.scope.scan_concurrency == 0 {
+            return Err(invalid("scope.scan_concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The documented defaults as TOML.
+    pub fn defaults_toml() -> String {
+        toml::to_string(&Config::default()).unwrap_or_default()
+    }
+}
+
+/// Overlays `ECS_RELOADER_<SECTION>_<KEY>` variables on the table. Which keys exist, and their
+/// types, are read off the defaults, so this needs no list of its own.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let found = defaults.iter().find_map(|(section, keys)| {
+            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let default = keys.as_table()?.get(key)?;
+            Some((section.clone(), key.to_string(), default.clone()))
+        });
+        let Some((section, key, default)) = found else {
+            // Variables the other drivers read are not configuration keys.
+            if OTHER_VARS.contains(&var.as_str()) {
+                continue;
+            }
+            return Err(ConfigError::Env {
+                var,
+                message: "names no configuration key".into(),
+            });
+        };
+        let value = env_value(&raw, &default).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry.as_table_mut() {
+            Some(t) => {
+                t.insert(key, value);
+            }
+            None => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{section}] in the file is not a table"),
+                })
+            }
+        }
+        // Check each override as it lands, so that a bad value is blamed on its variable.
+        if let Err(e) = toml::Value::Table(table.clone()).try_into::<Config>() {
+            return Err(ConfigError::Env {
+                var,
+                message: e.message().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `ECS_RELOADER_*` variables that are flags of the command line, not configuration keys.
+const OTHER_VARS: &[&str] = &[
+    "ECS_RELOADER_CONFIG",
+    "ECS_RELOADER_LOG",
+    "ECS_RELOADER_LOG_FORMAT",
+];
+
+fn env_value(raw: &str, default: &toml::Value) -> Result<toml::Value, String> {
+    let raw = raw.trim();
+    match default {
+        toml::Value::String(_) => Ok(toml::Value::String(raw.to_string())),
+        toml::Value::Integer(_) => raw
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("{raw:?} is not an integer")),
+        toml::Value::Float(_) => raw
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("{raw:?} is not a number")),
+        toml::Value::Boolean(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("{raw:?} is not true or false")),
+        },
+        // Lists: comma- or space-separated.
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            raw.split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )),
+        other => Err(format!(
+            "cannot set a {} from the environment",
+            other.type_str()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile_lite::TempFile {
+        let f = tempfile_lite::TempFile::new();
+        f.file().write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    /// A tiny temporary file helper (no extra crate for two tests' worth of files).
+    mod tempfile_lite {
+        use std::fs::File;
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        static N: AtomicU32 = AtomicU32::new(0);
+
+        pub struct TempFile(pub PathBuf);
+
+        impl TempFile {
+            pub fn new() -> Self {
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                TempFile(
+                    std::env::temp_dir()
+                        .join(format!("ecs-reloader-test-{}-{n}.toml", std::process::id())),
+                )
+            }
+            pub fn file(&self) -> File {
+                File::create(&self.0).expect("create")
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        assert_eq!(
+            Config::load(None, vec![]).expect("defaults"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_its_line() {
+        let f = file("[aws]\nregion = \"eu-west-1\"\nmax_atempts = 4\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(err.contains("max_atempts"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_named() {
+        let f = file("[aws]\nregion = \"x\"\n\n[rolout]\ncanary = true\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(err.contains("rolout") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_explained() {
+        let f = file("[decide]\nrotation_grace = \"ten minutes\"\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("rotation_grace") || err.contains("line 2"),
+            "{err}"
+        );
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = file("[aws]\nmax_attempts = 4\n[scope]\nclusters = [\"a\"]\n");
+        let env = vec![
+            ("ECS_RELOADER_AWS_MAX_ATTEMPTS".to_string(), "7".to_string()),
+            (
+                "ECS_RELOADER_SCOPE_CLUSTERS".to_string(),
+                "prod, staging".to_string(),
+            ),
+            (
+                "ECS_RELOADER_DECIDE_ROTATION_GRACE".to_string(),
+                "5m".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(Some(&f.0), env).expect("loads");
+        assert_eq!(c.aws.max_attempts, 7);
+        assert_eq!(c.scope.clusters, ["prod", "staging"]);
+        assert_eq!(c.decide.rotation_grace, Dur(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn an_unknown_or_bad_variable_is_named() {
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_AWS_MAX_ATEMPTS".into(), "3".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("ECS_RELOADER_AWS_MAX_ATEMPTS"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_AWS_MAX_ATTEMPTS".into(), "many".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("ECS_RELOADER_AWS_MAX_ATTEMPTS")
+                && err.to_string().contains("many"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_AWS_RETRY_MODE".into(), "eager".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("aws.retry_mode"), "{err}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Drivers: where work comes from and how long it may wait. Each runs the same
+//! [`Reconciler`](crate::reconcile::Reconciler).
+
+pub mod cli;

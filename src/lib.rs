@@ -1,0 +1,39 @@
+//! ecs-reloader: rolls Amazon ECS services whose tasks resolve a Secrets Manager secret or an SSM
+//! parameter that changed since they started.
+//!
+//! Data flows one way, and the core knows neither the AWS SDK nor which driver runs it:
+//!
+//! ```text
+//! driver (CLI | serve | Lambda)
+//!   └─ index      clusters → services → task definitions (cached by ARN) → references
+//!       └─ decide pure: (service, resolved secret metadata, now) → Decision
+//!           └─ plan  pure: decisions → ordered change set (waves)
+//!               └─ rollout  UpdateService(forceNewDeployment) per service
+//!                   └─ report  table / JSON
+//! ```
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`reference`] | parsing `valueFrom` / `credentialsParameter` / tag values; secret identity |
+//! | [`decide`] | the staleness rule and its edge cases (read its docs) |
+//! | [`plan`] | ordering stale services into a change set |
+//! | [`index`] | scanning ECS, the task-definition cache, resolving references and targets |
+//! | [`reconcile`] | the one reconciler every driver runs |
+//! | [`rollout`] | executing a change set |
+//! | [`report`] | table and JSON output |
+//! | [`aws`] | the AWS traits, the SDK implementation and the in-memory fake |
+//! | [`config`] | TOML + `ECS_RELOADER_*` configuration |
+//! | [`clock`] | wall-clock time, pausable in tests |
+//! | [`driver`] | the CLI (and, later, `serve` and Lambda) |
+
+pub mod aws;
+pub mod clock;
+pub mod config;
+pub mod decide;
+pub mod driver;
+pub mod index;
+pub mod plan;
+pub mod reconcile;
+pub mod reference;
+pub mod report;
+pub mod rollout;

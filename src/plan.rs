@@ -1,0 +1,158 @@
+//! The rollout plan: which stale services roll, in what order. Pure.
+//!
+//! Services roll in waves by the tag `ecs-reloader/wave` (an integer, lower first, default 0),
+//! e.g. read replicas before writers; within a wave, by cluster and name so that a plan is
+//! reproducible. The rollout engine takes the first service as the canary when asked to.
+
+use serde::Serialize;
+
+use crate::aws::Service;
+use crate::decide::{Decision, Finding};
+
+/// Tag that orders services into waves.
+pub const TAG_WAVE: &str = "ecs-reloader/wave";
+
+/// Identifies a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServiceKey {
+    /// Cluster name.
+    pub cluster: String,
+    /// Service name.
+    pub service: String,
+}
+
+impl ServiceKey {
+    /// The key of a described service.
+    pub fn of(s: &Service) -> Self {
+        ServiceKey {
+            cluster: s.cluster_name().to_string(),
+            service: s.name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.service)
+    }
+}
+
+/// The wave a service declares; an unparsable tag is an error (rolling out of the declared
+/// order is worse than not rolling).
+pub fn wave_of(s: &Service) -> Result<i64, String> {
+    match s.tags.get(TAG_WAVE) {
+        None => Ok(0),
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("tag {TAG_WAVE}={v:?} is not an integer")),
+    }
+}
+
+/// One service to roll.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// Which service.
+    pub key: ServiceKey,
+    /// Its wave.
+    pub wave: i64,
+    /// Why it rolls.
+    pub findings: Vec<Finding>,
+}
+
+/// The ordered set of services to roll.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChangeSet {
+    /// In rollout order.
+    pub changes: Vec<Change>,
+}
+
+impl ChangeSet {
+    /// Whether there is nothing to roll.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The changes grouped by wave, lowest first.
+    pub fn waves(&self) -> Vec<(i64, Vec<&Change>)> {
+        let mut out: Vec<(i64, Vec<&Change>)> = Vec::new();
+        for c in &self.changes {
+            match out.last_mut() {
+                Some((w, group)) if *w == c.wave => group.push(c),
+                _ => out.push((c.wave, vec![c])),
+            }
+        }
+        out
+    }
+}
+
+/// Orders the stale services of a set of decisions into a change set.
+pub fn plan<'a>(decided: impl IntoIterator<Item = (&'a Service, &'a Decision)>) -> ChangeSet {
+    let mut changes: Vec<Change> = decided
+        .into_iter()
+        .filter_map(|(s, d)| match d {
+            Decision::Stale { findings } => Some(Change {
+                key: ServiceKey::of(s),
+                wave: wave_of(s).unwrap_or(0),
+                findings: findings.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    changes.sort_by(|a, b| (a.wave, &a.key).cmp(&(b.wave, &b.key)));
+    ChangeSet { changes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::Controller;
+
+    fn svc(cluster: &str, name: &str, wave: Option<&str>) -> Service {
+        let mut tags = std::collections::BTreeMap::new();
+        if let Some(w) = wave {
+            tags.insert(TAG_WAVE.to_string(), w.to_string());
+        }
+        Service {
+            arn: format!("arn:aws:ecs:eu-west-1:1:service/{cluster}/{name}"),
+            name: name.into(),
+            cluster_arn: format!("arn:aws:ecs:eu-west-1:1:cluster/{cluster}"),
+            status: "ACTIVE".into(),
+            task_definition: "td".into(),
+            desired_count: 1,
+            controller: Controller::Ecs,
+            deployments: vec![],
+            tags,
+        }
+    }
+
+    #[test]
+    fn waves_order_before_names_and_non_stale_services_are_left_out() {
+        let stale = Decision::Stale { findings: vec![] };
+        let services = [
+            svc("b", "writer", Some("2")),
+            svc("a", "replica", Some("1")),
+            svc("a", "api", None),
+            svc("a", "zzz", Some("-1")),
+            svc("a", "idle", None),
+        ];
+        let decisions = [
+            stale.clone(),
+            stale.clone(),
+            stale.clone(),
+            stale,
+            Decision::InSync,
+        ];
+        let set = plan(services.iter().zip(decisions.iter()));
+        let order: Vec<String> = set.changes.iter().map(|c| c.key.to_string()).collect();
+        assert_eq!(order, ["a/zzz", "a/api", "a/replica", "b/writer"]);
+        let waves: Vec<i64> = set.waves().iter().map(|(w, _)| *w).collect();
+        assert_eq!(waves, [-1, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_bad_wave_tag_is_an_error() {
+        assert!(wave_of(&svc("a", "x", Some("first"))).is_err());
+        assert_eq!(wave_of(&svc("a", "x", Some(" 3 "))), Ok(3));
+    }
+}

@@ -1,0 +1,194 @@
+//! The reconciler: scan → resolve → decide → plan, the one core that every driver (CLI, `serve`,
+//! Lambda) runs. It holds the clients, the task-definition cache and the clock, and nothing that
+//! must survive a restart: every decision is derived from AWS state.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::aws::{AwsError, Clients, Service};
+use crate::clock::Clock;
+use crate::decide::{decide, Decision, Policy};
+use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
+use crate::plan::{plan, wave_of, ChangeSet, ServiceKey};
+
+/// Why a reconcile could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// A secret named by the caller could not be resolved.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+/// One service with its decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assessed {
+    /// Which service.
+    pub key: ServiceKey,
+    /// The decision.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// Every secret it resolves (display form), for the report.
+    pub secrets: Vec<String>,
+    /// The service as described (not serialised).
+    #[serde(skip)]
+    pub service: Service,
+}
+
+/// The state of a scope at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assessment {
+    /// When it was computed (our clock).
+    pub at: DateTime<Utc>,
+    /// Services that reference secrets (and, with targets, reference one of them).
+    pub services: Vec<Assessed>,
+    /// Services in scope that reference no secret.
+    pub without_secrets: usize,
+    /// The resolved targets, if the caller named secrets.
+    #[serde(skip)]
+    pub targets: Vec<Target>,
+}
+
+impl Assessment {
+    /// The change set: stale services in rollout order.
+    pub fn change_set(&self) -> ChangeSet {
+        plan(self.services.iter().map(|a| (&a.service, &a.decision)))
+    }
+
+    /// The earliest moment a settling service should be decided again, if any has one.
+    pub fn next_settle(&self) -> Option<DateTime<Utc>> {
+        self.services
+            .iter()
+            .filter_map(|a| match &a.decision {
+                Decision::Settling { until, .. } => *until,
+                _ => None,
+            })
+            .min()
+    }
+}
+
+/// Knobs of the reconciler.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The staleness rule's tunables.
+    pub policy: Policy,
+    /// AWS calls in flight during a scan.
+    pub scan_concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: Policy::default(),
+            scan_concurrency: 8,
+        }
+    }
+}
+
+/// The reconcile core.
+pub struct Reconciler {
+    clients: Clients,
+    cache: Arc<TaskDefCache>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+impl Reconciler {
+    /// A reconciler over `clients`.
+    pub fn new(clients: Clients, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        Reconciler {
+            clients,
+            cache: Arc::new(TaskDefCache::new()),
+            clock,
+            settings,
+        }
+    }
+
+    /// The clients it uses.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The task-definition cache (shared across calls, warm for the life of the process).
+    pub fn cache(&self) -> &TaskDefCache {
+        &self.cache
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Resolves secret names given by a user or an event.
+    pub async fn resolve_targets(&self, given: &[String]) -> Result<Vec<Target>, ReconcileError> {
+        let mut out = Vec::with_capacity(given.len());
+        for g in given {
+            out.push(resolve_target(&self.clients, g).await?);
+        }
+        Ok(out)
+    }
+
+    /// Decides every service of `scope`; with `targets`, only services that reference one of
+    /// them (a service so selected is decided on all its secrets: one rollout fixes all).
+    pub async fn assess(
+        &self,
+        scope: &Scope,
+        targets: &[Target],
+    ) -> Result<Assessment, ReconcileError> {
+        let conc = self.settings.scan_concurrency;
+        let inventory = index::scan(&self.clients, &self.cache, scope, conc).await?;
+        let home = self.clients.region.as_str();
+        let entries: Vec<_> = inventory
+            .entries
+            .into_iter()
+            .filter(|e| {
+                targets.is_empty()
+                    || targets
+                        .iter()
+                        .flat_map(|t| &t.identities)
+                        .any(|id| e.references(id, home))
+            })
+            .collect();
+        let resolved = index::resolve(&self.clients, &entries, conc).await?;
+        let now = self.clock.now();
+        let services = entries
+            .into_iter()
+            .zip(resolved)
+            .map(|(entry, refs)| {
+                let mut decision = decide(&entry.service, &refs, now, &self.settings.policy);
+                if let Err(problem) = wave_of(&entry.service) {
+                    if decision.is_stale() {
+                        decision = Decision::Unknown {
+                            problems: vec![problem],
+                        };
+                    }
+                }
+                let mut secrets: Vec<String> = refs
+                    .iter()
+                    .map(|r| match &r.state {
+                        Ok(s) => s.identity().to_string(),
+                        Err(_) => r.text.clone(),
+                    })
+                    .collect();
+                secrets.sort();
+                secrets.dedup();
+                Assessed {
+                    key: ServiceKey::of(&entry.service),
+                    decision,
+                    secrets,
+                    service: entry.service,
+                }
+            })
+            .collect();
+        Ok(Assessment {
+            at: now,
+            services,
+            without_secrets: inventory.without_secrets,
+            targets: targets.to_vec(),
+        })
+    }
+}

@@ -1,0 +1,659 @@
+//! Secret references: the strings a task definition (or a service tag) uses to name a
+//! Secrets Manager secret or an SSM parameter, parsed into [`SecretRef`].
+//!
+//! ECS accepts these forms in `secrets[].valueFrom`, `logConfiguration.secretOptions[].valueFrom`
+//! and `repositoryCredentials.credentialsParameter`:
+//!
+//! | form | example |
+//! |---|---|
+//! | Secrets Manager full ARN | `arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/db-AbCdEf` |
+//! | … with `json-key:version-stage:version-id` | `arn:…:secret:app/db-AbCdEf:password:AWSPREVIOUS:` (empty fields keep their colons) |
+//! | Secrets Manager partial ARN (no 6-character suffix) | `arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/db` |
+//! | SSM parameter ARN | `arn:aws:ssm:eu-west-1:111122223333:parameter/app/db` |
+//! | SSM parameter name (same region only) | `/app/db`, `app/db`, `db_password` |
+//!
+//! A bare name in `valueFrom` is always an SSM parameter: that is how ECS reads it. A bare name in
+//! the `ecs-reloader/secrets` tag may be either, so [`parse_declared`] yields [`SecretRef::Named`],
+//! which the index resolves against both services.
+//!
+//! This module is pure: no I/O, no AWS types.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Where in a task definition (or service) a reference was found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Site {
+    /// `containerDefinitions[].secrets[]`, by container and variable name.
+    Secret { container: String, name: String },
+    /// `containerDefinitions[].logConfiguration.secretOptions[]`.
+    LogOption { container: String, name: String },
+    /// `containerDefinitions[].repositoryCredentials.credentialsParameter`.
+    RepositoryCredentials { container: String },
+    /// The service tag `ecs-reloader/secrets`.
+    ServiceTag,
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Site::Secret { container, name } => write!(f, "{container}: secret {name}"),
+            Site::LogOption { container, name } => write!(f, "{container}: log option {name}"),
+            Site::RepositoryCredentials { container } => {
+                write!(f, "{container}: repository credentials")
+            }
+            Site::ServiceTag => f.write_str("tag ecs-reloader/secrets"),
+        }
+    }
+}
+
+/// Which version of a Secrets Manager secret a reference resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum VersionSelector {
+    /// No stage and no version id: ECS resolves `AWSCURRENT`.
+    Current,
+    /// A version stage (staging label) other than the default.
+    Stage(String),
+    /// A version id: pinned, never changes on rotation.
+    VersionId(String),
+}
+
+impl VersionSelector {
+    /// The staging label this selector follows, if it follows one.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            VersionSelector::Current => Some(AWSCURRENT),
+            VersionSelector::Stage(s) => Some(s),
+            VersionSelector::VersionId(_) => None,
+        }
+    }
+}
+
+/// The staging label Secrets Manager (and ECS by default) treats as the live value.
+pub const AWSCURRENT: &str = "AWSCURRENT";
+/// The staging label Secrets Manager moves to the replaced version on every promotion.
+pub const AWSPREVIOUS: &str = "AWSPREVIOUS";
+/// The staging label a rotation gives the new version until it is promoted.
+pub const AWSPENDING: &str = "AWSPENDING";
+
+/// A reference to a Secrets Manager secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct SmRef {
+    /// `aws`, `aws-cn`, `aws-us-gov`, … (`None` for a bare name).
+    pub partition: Option<String>,
+    /// Region from the ARN; `None` means the caller's region.
+    pub region: Option<String>,
+    /// Account from the ARN; `None` means the caller's account.
+    pub account: Option<String>,
+    /// What follows `secret:` up to the first field separator: the name, or the name plus the
+    /// `-XXXXXX` suffix of a full ARN. Which of the two it is cannot be told from the text alone
+    /// (a name may itself end in `-` and six characters), hence [`SmRef::lookup_id`] and exact
+    /// comparison against a resolved identity.
+    pub tail: String,
+    /// The JSON key ECS extracts from the secret string, if any.
+    pub json_key: Option<String>,
+    /// The version this reference resolves.
+    pub selector: VersionSelector,
+}
+
+impl SmRef {
+    /// The identifier to hand to `DescribeSecret`: the ARN without ECS's extra fields, or the name.
+    pub fn lookup_id(&self) -> String {
+        match (&self.partition, &self.region, &self.account) {
+            (Some(p), Some(r), Some(a)) => {
+                format!("arn:{p}:secretsmanager:{r}:{a}:secret:{}", self.tail)
+            }
+            _ => self.tail.clone(),
+        }
+    }
+
+    /// Whether this reference names the secret whose resolved identity is `id`, given the region
+    /// and account the reference is read in. Exact, never by prefix: `app/db` does not name
+    /// `app/db-replica-AbCdEf`.
+    pub fn names(&self, id: &SecretsManagerId, home_region: &str) -> bool {
+        let region = self.region.as_deref().unwrap_or(home_region);
+        if region != id.region {
+            return false;
+        }
+        if let (Some(a), Some(b)) = (&self.account, &id.account) {
+            if a != b {
+                return false;
+            }
+        }
+        self.tail == id.name || id.arn_tail() == Some(self.tail.as_str())
+    }
+}
+
+/// Which version of an SSM parameter a reference resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum ParamSelector {
+    /// The latest version (the usual case).
+    Latest,
+    /// `name:N`: pinned to version N.
+    Version(u64),
+    /// `name:label`: follows a parameter label.
+    Label(String),
+}
+
+/// A reference to an SSM parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct SsmRef {
+    /// Region from the ARN; `None` means the caller's region.
+    pub region: Option<String>,
+    /// Account from the ARN; `None` means the caller's account.
+    pub account: Option<String>,
+    /// The parameter name in the form SSM uses: a hierarchical name always starts with `/`.
+    pub name: String,
+    /// The version this reference resolves.
+    pub selector: ParamSelector,
+}
+
+/// A parsed secret reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "service", rename_all = "snake_case")]
+pub enum SecretRef {
+    /// A Secrets Manager secret.
+    SecretsManager(SmRef),
+    /// An SSM parameter.
+    Parameter(SsmRef),
+    /// A bare name from the service tag: a secret or a parameter of that name, whichever exists.
+    Named(String),
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::SecretsManager(r) => {
+                f.write_str(&r.lookup_id())?;
+                match &r.selector {
+                    VersionSelector::Current => Ok(()),
+                    VersionSelector::Stage(s) => write!(f, " (stage {s})"),
+                    VersionSelector::VersionId(v) => write!(f, " (version {v})"),
+                }
+            }
+            SecretRef::Parameter(p) => {
+                write!(f, "ssm:{}", p.name)?;
+                match &p.selector {
+                    ParamSelector::Latest => Ok(()),
+                    ParamSelector::Version(v) => write!(f, ":{v}"),
+                    ParamSelector::Label(l) => write!(f, ":{l}"),
+                }
+            }
+            SecretRef::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The resolved identity of a Secrets Manager secret: its full ARN, split.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SecretsManagerId {
+    /// The full ARN, with the 6-character suffix.
+    pub arn: String,
+    /// The secret's name.
+    pub name: String,
+    /// The region the secret lives in.
+    pub region: String,
+    /// The owning account, when the ARN carries one.
+    pub account: Option<String>,
+}
+
+impl SecretsManagerId {
+    /// Builds an identity from the full ARN and name that `DescribeSecret` returns.
+    pub fn new(arn: &str, name: &str) -> Result<Self, RefError> {
+        let parts = split_arn(arn)?;
+        if parts.service != "secretsmanager" {
+            return Err(RefError::WrongService {
+                input: arn.to_string(),
+                service: parts.service.to_string(),
+            });
+        }
+        Ok(SecretsManagerId {
+            arn: arn.to_string(),
+            name: name.to_string(),
+            region: parts.region.to_string(),
+            account: non_empty(parts.account),
+        })
+    }
+
+    /// What follows `secret:` in the full ARN (`name-AbCdEf`).
+    pub fn arn_tail(&self) -> Option<&str> {
+        self.arn.split_once(":secret:").map(|(_, t)| t)
+    }
+}
+
+/// The identity of anything ecs-reloader watches: what events and `--secret` resolve to, and
+/// what the index is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(tag = "service", rename_all = "snake_case")]
+pub enum SecretIdentity {
+    /// A Secrets Manager secret, by its full ARN.
+    SecretsManager(SecretsManagerId),
+    /// An SSM parameter, by region and canonical name.
+    Parameter {
+        /// The parameter's region.
+        region: String,
+        /// The canonical name (leading `/` for hierarchical names).
+        name: String,
+    },
+}
+
+impl fmt::Display for SecretIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretIdentity::SecretsManager(id) => f.write_str(&id.name),
+            SecretIdentity::Parameter { name, .. } => write!(f, "ssm:{name}"),
+        }
+    }
+}
+
+/// Why a reference could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// Empty, or only white space.
+    #[error("empty secret reference")]
+    Empty,
+    /// Contains white space or control characters, which no ARN or name may hold.
+    #[error("secret reference {input:?} contains white space or control characters")]
+    BadCharacter {
+        /// The offending input.
+        input: String,
+    },
+    /// Starts with `arn:` but does not have the six ARN fields.
+    #[error("malformed ARN {input:?}: {why}")]
+    MalformedArn {
+        /// The offending input.
+        input: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An ARN of a service that cannot hold secrets for ECS.
+    #[error("ARN {input:?} is for service {service:?}, not secretsmanager or ssm")]
+    WrongService {
+        /// The offending input.
+        input: String,
+        /// The service the ARN names.
+        service: String,
+    },
+}
+
+struct ArnParts<'a> {
+    partition: &'a str,
+    service: &'a str,
+    region: &'a str,
+    account: &'a str,
+    resource: &'a str,
+}
+
+fn split_arn(input: &str) -> Result<ArnParts<'_>, RefError> {
+    let mut it = input.splitn(6, ':');
+    let malformed = |why| RefError::MalformedArn {
+        input: input.to_string(),
+        why,
+    };
+    let (Some("arn"), Some(partition), Some(service), Some(region), Some(account), Some(resource)) = (
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+    ) else {
+        return Err(malformed("an ARN has six ':'-separated fields"));
+    };
+    if partition.is_empty() || service.is_empty() {
+        return Err(malformed("partition and service must not be empty"));
+    }
+    if resource.is_empty() {
+        return Err(malformed("no resource"));
+    }
+    Ok(ArnParts {
+        partition,
+        service,
+        region,
+        account,
+        resource,
+    })
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn check_chars(input: &str) -> Result<&str, RefError> {
+    let trimmed = input.trim();
+    if trimmed.is_empty() {
+        return Err(RefError::Empty);
+    }
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RefError::BadCharacter {
+            input: input.to_string(),
+        });
+    }
+    Ok(trimmed)
+}
+
+/// Parses a `valueFrom` / `credentialsParameter` string the way ECS reads it: an ARN of either
+/// service, or else an SSM parameter name.
+pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
+    let s = check_chars(input)?;
+    if s.starts_with("arn:") {
+        parse_arn(s)
+    } else {
+        Ok(SecretRef::Parameter(parse_param_name(s, None, None)))
+    }
+}
+
+/// Parses one entry of the `ecs-reloader/secrets` tag: an ARN, or a bare name that may be a
+/// Secrets Manager secret or an SSM parameter.
+pub fn parse_declared(input: &str) -> Result<SecretRef, RefError> {
+    let s = check_chars(input)?;
+    if s.starts_with("arn:") {
+        parse_arn(s)
+    } else {
+        Ok(SecretRef::Named(s.to_string()))
+    }
+}
+
+/// Splits the tag value (space-separated, since tag values cannot hold commas) into references.
+/// Every entry is returned, parsed or not, so one bad entry does not hide the others.
+pub fn parse_tag_value(value: &str) -> Vec<(String, Result<SecretRef, RefError>)> {
+    value
+        .split_whitespace()
+        .map(|part| (part.to_string(), parse_declared(part)))
+        .collect()
+}
+
+fn parse_arn(s: &str) -> Result<SecretRef, RefError> {
+    let parts = split_arn(s)?;
+    let malformed = |why| RefError::MalformedArn {
+        input: s.to_string(),
+        why,
+    };
+    match parts.service {
+        "secretsmanager" => {
+            let Some(rest) = parts.resource.strip_prefix("secret:") else {
+                return Err(malformed(
+                    "a Secrets Manager ARN's resource starts with 'secret:'",
+                ));
+            };
+            let fields: Vec<&str> = rest.split(':').collect();
+            if fields.len() > 4 {
+                return Err(malformed("at most name:json-key:version-stage:version-id"));
+            }
+            let tail = fields[0];
+            if tail.is_empty() {
+                return Err(malformed("no secret name"));
+            }
+            if parts.region.is_empty() {
+                return Err(malformed("a Secrets Manager ARN names a region"));
+            }
+            let field = |i: usize| fields.get(i).copied().and_then(non_empty);
+            // ECS takes a version id over a stage when both are given; a pinned id is the
+            // stronger statement, so we follow it.
+            let selector = match (field(2), field(3)) {
+                (_, Some(id)) => VersionSelector::VersionId(id),
+                (Some(stage), None) if stage == AWSCURRENT => VersionSelector::Current,
+                (Some(stage), None) => VersionSelector::Stage(stage),
+                (None, None) => VersionSelector::Current,
+            };
+            Ok(SecretRef::SecretsManager(SmRef {
+                partition: Some(parts.partition.to_string()),
+                region: Some(parts.region.to_string()),
+                account: non_empty(parts.account),
+                tail: tail.to_string(),
+                json_key: field(1),
+                selector,
+            }))
+        }
+        "ssm" => {
+            let Some(rest) = parts.resource.strip_prefix("parameter") else {
+                return Err(malformed("an SSM ARN's resource starts with 'parameter/'"));
+            };
+            let Some(name) = rest.strip_prefix('/') else {
+                return Err(malformed("an SSM ARN's resource starts with 'parameter/'"));
+            };
+            if name.is_empty() || name.ends_with(':') {
+                return Err(malformed("no parameter name"));
+            }
+            if parts.region.is_empty() {
+                return Err(malformed("an SSM ARN names a region"));
+            }
+            Ok(SecretRef::Parameter(parse_param_name(
+                name,
+                Some(parts.region.to_string()),
+                non_empty(parts.account),
+            )))
+        }
+        other => Err(RefError::WrongService {
+            input: s.to_string(),
+            service: other.to_string(),
+        }),
+    }
+}
+
+/// Normalises a parameter name: a hierarchical name (one with `/`) is stored by SSM with a
+/// leading `/`, and an ARN's `parameter/app/db` means `/app/db`. A `:N` or `:label` suffix selects
+/// a version (parameter names cannot contain `:`).
+fn parse_param_name(raw: &str, region: Option<String>, account: Option<String>) -> SsmRef {
+    let (name, selector) = match raw.rsplit_once(':') {
+        Some((n, sel)) if !n.is_empty() && !sel.is_empty() => {
+            let selector = match sel.parse::<u64>() {
+                Ok(v) => ParamSelector::Version(v),
+                Err(_) => ParamSelector::Label(sel.to_string()),
+            };
+            (n, selector)
+        }
+        _ => (raw, ParamSelector::Latest),
+    };
+    SsmRef {
+        region,
+        account,
+        name: canonical_param_name(name),
+        selector,
+    }
+}
+
+/// The canonical form of a parameter name: hierarchical names start with exactly one `/`.
+pub fn canonical_param_name(name: &str) -> String {
+    if name.contains('/') && !name.starts_with('/') {
+        format!("/{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/db-AbCdEf";
+
+    fn sm(s: &str) -> SmRef {
+        match parse_value_from(s) {
+            Ok(SecretRef::SecretsManager(r)) => r,
+            other => panic!("expected a Secrets Manager ref for {s}, got {other:?}"),
+        }
+    }
+
+    fn ssm(s: &str) -> SsmRef {
+        match parse_value_from(s) {
+            Ok(SecretRef::Parameter(r)) => r,
+            other => panic!("expected an SSM ref for {s}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_arn() {
+        let r = sm(ARN);
+        assert_eq!(r.tail, "app/db-AbCdEf");
+        assert_eq!(r.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(r.account.as_deref(), Some("111122223333"));
+        assert_eq!(r.selector, VersionSelector::Current);
+        assert_eq!(r.json_key, None);
+        assert_eq!(r.lookup_id(), ARN);
+    }
+
+    #[test]
+    fn json_key_and_empty_fields_keep_their_colons() {
+        let r = sm(&format!("{ARN}:password::"));
+        assert_eq!(r.json_key.as_deref(), Some("password"));
+        assert_eq!(r.selector, VersionSelector::Current);
+        assert_eq!(r.lookup_id(), ARN);
+
+        let r = sm(&format!("{ARN}::AWSPREVIOUS:"));
+        assert_eq!(r.json_key, None);
+        assert_eq!(r.selector, VersionSelector::Stage("AWSPREVIOUS".into()));
+
+        let r = sm(&format!("{ARN}:password::0123-abcd"));
+        assert_eq!(r.selector, VersionSelector::VersionId("0123-abcd".into()));
+
+        let r = sm(&format!("{ARN}:password:AWSCURRENT:"));
+        assert_eq!(
+            r.selector,
+            VersionSelector::Current,
+            "AWSCURRENT spelt out is the default"
+        );
+
+        // A version id wins over a stage.
+        let r = sm(&format!("{ARN}::blue:0123"));
+        assert_eq!(r.selector, VersionSelector::VersionId("0123".into()));
+    }
+
+    #[test]
+    fn partial_arn_and_cross_region() {
+        let r = sm("arn:aws:secretsmanager:us-east-2:111122223333:secret:app/db");
+        assert_eq!(r.tail, "app/db");
+        assert_eq!(r.region.as_deref(), Some("us-east-2"));
+        let r = sm("arn:aws-cn:secretsmanager:cn-north-1:111122223333:secret:x");
+        assert_eq!(r.partition.as_deref(), Some("aws-cn"));
+    }
+
+    #[test]
+    fn ssm_names_and_arns_agree() {
+        assert_eq!(ssm("/app/db").name, "/app/db");
+        assert_eq!(ssm("app/db").name, "/app/db");
+        assert_eq!(ssm("db_password").name, "db_password");
+        let by_arn = ssm("arn:aws:ssm:eu-west-1:111122223333:parameter/app/db");
+        assert_eq!(by_arn.name, "/app/db");
+        assert_eq!(by_arn.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            ssm("arn:aws:ssm:eu-west-1:111122223333:parameter/flat").name,
+            "flat"
+        );
+        assert_eq!(ssm("/app/db:3").selector, ParamSelector::Version(3));
+        assert_eq!(
+            ssm("/app/db:prod").selector,
+            ParamSelector::Label("prod".into())
+        );
+        assert_eq!(ssm("/app/db:prod").name, "/app/db");
+    }
+
+    #[test]
+    fn tag_values() {
+        let parsed = parse_tag_value("  app/db  arn:aws:ssm:eu-west-1:1:parameter/x  arn:bad ");
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].1, Ok(SecretRef::Named("app/db".into())));
+        assert!(matches!(parsed[1].1, Ok(SecretRef::Parameter(_))));
+        assert!(matches!(parsed[2].1, Err(RefError::MalformedArn { .. })));
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors() {
+        for bad in [
+            "",
+            "   ",
+            "arn:aws:secretsmanager:eu-west-1",
+            "arn:aws:secretsmanager:eu-west-1:1:notsecret:x",
+            "arn:aws:secretsmanager:eu-west-1:1:secret:",
+            "arn:aws:secretsmanager::1:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:1:secret:x:a:b:c:d",
+            "arn:aws:ssm:eu-west-1:1:parameter",
+            "arn:aws:ssm:eu-west-1:1:parameter/",
+            "arn:aws:s3:::bucket",
+            "arn::secretsmanager:r:a:secret:x",
+            "app db",
+        ] {
+            assert!(parse_value_from(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn lookalike_names_never_match() {
+        let db = SecretsManagerId::new(ARN, "app/db").unwrap();
+        let replica = SecretsManagerId::new(
+            "arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/db-replica-XyZ123",
+            "app/db-replica",
+        )
+        .unwrap();
+        let partial = sm("arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/db");
+        assert!(partial.names(&db, "eu-west-1"));
+        assert!(!partial.names(&replica, "eu-west-1"));
+        let full_replica = sm(&replica.arn);
+        assert!(full_replica.names(&replica, "eu-west-1"));
+        assert!(!full_replica.names(&db, "eu-west-1"));
+        let full_db = sm(&format!("{ARN}:password::"));
+        assert!(full_db.names(&db, "eu-west-1"));
+        assert!(!full_db.names(&replica, "eu-west-1"));
+        // Same name, other region or account: another secret.
+        let other_region = sm("arn:aws:secretsmanager:us-east-1:111122223333:secret:app/db");
+        assert!(!other_region.names(&db, "eu-west-1"));
+        let other_account = sm("arn:aws:secretsmanager:eu-west-1:999999999999:secret:app/db");
+        assert!(!other_account.names(&db, "eu-west-1"));
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9/_+=.@-]{1,40}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn never_panics(s in "\\PC{0,120}") {
+                let _ = parse_value_from(&s);
+                let _ = parse_declared(&s);
+                let _ = parse_tag_value(&s);
+            }
+
+            #[test]
+            fn arn_like_noise_never_panics(s in "arn(:[a-z0-9/_-]{0,12}){0,9}") {
+                let _ = parse_value_from(&s);
+            }
+
+            #[test]
+            fn full_arn_round_trips(n in name(), key in "[a-z]{0,8}", stage in "[A-Z]{0,8}") {
+                let arn = format!("arn:aws:secretsmanager:eu-west-1:111122223333:secret:{n}-AbCdEf");
+                let r = parse_value_from(&format!("{arn}:{key}:{stage}:")).unwrap();
+                let SecretRef::SecretsManager(r) = r else { panic!("not SM") };
+                prop_assert_eq!(r.lookup_id(), arn.clone());
+                prop_assert_eq!(r.json_key.clone(), (!key.is_empty()).then(|| key.clone()));
+                let id = SecretsManagerId::new(&arn, &n).unwrap();
+                prop_assert!(r.names_or_panic(&id));
+            }
+
+            #[test]
+            fn a_name_never_names_a_longer_lookalike(n in name(), extra in "[A-Za-z0-9]{1,10}") {
+                let other = format!("{n}-{extra}");
+                let id = SecretsManagerId::new(
+                    &format!("arn:aws:secretsmanager:eu-west-1:1:secret:{other}-QwErTy"), &other).unwrap();
+                let r = parse_value_from(&format!("arn:aws:secretsmanager:eu-west-1:1:secret:{n}")).unwrap();
+                let SecretRef::SecretsManager(r) = r else { panic!("not SM") };
+                prop_assert!(!r.names(&id, "eu-west-1"));
+            }
+        }
+
+        impl SmRef {
+            fn names_or_panic(&self, id: &SecretsManagerId) -> bool {
+                self.names(id, "eu-west-1")
+            }
+        }
+    }
+}
