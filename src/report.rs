@@ -91,12 +91,13 @@ impl<'a> Report<'a> {
                     (None, Decision::Settling { .. }) => "wait".into(),
                     _ => "-".into(),
                 };
-                let reason = match (r.outcome, &a.decision) {
+                let full = match (r.outcome, &a.decision) {
                     (Some(Outcome::Failed { reason } | Outcome::Halted { reason }), _) => {
                         reason.clone()
                     }
                     (_, d) => reason(d),
                 };
+                let reason = clip(&full, REASON_WIDTH);
                 [
                     a.key.cluster.clone(),
                     a.key.service.clone(),
@@ -114,7 +115,7 @@ impl<'a> Report<'a> {
             }
         }
         // The last two columns are long; cap them so one reason does not stretch every line.
-        widths[4] = widths[4].min(90);
+        widths[4] = widths[4].min(REASON_WIDTH);
         let mut out = String::new();
         let line = |out: &mut String, cells: &[String]| {
             let mut l = String::new();
@@ -153,6 +154,19 @@ impl<'a> Report<'a> {
                 ""
             }
         );
+        out
+    }
+}
+
+/// The table shows this much of a reason; the JSON document has all of it.
+const REASON_WIDTH: usize = 90;
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(width - 1).collect();
+        out.push('…');
         out
     }
 }

@@ -553,12 +553,9 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
             continue;
         }
         match d.behaviour {
-            None => {}
-            Some(Behaviour::Complete(t)) => {
-                if elapsed(d, now) >= t {
-                    dep.rollout_state = Some("COMPLETED".into());
-                    dep.running_count = dep.desired_count;
-                }
+            Some(Behaviour::Complete(t)) if elapsed(d, now) >= t => {
+                dep.rollout_state = Some("COMPLETED".into());
+                dep.running_count = dep.desired_count;
             }
             Some(Behaviour::NoRolloutState(t)) => {
                 dep.rollout_state = None;
@@ -566,30 +563,26 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
                     dep.running_count = dep.desired_count;
                 }
             }
-            Some(Behaviour::Fail(t, n)) => {
-                if elapsed(d, now) >= t {
-                    dep.rollout_state = Some("FAILED".into());
-                    dep.rollout_state_reason = Some("tasks failed to start".into());
-                    dep.failed_tasks = n;
-                }
+            Some(Behaviour::Fail(t, n)) if elapsed(d, now) >= t => {
+                dep.rollout_state = Some("FAILED".into());
+                dep.rollout_state_reason = Some("tasks failed to start".into());
+                dep.failed_tasks = n;
             }
-            Some(Behaviour::RollBack(t)) => {
-                if elapsed(d, now) >= t {
-                    let since = d.started + chrono::Duration::from_std(t).unwrap_or_default();
-                    dep.status = "ACTIVE".into();
-                    dep.rollout_state = Some("FAILED".into());
-                    dep.rollout_state_reason = Some(format!(
-                        "ECS deployment circuit breaker: rolling back to the previous deployment (rolled back {since})"
-                    ));
-                    let mut back = dep.clone();
-                    back.id = format!("{}-rollback", dep.id);
-                    back.status = "PRIMARY".into();
-                    back.rollout_state = Some("IN_PROGRESS".into());
-                    back.created_at = since;
-                    deployments.push(back);
-                }
+            Some(Behaviour::RollBack(t)) if elapsed(d, now) >= t => {
+                let since = d.started + chrono::Duration::from_std(t).unwrap_or_default();
+                dep.status = "ACTIVE".into();
+                dep.rollout_state = Some("FAILED".into());
+                dep.rollout_state_reason = Some(format!(
+                    "ECS deployment circuit breaker: rolling back to the previous deployment (rolled back {since})"
+                ));
+                let mut back = dep.clone();
+                back.id = format!("{}-rollback", dep.id);
+                back.status = "PRIMARY".into();
+                back.rollout_state = Some("IN_PROGRESS".into());
+                back.created_at = since;
+                deployments.push(back);
             }
-            Some(Behaviour::Stuck) => {}
+            _ => {}
         }
         deployments.push(dep);
     }

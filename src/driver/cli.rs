@@ -2,7 +2,7 @@
 //!
 //! One pass: resolve the named secrets, assess, wait out short settles (a change made within the
 //! last second or two, see [`crate::decide`]), then roll what is stale, or with `--dry-run` only
-//! show what would roll.
+//! show what would roll. Both wait the same way, so the dry run shows what the real run would do.
 
 use std::io::Write;
 use std::time::Duration;
@@ -60,16 +60,15 @@ pub async fn run(
     };
     let mut assessment = reconciler.assess(&scope, &targets).await?;
 
-    if !opts.dry_run {
-        assessment = settle(
-            reconciler,
-            &scope,
-            &targets,
-            assessment,
-            opts.max_settle_wait,
-        )
-        .await?;
-    }
+    // A dry run waits out short settles too, so that it shows what `reconcile` would do.
+    assessment = settle(
+        reconciler,
+        &scope,
+        &targets,
+        assessment,
+        opts.max_settle_wait,
+    )
+    .await?;
     let set = assessment.change_set();
     let outcomes: Vec<(ServiceKey, Outcome)> = if opts.dry_run || set.is_empty() {
         Vec::new()

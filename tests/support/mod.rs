@@ -1,0 +1,322 @@
+//! Test support: the AWS emulator (moto, patched by `tests/emulator/moto_launcher.py`) on a free
+//! loopback port, a recording and fault-injecting proxy in front of it, SDK clients to build a
+//! world with, and a runner for the real binary. Nothing here touches an address outside
+//! 127.0.0.0/8.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ecs::types::{
+    ContainerDefinition, LogConfiguration, LogDriver, RepositoryCredentials, Secret, Tag,
+};
+
+pub const REGION: &str = "us-east-1";
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// moto_server on loopback, stopped on drop.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+}
+
+impl Emulator {
+    /// Starts the patched emulator. `MOTO_ECS_SERVICE_RUNNING=1` makes services of desired count
+    /// 1 report a COMPLETED rollout (moto models no rollouts otherwise).
+    pub fn start() -> Emulator {
+        let port = free_port();
+        let launcher =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/emulator/moto_launcher.py");
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let child = Command::new(python)
+            .arg(&launcher)
+            .arg(port.to_string())
+            .env("MOTO_ECS_SERVICE_RUNNING", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator (is moto[server] installed? see .ci/run)");
+        let emu = Emulator { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "emulator did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        emu
+    }
+
+    /// Its endpoint URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SDK clients pointed straight at the emulator, for building worlds (their calls bypass the
+/// proxy, so they are not counted as the binary's).
+#[derive(Clone)]
+pub struct Aws {
+    pub ecs: aws_sdk_ecs::Client,
+    pub sm: aws_sdk_secretsmanager::Client,
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+impl Aws {
+    pub async fn connect(url: &str) -> Aws {
+        let creds = aws_sdk_ecs::config::Credentials::new("test", "test", None, None, "tests");
+        let conf = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(url)
+            .region(Region::new(REGION))
+            .credentials_provider(creds)
+            .load()
+            .await;
+        Aws {
+            ecs: aws_sdk_ecs::Client::new(&conf),
+            sm: aws_sdk_secretsmanager::Client::new(&conf),
+            ssm: aws_sdk_ssm::Client::new(&conf),
+        }
+    }
+
+    pub async fn cluster(&self, name: &str) {
+        self.ecs
+            .create_cluster()
+            .cluster_name(name)
+            .send()
+            .await
+            .expect("create cluster");
+    }
+
+    /// Creates a secret; returns (full ARN, version id).
+    pub async fn secret(&self, name: &str) -> (String, String) {
+        let out = self
+            .sm
+            .create_secret()
+            .name(name)
+            .secret_string("initial")
+            .send()
+            .await
+            .expect("create secret");
+        (
+            out.arn().expect("arn").to_string(),
+            out.version_id().expect("version").to_string(),
+        )
+    }
+
+    /// `PutSecretValue`: a new AWSCURRENT version; returns its id.
+    pub async fn rotate(&self, name: &str) -> String {
+        let out = self
+            .sm
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(format!("rotated-{}", rand_suffix()))
+            .send()
+            .await
+            .expect("put secret value");
+        out.version_id().expect("version").to_string()
+    }
+
+    /// `UpdateSecretVersionStage`: moves `stage` to `version` (from wherever it is).
+    pub async fn move_stage(&self, name: &str, stage: &str, version: &str) {
+        let desc = self
+            .sm
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .expect("describe");
+        let from = desc.version_ids_to_stages().and_then(|m| {
+            m.iter()
+                .find(|(_, st)| st.iter().any(|s| s == stage))
+                .map(|(v, _)| v.clone())
+        });
+        self.sm
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(stage)
+            .move_to_version_id(version)
+            .set_remove_from_version_id(from)
+            .send()
+            .await
+            .expect("update stage");
+    }
+
+    pub async fn parameter(&self, name: &str, value: &str) {
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("put parameter");
+    }
+
+    /// Registers a one-container task definition; returns its ARN.
+    pub async fn task_def(&self, family: &str, refs: Refs<'_>) -> String {
+        let mut c = ContainerDefinition::builder()
+            .name("app")
+            .image("public.ecr.aws/nginx/nginx:latest")
+            .memory(128);
+        for (i, v) in refs.secrets.iter().enumerate() {
+            c = c.secrets(
+                Secret::builder()
+                    .name(format!("SECRET_{i}"))
+                    .value_from(*v)
+                    .build()
+                    .expect("secret"),
+            );
+        }
+        if !refs.log.is_empty() {
+            let mut lc = LogConfiguration::builder().log_driver(LogDriver::Splunk);
+            for (i, v) in refs.log.iter().enumerate() {
+                lc = lc.secret_options(
+                    Secret::builder()
+                        .name(format!("token-{i}"))
+                        .value_from(*v)
+                        .build()
+                        .expect("secret"),
+                );
+            }
+            c = c.log_configuration(lc.build().expect("log config"));
+        }
+        if let Some(v) = refs.registry {
+            c = c.repository_credentials(
+                RepositoryCredentials::builder()
+                    .credentials_parameter(v)
+                    .build()
+                    .expect("creds"),
+            );
+        }
+        let out = self
+            .ecs
+            .register_task_definition()
+            .family(family)
+            .container_definitions(c.build())
+            .send()
+            .await
+            .expect("register task definition");
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .expect("arn")
+            .to_string()
+    }
+
+    pub async fn service(&self, cluster: &str, name: &str, task_def: &str, tags: &[(&str, &str)]) {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+            .collect();
+        self.ecs
+            .create_service()
+            .cluster(cluster)
+            .service_name(name)
+            .task_definition(task_def)
+            .desired_count(1)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .send()
+            .await
+            .expect("create service");
+    }
+
+    /// The primary deployment's id.
+    pub async fn deployment_id(&self, cluster: &str, name: &str) -> String {
+        let out = self
+            .ecs
+            .describe_services()
+            .cluster(cluster)
+            .services(name)
+            .send()
+            .await
+            .expect("describe");
+        out.services()[0].deployments()[0]
+            .id()
+            .expect("id")
+            .to_string()
+    }
+}
+
+/// The references of a test task definition.
+#[derive(Default, Clone, Copy)]
+pub struct Refs<'a> {
+    pub secrets: &'a [&'a str],
+    pub log: &'a [&'a str],
+    pub registry: Option<&'a str>,
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The output of one run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs the real binary against `endpoint` with a clean AWS environment.
+pub async fn run_binary(endpoint: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecs-reloader"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("ECS_RELOADER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("ECS_RELOADER_LOG", "warn");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("binary finished within 120 s")
+        .expect("binary ran");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

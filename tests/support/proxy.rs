@@ -1,0 +1,265 @@
+//! A small HTTP/1.1 proxy in front of the emulator that records every AWS call (by
+//! `X-Amz-Target`, with its body) and can inject the faults the emulator cannot: JSON-protocol
+//! throttling (HTTP 400 `ThrottlingException`), 5xx, latency and dropped connections.
+//!
+//! Faults are decided by a seeded generator, so a failing run can be replayed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// One recorded call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// e.g. `AmazonEC2ContainerServiceV20141113.UpdateService`.
+    pub target: String,
+    /// The JSON request body.
+    pub body: String,
+    /// What the proxy did with it.
+    pub fault: Option<Fault>,
+}
+
+impl Call {
+    /// The operation name (after the dot).
+    pub fn operation(&self) -> &str {
+        self.target.rsplit('.').next().unwrap_or(&self.target)
+    }
+}
+
+/// An injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Throttle,
+    ServerError,
+    Drop,
+}
+
+/// Which faults to inject, as probabilities per call, for calls whose target contains `only`.
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    pub only: String,
+    pub throttle: f64,
+    pub server_error: f64,
+    pub drop: f64,
+    pub latency: Duration,
+    pub seed: u64,
+}
+
+struct State {
+    calls: Mutex<Vec<Call>>,
+    plan: Mutex<FaultPlan>,
+    rng: AtomicU64,
+}
+
+/// The running proxy; stops on drop.
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port forwarding to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(State {
+            calls: Mutex::default(),
+            plan: Mutex::default(),
+            rng: AtomicU64::new(1),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = serve(sock, upstream, st).await;
+                });
+            }
+        });
+        Proxy { port, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Replaces the fault plan (and reseeds).
+    pub fn set_faults(&self, plan: FaultPlan) {
+        self.state.rng.store(plan.seed.max(1), Ordering::Relaxed);
+        *self.state.plan.lock().expect("plan") = plan;
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.calls.lock().expect("calls").clone()
+    }
+
+    /// Forgets the calls so far.
+    pub fn reset(&self) {
+        self.state.calls.lock().expect("calls").clear();
+    }
+
+    /// How many calls of an operation (e.g. `UpdateService`) reached the emulator.
+    pub fn count(&self, operation: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.operation() == operation && c.fault.is_none())
+            .count()
+    }
+
+    /// The `service` of every `UpdateService` that reached the emulator.
+    pub fn updated_services(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter(|c| c.operation() == "UpdateService" && c.fault.is_none())
+            .filter_map(|c| {
+                let v: serde_json::Value = serde_json::from_str(&c.body).ok()?;
+                let cluster = v.get("cluster")?.as_str()?.to_string();
+                let service = v.get("service")?.as_str()?.to_string();
+                Some(format!("{cluster}/{service}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn next_random(state: &State) -> f64 {
+    // xorshift64*: deterministic for a seed, good enough to pick faults.
+    let mut x = state.rng.load(Ordering::Relaxed);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    state.rng.store(x, Ordering::Relaxed);
+    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut reader = BufReader::new(r);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line);
+        }
+        let header = |name: &str| {
+            head.iter().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let target = header("x-amz-target").unwrap_or_default();
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await?;
+
+        let plan = state.plan.lock().expect("plan").clone();
+        let applies = !plan.only.is_empty() && target.contains(&plan.only);
+        let fault = if applies {
+            let r = next_random(&state);
+            if r < plan.throttle {
+                Some(Fault::Throttle)
+            } else if r < plan.throttle + plan.server_error {
+                Some(Fault::ServerError)
+            } else if r < plan.throttle + plan.server_error + plan.drop {
+                Some(Fault::Drop)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        state.calls.lock().expect("calls").push(Call {
+            target: target.clone(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            fault,
+        });
+        if applies && !plan.latency.is_zero() {
+            tokio::time::sleep(plan.latency).await;
+        }
+        match fault {
+            Some(Fault::Drop) => return Ok(()),
+            Some(Fault::Throttle) => {
+                let b = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+                let resp = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-errortype: ThrottlingException\r\nx-amzn-requestid: proxy\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                w.write_all(resp.as_bytes()).await?;
+                continue;
+            }
+            Some(Fault::ServerError) => {
+                let b = r#"{"__type":"ServerException","message":"injected"}"#;
+                let resp = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-errortype: ServerException\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                w.write_all(resp.as_bytes()).await?;
+                continue;
+            }
+            None => {}
+        }
+
+        // Forward on a fresh connection that the emulator closes after answering.
+        let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
+        let mut req = Vec::new();
+        for l in &head {
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("connection:") || lower.starts_with("keep-alive:") {
+                continue;
+            }
+            req.extend_from_slice(l.as_bytes());
+        }
+        req.extend_from_slice(b"Connection: close\r\n\r\n");
+        req.extend_from_slice(&body);
+        up.write_all(&req).await?;
+        let mut resp = Vec::new();
+        up.read_to_end(&mut resp).await?;
+        let split = resp
+            .windows(4)
+            .position(|x| x == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .unwrap_or(resp.len());
+        let (rhead, rbody) = resp.split_at(split);
+        let rhead = String::from_utf8_lossy(rhead);
+        if rhead
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            w.write_all(&resp).await?;
+            continue;
+        }
+        let mut out = String::new();
+        for l in rhead.split("\r\n").filter(|l| !l.is_empty()) {
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("content-length:") || lower.starts_with("connection:") {
+                continue;
+            }
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", rbody.len()));
+        w.write_all(out.as_bytes()).await?;
+        w.write_all(rbody).await?;
+    }
+}
