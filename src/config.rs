@@ -44,6 +44,8 @@ pub struct Config {
     pub scope: ScopeConfig,
     /// The staleness rule.
     pub decide: DecideConfig,
+    /// How rollouts are paced and watched.
+    pub rollout: RolloutConfig,
 }
 
 /// `[aws]`
@@ -102,6 +104,40 @@ impl Default for DecideConfig {
         DecideConfig {
             clock_skew: Dur(Duration::from_secs(1)),
             rotation_grace: Dur(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// `[rollout]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// `UpdateService` calls per second (ECS's bucket refills 5/s, shared by the whole account).
+    pub updates_per_second: f64,
+    /// Rollouts in flight at once.
+    pub max_concurrent: usize,
+    /// Rollouts in flight at once per cluster; 0 means no per-cluster limit.
+    pub max_concurrent_per_cluster: usize,
+    /// Roll the first service of a change set alone, and the rest only if it is healthy.
+    pub canary: bool,
+    /// A rollout not healthy after this long has failed.
+    pub timeout: Dur,
+    /// A rollout with this many failed tasks has failed (0: never by count).
+    pub failed_tasks_threshold: u32,
+    /// How often a rollout in flight is looked at.
+    pub poll_interval: Dur,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            updates_per_second: 1.0,
+            max_concurrent: 5,
+            max_concurrent_per_cluster: 0,
+            canary: true,
+            timeout: Dur(Duration::from_secs(15 * 60)),
+            failed_tasks_threshold: 3,
+            poll_interval: Dur(Duration::from_secs(15)),
         }
     }
 }
@@ -194,6 +230,25 @@ impl Config {
         }
         if self.scope.scan_concurrency == 0 {
             return Err(invalid("scope.scan_concurrency", "must be at least 1"));
+        }
+        let r = &self.rollout;
+        if !(r.updates_per_second > 0.0 && r.updates_per_second.is_finite()) {
+            return Err(invalid(
+                "rollout.updates_per_second",
+                "must be a positive number",
+            ));
+        }
+        if r.max_concurrent == 0 {
+            return Err(invalid("rollout.max_concurrent", "must be at least 1"));
+        }
+        if r.poll_interval.0 < Duration::from_secs(1) {
+            return Err(invalid("rollout.poll_interval", "must be at least 1s"));
+        }
+        if r.timeout.0 < r.poll_interval.0 {
+            return Err(invalid(
+                "rollout.timeout",
+                "must be at least rollout.poll_interval",
+            ));
         }
         Ok(())
     }

@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ecs_reloader::aws::sdk::{self, RetryMode, SdkSettings};
 use ecs_reloader::clock::SystemClock;
 use ecs_reloader::config::Config;
-use ecs_reloader::decide::Policy;
-use ecs_reloader::driver::cli::{self, Output};
-use ecs_reloader::reconcile::{Reconciler, Settings};
-use ecs_reloader::rollout::Trigger;
+use ecs_reloader::driver::cli::{self, Output, TerminalProgress};
+use ecs_reloader::driver::setup;
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +63,9 @@ struct ReconcileArgs {
     /// Show what would roll; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Trigger the rollouts and return, without watching them become healthy (no canary).
+    #[arg(long)]
+    no_wait: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -96,31 +96,18 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
-    let settings = SdkSettings {
-        region: (!config.aws.region.is_empty()).then(|| config.aws.region.clone()),
-        retry_mode: if config.aws.retry_mode == "adaptive" {
-            RetryMode::Adaptive
-        } else {
-            RetryMode::Standard
-        },
-        max_attempts: config.aws.max_attempts,
+    let (scope, dry_run, wait) = match cli.command {
+        Command::Reconcile(a) => (a.scope, a.dry_run, !a.no_wait),
+        Command::Plan(s) => (s, true, false),
     };
-    let clients = sdk::clients(&settings).await?;
-    let reconciler = Reconciler::new(
-        clients.clone(),
+    let clients = setup::sdk_clients(&config).await?;
+    let parts = setup::assemble(
+        &config,
+        clients,
         Arc::new(SystemClock),
-        Settings {
-            policy: Policy {
-                clock_skew: config.decide.clock_skew.0,
-                rotation_grace: config.decide.rotation_grace.0,
-            },
-            scan_concurrency: config.scope.scan_concurrency,
-        },
+        Arc::new(TerminalProgress::new()),
+        wait,
     );
-    let (scope, dry_run) = match cli.command {
-        Command::Reconcile(a) => (a.scope, a.dry_run),
-        Command::Plan(s) => (s, true),
-    };
     let opts = cli::Options {
         clusters: if scope.clusters.is_empty() {
             config.scope.clusters.clone()
@@ -132,9 +119,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         output: scope.output,
         max_settle_wait: Duration::from_secs(15),
     };
-    let rollout = Trigger::new(clients);
     let mut stdout = std::io::stdout();
-    let ending = cli::run(&reconciler, &rollout, &opts, &mut stdout).await?;
+    let ending = cli::run(&parts.reconciler, &parts.rollout, &opts, &mut stdout).await?;
     if ending.ok {
         Ok(ExitCode::SUCCESS)
     } else {

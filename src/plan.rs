@@ -73,6 +73,18 @@ impl ChangeSet {
         self.changes.is_empty()
     }
 
+    /// The changes grouped by wave, lowest first, owned.
+    pub fn waves_owned(self) -> Vec<Vec<Change>> {
+        let mut out: Vec<Vec<Change>> = Vec::new();
+        for c in self.changes {
+            match out.last_mut() {
+                Some(group) if group.first().is_some_and(|g| g.wave == c.wave) => group.push(c),
+                _ => out.push(vec![c]),
+            }
+        }
+        out
+    }
+
     /// The changes grouped by wave, lowest first.
     pub fn waves(&self) -> Vec<(i64, Vec<&Change>)> {
         let mut out: Vec<(i64, Vec<&Change>)> = Vec::new();

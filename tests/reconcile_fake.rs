@@ -6,14 +6,15 @@ use std::time::Duration;
 use chrono::TimeZone;
 use ecs_reloader::aws::fake::FakeAws;
 use ecs_reloader::clock::TokioClock;
+use ecs_reloader::config::Config;
 use ecs_reloader::decide::Decision;
 use ecs_reloader::driver::cli::{self, Options, Output};
+use ecs_reloader::driver::setup::{self, Parts};
 use ecs_reloader::index::Scope;
-use ecs_reloader::reconcile::{Reconciler, Settings};
 use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::Trigger;
+use ecs_reloader::rollout::LogProgress;
 
-fn setup() -> (FakeAws, Reconciler) {
+fn setup() -> (FakeAws, Parts) {
     let clock = Arc::new(TokioClock::starting_at(
         chrono::Utc
             .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
@@ -21,8 +22,14 @@ fn setup() -> (FakeAws, Reconciler) {
             .expect("time"),
     ));
     let fake = FakeAws::new("eu-west-1", clock.clone());
-    let reconciler = Reconciler::new(fake.clients(), clock, Settings::default());
-    (fake, reconciler)
+    let parts = setup::assemble(
+        &Config::default(),
+        fake.clients(),
+        clock,
+        Arc::new(LogProgress),
+        true,
+    );
+    (fake, parts)
 }
 
 fn secret(container: &str) -> Site {
@@ -32,10 +39,9 @@ fn secret(container: &str) -> Site {
     }
 }
 
-async fn pass(r: &Reconciler, opts: &Options) -> cli::Ending {
-    let rollout = Trigger::new(r.clients().clone());
+async fn pass(p: &Parts, opts: &Options) -> cli::Ending {
     let mut out = Vec::new();
-    cli::run(r, &rollout, opts, &mut out)
+    cli::run(&p.reconciler, &p.rollout, opts, &mut out)
         .await
         .expect("pass runs")
 }
@@ -68,7 +74,11 @@ async fn pages_batches_and_a_warm_cache() {
         );
     }
 
-    let first = r.assess(&Scope::default(), &[]).await.expect("assess");
+    let first = r
+        .reconciler
+        .assess(&Scope::default(), &[])
+        .await
+        .expect("assess");
     assert_eq!(first.services.len(), 25, "every page of every cluster");
     assert!(first
         .services
@@ -79,14 +89,18 @@ async fn pages_batches_and_a_warm_cache() {
     assert_eq!(fake.calls("ecs:ListServices"), 9);
     assert_eq!(fake.calls("ecs:DescribeServices"), 4);
 
-    let second = r.assess(&Scope::default(), &[]).await.expect("assess");
+    let second = r
+        .reconciler
+        .assess(&Scope::default(), &[])
+        .await
+        .expect("assess");
     assert_eq!(second.services.len(), 25);
     assert_eq!(
         fake.calls("ecs:DescribeTaskDefinition"),
         2,
         "a warm scan describes no revision again"
     );
-    assert_eq!(r.cache().fetches(), 2);
+    assert_eq!(r.reconciler.cache().fetches(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -201,7 +215,11 @@ async fn tag_declared_names_resolve_to_a_secret_or_a_parameter() {
     fake.put_parameter("/phase/export");
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let a = r.assess(&Scope::default(), &[]).await.expect("assess");
+    let a = r
+        .reconciler
+        .assess(&Scope::default(), &[])
+        .await
+        .expect("assess");
     let by = |name: &str| {
         a.services
             .iter()
@@ -228,7 +246,11 @@ async fn a_failed_scan_names_the_call_and_the_resource() {
         1,
         ecs_reloader::aws::ErrorKind::AccessDenied,
     );
-    let err = r.assess(&Scope::default(), &[]).await.expect_err("denied");
+    let err = r
+        .reconciler
+        .assess(&Scope::default(), &[])
+        .await
+        .expect_err("denied");
     let text = err.to_string();
     assert!(
         text.contains("ecs:ListServices") && text.contains("c"),

@@ -100,6 +100,8 @@ pub struct UpdateRecord {
     pub at: DateTime<Utc>,
     /// Deployments in progress across the account right after this call, this one included.
     pub in_progress_after: usize,
+    /// Deployments in progress in this service's cluster right after this call.
+    pub in_progress_in_cluster: usize,
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ struct World {
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
     faults: HashMap<&'static str, VecDeque<ErrorKind>>,
+    lost_answers: HashMap<&'static str, usize>,
     updates: Vec<UpdateRecord>,
     page_size: usize,
     seq: u64,
@@ -215,6 +218,11 @@ impl FakeAws {
         for _ in 0..n {
             q.push_back(kind);
         }
+    }
+
+    /// The next call of `operation` takes effect but its answer is lost (a transient error).
+    pub fn lose_next_answer(&self, operation: &'static str) {
+        *self.w().lost_answers.entry(operation).or_default() += 1;
     }
 
     /// Calls made of `operation` (throttled ones included).
@@ -739,11 +747,30 @@ impl Ecs for FakeAws {
             .flat_map(|c| c.values())
             .filter(|s| in_progress(s, now))
             .count();
+        let in_progress_in_cluster = w
+            .clusters
+            .get(cluster_name(cluster))
+            .map(|c| c.values().filter(|s| in_progress(s, now)).count())
+            .unwrap_or(0);
         w.updates.push(UpdateRecord {
-            service: resource,
+            service: resource.clone(),
             at: now,
             in_progress_after,
+            in_progress_in_cluster,
         });
+        if let Some(n) = w
+            .lost_answers
+            .get_mut("ecs:UpdateService")
+            .filter(|n| **n > 0)
+        {
+            *n -= 1;
+            return Err(AwsError::new(
+                "ecs:UpdateService",
+                resource,
+                ErrorKind::Transient,
+                "connection reset (answer lost)",
+            ));
+        }
         Ok(dep)
     }
 }

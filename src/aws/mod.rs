@@ -6,6 +6,7 @@
 //! so that the paging loop lives in the core and the fake can test it with tiny pages.
 
 pub mod fake;
+pub mod guard;
 pub mod sdk;
 
 use std::collections::BTreeMap;

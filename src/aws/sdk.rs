@@ -357,6 +357,12 @@ impl Ecs for SdkEcs {
             .cluster(cluster)
             .service(service_name)
             .force_new_deployment(true)
+            // Not idempotent: a retry after a lost answer would force a second deployment.
+            // The guard retries instead, after checking whether the first attempt took effect.
+            .customize()
+            .config_override(
+                aws_sdk_ecs::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| map_err("ecs:UpdateService", &resource, e))?;

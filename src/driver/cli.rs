@@ -145,3 +145,87 @@ async fn settle(
     }
     Ok(assessment)
 }
+
+/// Progress for a person: on a terminal, a live status line (done / in flight / waiting, and
+/// which services are in flight) with a permanent line per finished service; elsewhere, one log
+/// line per change.
+pub struct TerminalProgress {
+    state: std::sync::Mutex<ProgressState>,
+    live: bool,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    phases: std::collections::BTreeMap<ServiceKey, crate::rollout::Phase>,
+}
+
+impl TerminalProgress {
+    /// Live when stderr is a terminal.
+    pub fn new() -> Self {
+        use std::io::IsTerminal;
+        TerminalProgress {
+            state: std::sync::Mutex::default(),
+            live: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Default for TerminalProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl crate::rollout::Progress for TerminalProgress {
+    fn update(&self, key: &ServiceKey, phase: &crate::rollout::Phase) {
+        use crate::rollout::Phase;
+        if !self.live {
+            crate::rollout::LogProgress.update(key, phase);
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.phases.insert(key.clone(), phase.clone());
+        let (mut done, mut waiting) = (0, 0);
+        let mut rolling = Vec::new();
+        for (k, p) in &st.phases {
+            match p {
+                Phase::Waiting => waiting += 1,
+                Phase::Rolling { .. } => rolling.push(k.to_string()),
+                Phase::Done(_) => done += 1,
+            }
+        }
+        let mut err = std::io::stderr().lock();
+        if let Phase::Done(o) = phase {
+            let detail = match o {
+                Outcome::Failed { reason } | Outcome::Halted { reason } => format!(": {reason}"),
+                Outcome::Healthy { deployment } | Outcome::Triggered { deployment } => {
+                    format!(" ({deployment})")
+                }
+            };
+            let _ = writeln!(err, "\r\x1b[2K{key}: {}{detail}", o.label());
+        }
+        let shown: Vec<String> = rolling.iter().take(4).cloned().collect();
+        let more = rolling.len().saturating_sub(shown.len());
+        let _ = write!(
+            err,
+            "\r\x1b[2Krollout: {done} done, {} in flight, {waiting} waiting{}{}",
+            rolling.len(),
+            if shown.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}", shown.join(", "))
+            },
+            if shown.is_empty() {
+                String::new()
+            } else if more > 0 {
+                format!(" +{more}]")
+            } else {
+                "]".into()
+            },
+        );
+        if waiting == 0 && rolling.is_empty() {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+}

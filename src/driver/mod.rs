@@ -2,3 +2,4 @@
 //! [`Reconciler`](crate::reconcile::Reconciler).
 
 pub mod cli;
+pub mod setup;

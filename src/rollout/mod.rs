@@ -1,10 +1,14 @@
 //! Executing a change set: `UpdateService(forceNewDeployment)` per service, behind the
-//! [`Rollout`] trait so that the core does not care how carefully it is done.
+//! [`Rollout`] trait so that the core does not care how carefully it is done. [`engine`] is the
+//! careful way (canary, waves, bounded concurrency, health watching, halt); [`health`] reads a
+//! deployment's health.
+
+pub mod engine;
+pub mod health;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::aws::Clients;
 use crate::plan::{ChangeSet, ServiceKey};
 
 /// What became of one service of a change set.
@@ -57,42 +61,39 @@ pub trait Rollout: Send + Sync {
     async fn execute(&self, set: &ChangeSet) -> Vec<(ServiceKey, Outcome)>;
 }
 
-/// The simplest rollout: trigger each service in order, one at a time, and do not watch.
-pub struct Trigger {
-    clients: Clients,
+/// Where a service of a change set is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Not started.
+    Waiting,
+    /// `UpdateService` done; being watched.
+    Rolling {
+        /// The new deployment.
+        deployment: String,
+    },
+    /// Finished.
+    Done(Outcome),
 }
 
-impl Trigger {
-    /// A trigger over these clients.
-    pub fn new(clients: Clients) -> Self {
-        Trigger { clients }
-    }
+/// Told of every change of phase, to show progress.
+pub trait Progress: Send + Sync {
+    /// `key` entered `phase`.
+    fn update(&self, key: &ServiceKey, phase: &Phase);
 }
 
-#[async_trait]
-impl Rollout for Trigger {
-    async fn execute(&self, set: &ChangeSet) -> Vec<(ServiceKey, Outcome)> {
-        let mut out = Vec::with_capacity(set.changes.len());
-        for c in &set.changes {
-            let outcome = match self
-                .clients
-                .ecs
-                .force_new_deployment(&c.key.cluster, &c.key.service)
-                .await
-            {
-                Ok(d) => {
-                    tracing::info!(service = %c.key, deployment = %d.id, "forced a new deployment");
-                    Outcome::Triggered { deployment: d.id }
-                }
-                Err(e) => {
-                    tracing::error!(service = %c.key, error = %e, "could not force a new deployment");
-                    Outcome::Failed {
-                        reason: e.to_string(),
-                    }
-                }
-            };
-            out.push((c.key.clone(), outcome));
+/// Progress as log lines (for logs and non-terminals).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn update(&self, key: &ServiceKey, phase: &Phase) {
+        match phase {
+            Phase::Waiting => tracing::debug!(service = %key, "waiting"),
+            Phase::Rolling { deployment } => tracing::info!(service = %key, deployment, "rolling"),
+            Phase::Done(o) if o.is_success() => {
+                tracing::info!(service = %key, outcome = o.label(), "done")
+            }
+            Phase::Done(o) => tracing::warn!(service = %key, outcome = o.label(), ?o, "done"),
         }
-        out
     }
 }

@@ -306,7 +306,9 @@ pub async fn run_binary(endpoint: &str, args: &[&str], extra_env: &[(&str, &str)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("ECS_RELOADER_LOG", "warn");
+        .env("ECS_RELOADER_LOG", "warn")
+        // moto reports rollouts complete at once: no need to look every 15 s.
+        .env("ECS_RELOADER_ROLLOUT_POLL_INTERVAL", "1s");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

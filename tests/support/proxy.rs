@@ -33,9 +33,21 @@ impl Call {
 /// An injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// Answered 400 ThrottlingException; not forwarded.
     Throttle,
+    /// Answered 500; not forwarded.
     ServerError,
+    /// Connection closed before forwarding.
     Drop,
+    /// Forwarded (it takes effect), then the connection closes before the answer.
+    LoseAnswer,
+}
+
+impl Fault {
+    /// Whether the emulator saw the call.
+    pub fn forwarded(fault: Option<Fault>) -> bool {
+        matches!(fault, None | Some(Fault::LoseAnswer))
+    }
 }
 
 /// Which faults to inject, as probabilities per call, for calls whose target contains `only`.
@@ -45,6 +57,7 @@ pub struct FaultPlan {
     pub throttle: f64,
     pub server_error: f64,
     pub drop: f64,
+    pub lose_answer: f64,
     pub latency: Duration,
     pub seed: u64,
 }
@@ -116,7 +129,7 @@ impl Proxy {
     pub fn updated_services(&self) -> Vec<String> {
         self.calls()
             .iter()
-            .filter(|c| c.operation() == "UpdateService" && c.fault.is_none())
+            .filter(|c| c.operation() == "UpdateService" && Fault::forwarded(c.fault))
             .filter_map(|c| {
                 let v: serde_json::Value = serde_json::from_str(&c.body).ok()?;
                 let cluster = v.get("cluster")?.as_str()?.to_string();
@@ -183,6 +196,8 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
                 Some(Fault::ServerError)
             } else if r < plan.throttle + plan.server_error + plan.drop {
                 Some(Fault::Drop)
+            } else if r < plan.throttle + plan.server_error + plan.drop + plan.lose_answer {
+                Some(Fault::LoseAnswer)
             } else {
                 None
             }
@@ -217,7 +232,7 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
                 w.write_all(resp.as_bytes()).await?;
                 continue;
             }
-            None => {}
+            None | Some(Fault::LoseAnswer) => {}
         }
 
         // Forward on a fresh connection that the emulator closes after answering.
@@ -235,6 +250,9 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
         up.write_all(&req).await?;
         let mut resp = Vec::new();
         up.read_to_end(&mut resp).await?;
+        if fault == Some(Fault::LoseAnswer) {
+            return Ok(());
+        }
         let split = resp
             .windows(4)
             .position(|x| x == b"\r\n\r\n")

@@ -1,0 +1,505 @@
+//! A guard around the AWS traits: client-side token buckets that keep ecs-reloader under ECS's
+//! own throttling, and retries with jittered exponential backoff (`backon`) for throttled and
+//! transient errors, so that a throttle never surfaces as a failed rollout.
+//!
+//! ECS throttles per account and region with token buckets (UpdateService: burst 50, refill 5/s;
+//! DescribeServices and ListServices: burst 100, refill 20/s; DescribeTaskDefinition: burst 50,
+//! refill 20/s). Our buckets default well below them (see [`Limits`]), because other tools in the
+//! account draw from the same buckets.
+//!
+//! **`UpdateService` is not idempotent**: a retry after a lost answer would force a second
+//! deployment. The SDK's own retries are off for that call (see `sdk.rs`), throttling is retried
+//! freely (a throttled request was not executed), and after an ambiguous failure (5xx, timeout,
+//! dropped connection) the guard first looks at the service: if a deployment created since the
+//! attempt began is there, the attempt took effect and is not repeated.
+//!
+//! The buckets run on tokio's clock, so simulations with paused time are exact.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use governor::clock::Clock as GovernorClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{middleware::NoOpMiddleware, Quota, RateLimiter};
+
+use super::{
+    AwsError, AwsResult, Clients, Deployment, Ecs, ErrorKind, Page, ParameterMeta,
+    ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, TaskDefinition,
+};
+use crate::clock::Clock;
+
+/// Client-side rates and the retry policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// `UpdateService` calls per second (ECS refills 5/s).
+    pub updates_per_second: f64,
+    /// `UpdateService` burst (ECS allows 50). 1 by default: `updates_per_second` then holds in
+    /// every window, not just on average.
+    pub update_burst: u32,
+    /// Describe/List calls per second, each kind (ECS refills 20/s).
+    pub reads_per_second: f64,
+    /// Describe/List burst (ECS allows 50–100).
+    pub read_burst: u32,
+    /// First backoff delay.
+    pub min_backoff: Duration,
+    /// Longest backoff delay.
+    pub max_backoff: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            updates_per_second: 1.0,
+            update_burst: 1,
+            reads_per_second: 10.0,
+            read_burst: 20,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(20),
+            max_retries: 12,
+        }
+    }
+}
+
+/// Calls, throttles and retries by operation, for reports and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<BTreeMap<&'static str, OpStats>>,
+}
+
+/// Counters of one operation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpStats {
+    /// Attempts made.
+    pub calls: u64,
+    /// Attempts answered with throttling.
+    pub throttled: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+}
+
+impl Stats {
+    fn record(&self, op: &'static str, f: impl FnOnce(&mut OpStats)) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.entry(op).or_default());
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, OpStats> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// governor's clock, on tokio's (pausable) time.
+#[derive(Debug, Clone, Copy)]
+struct TokioTime {
+    start: tokio::time::Instant,
+}
+
+impl GovernorClock for TokioTime {
+    type Instant = Duration;
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioTime, NoOpMiddleware<Duration>>;
+
+struct Bucket {
+    limiter: Limiter,
+    clock: TokioTime,
+}
+
+impl Bucket {
+    fn new(per_second: f64, burst: u32) -> Bucket {
+        let clock = TokioTime {
+            start: tokio::time::Instant::now(),
+        };
+        let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        Bucket {
+            limiter: RateLimiter::direct_with_clock(quota, clock),
+            clock,
+        }
+    }
+
+    /// Waits for a token (on tokio's clock, not governor's own timer).
+    async fn take(&self) {
+        while let Err(not_until) = self.limiter.check() {
+            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+        }
+    }
+}
+
+struct Shared {
+    ecs: Arc<dyn Ecs>,
+    secrets: Arc<dyn Secrets>,
+    parameters: Arc<dyn Parameters>,
+    update: Bucket,
+    describe_services: Bucket,
+    list: Bucket,
+    task_defs: Bucket,
+    limits: Limits,
+    stats: Arc<Stats>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.limits.min_backoff)
+            .with_max_delay(self.limits.max_backoff)
+            .with_max_times(self.limits.max_retries)
+            .with_jitter()
+    }
+
+    /// Runs `call` (after taking a token from `bucket`, if any), retrying retryable errors.
+    async fn guarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        bucket: Option<&Bucket>,
+        call: F,
+    ) -> AwsResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = AwsResult<T>>,
+    {
+        let attempt = || async {
+            if let Some(b) = bucket {
+                b.take().await;
+            }
+            self.stats.record(op, |s| s.calls += 1);
+            let r = call().await;
+            if let Err(e) = &r {
+                if e.kind == ErrorKind::Throttled {
+                    self.stats.record(op, |s| s.throttled += 1);
+                }
+            }
+            r
+        };
+        attempt
+            .retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(AwsError::is_retryable)
+            .notify(|e: &AwsError, wait: Duration| {
+                self.stats.record(op, |s| s.retries += 1);
+                tracing::debug!(operation = op, error = %e, wait_ms = wait.as_millis() as u64, "retrying");
+            })
+            .await
+    }
+}
+
+/// Wraps clients in the guard. `clock` is the wall clock used to tell whether an ambiguous
+/// `UpdateService` took effect.
+pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Clients, Arc<Stats>) {
+    let stats = Arc::new(Stats::default());
+    let shared = Arc::new(Shared {
+        ecs: clients.ecs,
+        secrets: clients.secrets,
+        parameters: clients.parameters,
+        update: Bucket::new(limits.updates_per_second, limits.update_burst),
+        describe_services: Bucket::new(limits.reads_per_second, limits.read_burst),
+        list: Bucket::new(limits.reads_per_second, limits.read_burst),
+        task_defs: Bucket::new(limits.reads_per_second, limits.read_burst),
+        limits,
+        stats: stats.clone(),
+        clock,
+    });
+    let guarded = Clients {
+        ecs: Arc::new(GuardedEcs(shared.clone())),
+        secrets: Arc::new(GuardedSecrets(shared.clone())),
+        parameters: Arc::new(GuardedParameters(shared)),
+        region: clients.region,
+    };
+    (guarded, stats)
+}
+
+struct GuardedEcs(Arc<Shared>);
+
+#[async_trait]
+impl Ecs for GuardedEcs {
+    async fn list_clusters(&self, next: Option<String>) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded("ecs:ListClusters", Some(&s.list), || {
+            s.ecs.list_clusters(next.clone())
+        })
+        .await
+    }
+
+    async fn list_services(&self, cluster: &str, next: Option<String>) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded("ecs:ListServices", Some(&s.list), || {
+            s.ecs.list_services(cluster, next.clone())
+        })
+        .await
+    }
+
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> AwsResult<Vec<Service>> {
+        let s = &self.0;
+        s.guarded("ecs:DescribeServices", Some(&s.describe_services), || {
+            s.ecs.describe_services(cluster, services)
+        })
+        .await
+    }
+
+    async fn describe_task_definition(&self, arn: &str) -> AwsResult<TaskDefinition> {
+        let s = &self.0;
+        s.guarded("ecs:DescribeTaskDefinition", Some(&s.task_defs), || {
+            s.ecs.describe_task_definition(arn)
+        })
+        .await
+    }
+
+    async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment> {
+        let s = &self.0;
+        let started = s.clock.now() - chrono::Duration::seconds(1);
+        let attempt = || async {
+            s.update.take().await;
+            s.stats.record("ecs:UpdateService", |st| st.calls += 1);
+            match s.ecs.force_new_deployment(cluster, service).await {
+                Ok(d) => Ok(d),
+                Err(e) if e.kind == ErrorKind::Throttled => {
+                    s.stats.record("ecs:UpdateService", |st| st.throttled += 1);
+                    Err(e)
+                }
+                Err(e) if e.kind == ErrorKind::Transient => {
+                    // The request may have been executed and only its answer lost.
+                    match self.took_effect(cluster, service, started).await {
+                        Some(d) => {
+                            tracing::info!(cluster, service, deployment = %d.id, "UpdateService answer was lost but it took effect");
+                            Ok(d)
+                        }
+                        None => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        attempt
+            .retry(s.backoff())
+            .sleep(tokio::time::sleep)
+            .when(AwsError::is_retryable)
+            .notify(|e: &AwsError, wait: Duration| {
+                s.stats.record("ecs:UpdateService", |st| st.retries += 1);
+                tracing::debug!(cluster, service, error = %e, wait_ms = wait.as_millis() as u64, "retrying UpdateService");
+            })
+            .await
+    }
+}
+
+impl GuardedEcs {
+    /// The primary deployment, if it was created since `since` (our clock, less a second for skew).
+    async fn took_effect(
+        &self,
+        cluster: &str,
+        service: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Deployment> {
+        let found = self
+            .describe_services(cluster, &[service.to_string()])
+            .await
+            .ok()?;
+        let primary = found.first()?.primary()?.clone();
+        (primary.created_at >= since).then_some(primary)
+    }
+}
+
+struct GuardedSecrets(Arc<Shared>);
+
+#[async_trait]
+impl Secrets for GuardedSecrets {
+    async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta> {
+        let s = &self.0;
+        s.guarded("secretsmanager:DescribeSecret", None, || {
+            s.secrets.describe_secret(region, id)
+        })
+        .await
+    }
+
+    async fn list_secret_versions(
+        &self,
+        region: &str,
+        arn: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<SecretVersion>> {
+        let s = &self.0;
+        s.guarded("secretsmanager:ListSecretVersionIds", None, || {
+            s.secrets.list_secret_versions(region, arn, next.clone())
+        })
+        .await
+    }
+}
+
+struct GuardedParameters(Arc<Shared>);
+
+#[async_trait]
+impl Parameters for GuardedParameters {
+    async fn describe_parameters(
+        &self,
+        region: &str,
+        names: &[String],
+    ) -> AwsResult<Vec<ParameterMeta>> {
+        let s = &self.0;
+        s.guarded("ssm:DescribeParameters", None, || {
+            s.parameters.describe_parameters(region, names)
+        })
+        .await
+    }
+
+    async fn parameter_history(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> AwsResult<Vec<ParameterVersion>> {
+        let s = &self.0;
+        s.guarded("ssm:GetParameterHistory", None, || {
+            s.parameters.parameter_history(region, name)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::fake::{Bucket as FakeBucket, FakeAws};
+    use crate::clock::TokioClock;
+    use chrono::TimeZone;
+
+    fn world() -> (FakeAws, Arc<dyn Clock>) {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(
+            chrono::Utc
+                .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+                .single()
+                .expect("t"),
+        ));
+        let fake = FakeAws::new("eu-west-1", clock.clone());
+        (fake, clock)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_never_surfaced() {
+        let (fake, clock) = world();
+        fake.create_service("c", "s", "td", 1, &[]);
+        fake.fail_next("ecs:DescribeServices", 5, ErrorKind::Throttled);
+        let (clients, stats) = guard(fake.clients(), Limits::default(), clock);
+        let found = clients
+            .ecs
+            .describe_services("c", &["s".into()])
+            .await
+            .expect("retried through");
+        assert_eq!(found.len(), 1);
+        let st = stats.snapshot()["ecs:DescribeServices"];
+        assert_eq!((st.calls, st.throttled, st.retries), (6, 5, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let (fake, clock) = world();
+        fake.fail_next("ecs:ListServices", 1, ErrorKind::AccessDenied);
+        let (clients, stats) = guard(fake.clients(), Limits::default(), clock);
+        let err = clients
+            .ecs
+            .list_services("c", None)
+            .await
+            .expect_err("denied");
+        assert_eq!(err.kind, ErrorKind::AccessDenied);
+        assert_eq!(stats.snapshot()["ecs:ListServices"].calls, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_update_bucket_spaces_calls() {
+        let (fake, clock) = world();
+        for i in 0..10 {
+            fake.create_service("c", &format!("s{i}"), "td", 1, &[]);
+        }
+        let limits = Limits {
+            updates_per_second: 2.0,
+            update_burst: 1,
+            ..Limits::default()
+        };
+        let (clients, _) = guard(fake.clients(), limits, clock);
+        for i in 0..10 {
+            clients
+                .ecs
+                .force_new_deployment("c", &format!("s{i}"))
+                .await
+                .expect("rolls");
+        }
+        let at: Vec<_> = fake.updates().iter().map(|u| u.at).collect();
+        for pair in at.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= chrono::Duration::milliseconds(499),
+                "{pair:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_side_buckets_are_absorbed() {
+        let (fake, clock) = world();
+        for i in 0..20 {
+            fake.create_service("c", &format!("s{i}"), "td", 1, &[]);
+        }
+        // The account's bucket is nearly empty (other tools use it): our fast local rate hits it.
+        fake.set_bucket(
+            "ecs:UpdateService",
+            FakeBucket {
+                burst: 2.0,
+                refill: 0.5,
+            },
+        );
+        let limits = Limits {
+            updates_per_second: 50.0,
+            update_burst: 50,
+            ..Limits::default()
+        };
+        let (clients, stats) = guard(fake.clients(), limits, clock);
+        for i in 0..20 {
+            clients
+                .ecs
+                .force_new_deployment("c", &format!("s{i}"))
+                .await
+                .expect("throttles are retried");
+        }
+        assert_eq!(fake.updates().len(), 20, "each exactly once");
+        assert!(stats.snapshot()["ecs:UpdateService"].throttled > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_update_answer_is_not_repeated() {
+        let (fake, clock) = world();
+        fake.create_service("c", "s", "td", 1, &[]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // The call executes, but its answer is lost.
+        fake.lose_next_answer("ecs:UpdateService");
+        let (clients, _) = guard(fake.clients(), Limits::default(), clock);
+        clients
+            .ecs
+            .force_new_deployment("c", "s")
+            .await
+            .expect("recognised as done");
+        assert_eq!(fake.rollouts_of("c", "s"), 1, "no second forced deployment");
+        // A transient failure before execution is retried and rolls once.
+        fake.fail_next("ecs:UpdateService", 2, ErrorKind::Transient);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        clients
+            .ecs
+            .force_new_deployment("c", "s")
+            .await
+            .expect("retried");
+        assert_eq!(fake.rollouts_of("c", "s"), 2);
+    }
+}

@@ -1,0 +1,296 @@
+//! The rollout engine: canary, then waves, at most `max_concurrent` rollouts in flight (and
+//! optionally per cluster), each watched until healthy, and a halt on the first failure.
+//!
+//! Rate limits and throttling retries are the guard's business ([`crate::aws::guard`]); this
+//! engine only decides what to start when, and what became of it.
+//!
+//! *Subtle:* waves are barriers. Wave *n + 1* starts only when every rollout of wave *n* is
+//! healthy, so "read replicas before writers" holds even with concurrency. After a failure, the
+//! rollouts already in flight are still watched to their end (abandoning them would hide their
+//! outcome), but nothing new starts: the rest of the change set is reported as halted and stays
+//! stale, for a person to look at.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+
+use super::health::{health, Health};
+use super::{Outcome, Phase, Progress, Rollout};
+use crate::aws::Clients;
+use crate::plan::{Change, ChangeSet, ServiceKey};
+
+/// How the engine rolls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Rollouts in flight at once.
+    pub max_concurrent: usize,
+    /// Rollouts in flight at once in one cluster (`None`: only the global limit).
+    pub max_concurrent_per_cluster: Option<usize>,
+    /// Roll the first service alone and go on only if it is healthy.
+    pub canary: bool,
+    /// Give up on a deployment that is not healthy after this long.
+    pub timeout: Duration,
+    /// Fail a deployment once this many of its tasks failed to start (0: never).
+    pub failed_tasks_threshold: i32,
+    /// How often to look at a deployment in flight.
+    pub poll_interval: Duration,
+    /// Watch health (`false`: trigger and return, as `--no-wait` and the Lambda do).
+    pub wait: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_concurrent: 5,
+            max_concurrent_per_cluster: None,
+            canary: true,
+            timeout: Duration::from_secs(15 * 60),
+            failed_tasks_threshold: 3,
+            poll_interval: Duration::from_secs(15),
+            wait: true,
+        }
+    }
+}
+
+/// The engine.
+pub struct Engine {
+    clients: Clients,
+    settings: Settings,
+    progress: Arc<dyn Progress>,
+}
+
+impl Engine {
+    /// An engine over (guarded) clients.
+    pub fn new(clients: Clients, settings: Settings, progress: Arc<dyn Progress>) -> Self {
+        Engine {
+            clients,
+            settings,
+            progress,
+        }
+    }
+
+    /// Triggers one service and, when waiting, watches it to its end.
+    async fn roll_one(&self, key: &ServiceKey) -> Outcome {
+        let deployment = match self
+            .clients
+            .ecs
+            .force_new_deployment(&key.cluster, &key.service)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(service = %key, error = %e, "UpdateService failed");
+                return Outcome::Failed {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        tracing::info!(service = %key, deployment = %deployment.id, "forced a new deployment");
+        self.progress.update(
+            key,
+            &Phase::Rolling {
+                deployment: deployment.id.clone(),
+            },
+        );
+        if !self.settings.wait {
+            return Outcome::Triggered {
+                deployment: deployment.id,
+            };
+        }
+        self.watch(key, &deployment.id).await
+    }
+
+    async fn watch(&self, key: &ServiceKey, deployment: &str) -> Outcome {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Outcome::Failed {
+                    reason: format!(
+                        "deployment {deployment} not healthy after {} (timeout)",
+                        humantime::format_duration(self.settings.timeout)
+                    ),
+                };
+            }
+            tokio::time::sleep(self.settings.poll_interval.min(deadline - now)).await;
+            let described = self
+                .clients
+                .ecs
+                .describe_services(&key.cluster, std::slice::from_ref(&key.service))
+                .await;
+            let service = match described {
+                Ok(mut found) if !found.is_empty() => found.remove(0),
+                Ok(_) => {
+                    return Outcome::Failed {
+                        reason: "the service disappeared during its rollout".into(),
+                    }
+                }
+                Err(e) => {
+                    // The guard already retried; keep watching until the timeout decides.
+                    tracing::warn!(service = %key, error = %e, "could not read the rollout's state");
+                    continue;
+                }
+            };
+            match health(&service, deployment, self.settings.failed_tasks_threshold) {
+                Health::Progressing => {}
+                Health::Healthy => {
+                    return Outcome::Healthy {
+                        deployment: deployment.to_string(),
+                    }
+                }
+                Health::Superseded { by } => {
+                    tracing::info!(service = %key, deployment, by = %by, "superseded by a newer deployment");
+                    return Outcome::Healthy {
+                        deployment: deployment.to_string(),
+                    };
+                }
+                Health::Failed { reason } => {
+                    return Outcome::Failed {
+                        reason: format!("deployment {deployment}: {reason}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rolls a group concurrently within the limits; stops starting new ones once `halt` is set.
+    async fn roll_group(
+        self: &Arc<Self>,
+        group: Vec<Change>,
+        halt: &Arc<HaltFlag>,
+        outcomes: &Arc<Mutex<Vec<(ServiceKey, Outcome)>>>,
+    ) {
+        let global = Arc::new(Semaphore::new(self.settings.max_concurrent.max(1)));
+        let mut per_cluster: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for change in group {
+            let cluster_sem = self.settings.max_concurrent_per_cluster.map(|n| {
+                per_cluster
+                    .entry(change.key.cluster.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(n.max(1))))
+                    .clone()
+            });
+            let (engine, global, halt, outcomes) =
+                (self.clone(), global.clone(), halt.clone(), outcomes.clone());
+            tasks.spawn(async move {
+                // The cluster's slot first, so that waiting on a busy cluster holds no global slot.
+                let _c = match &cluster_sem {
+                    Some(s) => s.clone().acquire_owned().await.ok(),
+                    None => None,
+                };
+                let _g = global.acquire_owned().await.ok();
+                let outcome = match halt.reason() {
+                    Some(reason) => Outcome::Halted { reason },
+                    None => engine.roll_one(&change.key).await,
+                };
+                if let Outcome::Failed { reason } = &outcome {
+                    halt.set(format!("{} failed: {reason}", change.key));
+                }
+                engine
+                    .progress
+                    .update(&change.key, &Phase::Done(outcome.clone()));
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((change.key, outcome));
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The first failure's description, shared by a change set's rollouts.
+#[derive(Default)]
+struct HaltFlag {
+    set: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl HaltFlag {
+    fn set(&self, reason: String) {
+        if !self.set.swap(true, Ordering::SeqCst) {
+            *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.set.load(Ordering::SeqCst).then(|| {
+            self.reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
+}
+
+/// Runs change sets through an [`Engine`]; what the drivers hold.
+pub struct EngineRollout(Arc<Engine>);
+
+impl EngineRollout {
+    /// Wraps an engine.
+    pub fn new(engine: Engine) -> Self {
+        EngineRollout(Arc::new(engine))
+    }
+}
+
+#[async_trait]
+impl Rollout for EngineRollout {
+    async fn execute(&self, set: &ChangeSet) -> Vec<(ServiceKey, Outcome)> {
+        let engine = &self.0;
+        // One rollout per service, whatever the change set repeats.
+        let mut seen = HashSet::new();
+        let changes: Vec<Change> = set
+            .changes
+            .iter()
+            .filter(|c| seen.insert(c.key.clone()))
+            .cloned()
+            .collect();
+        for c in &changes {
+            engine.progress.update(&c.key, &Phase::Waiting);
+        }
+        let halt = Arc::new(HaltFlag::default());
+        let outcomes = Arc::new(Mutex::new(Vec::with_capacity(changes.len())));
+
+        let mut rest = ChangeSet { changes }.waves_owned();
+        if engine.settings.canary && engine.settings.wait {
+            if let Some(first_wave) = rest.first_mut() {
+                if !first_wave.is_empty() {
+                    let canary = first_wave.remove(0);
+                    tracing::info!(service = %canary.key, "rolling the canary alone");
+                    engine.roll_group(vec![canary], &halt, &outcomes).await;
+                }
+            }
+        }
+        for wave in rest {
+            if wave.is_empty() {
+                continue;
+            }
+            if let Some(reason) = halt.reason() {
+                let mut out = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                for c in wave {
+                    let o = Outcome::Halted {
+                        reason: reason.clone(),
+                    };
+                    engine.progress.update(&c.key, &Phase::Done(o.clone()));
+                    out.push((c.key, o));
+                }
+                continue;
+            }
+            engine.roll_group(wave, &halt, &outcomes).await;
+        }
+        let mut out = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        // Report in plan order.
+        let order: HashMap<ServiceKey, usize> = set
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key.clone(), i))
+            .collect();
+        out.sort_by_key(|(k, _)| order.get(k).copied().unwrap_or(usize::MAX));
+        out
+    }
+}
