@@ -46,6 +46,14 @@ pub struct Config {
     pub decide: DecideConfig,
     /// How rollouts are paced and watched.
     pub rollout: RolloutConfig,
+    /// Where `serve` hears of changes.
+    pub events: EventsConfig,
+    /// The periodic full resync.
+    pub resync: ResyncConfig,
+    /// Outcome events.
+    pub notify: NotifyConfig,
+    /// The `serve` process.
+    pub serve: ServeConfig,
 }
 
 /// `[aws]`
@@ -138,6 +146,72 @@ impl Default for RolloutConfig {
             timeout: Dur(Duration::from_secs(15 * 60)),
             failed_tasks_threshold: 3,
             poll_interval: Dur(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// `[events]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// The SQS queue EventBridge feeds; empty: `serve` only resyncs periodically.
+    pub queue_url: String,
+    /// After the first message of a burst, keep gathering messages this long, so that a burst
+    /// (duplicates, several secrets of one service) becomes one decision.
+    pub debounce: Dur,
+    /// How long messages in work stay hidden from other consumers; extended while work goes on.
+    pub visibility_timeout: Dur,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            queue_url: String::new(),
+            debounce: Dur(Duration::from_secs(2)),
+            visibility_timeout: Dur(Duration::from_secs(120)),
+        }
+    }
+}
+
+/// `[resync]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResyncConfig {
+    /// How often `serve` reconciles everything, events or not.
+    pub interval: Dur,
+}
+
+impl Default for ResyncConfig {
+    fn default() -> Self {
+        ResyncConfig {
+            interval: Dur(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// EventBridge bus (name or ARN) for outcome events; empty: none.
+    pub event_bus: String,
+}
+
+/// `[serve]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+    /// On SIGTERM, how long in-flight work may run on to a safe point.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "0.0.0.0:8080".into(),
+            shutdown_grace: Dur(Duration::from_secs(20)),
         }
     }
 }
@@ -243,6 +317,18 @@ impl Config {
         }
         if r.poll_interval.0 < Duration::from_secs(1) {
             return Err(invalid("rollout.poll_interval", "must be at least 1s"));
+        }
+        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "serve.listen",
+                "must be an address like 0.0.0.0:8080",
+            ));
+        }
+        if self.events.visibility_timeout.0 < Duration::from_secs(10) {
+            return Err(invalid("events.visibility_timeout", "must be at least 10s"));
+        }
+        if self.resync.interval.0 < Duration::from_secs(10) {
+            return Err(invalid("resync.interval", "must be at least 10s"));
         }
         if r.timeout.0 < r.poll_interval.0 {
             return Err(invalid(

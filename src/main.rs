@@ -41,6 +41,21 @@ enum Command {
     Reconcile(ReconcileArgs),
     /// Show what is stale and why; change nothing (same as `reconcile --dry-run`).
     Plan(ScopeArgs),
+    /// Run as the long-lived operator: hear change events on an SQS queue, resync periodically.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The SQS queue EventBridge feeds (default: [events] queue_url).
+    #[arg(long, env = "ECS_RELOADER_QUEUE_URL")]
+    queue_url: Option<String>,
+    /// Address of /healthz, /readyz and /metrics (default: [serve] listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Only this cluster (repeatable); default: [scope] clusters, or every cluster of the region.
+    #[arg(long = "cluster")]
+    clusters: Vec<String>,
 }
 
 #[derive(Args)]
@@ -94,11 +109,80 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Resolves on SIGTERM (what ECS sends) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops serve");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use ecs_reloader::aws::queue::{Bus, Queue, SdkBus, SdkQueue};
+    use ecs_reloader::aws::sdk;
+    use ecs_reloader::driver::serve::{NotifyProgress, Server, Settings};
+    use ecs_reloader::metrics::Metrics;
+
+    if let Some(url) = args.queue_url {
+        config.events.queue_url = url;
+    }
+    if let Some(listen) = args.listen {
+        config.serve.listen = listen;
+    }
+    if !args.clusters.is_empty() {
+        config.scope.clusters = args.clusters;
+    }
+    let listen: std::net::SocketAddr = config.serve.listen.parse().with_context(|| {
+        format!(
+            "--listen {:?} is not an address like 0.0.0.0:8080",
+            config.serve.listen
+        )
+    })?;
+    let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
+    let clients = sdk::clients_from(&sdk_config)?;
+    let metrics = Arc::new(Metrics::new());
+    let bus = (!config.notify.event_bus.is_empty())
+        .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
+    let queue = (!config.events.queue_url.is_empty())
+        .then(|| Arc::new(SdkQueue::new(&sdk_config, &config.events.queue_url)) as Arc<dyn Queue>);
+    let progress = Arc::new(NotifyProgress::new(metrics.clone(), bus));
+    let parts = setup::assemble(&config, clients, Arc::new(SystemClock), progress, true);
+    let settings = Settings {
+        clusters: config.scope.clusters.clone(),
+        resync_interval: config.resync.interval.0,
+        debounce: config.events.debounce.0,
+        visibility: config.events.visibility_timeout.0,
+        long_poll: Duration::from_secs(20),
+        shutdown_grace: config.serve.shutdown_grace.0,
+        settle_recheck: config.rollout.poll_interval.0.max(Duration::from_secs(30)),
+    };
+    let server = Server::new(parts, queue, metrics, settings);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let http = server.bind_http(listen, rx.clone()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    server.run_until(rx).await;
+    let _ = http.await;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
     let (scope, dry_run, wait) = match cli.command {
         Command::Reconcile(a) => (a.scope, a.dry_run, !a.no_wait),
         Command::Plan(s) => (s, true, false),
+        Command::Serve(a) => return serve(config, a).await,
     };
     let clients = setup::sdk_clients(&config).await?;
     let parts = setup::assemble(

@@ -191,4 +191,29 @@ impl Reconciler {
             targets: targets.to_vec(),
         })
     }
+
+    /// Like [`assess`](Self::assess), but waits out settles that end within `max_wait` (a change
+    /// made within the last second or two: see [`crate::decide`]) and decides again.
+    pub async fn assess_settled(
+        &self,
+        scope: &Scope,
+        targets: &[Target],
+        max_wait: std::time::Duration,
+    ) -> Result<Assessment, ReconcileError> {
+        let deadline = self.clock.now() + chrono::Duration::from_std(max_wait).unwrap_or_default();
+        let mut assessment = self.assess(scope, targets).await?;
+        while let Some(until) = assessment.next_settle() {
+            if until > deadline {
+                break;
+            }
+            let wait = (until - self.clock.now()).to_std().unwrap_or_default();
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                "waiting for recent changes to settle"
+            );
+            tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+            assessment = self.assess(scope, targets).await?;
+        }
+        Ok(assessment)
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod fake;
 pub mod guard;
+pub mod queue;
 pub mod sdk;
 
 use std::collections::BTreeMap;

@@ -69,6 +69,11 @@ pub enum SdkSetupError {
 
 /// Loads the shared SDK configuration and builds the three clients.
 pub async fn clients(settings: &SdkSettings) -> Result<Clients, SdkSetupError> {
+    clients_from(&load(settings).await)
+}
+
+/// Loads the shared SDK configuration: the default chain, with our retry and timeout settings.
+pub async fn load(settings: &SdkSettings) -> SdkConfig {
     let retry = match settings.retry_mode {
         RetryMode::Standard => RetryConfig::standard(),
         RetryMode::Adaptive => RetryConfig::adaptive(),
@@ -84,13 +89,17 @@ pub async fn clients(settings: &SdkSettings) -> Result<Clients, SdkSetupError> {
     if let Some(r) = &settings.region {
         loader = loader.region(Region::new(r.clone()));
     }
-    let config = loader.load().await;
+    loader.load().await
+}
+
+/// The three clients over an already loaded configuration.
+pub fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
     let region = config
         .region()
         .map(|r| r.to_string())
         .ok_or(SdkSetupError::NoRegion)?;
     let shared = Arc::new(Shared {
-        config,
+        config: config.clone(),
         regional_sm: Mutex::default(),
         regional_ssm: Mutex::default(),
     });
@@ -167,7 +176,12 @@ fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     }
 }
 
-fn map_err<E>(operation: &'static str, resource: &str, err: SdkError<E, HttpResponse>) -> AwsError
+/// Maps an SDK error to an [`AwsError`] naming the call and the resource.
+pub(crate) fn map_err<E>(
+    operation: &'static str,
+    resource: &str,
+    err: SdkError<E, HttpResponse>,
+) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

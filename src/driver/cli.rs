@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::index::Scope;
 use crate::plan::ServiceKey;
-use crate::reconcile::{Assessment, ReconcileError, Reconciler};
+use crate::reconcile::{ReconcileError, Reconciler};
 use crate::report::Report;
 use crate::rollout::{Outcome, Rollout};
 
@@ -58,17 +58,10 @@ pub async fn run(
     let scope = Scope {
         clusters: opts.clusters.clone(),
     };
-    let mut assessment = reconciler.assess(&scope, &targets).await?;
-
     // A dry run waits out short settles too, so that it shows what `reconcile` would do.
-    assessment = settle(
-        reconciler,
-        &scope,
-        &targets,
-        assessment,
-        opts.max_settle_wait,
-    )
-    .await?;
+    let assessment = reconciler
+        .assess_settled(&scope, &targets, opts.max_settle_wait)
+        .await?;
     let set = assessment.change_set();
     let outcomes: Vec<(ServiceKey, Outcome)> = if opts.dry_run || set.is_empty() {
         Vec::new()
@@ -117,33 +110,6 @@ pub async fn run(
         ok: problems.is_empty(),
         message: problems.join("; "),
     })
-}
-
-/// Re-assesses while some service settles with a known end that is close enough to wait for.
-async fn settle(
-    reconciler: &Reconciler,
-    scope: &Scope,
-    targets: &[crate::index::Target],
-    mut assessment: Assessment,
-    max_wait: Duration,
-) -> Result<Assessment, ReconcileError> {
-    let deadline =
-        reconciler.clock().now() + chrono::Duration::from_std(max_wait).unwrap_or_default();
-    while let Some(until) = assessment.next_settle() {
-        if until > deadline {
-            break;
-        }
-        let wait = (until - reconciler.clock().now())
-            .to_std()
-            .unwrap_or_default();
-        tracing::info!(
-            wait_ms = wait.as_millis() as u64,
-            "waiting for recent changes to settle"
-        );
-        tokio::time::sleep(wait + Duration::from_millis(50)).await;
-        assessment = reconciler.assess(scope, targets).await?;
-    }
-    Ok(assessment)
 }
 
 /// Progress for a person: on a terminal, a live status line (done / in flight / waiting, and

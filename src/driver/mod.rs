@@ -2,4 +2,5 @@
 //! [`Reconciler`](crate::reconcile::Reconciler).
 
 pub mod cli;
+pub mod serve;
 pub mod setup;

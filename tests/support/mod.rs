@@ -79,6 +79,8 @@ pub struct Aws {
     pub ecs: aws_sdk_ecs::Client,
     pub sm: aws_sdk_secretsmanager::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub events: aws_sdk_eventbridge::Client,
 }
 
 impl Aws {
@@ -94,6 +96,8 @@ impl Aws {
             ecs: aws_sdk_ecs::Client::new(&conf),
             sm: aws_sdk_secretsmanager::Client::new(&conf),
             ssm: aws_sdk_ssm::Client::new(&conf),
+            sqs: aws_sdk_sqs::Client::new(&conf),
+            events: aws_sdk_eventbridge::Client::new(&conf),
         }
     }
 
@@ -256,6 +260,186 @@ impl Aws {
     }
 }
 
+impl Aws {
+    /// A queue with a dead-letter queue after `max_receives`; returns (queue URL, queue ARN, DLQ URL).
+    pub async fn queue_with_dlq(
+        &self,
+        name: &str,
+        visibility_s: u32,
+        max_receives: u32,
+    ) -> (String, String, String) {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let dlq = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .expect("dlq");
+        let dlq_url = dlq.queue_url().expect("url").to_string();
+        let dlq_arn = self.queue_arn(&dlq_url).await;
+        let redrive =
+            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{max_receives}"}}"#);
+        let q = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(A::VisibilityTimeout, visibility_s.to_string())
+            .attributes(A::RedrivePolicy, redrive)
+            .send()
+            .await
+            .expect("queue");
+        let url = q.queue_url().expect("url").to_string();
+        let arn = self.queue_arn(&url).await;
+        (url, arn, dlq_url)
+    }
+
+    pub async fn queue_arn(&self, url: &str) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::QueueArn)
+            .send()
+            .await
+            .expect("attrs");
+        out.attributes()
+            .and_then(|a| a.get(&A::QueueArn))
+            .expect("arn")
+            .clone()
+    }
+
+    pub async fn send(&self, url: &str, body: &str) {
+        self.sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
+    }
+
+    /// Messages visible + in flight.
+    pub async fn queue_total(&self, url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("attrs");
+        let a = out.attributes().cloned().unwrap_or_default();
+        let n = |k: A| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible)
+    }
+}
+
+/// A running `ecs-reloader serve`, killed on drop.
+pub struct Serve {
+    pub child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl Serve {
+    pub fn start(endpoint: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Serve {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecs-reloader"));
+        cmd.arg("serve").arg("--listen").arg(&listen).args(args);
+        clean_env(&mut cmd, endpoint);
+        cmd.env("ECS_RELOADER_LOG", "info,aws=warn,hyper=warn");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("serve starts");
+        Serve { child, port }
+    }
+
+    /// GET a path; (status, body).
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn ready(&self) {
+        wait_for("serve to be ready", Duration::from_secs(60), || async {
+            matches!(self.get("/readyz").await, Some((200, _)))
+        })
+        .await;
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+}
+
+/// Polls `check` until it is true, or panics after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn clean_env(cmd: &mut tokio::process::Command, endpoint: &str) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("ECS_RELOADER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("ECS_RELOADER_LOG", "warn")
+        .env("ECS_RELOADER_ROLLOUT_POLL_INTERVAL", "1s");
+}
+
 /// The references of a test task definition.
 #[derive(Default, Clone, Copy)]
 pub struct Refs<'a> {
@@ -294,21 +478,8 @@ impl Run {
 pub async fn run_binary(endpoint: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecs-reloader"));
     cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") || k.starts_with("ECS_RELOADER_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("ECS_RELOADER_LOG", "warn")
-        // moto reports rollouts complete at once: no need to look every 15 s.
-        .env("ECS_RELOADER_ROLLOUT_POLL_INTERVAL", "1s");
+    // moto reports rollouts complete at once: clean_env sets a 1 s poll instead of 15 s.
+    clean_env(&mut cmd, endpoint);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

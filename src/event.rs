@@ -1,0 +1,446 @@
+//! EventBridge events that announce a secret change, parsed with our own serde types (the
+//! CloudTrail structure of `aws_lambda_events` requires fields that service events lack).
+//!
+//! Accepted shapes (envelope fields other than `source`, `detail-type` and `detail` are optional,
+//! as some deliveries omit `account`):
+//!
+//! 1. `AWS Service Event via CloudTrail` from `aws.secretsmanager`, `eventName` `RotationSucceeded`:
+//!    the secret's ARN is in `detail.additionalEventData.SecretId` (`requestParameters` and
+//!    `responseElements` are null);
+//! 2. `Secret Label Updated` (native): `detail.name`, `detail.labelUpdated`, `detail.versionId`,
+//!    the ARN in `resources[0]`;
+//! 3. `AWS API Call via CloudTrail` for `PutSecretValue`, `UpdateSecret`, `UpdateSecretVersionStage`:
+//!    `requestParameters.secretId` is whatever the caller passed (name, partial or full ARN), so the
+//!    resolved ARN in `responseElements.arn` (spelt `aRN` by some older events) is preferred. A call
+//!    that failed (`errorCode`) changed nothing and is ignored;
+//! 4. `Parameter Store Change` from `aws.ssm`: `detail.name`, `detail.operation`;
+//!
+//! and, for the Lambda's periodic resync, `Scheduled Event` from `aws.events`.
+//!
+//! Events of a known source that announce nothing relevant (another API call, a deleted
+//! parameter, a failed call) are [`Parsed::Ignored`] and can be deleted; anything else is an
+//! [`EventError`]: a poison message, left for the dead-letter queue.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+/// What changed, as an event tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The secret as the event names it: preferably a full ARN, else a name or partial ARN.
+    pub secret: Named,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The event's `time`, if present.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// How an event names the changed thing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Named {
+    /// A Secrets Manager secret: full ARN, partial ARN or name.
+    Secret(String),
+    /// An SSM parameter in a region (the event's, if it says).
+    Parameter {
+        /// The event's region.
+        region: Option<String>,
+        /// The parameter name.
+        name: String,
+    },
+}
+
+/// The kind of change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A rotation finished.
+    RotationSucceeded,
+    /// A staging label moved to a version.
+    LabelUpdated {
+        /// The label.
+        label: String,
+        /// The version it moved to.
+        version_id: Option<String>,
+    },
+    /// A CloudTrail-recorded API call.
+    ApiCall {
+        /// `PutSecretValue`, `UpdateSecret` or `UpdateSecretVersionStage`.
+        name: String,
+    },
+    /// An SSM parameter changed.
+    Parameter {
+        /// `Create`, `Update` or `LabelParameterVersion`.
+        operation: String,
+    },
+}
+
+impl ChangeKind {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ChangeKind::RotationSucceeded => "rotation_succeeded",
+            ChangeKind::LabelUpdated { .. } => "label_updated",
+            ChangeKind::ApiCall { .. } => "api_call",
+            ChangeKind::Parameter { .. } => "parameter_change",
+        }
+    }
+}
+
+/// The outcome of parsing one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A change to act on.
+    Change(Change),
+    /// A scheduled event: run a full resync.
+    Resync,
+    /// Well-formed, but nothing to do; the text says why.
+    Ignored(String),
+}
+
+/// Why an event could not be used: a poison message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not JSON, or not an EventBridge envelope.
+    #[error("not an EventBridge event: {0}")]
+    NotAnEvent(String),
+    /// An EventBridge event of a kind ecs-reloader does not handle.
+    #[error("unsupported event: source {event_source:?}, detail-type {detail_type:?}")]
+    Unsupported {
+        /// The event's source.
+        event_source: String,
+        /// The event's detail-type.
+        detail_type: String,
+    },
+    /// A handled kind, but a field it needs is missing or empty.
+    #[error("{shape} event without {field}")]
+    Missing {
+        /// Which shape.
+        shape: &'static str,
+        /// Which field.
+        field: &'static str,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    source: String,
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    detail: serde_json::Value,
+}
+
+fn text<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(*p)?;
+    }
+    cur.as_str().filter(|s| !s.trim().is_empty())
+}
+
+/// Parses an event given as JSON text.
+pub fn parse(body: &str) -> Result<Parsed, EventError> {
+    let value: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| EventError::NotAnEvent(format!("invalid JSON: {e}")))?;
+    parse_value(value)
+}
+
+/// Parses an event given as a JSON value.
+pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
+    let env: Envelope =
+        serde_json::from_value(value).map_err(|e| EventError::NotAnEvent(e.to_string()))?;
+    let at = env
+        .time
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let change = |secret: Named, kind: ChangeKind| Ok(Parsed::Change(Change { secret, kind, at }));
+    let d = &env.detail;
+    match (env.source.as_str(), env.detail_type.as_str()) {
+        ("aws.secretsmanager", "AWS Service Event via CloudTrail") => {
+            let shape = "RotationSucceeded";
+            match text(d, &["eventName"]) {
+                Some("RotationSucceeded") => {
+                    let id = text(d, &["additionalEventData", "SecretId"]).ok_or(
+                        EventError::Missing {
+                            shape,
+                            field: "detail.additionalEventData.SecretId",
+                        },
+                    )?;
+                    change(Named::Secret(id.to_string()), ChangeKind::RotationSucceeded)
+                }
+                Some(other) => Ok(Parsed::Ignored(format!(
+                    "service event {other} changes no secret value"
+                ))),
+                None => Err(EventError::Missing {
+                    shape: "CloudTrail service",
+                    field: "detail.eventName",
+                }),
+            }
+        }
+        ("aws.secretsmanager", "Secret Label Updated") => {
+            let shape = "Secret Label Updated";
+            let label = text(d, &["labelUpdated"]).ok_or(EventError::Missing {
+                shape,
+                field: "detail.labelUpdated",
+            })?;
+            let id = env
+                .resources
+                .first()
+                .filter(|r| !r.trim().is_empty())
+                .map(String::as_str)
+                .or_else(|| text(d, &["name"]))
+                .ok_or(EventError::Missing {
+                    shape,
+                    field: "resources[0] or detail.name",
+                })?;
+            change(
+                Named::Secret(id.to_string()),
+                ChangeKind::LabelUpdated {
+                    label: label.to_string(),
+                    version_id: text(d, &["versionId"]).map(String::from),
+                },
+            )
+        }
+        ("aws.secretsmanager", "AWS API Call via CloudTrail") => {
+            let shape = "CloudTrail API call";
+            let name = text(d, &["eventName"]).ok_or(EventError::Missing {
+                shape,
+                field: "detail.eventName",
+            })?;
+            if !matches!(
+                name,
+                "PutSecretValue" | "UpdateSecret" | "UpdateSecretVersionStage"
+            ) {
+                return Ok(Parsed::Ignored(format!(
+                    "API call {name} changes no secret value"
+                )));
+            }
+            if let Some(code) = text(d, &["errorCode"]) {
+                return Ok(Parsed::Ignored(format!(
+                    "{name} failed ({code}): nothing changed"
+                )));
+            }
+            let id = text(d, &["responseElements", "arn"])
+                .or_else(|| text(d, &["responseElements", "aRN"]))
+                .or_else(|| text(d, &["requestParameters", "secretId"]))
+                .ok_or(EventError::Missing {
+                    shape,
+                    field: "responseElements.arn or requestParameters.secretId",
+                })?;
+            change(
+                Named::Secret(id.to_string()),
+                ChangeKind::ApiCall {
+                    name: name.to_string(),
+                },
+            )
+        }
+        ("aws.ssm", "Parameter Store Change") => {
+            let shape = "Parameter Store Change";
+            let name = text(d, &["name"]).ok_or(EventError::Missing {
+                shape,
+                field: "detail.name",
+            })?;
+            let operation = text(d, &["operation"]).ok_or(EventError::Missing {
+                shape,
+                field: "detail.operation",
+            })?;
+            if operation == "Delete" {
+                return Ok(Parsed::Ignored(format!(
+                    "parameter {name} was deleted: no rollout can help (its dependents show as unknown)"
+                )));
+            }
+            change(
+                Named::Parameter {
+                    region: env.region.clone(),
+                    name: name.to_string(),
+                },
+                ChangeKind::Parameter {
+                    operation: operation.to_string(),
+                },
+            )
+        }
+        ("aws.events", "Scheduled Event") => Ok(Parsed::Resync),
+        (source, detail_type) => Err(EventError::Unsupported {
+            event_source: source.to_string(),
+            detail_type: detail_type.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:secretsmanager:us-west-2:012345678901:secret:app/db-a1b2c3";
+
+    fn change(body: &str) -> Change {
+        match parse(body) {
+            Ok(Parsed::Change(c)) => c,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rotation_succeeded_service_event() {
+        let c = change(include_str!(
+            "../tests/fixtures/events/rotation_succeeded.json"
+        ));
+        assert_eq!(c.secret, Named::Secret(ARN.into()));
+        assert_eq!(c.kind, ChangeKind::RotationSucceeded);
+        assert!(c.at.is_some());
+    }
+
+    #[test]
+    fn secret_label_updated_prefers_the_arn() {
+        let c = change(include_str!(
+            "../tests/fixtures/events/secret_label_updated.json"
+        ));
+        assert_eq!(c.secret, Named::Secret(ARN.into()));
+        assert_eq!(
+            c.kind,
+            ChangeKind::LabelUpdated {
+                label: "AWSCURRENT".into(),
+                version_id: Some("a1b2c3d4-5678-90ab-cdef-EXAMPLE11111".into())
+            }
+        );
+    }
+
+    #[test]
+    fn label_updated_without_account_or_resources_falls_back_to_the_name() {
+        let c = change(
+            r#"{"source":"aws.secretsmanager","detail-type":"Secret Label Updated","detail":{"name":"app/db","labelUpdated":"blue"}}"#,
+        );
+        assert_eq!(c.secret, Named::Secret("app/db".into()));
+        assert_eq!(c.at, None);
+    }
+
+    #[test]
+    fn api_calls_prefer_the_resolved_arn_in_either_spelling() {
+        let c = change(include_str!(
+            "../tests/fixtures/events/put_secret_value.json"
+        ));
+        assert_eq!(
+            c.secret,
+            Named::Secret(ARN.into()),
+            "responseElements.arn over the name passed"
+        );
+        assert_eq!(
+            c.kind,
+            ChangeKind::ApiCall {
+                name: "PutSecretValue".into()
+            }
+        );
+        let c = change(include_str!(
+            "../tests/fixtures/events/update_secret_version_stage_aRN.json"
+        ));
+        assert_eq!(c.secret, Named::Secret(ARN.into()), "the old aRN spelling");
+        let c = change(include_str!(
+            "../tests/fixtures/events/update_secret_partial_arn.json"
+        ));
+        assert_eq!(
+            c.secret,
+            Named::Secret("arn:aws:secretsmanager:us-west-2:012345678901:secret:app/db".into())
+        );
+    }
+
+    #[test]
+    fn failed_and_unrelated_calls_are_ignored() {
+        assert!(matches!(
+            parse(include_str!(
+                "../tests/fixtures/events/put_secret_value_failed.json"
+            )),
+            Ok(Parsed::Ignored(_))
+        ));
+        let get = r#"{"source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"GetSecretValue"}}"#;
+        assert!(matches!(parse(get), Ok(Parsed::Ignored(_))));
+        let started = r#"{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{"eventName":"RotationStarted"}}"#;
+        assert!(matches!(parse(started), Ok(Parsed::Ignored(_))));
+    }
+
+    #[test]
+    fn parameter_store_change() {
+        let c = change(include_str!(
+            "../tests/fixtures/events/parameter_store_change.json"
+        ));
+        assert_eq!(
+            c.secret,
+            Named::Parameter {
+                region: Some("us-east-1".into()),
+                name: "/app/feature-flags".into()
+            }
+        );
+        assert_eq!(
+            c.kind,
+            ChangeKind::Parameter {
+                operation: "Update".into()
+            }
+        );
+        let deleted = r#"{"source":"aws.ssm","detail-type":"Parameter Store Change","detail":{"name":"/x","operation":"Delete"}}"#;
+        assert!(matches!(parse(deleted), Ok(Parsed::Ignored(_))));
+    }
+
+    #[test]
+    fn scheduled_events_ask_for_a_resync() {
+        assert_eq!(
+            parse(include_str!("../tests/fixtures/events/scheduled.json")),
+            Ok(Parsed::Resync)
+        );
+    }
+
+    #[test]
+    fn poison_is_rejected_with_a_reason() {
+        let cases = [
+            ("not json at all", "invalid JSON"),
+            ("{}", "missing field"),
+            (
+                r#"{"source":"aws.s3","detail-type":"Object Created","detail":{}}"#,
+                "unsupported event",
+            ),
+            (
+                r#"{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{"eventName":"RotationSucceeded","additionalEventData":{}}}"#,
+                "SecretId",
+            ),
+            (
+                r#"{"source":"aws.secretsmanager","detail-type":"Secret Label Updated","detail":{"name":"x"}}"#,
+                "labelUpdated",
+            ),
+            (
+                r#"{"source":"aws.ssm","detail-type":"Parameter Store Change","detail":{"operation":"Update"}}"#,
+                "detail.name",
+            ),
+            (
+                r#"{"source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"PutSecretValue","requestParameters":null,"responseElements":null}}"#,
+                "secretId",
+            ),
+            ("[1,2,3]", "EventBridge"),
+        ];
+        for (body, needle) in cases {
+            let err = parse(body).expect_err(body);
+            assert!(err.to_string().contains(needle), "{body}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn never_panics(s in "\\PC{0,200}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn envelope_noise_never_panics(
+            source in "(aws\\.secretsmanager|aws\\.ssm|aws\\.events|x)",
+            dt in "(Secret Label Updated|AWS API Call via CloudTrail|AWS Service Event via CloudTrail|Parameter Store Change|Scheduled Event|y)",
+            detail in "\\PC{0,60}",
+        ) {
+            let body = serde_json::json!({"source": source, "detail-type": dt, "detail": {"eventName": detail, "name": detail, "labelUpdated": detail, "operation": detail}});
+            let _ = parse(&body.to_string());
+        }
+    }
+}
