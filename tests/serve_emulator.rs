@@ -209,17 +209,46 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
     rolled(&aws, &proxy, &queue, "prod/db", 2).await;
     assert_eq!(count(&proxy, "prod/replica"), 0);
 
+    // 6. The other three kinds through the EventBridge rule as well.
+    let put = |source: &'static str, detail_type: &'static str, detail: serde_json::Value| {
+        let aws = aws.clone();
+        async move {
+            aws.events
+                .put_events()
+                .entries(
+                    aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                        .source(source)
+                        .detail_type(detail_type)
+                        .detail(detail.to_string())
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("put events");
+        }
+    };
+    let detail = |body: String| serde_json::from_str::<serde_json::Value>(&body).expect("json")["detail"].clone();
+    aws.rotate("app/db").await;
+    put("aws.secretsmanager", "AWS Service Event via CloudTrail", detail(rotation_succeeded(&db))).await;
+    rolled(&aws, &proxy, &queue, "prod/db", 3).await;
+    aws.parameter("/app/flag", "again").await;
+    put("aws.ssm", "Parameter Store Change", detail(parameter_change("/app/flag"))).await;
+    rolled(&aws, &proxy, &queue, "prod/flag", 2).await;
+    aws.rotate("app/other").await;
+    put("aws.secretsmanager", "AWS API Call via CloudTrail", detail(put_secret_value_call("app/other", &other))).await;
+    rolled(&aws, &proxy, &queue, "prod/other", 2).await;
+
     // Metrics say what happened.
     let (code, metrics) = serve.get("/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     for needle in [
-        "ecs_reloader_events_received_total{kind=\"rotation_succeeded\"} 5",
-        "ecs_reloader_events_received_total{kind=\"parameter_change\"} 1",
+        "ecs_reloader_events_received_total{kind=\"rotation_succeeded\"} 6",
+        "ecs_reloader_events_received_total{kind=\"parameter_change\"} 2",
         "ecs_reloader_events_received_total{kind=\"label_updated\"} 1",
-        "ecs_reloader_events_received_total{kind=\"api_call\"} 1",
+        "ecs_reloader_events_received_total{kind=\"api_call\"} 2",
         "ecs_reloader_events_received_total{kind=\"poison\"}",
-        "ecs_reloader_rollouts_total{kind=\"succeeded\"} 4",
-        "ecs_reloader_api_calls_total{operation=\"ecs:UpdateService\"} 4",
+        "ecs_reloader_rollouts_total{kind=\"succeeded\"} 7",
+        "ecs_reloader_api_calls_total{operation=\"ecs:UpdateService\"} 7",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
