@@ -201,6 +201,15 @@ pub enum Decision {
         /// What could not be resolved.
         problems: Vec<String>,
     },
+    /// Stale, but another service's rollout for the same change failed or is stuck: rolling
+    /// this one too would likely break it as well. Held until that service is healthy again or
+    /// the secret changes again.
+    Held {
+        /// Which rollout failed, and how.
+        reason: String,
+        /// The stale references.
+        findings: Vec<Finding>,
+    },
 }
 
 impl Decision {
@@ -214,6 +223,7 @@ impl Decision {
             Decision::Settling { .. } => "settling",
             Decision::Skipped { .. } => "skipped",
             Decision::Unknown { .. } => "unknown",
+            Decision::Held { .. } => "held",
         }
     }
 
@@ -368,6 +378,131 @@ fn judge(r: &ResolvedRef, d: DateTime<Utc>) -> Judgement {
             "{}: reference and state disagree on the service",
             r.text
         )),
+    }
+}
+
+impl RefState {
+    /// When what this state describes last changed (the secret's `LastChangedDate`, the
+    /// parameter's `LastModifiedDate`).
+    pub fn changed_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            RefState::SecretsManager(s) => s.last_changed,
+            RefState::Parameter(p) => p.last_modified,
+        }
+    }
+}
+
+/// A failed or stuck rollout visible on a service: when its deployment was created, and how it
+/// failed. Failed: `rolloutState` `FAILED` on any deployment, a circuit-breaker rollback, or
+/// `failedTasks` at the threshold on a deployment in progress. Stuck: in progress for longer
+/// than `stuck_after`.
+pub fn failed_rollout(
+    service: &Service,
+    now: DateTime<Utc>,
+    stuck_after: Duration,
+    failed_tasks_threshold: i32,
+) -> Option<(DateTime<Utc>, String)> {
+    for d in &service.deployments {
+        if d.rollout_state.as_deref() == Some("FAILED") {
+            let why = d
+                .rollout_state_reason
+                .as_deref()
+                .unwrap_or("rolloutState FAILED");
+            return Some((d.created_at, format!("deployment {} failed: {why}", d.id)));
+        }
+    }
+    let p = service.primary()?;
+    let reason = p
+        .rollout_state_reason
+        .as_deref()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if reason.contains("circuit breaker") || reason.contains("rolling back") {
+        return Some((
+            p.created_at,
+            format!("deployment {} is a circuit-breaker rollback", p.id),
+        ));
+    }
+    let in_progress =
+        p.rollout_state.as_deref() == Some("IN_PROGRESS") || service.deployments.len() > 1;
+    if in_progress && failed_tasks_threshold > 0 && p.failed_tasks >= failed_tasks_threshold {
+        return Some((
+            p.created_at,
+            format!(
+                "deployment {}: {} task(s) failed to start",
+                p.id, p.failed_tasks
+            ),
+        ));
+    }
+    let stuck = chrono::Duration::from_std(stuck_after).unwrap_or(chrono::Duration::MAX);
+    if in_progress && now - p.created_at > stuck {
+        return Some((
+            p.created_at,
+            format!(
+                "deployment {} in progress since {}",
+                p.id,
+                fmt_time(p.created_at)
+            ),
+        ));
+    }
+    None
+}
+
+/// Holds stale services whose change already broke another service's rollout.
+///
+/// For each secret, a failed or stuck rollout of a dependent whose deployment was created after
+/// the secret last changed means "this change breaks rollouts". Every other service made stale
+/// by that secret becomes [`Decision::Held`]. Derived from AWS state only: the hold lifts when the
+/// failed service is healthy again (its failed deployment leaves the list) or the secret changes
+/// again (the failure predates the new change). This is how a canary that failed in one run (or
+/// one Lambda invocation) keeps the next run from sacrificing another service.
+///
+/// `items` are (service, its secrets with their change times, its decision), decisions updated
+/// in place.
+pub fn hold_failed(
+    items: &mut [(
+        &Service,
+        Vec<(SecretIdentity, Option<DateTime<Utc>>)>,
+        Decision,
+    )],
+    now: DateTime<Utc>,
+    stuck_after: Duration,
+    failed_tasks_threshold: i32,
+) {
+    let mut failing: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (svc, secrets, _) in items.iter() {
+        let Some((at, why)) = failed_rollout(svc, now, stuck_after, failed_tasks_threshold) else {
+            continue;
+        };
+        for (id, changed) in secrets {
+            if changed.is_none_or(|c| at > c) {
+                failing.entry(id.to_string()).or_insert_with(|| {
+                    (format!("{}/{}", svc.cluster_name(), svc.name), why.clone())
+                });
+            }
+        }
+    }
+    if failing.is_empty() {
+        return;
+    }
+    for (svc, _, decision) in items.iter_mut() {
+        let Decision::Stale { findings } = decision else {
+            continue;
+        };
+        let me = format!("{}/{}", svc.cluster_name(), svc.name);
+        let hit = findings.iter().find_map(|f| {
+            failing
+                .get(&f.secret)
+                .filter(|(who, _)| *who != me)
+                .map(|w| (f.secret.clone(), w))
+        });
+        if let Some((secret, (who, why))) = hit {
+            let reason = format!("held: the rollout of {who} after this change of {secret} failed ({why}); fix it, then run again");
+            *decision = Decision::Held {
+                reason,
+                findings: std::mem::take(findings),
+            };
+        }
     }
 }
 

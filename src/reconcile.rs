@@ -78,6 +78,10 @@ pub struct Settings {
     pub policy: Policy,
     /// AWS calls in flight during a scan.
     pub scan_concurrency: usize,
+    /// A rollout in progress longer than this is stuck (holds its change's other dependents).
+    pub stuck_after: std::time::Duration,
+    /// Failed tasks that make a rollout in progress count as failed.
+    pub failed_tasks_threshold: i32,
 }
 
 impl Default for Settings {
@@ -85,6 +89,8 @@ impl Default for Settings {
         Settings {
             policy: Policy::default(),
             scan_concurrency: 8,
+            stuck_after: std::time::Duration::from_secs(15 * 60),
+            failed_tasks_threshold: 3,
         }
     }
 }
@@ -155,11 +161,11 @@ impl Reconciler {
             .collect();
         let resolved = index::resolve(&self.clients, &entries, conc).await?;
         let now = self.clock.now();
-        let services = entries
-            .into_iter()
-            .zip(resolved)
+        let mut decided: Vec<_> = entries
+            .iter()
+            .zip(&resolved)
             .map(|(entry, refs)| {
-                let mut decision = decide(&entry.service, &refs, now, &self.settings.policy);
+                let mut decision = decide(&entry.service, refs, now, &self.settings.policy);
                 if let Err(problem) = wave_of(&entry.service) {
                     if decision.is_stale() {
                         decision = Decision::Unknown {
@@ -167,6 +173,27 @@ impl Reconciler {
                         };
                     }
                 }
+                let changes = refs
+                    .iter()
+                    .filter_map(|r| r.state.as_ref().ok())
+                    .map(|s| (s.identity(), s.changed_at()))
+                    .collect();
+                (&entry.service, changes, decision)
+            })
+            .collect();
+        // A change that already broke one dependent's rollout holds the others.
+        crate::decide::hold_failed(
+            &mut decided,
+            now,
+            self.settings.stuck_after,
+            self.settings.failed_tasks_threshold,
+        );
+        let decisions: Vec<Decision> = decided.into_iter().map(|(_, _, d)| d).collect();
+        let services = entries
+            .into_iter()
+            .zip(resolved)
+            .zip(decisions)
+            .map(|((entry, refs), decision)| {
                 let mut secrets: Vec<String> = refs
                     .iter()
                     .map(|r| match &r.state {

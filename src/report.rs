@@ -197,5 +197,6 @@ fn reason(d: &Decision) -> String {
         },
         Decision::Skipped { reason } => reason.clone(),
         Decision::Unknown { problems } => problems.join("; "),
+        Decision::Held { reason, .. } => reason.clone(),
     }
 }

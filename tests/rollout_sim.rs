@@ -176,6 +176,19 @@ async fn a_failing_canary_touches_no_other_service() {
         assert_eq!(o[0], ("s00".to_string(), "failed".to_string()));
         assert!(o[1..].iter().all(|(_, x)| x == "halted"), "{o:?}");
         assert_eq!(o.len(), 10);
+
+        // The next run (a resync, the next Lambda invocation) sees the failure in AWS state and
+        // holds the others back instead of sacrificing another canary.
+        let (again, report) = s.reconcile().await;
+        assert!(!again.ok);
+        assert_eq!(s.fake.updates().len(), 1, "no second canary ({bad:?})");
+        let held = report["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .filter(|r| r["decision"] == "held")
+            .count();
+        assert_eq!(held, 9, "{report}");
     }
 }
 

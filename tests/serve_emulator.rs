@@ -227,15 +227,32 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
                 .expect("put events");
         }
     };
-    let detail = |body: String| serde_json::from_str::<serde_json::Value>(&body).expect("json")["detail"].clone();
+    let detail = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["detail"].clone()
+    };
     aws.rotate("app/db").await;
-    put("aws.secretsmanager", "AWS Service Event via CloudTrail", detail(rotation_succeeded(&db))).await;
+    put(
+        "aws.secretsmanager",
+        "AWS Service Event via CloudTrail",
+        detail(rotation_succeeded(&db)),
+    )
+    .await;
     rolled(&aws, &proxy, &queue, "prod/db", 3).await;
     aws.parameter("/app/flag", "again").await;
-    put("aws.ssm", "Parameter Store Change", detail(parameter_change("/app/flag"))).await;
+    put(
+        "aws.ssm",
+        "Parameter Store Change",
+        detail(parameter_change("/app/flag")),
+    )
+    .await;
     rolled(&aws, &proxy, &queue, "prod/flag", 2).await;
     aws.rotate("app/other").await;
-    put("aws.secretsmanager", "AWS API Call via CloudTrail", detail(put_secret_value_call("app/other", &other))).await;
+    put(
+        "aws.secretsmanager",
+        "AWS API Call via CloudTrail",
+        detail(put_secret_value_call("app/other", &other)),
+    )
+    .await;
     rolled(&aws, &proxy, &queue, "prod/other", 2).await;
 
     // Metrics say what happened.

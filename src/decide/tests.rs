@@ -394,3 +394,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_failed_rollout_for_a_change_holds_the_other_dependents() {
+    let secret = Secret::created_once(t(0)).put("v2", t(300));
+    let refs = [resolved(ARN, secret.state())];
+    let id = refs[0].state.as_ref().map(|s| s.identity()).expect("state");
+    let mut broken = service(t(400));
+    broken.name = "canary".into();
+    broken.deployments[0].rollout_state = Some("FAILED".into());
+    let other = service(t(200));
+    let d_broken = decide_at(&broken, &refs, t(1000));
+    let d_other = decide_at(&other, &refs, t(1000));
+    assert!(d_other.is_stale());
+    let mut items = vec![
+        (&broken, vec![(id.clone(), Some(t(300)))], d_broken),
+        (&other, vec![(id.clone(), Some(t(300)))], d_other),
+    ];
+    hold_failed(&mut items, t(1000), Duration::from_secs(900), 3);
+    assert!(
+        matches!(&items[1].2, Decision::Held { reason, .. } if reason.contains("prod/canary")),
+        "{:?}",
+        items[1].2
+    );
+
+    // A failure older than the change does not hold: the new change deserves a new attempt.
+    let mut old_failure = broken.clone();
+    old_failure.deployments[0].created_at = t(250);
+    let mut items = vec![
+        (
+            &old_failure,
+            vec![(id.clone(), Some(t(300)))],
+            Decision::InSync,
+        ),
+        (
+            &other,
+            vec![(id.clone(), Some(t(300)))],
+            decide_at(&other, &refs, t(1000)),
+        ),
+    ];
+    hold_failed(&mut items, t(1000), Duration::from_secs(900), 3);
+    assert!(items[1].2.is_stale());
+}
+
+#[test]
+fn a_stuck_rollout_counts_as_failed_after_the_timeout() {
+    let mut svc = service(t(0));
+    svc.deployments[0].rollout_state = Some("IN_PROGRESS".into());
+    assert!(failed_rollout(&svc, t(100), Duration::from_secs(900), 3).is_none());
+    assert!(failed_rollout(&svc, t(1000), Duration::from_secs(900), 3).is_some());
+    svc.deployments[0].failed_tasks = 3;
+    assert!(failed_rollout(&svc, t(100), Duration::from_secs(900), 3).is_some());
+}

@@ -89,6 +89,11 @@ pub async fn run(
         .iter()
         .filter(|a| a.decision.label() == "unknown")
         .count();
+    let held = assessment
+        .services
+        .iter()
+        .filter(|a| a.decision.label() == "held")
+        .count();
     let settling = assessment
         .services
         .iter()
@@ -105,6 +110,11 @@ pub async fn run(
     }
     if settling > 0 {
         problems.push(format!("{settling} service(s) still settling (deployment or rotation in progress): run again later"));
+    }
+    if held > 0 {
+        problems.push(format!(
+            "{held} service(s) held: another rollout of the same change failed"
+        ));
     }
     Ok(Ending {
         ok: problems.is_empty(),

@@ -56,6 +56,9 @@ pub fn reconcile_settings(config: &Config) -> Settings {
             rotation_grace: config.decide.rotation_grace.0,
         },
         scan_concurrency: config.scope.scan_concurrency,
+        stuck_after: config.rollout.timeout.0,
+        failed_tasks_threshold: i32::try_from(config.rollout.failed_tasks_threshold)
+            .unwrap_or(i32::MAX),
     }
 }
 
