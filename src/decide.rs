@@ -392,6 +392,14 @@ impl RefState {
     }
 }
 
+/// A service, the secrets it resolves with when each last changed, and its decision: what the
+/// cross-service refinements ([`hold_failed`], [`gate_canary`]) work on.
+pub type Item<'a> = (
+    &'a Service,
+    Vec<(SecretIdentity, Option<DateTime<Utc>>)>,
+    Decision,
+);
+
 /// A failed or stuck rollout visible on a service: when its deployment was created, and how it
 /// failed. Failed: `rolloutState` `FAILED` on any deployment, a circuit-breaker rollback, or
 /// `failedTasks` at the threshold on a deployment in progress. Stuck: in progress for longer
@@ -460,11 +468,7 @@ pub fn failed_rollout(
 /// `items` are (service, its secrets with their change times, its decision), decisions updated
 /// in place.
 pub fn hold_failed(
-    items: &mut [(
-        &Service,
-        Vec<(SecretIdentity, Option<DateTime<Utc>>)>,
-        Decision,
-    )],
+    items: &mut [Item<'_>],
     now: DateTime<Utc>,
     stuck_after: Duration,
     failed_tasks_threshold: i32,
@@ -499,6 +503,84 @@ pub fn hold_failed(
         if let Some((secret, (who, why))) = hit {
             let reason = format!("held: the rollout of {who} after this change of {secret} failed ({why}); fix it, then run again");
             *decision = Decision::Held {
+                reason,
+                findings: std::mem::take(findings),
+            };
+        }
+    }
+}
+
+/// Whether a deployment is healthy as far as one look tells: `COMPLETED`, or (without a rollout
+/// state) primary, alone, with running = desired.
+fn looks_healthy(service: &Service) -> bool {
+    let Some(p) = service.primary() else {
+        return false;
+    };
+    match p.rollout_state.as_deref() {
+        Some("COMPLETED") => true,
+        Some(_) => false,
+        None => service.deployments.len() == 1 && p.running_count >= p.desired_count,
+    }
+}
+
+/// The canary gate for drivers that cannot wait for health (the Lambda, `reconcile --no-wait`).
+///
+/// Per changed secret, from AWS state only: if some dependent already runs a deployment created
+/// after the change and it is healthy, the canary has passed and every stale dependent rolls. If
+/// such a deployment is still in progress, the others settle. Otherwise only the first stale
+/// dependent (in plan order) rolls, as the canary, and the others settle until a later run sees
+/// it healthy (or [`hold_failed`] sees it fail). `items` must be in plan order.
+pub fn gate_canary(items: &mut [Item<'_>]) {
+    let mut passed: BTreeMap<String, bool> = BTreeMap::new();
+    let mut rolling: BTreeMap<String, String> = BTreeMap::new();
+    for (svc, secrets, decision) in items.iter() {
+        if decision.is_stale() {
+            continue;
+        }
+        let Some(p) = svc.primary() else { continue };
+        for (id, changed) in secrets {
+            let after = changed.is_some_and(|c| p.created_at >= c + GRANULARITY);
+            if !after {
+                continue;
+            }
+            if looks_healthy(svc) {
+                passed.insert(id.to_string(), true);
+            } else {
+                rolling
+                    .entry(id.to_string())
+                    .or_insert_with(|| format!("{}/{}", svc.cluster_name(), svc.name));
+            }
+        }
+    }
+    let mut canary_of: BTreeMap<String, String> = BTreeMap::new();
+    for (svc, _, decision) in items.iter_mut() {
+        let Decision::Stale { findings } = decision else {
+            continue;
+        };
+        let me = format!("{}/{}", svc.cluster_name(), svc.name);
+        let mut wait: Option<String> = None;
+        for f in findings.iter() {
+            if passed.contains_key(&f.secret) {
+                continue;
+            }
+            if let Some(who) = rolling.get(&f.secret) {
+                wait = Some(format!(
+                    "canary {who} for {} is rolling: waiting for it to be healthy",
+                    f.secret
+                ));
+                break;
+            }
+            let canary = canary_of
+                .entry(f.secret.clone())
+                .or_insert_with(|| me.clone());
+            if *canary != me {
+                wait = Some(format!("canary {canary} for {} goes first", f.secret));
+                break;
+            }
+        }
+        if let Some(reason) = wait {
+            *decision = Decision::Settling {
+                until: None,
                 reason,
                 findings: std::mem::take(findings),
             };

@@ -43,6 +43,9 @@ enum Command {
     Plan(ScopeArgs),
     /// Run as the long-lived operator: hear change events on an SQS queue, resync periodically.
     Serve(ServeArgs),
+    /// Run as an AWS Lambda handler (also chosen when started as `bootstrap` by Lambda, i.e.
+    /// with AWS_LAMBDA_RUNTIME_API set and no arguments).
+    Lambda,
 }
 
 #[derive(Args)]
@@ -97,7 +100,13 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Lambda starts `bootstrap` with no arguments and AWS_LAMBDA_RUNTIME_API set.
+    let cli =
+        if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {
+            Cli::parse_from(["ecs-reloader", "lambda"])
+        } else {
+            Cli::parse()
+        };
     init_logging(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
@@ -177,12 +186,48 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
+    use ecs_reloader::aws::sdk;
+    use ecs_reloader::driver::lambda::Handler;
+    use ecs_reloader::rollout::LogProgress;
+    use lambda_runtime::{service_fn, LambdaEvent};
+
+    // Built once per execution environment: clients, and the task-definition cache within.
+    let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
+    let clients = sdk::clients_from(&sdk_config)?;
+    let parts = setup::assemble(
+        &config,
+        clients,
+        Arc::new(SystemClock),
+        Arc::new(LogProgress),
+        false,
+    );
+    let handler = Arc::new(Handler::new(parts, config.scope.clusters.clone()));
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<serde_json::Value>| {
+        let handler = handler.clone();
+        async move {
+            let deadline = i64::try_from(ev.context.deadline)
+                .ok()
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::seconds(60));
+            handler
+                .handle(ev.payload, deadline)
+                .await
+                .map_err(|e| -> lambda_runtime::Error { Box::new(e) })
+        }
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
     let (scope, dry_run, wait) = match cli.command {
         Command::Reconcile(a) => (a.scope, a.dry_run, !a.no_wait),
         Command::Plan(s) => (s, true, false),
         Command::Serve(a) => return serve(config, a).await,
+        Command::Lambda => return lambda(config).await,
     };
     let clients = setup::sdk_clients(&config).await?;
     let parts = setup::assemble(

@@ -82,6 +82,8 @@ pub struct Settings {
     pub stuck_after: std::time::Duration,
     /// Failed tasks that make a rollout in progress count as failed.
     pub failed_tasks_threshold: i32,
+    /// Gate the canary through AWS state (for drivers that do not wait for health).
+    pub gate_canary: bool,
 }
 
 impl Default for Settings {
@@ -91,6 +93,7 @@ impl Default for Settings {
             scan_concurrency: 8,
             stuck_after: std::time::Duration::from_secs(15 * 60),
             failed_tasks_threshold: 3,
+            gate_canary: false,
         }
     }
 }
@@ -188,6 +191,22 @@ impl Reconciler {
             self.settings.stuck_after,
             self.settings.failed_tasks_threshold,
         );
+        if self.settings.gate_canary {
+            // In plan order, so that the canary is the service the plan would roll first.
+            let mut order: Vec<usize> = (0..decided.len()).collect();
+            order.sort_by_key(|&i| {
+                let svc = decided[i].0;
+                (wave_of(svc).unwrap_or(0), ServiceKey::of(svc))
+            });
+            let mut ordered: Vec<_> = order
+                .iter()
+                .map(|&i| (decided[i].0, decided[i].1.clone(), decided[i].2.clone()))
+                .collect();
+            crate::decide::gate_canary(&mut ordered);
+            for (slot, (_, _, d)) in order.into_iter().zip(ordered) {
+                decided[slot].2 = d;
+            }
+        }
         let decisions: Vec<Decision> = decided.into_iter().map(|(_, _, d)| d).collect();
         let services = entries
             .into_iter()
@@ -242,5 +261,40 @@ impl Reconciler {
             assessment = self.assess(scope, targets).await?;
         }
         Ok(assessment)
+    }
+
+    /// Resolves the secrets events name into targets. A secret that no longer exists, or a name
+    /// that is not a secret at all, is logged and skipped: nothing can depend on it.
+    pub async fn resolve_named(
+        &self,
+        named: &std::collections::BTreeSet<crate::event::Named>,
+    ) -> Result<Vec<Target>, ReconcileError> {
+        use crate::event::Named;
+        use crate::reference::{canonical_param_name, SecretIdentity};
+        let mut out = Vec::new();
+        for n in named {
+            match n {
+                Named::Secret(id) => match resolve_target(&self.clients, id).await {
+                    Ok(t) => out.push(t),
+                    Err(TargetError::NotFound(_)) => {
+                        tracing::info!(secret = %id, "changed secret no longer exists")
+                    }
+                    Err(TargetError::Parse { given, source }) => {
+                        tracing::warn!(secret = %given, error = %source, "event names no usable secret")
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Named::Parameter { region, name } => out.push(Target {
+                    given: name.clone(),
+                    identities: vec![SecretIdentity::Parameter {
+                        region: region
+                            .clone()
+                            .unwrap_or_else(|| self.clients.region.clone()),
+                        name: canonical_param_name(name),
+                    }],
+                }),
+            }
+        }
+        Ok(out)
     }
 }

@@ -446,3 +446,56 @@ fn a_stuck_rollout_counts_as_failed_after_the_timeout() {
     svc.deployments[0].failed_tasks = 3;
     assert!(failed_rollout(&svc, t(100), Duration::from_secs(900), 3).is_some());
 }
+
+#[test]
+fn without_waiting_the_canary_goes_first_and_the_rest_once_it_is_healthy() {
+    let secret = Secret::created_once(t(0)).put("v2", t(300));
+    let refs = [resolved(ARN, secret.state())];
+    let id = refs[0].state.as_ref().map(|s| s.identity()).expect("state");
+    let named = |n: &str, deployed: i64| {
+        let mut s = service(t(deployed));
+        s.name = n.into();
+        s
+    };
+    let (a, b, c) = (named("a", 200), named("b", 200), named("c", 200));
+    type Item<'a> = (
+        &'a Service,
+        Vec<(SecretIdentity, Option<DateTime<Utc>>)>,
+        Decision,
+    );
+    fn items<'a>(
+        svcs: Vec<&'a Service>,
+        id: &SecretIdentity,
+        refs: &[ResolvedRef],
+    ) -> Vec<Item<'a>> {
+        svcs.into_iter()
+            .map(|s| {
+                (
+                    s,
+                    vec![(id.clone(), Some(t(300)))],
+                    decide_at(s, refs, t(1000)),
+                )
+            })
+            .collect()
+    }
+    // Nobody has rolled: only the first rolls.
+    let mut first = items(vec![&a, &b, &c], &id, &refs);
+    gate_canary(&mut first);
+    let labels: Vec<&str> = first.iter().map(|i| i.2.label()).collect();
+    assert_eq!(labels, ["stale", "settling", "settling"]);
+
+    // The canary is rolling (its new deployment is already fresh): the others wait.
+    let mut a_rolling = named("a", 1000);
+    a_rolling.deployments[0].rollout_state = Some("IN_PROGRESS".into());
+    let mut second = items(vec![&a_rolling, &b, &c], &id, &refs);
+    gate_canary(&mut second);
+    let labels: Vec<&str> = second.iter().map(|i| i.2.label()).collect();
+    assert_eq!(labels, ["in-sync", "settling", "settling"]);
+
+    // The canary is healthy: the rest roll.
+    let a_done = named("a", 1000);
+    let mut third = items(vec![&a_done, &b, &c], &id, &refs);
+    gate_canary(&mut third);
+    let labels: Vec<&str> = third.iter().map(|i| i.2.label()).collect();
+    assert_eq!(labels, ["in-sync", "stale", "stale"]);
+}

@@ -2,5 +2,6 @@
 //! [`Reconciler`](crate::reconcile::Reconciler).
 
 pub mod cli;
+pub mod lambda;
 pub mod serve;
 pub mod setup;

@@ -36,11 +36,10 @@ use crate::aws::guard::Stats;
 use crate::aws::queue::{Bus, Message, Queue};
 use crate::driver::setup::Parts;
 use crate::event::{self, Named, Parsed};
-use crate::index::{Scope, Target, TargetError};
+use crate::index::{Scope, Target};
 use crate::metrics::Metrics;
 use crate::plan::ServiceKey;
 use crate::reconcile::ReconcileError;
-use crate::reference::{canonical_param_name, SecretIdentity};
 use crate::rollout::{Outcome, Phase, Progress, Rollout};
 
 /// How `serve` runs.
@@ -408,7 +407,7 @@ impl Server {
         let targets = if full {
             Vec::new()
         } else {
-            self.targets(named).await?
+            self.parts.reconciler.resolve_named(named).await?
         };
         if !full && targets.is_empty() {
             tracing::info!("no changed secret exists any more: nothing to do");
@@ -423,38 +422,6 @@ impl Server {
             Some(after) => Work::Later(after),
             None => Work::Done,
         })
-    }
-
-    async fn targets(&self, named: &BTreeSet<Named>) -> Result<Vec<Target>, ReconcileError> {
-        let home = self.parts.reconciler.clients().region.clone();
-        let mut out = Vec::new();
-        for n in named {
-            match n {
-                Named::Secret(id) => match self
-                    .parts
-                    .reconciler
-                    .resolve_targets(std::slice::from_ref(id))
-                    .await
-                {
-                    Ok(mut t) => out.append(&mut t),
-                    Err(ReconcileError::Target(TargetError::NotFound(_))) => {
-                        tracing::info!(secret = %id, "changed secret no longer exists")
-                    }
-                    Err(ReconcileError::Target(TargetError::Parse { given, source })) => {
-                        tracing::warn!(secret = %given, error = %source, "event names no usable secret")
-                    }
-                    Err(e) => return Err(e),
-                },
-                Named::Parameter { region, name } => out.push(Target {
-                    given: name.clone(),
-                    identities: vec![SecretIdentity::Parameter {
-                        region: region.clone().unwrap_or_else(|| home.clone()),
-                        name: canonical_param_name(name),
-                    }],
-                }),
-            }
-        }
-        Ok(out)
     }
 
     async fn delete(&self, queue: &dyn Queue, m: &Message) {

@@ -59,6 +59,7 @@ pub fn reconcile_settings(config: &Config) -> Settings {
         stuck_after: config.rollout.timeout.0,
         failed_tasks_threshold: i32::try_from(config.rollout.failed_tasks_threshold)
             .unwrap_or(i32::MAX),
+        gate_canary: false,
     }
 }
 
@@ -81,7 +82,12 @@ pub fn assemble(
     wait: bool,
 ) -> Parts {
     let (guarded, stats) = guard::guard(clients, limits(config), clock.clone());
-    let reconciler = Reconciler::new(guarded.clone(), clock, reconcile_settings(config));
+    // Without waiting, the canary is gated through AWS state across runs instead.
+    let settings = Settings {
+        gate_canary: !wait && config.rollout.canary,
+        ..reconcile_settings(config)
+    };
+    let reconciler = Reconciler::new(guarded.clone(), clock, settings);
     let rollout = EngineRollout::new(Engine::new(
         guarded,
         engine_settings(config, wait),

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod lambda_api;
 pub mod proxy;
 
 use std::net::TcpListener;
@@ -421,6 +422,26 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Starts the binary as Lambda starts `bootstrap`: no arguments, the runtime's environment.
+pub fn start_bootstrap(
+    endpoint: &str,
+    api: &lambda_api::RuntimeApi,
+    extra_env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecs-reloader"));
+    clean_env(&mut cmd, endpoint);
+    for (k, v) in lambda_api::lambda_env(api) {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn().expect("bootstrap starts")
 }
 
 fn clean_env(cmd: &mut tokio::process::Command, endpoint: &str) {

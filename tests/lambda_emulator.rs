@@ -1,0 +1,167 @@
+//! The binary as a Lambda `bootstrap`, end to end: a Lambda Runtime API emulator hands it
+//! invocations, the AWS emulator (through the recording proxy) plays AWS.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::lambda_api::{Answer, RuntimeApi};
+use support::proxy::Proxy;
+use support::{start_bootstrap, Aws, Emulator, Refs};
+
+fn fixture(text: &str) -> Value {
+    serde_json::from_str(text).expect("fixture")
+}
+
+fn rotation_succeeded(arn: &str) -> Value {
+    let mut v = fixture(include_str!("fixtures/events/rotation_succeeded.json"));
+    v["region"] = json!("us-east-1");
+    v["detail"]["additionalEventData"]["SecretId"] = json!(arn);
+    v
+}
+
+fn parameter_change(name: &str) -> Value {
+    let mut v = fixture(include_str!("fixtures/events/parameter_store_change.json"));
+    v["detail"]["name"] = json!(name);
+    v
+}
+
+async fn response(api: &RuntimeApi, payload: &Value) -> Value {
+    match api
+        .answer(&api.invoke(payload), Duration::from_secs(60))
+        .await
+    {
+        Answer::Response(v) => v,
+        Answer::Error(e) => panic!("invocation failed: {e}"),
+    }
+}
+
+fn triggered(v: &Value) -> Vec<String> {
+    let mut t: Vec<String> = v["triggered"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    t.sort();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_works_as_a_lambda_bootstrap() {
+    let emu = Emulator::start();
+    let proxy = Proxy::start(emu.port).await;
+    let aws = Aws::connect(&emu.url()).await;
+    let (db, _) = aws.secret("app/db").await;
+    let (other, _) = aws.secret("app/other").await;
+    aws.parameter("/app/flag", "on").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    aws.cluster("prod").await;
+    let leak = |s: String| -> &'static [&'static str] {
+        Box::leak(vec![&*Box::leak(s.into_boxed_str())].into_boxed_slice())
+    };
+    let td_db = aws
+        .task_def(
+            "db",
+            Refs {
+                secrets: leak(db.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+    let td_other = aws
+        .task_def(
+            "other",
+            Refs {
+                secrets: leak(other),
+                ..Default::default()
+            },
+        )
+        .await;
+    let td_flag = aws
+        .task_def(
+            "flag",
+            Refs {
+                secrets: &["/app/flag"],
+                ..Default::default()
+            },
+        )
+        .await;
+    aws.service("prod", "api", &td_db, &[]).await;
+    aws.service("prod", "worker", &td_db, &[]).await;
+    aws.service("prod", "flags", &td_flag, &[]).await;
+    aws.service("prod", "quiet", &td_other, &[]).await;
+
+    let api = RuntimeApi::start().await;
+    let mut child = start_bootstrap(&proxy.url(), &api, &[]);
+
+    // 1. A direct EventBridge event: the canary (first in plan order) rolls, the other waits.
+    aws.rotate("app/db").await;
+    let r = response(&api, &rotation_succeeded(&db)).await;
+    assert_eq!(triggered(&r), ["prod/api"], "{r}");
+    assert_eq!(r["settling"], 1, "{r}");
+    assert_eq!(proxy.updated_services(), ["prod/api"]);
+
+    // 2. The scheduled resync sees the canary healthy and rolls the rest; nothing twice.
+    let schedule = fixture(include_str!("fixtures/events/scheduled.json"));
+    let r = response(&api, &schedule).await;
+    assert_eq!(triggered(&r), ["prod/worker"], "{r}");
+    let r = response(&api, &schedule).await;
+    assert!(triggered(&r).is_empty(), "in sync now: {r}");
+
+    // 3. An SQS batch with one poison record: exactly that record is reported.
+    aws.parameter("/app/flag", "off").await;
+    let batch = json!({"Records": [
+        {"messageId": "good-1", "body": parameter_change("/app/flag").to_string(), "eventSource": "aws:sqs"},
+        {"messageId": "poison-1", "body": "{\"source\":\"nobody\"}", "eventSource": "aws:sqs"},
+        {"messageId": "good-2", "body": parameter_change("/app/flag").to_string(), "eventSource": "aws:sqs"}
+    ]});
+    let r = response(&api, &batch).await;
+    assert_eq!(
+        r,
+        json!({"batchItemFailures": [{"itemIdentifier": "poison-1"}]})
+    );
+    assert_eq!(
+        proxy
+            .updated_services()
+            .iter()
+            .filter(|s| *s == "prod/flags")
+            .count(),
+        1,
+        "duplicates coalesce"
+    );
+
+    // 4. A rotation no event announced: the scheduled resync finds it.
+    aws.rotate("app/other").await;
+    let r = response(&api, &schedule).await;
+    assert_eq!(triggered(&r), ["prod/quiet"], "{r}");
+
+    // 5. Garbage is an invocation error, and the function goes on serving.
+    match api
+        .answer(&api.invoke(&json!("garbage")), Duration::from_secs(30))
+        .await
+    {
+        Answer::Error(e) => assert!(e.contains("not a JSON object"), "{e}"),
+        Answer::Response(v) => panic!("garbage answered {v}"),
+    }
+    let r = response(&api, &schedule).await;
+    assert!(triggered(&r).is_empty());
+
+    let mut rolled = proxy.updated_services();
+    rolled.sort();
+    assert_eq!(
+        rolled,
+        ["prod/api", "prod/flags", "prod/quiet", "prod/worker"],
+        "each exactly once"
+    );
+    assert!(api.init_errors().is_empty());
+    assert_eq!(
+        proxy.count("DescribeTaskDefinition"),
+        3,
+        "the cache stays warm across invocations"
+    );
+    let _ = child.start_kill();
+}
