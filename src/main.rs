@@ -46,6 +46,13 @@ enum Command {
     /// Run as an AWS Lambda handler (also chosen when started as `bootstrap` by Lambda, i.e.
     /// with AWS_LAMBDA_RUNTIME_API set and no arguments).
     Lambda,
+    /// Exit 0 if `serve` answers on its health endpoint: the container health check of an image
+    /// with no shell or curl.
+    Healthcheck {
+        /// Address of `serve`'s endpoints.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+    },
 }
 
 #[derive(Args)]
@@ -188,20 +195,19 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
 
 async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
     use ecs_reloader::aws::sdk;
+    use ecs_reloader::aws::queue::{Bus, SdkBus};
     use ecs_reloader::driver::lambda::Handler;
-    use ecs_reloader::rollout::LogProgress;
+    use ecs_reloader::driver::serve::NotifyProgress;
+    use ecs_reloader::metrics::Metrics;
     use lambda_runtime::{service_fn, LambdaEvent};
 
     // Built once per execution environment: clients, and the task-definition cache within.
     let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
     let clients = sdk::clients_from(&sdk_config)?;
-    let parts = setup::assemble(
-        &config,
-        clients,
-        Arc::new(SystemClock),
-        Arc::new(LogProgress),
-        false,
-    );
+    let bus = (!config.notify.event_bus.is_empty())
+        .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
+    let progress = Arc::new(NotifyProgress::new(Arc::new(Metrics::new()), bus));
+    let parts = setup::assemble(&config, clients, Arc::new(SystemClock), progress, false);
     let handler = Arc::new(Handler::new(parts, config.scope.clusters.clone()));
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<serde_json::Value>| {
         let handler = handler.clone();
@@ -221,6 +227,29 @@ async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn healthcheck(addr: &str) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer.starts_with("HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), probe).await {
+        Ok(Ok(true)) => Ok(ExitCode::SUCCESS),
+        Ok(Ok(false)) => Ok(ExitCode::from(1)),
+        Ok(Err(e)) => {
+            eprintln!("healthcheck: {addr}: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(_) => {
+            eprintln!("healthcheck: {addr}: no answer within 3 s");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
     let (scope, dry_run, wait) = match cli.command {
@@ -228,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(s) => (s, true, false),
         Command::Serve(a) => return serve(config, a).await,
         Command::Lambda => return lambda(config).await,
+        Command::Healthcheck { addr } => return healthcheck(&addr).await,
     };
     let clients = setup::sdk_clients(&config).await?;
     let parts = setup::assemble(
