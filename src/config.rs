@@ -86,6 +86,8 @@ pub struct ScopeConfig {
     pub clusters: Vec<String>,
     /// AWS calls in flight while scanning.
     pub scan_concurrency: usize,
+    /// Describe/List calls per second, per kind (ECS refills 20/s, shared by the account).
+    pub reads_per_second: f64,
 }
 
 impl Default for ScopeConfig {
@@ -93,6 +95,7 @@ impl Default for ScopeConfig {
         ScopeConfig {
             clusters: vec![],
             scan_concurrency: 8,
+            reads_per_second: 10.0,
         }
     }
 }
@@ -304,6 +307,12 @@ impl Config {
         }
         if self.scope.scan_concurrency == 0 {
             return Err(invalid("scope.scan_concurrency", "must be at least 1"));
+        }
+        if !(self.scope.reads_per_second > 0.0 && self.scope.reads_per_second.is_finite()) {
+            return Err(invalid(
+                "scope.reads_per_second",
+                "must be a positive number",
+            ));
         }
         let r = &self.rollout;
         if !(r.updates_per_second > 0.0 && r.updates_per_second.is_finite()) {

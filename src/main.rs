@@ -194,8 +194,8 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
 }
 
 async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
-    use ecs_reloader::aws::sdk;
     use ecs_reloader::aws::queue::{Bus, SdkBus};
+    use ecs_reloader::aws::sdk;
     use ecs_reloader::driver::lambda::Handler;
     use ecs_reloader::driver::serve::NotifyProgress;
     use ecs_reloader::metrics::Metrics;
@@ -231,7 +231,8 @@ async fn healthcheck(addr: &str) -> anyhow::Result<ExitCode> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
         let mut answer = String::new();
         s.read_to_string(&mut answer).await?;
         Ok::<_, std::io::Error>(answer.starts_with("HTTP/1.1 200"))

@@ -29,6 +29,7 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
 pub fn limits(config: &Config) -> Limits {
     Limits {
         updates_per_second: config.rollout.updates_per_second,
+        reads_per_second: config.scope.reads_per_second,
         ..Limits::default()
     }
 }
