@@ -150,37 +150,57 @@ pub async fn scan(
         scope.clusters.clone()
     };
 
-    // ListServices per cluster, then DescribeServices in batches of ten.
-    let listed: Vec<(String, Vec<String>)> = stream::iter(clusters.iter().cloned())
-        .map(|c| async move {
-            let arns = all_pages(|t| clients.ecs.list_services(&c, t)).await?;
-            Ok::<_, AwsError>((c, arns))
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    let batches: Vec<(String, Vec<String>)> = listed
-        .iter()
-        .flat_map(|(c, arns)| {
-            arns.chunks(DESCRIBE_SERVICES_BATCH)
-                .map(|b| (c.clone(), b.to_vec()))
-        })
-        .collect();
-    let described: Vec<Vec<Service>> = stream::iter(batches)
-        .map(|(c, batch)| async move { clients.ecs.describe_services(&c, &batch).await })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    let mut services: Vec<Service> = described.into_iter().flatten().collect();
+    // Pipelined, because each call kind has its own token bucket: per cluster, its service
+    // pages; per batch of ten, DescribeServices and at once the batch's revisions not yet cached.
+    // The three kinds of call then drain their buckets side by side instead of one after another.
+    // One semaphore bounds the calls in flight.
+    let permits = tokio::sync::Semaphore::new(concurrency);
+    let permits = &permits;
+    let per_cluster: Vec<Vec<(Vec<Service>, Vec<(String, Arc<TaskDefinition>)>)>> =
+        stream::iter(clusters.iter().cloned())
+            .map(|c| async move {
+                let arns = {
+                    let _p = permits.acquire().await.map_err(closed)?;
+                    all_pages(|t| clients.ecs.list_services(&c, t)).await?
+                };
+                let batches: Vec<Vec<String>> = arns
+                    .chunks(DESCRIBE_SERVICES_BATCH)
+                    .map(<[String]>::to_vec)
+                    .collect();
+                stream::iter(batches)
+                    .map(|batch| {
+                        let c = c.clone();
+                        async move {
+                            let services = {
+                                let _p = permits.acquire().await.map_err(closed)?;
+                                clients.ecs.describe_services(&c, &batch).await?
+                            };
+                            let revisions: HashSet<String> =
+                                services.iter().map(revision_of).collect();
+                            let defs = futures::future::try_join_all(revisions.into_iter().map(
+                                |arn| async move {
+                                    let _p = permits.acquire().await.map_err(closed)?;
+                                    cache.get(clients, &arn).await.map(|d| (arn, d))
+                                },
+                            ))
+                            .await?;
+                            Ok::<_, AwsError>((services, defs))
+                        }
+                    })
+                    .buffer_unordered(concurrency)
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+    let mut services: Vec<Service> = Vec::new();
+    let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
+    for (batch, batch_defs) in per_cluster.into_iter().flatten() {
+        services.extend(batch);
+        defs.extend(batch_defs);
+    }
     services.sort_by(|a, b| (a.cluster_name(), &a.name).cmp(&(b.cluster_name(), &b.name)));
-
-    // Each distinct revision once (and once per process, through the cache).
-    let revisions: HashSet<String> = services.iter().map(revision_of).collect();
-    let defs: HashMap<String, Arc<TaskDefinition>> = stream::iter(revisions)
-        .map(|arn| async move { cache.get(clients, &arn).await.map(|d| (arn, d)) })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
 
     let mut inv = Inventory {
         clusters,
@@ -209,6 +229,10 @@ pub async fn scan(
         }
     }
     Ok(inv)
+}
+
+fn closed(_: tokio::sync::AcquireError) -> AwsError {
+    AwsError::new("scan", "-", ErrorKind::Other, "scan cancelled")
 }
 
 /// The revision new tasks of a service start from: the primary deployment's.
