@@ -20,7 +20,8 @@ done
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true \
-  ECS_RELOADER_LOG=warn
+  ECS_RELOADER_LOG=warn \
+  ECS_RELOADER_ROLLOUT_POLL_INTERVAL=2s   # moto completes rollouts at once; 15 s is for real ECS
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

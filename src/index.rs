@@ -156,44 +156,42 @@ pub async fn scan(
     // One semaphore bounds the calls in flight.
     let permits = tokio::sync::Semaphore::new(concurrency);
     let permits = &permits;
-    let per_cluster: Vec<Vec<(Vec<Service>, Vec<(String, Arc<TaskDefinition>)>)>> =
-        stream::iter(clusters.iter().cloned())
-            .map(|c| async move {
-                let arns = {
-                    let _p = permits.acquire().await.map_err(closed)?;
-                    all_pages(|t| clients.ecs.list_services(&c, t)).await?
-                };
-                let batches: Vec<Vec<String>> = arns
-                    .chunks(DESCRIBE_SERVICES_BATCH)
-                    .map(<[String]>::to_vec)
-                    .collect();
-                stream::iter(batches)
-                    .map(|batch| {
-                        let c = c.clone();
-                        async move {
-                            let services = {
+    let per_cluster: Vec<Vec<DescribedBatch>> = stream::iter(clusters.iter().cloned())
+        .map(|c| async move {
+            let arns = {
+                let _p = permits.acquire().await.map_err(closed)?;
+                all_pages(|t| clients.ecs.list_services(&c, t)).await?
+            };
+            let batches: Vec<Vec<String>> = arns
+                .chunks(DESCRIBE_SERVICES_BATCH)
+                .map(<[String]>::to_vec)
+                .collect();
+            stream::iter(batches)
+                .map(|batch| {
+                    let c = c.clone();
+                    async move {
+                        let services = {
+                            let _p = permits.acquire().await.map_err(closed)?;
+                            clients.ecs.describe_services(&c, &batch).await?
+                        };
+                        let revisions: HashSet<String> = services.iter().map(revision_of).collect();
+                        let defs = futures::future::try_join_all(revisions.into_iter().map(
+                            |arn| async move {
                                 let _p = permits.acquire().await.map_err(closed)?;
-                                clients.ecs.describe_services(&c, &batch).await?
-                            };
-                            let revisions: HashSet<String> =
-                                services.iter().map(revision_of).collect();
-                            let defs = futures::future::try_join_all(revisions.into_iter().map(
-                                |arn| async move {
-                                    let _p = permits.acquire().await.map_err(closed)?;
-                                    cache.get(clients, &arn).await.map(|d| (arn, d))
-                                },
-                            ))
-                            .await?;
-                            Ok::<_, AwsError>((services, defs))
-                        }
-                    })
-                    .buffer_unordered(concurrency)
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .buffer_unordered(concurrency)
-            .try_collect()
-            .await?;
+                                cache.get(clients, &arn).await.map(|d| (arn, d))
+                            },
+                        ))
+                        .await?;
+                        Ok::<_, AwsError>((services, defs))
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
     let mut services: Vec<Service> = Vec::new();
     let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
     for (batch, batch_defs) in per_cluster.into_iter().flatten() {
@@ -230,6 +228,9 @@ pub async fn scan(
     }
     Ok(inv)
 }
+
+/// One `DescribeServices` batch with the revisions it brought in.
+type DescribedBatch = (Vec<Service>, Vec<(String, Arc<TaskDefinition>)>);
 
 fn closed(_: tokio::sync::AcquireError) -> AwsError {
     AwsError::new("scan", "-", ErrorKind::Other, "scan cancelled")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::lambda_api::{Answer, RuntimeApi};
 use support::proxy::Proxy;
-use support::{start_bootstrap, Aws, Emulator, Refs};
+use support::{start_bootstrap, Aws, Emulator};
 
 fn fixture(text: &str) -> Value {
     serde_json::from_str(text).expect("fixture")
@@ -55,45 +55,17 @@ async fn the_binary_works_as_a_lambda_bootstrap() {
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
-    let (db, _) = aws.secret("app/db").await;
-    let (other, _) = aws.secret("app/other").await;
     aws.parameter("/app/flag", "on").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    aws.cluster("prod").await;
-    let leak = |s: String| -> &'static [&'static str] {
-        Box::leak(vec![&*Box::leak(s.into_boxed_str())].into_boxed_slice())
-    };
-    let td_db = aws
-        .task_def(
-            "db",
-            Refs {
-                secrets: leak(db.clone()),
-                ..Default::default()
-            },
+    let arns = aws
+        .one_secret_world(
+            &["app/db", "app/other"],
+            "prod",
+            &[("api", 0), ("worker", 0), ("quiet", 1)],
         )
         .await;
-    let td_other = aws
-        .task_def(
-            "other",
-            Refs {
-                secrets: leak(other),
-                ..Default::default()
-            },
-        )
-        .await;
-    let td_flag = aws
-        .task_def(
-            "flag",
-            Refs {
-                secrets: &["/app/flag"],
-                ..Default::default()
-            },
-        )
-        .await;
-    aws.service("prod", "api", &td_db, &[]).await;
-    aws.service("prod", "worker", &td_db, &[]).await;
+    let db = arns[0].clone();
+    let td_flag = aws.task_def_for("flag", "/app/flag").await;
     aws.service("prod", "flags", &td_flag, &[]).await;
-    aws.service("prod", "quiet", &td_other, &[]).await;
 
     let api = RuntimeApi::start().await;
     let mut child = start_bootstrap(&proxy.url(), &api, &[]);

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::proxy::Proxy;
-use support::{wait_for, Aws, Emulator, Refs, Serve};
+use support::{wait_for, Aws, Emulator, Serve};
 
 fn api_call(secret_id: &str, arn: Option<&str>) -> String {
     let response = match arn {
@@ -81,33 +81,14 @@ async fn odd_deliveries_roll_exactly_the_right_services_once() {
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
-    let (db, _) = aws.secret("app/db").await;
-    let (lookalike, _) = aws.secret("app/db-replica").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    aws.cluster("prod").await;
-    let leak = |s: String| -> &'static [&'static str] {
-        Box::leak(vec![&*Box::leak(s.into_boxed_str())].into_boxed_slice())
-    };
-    let td_db = aws
-        .task_def(
-            "db",
-            Refs {
-                secrets: leak(db.clone()),
-                ..Default::default()
-            },
+    let arns = aws
+        .one_secret_world(
+            &["app/db", "app/db-replica"],
+            "prod",
+            &[("db", 0), ("replica", 1)],
         )
         .await;
-    let td_lookalike = aws
-        .task_def(
-            "replica",
-            Refs {
-                secrets: leak(lookalike),
-                ..Default::default()
-            },
-        )
-        .await;
-    aws.service("prod", "db", &td_db, &[]).await;
-    aws.service("prod", "replica", &td_lookalike, &[]).await;
+    let db = arns[0].clone();
     let (queue, _, _) = aws.queue_with_dlq("odd", 5, 3).await;
     let serve = Serve::start(
         &proxy.url(),

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::proxy::Proxy;
-use support::{wait_for, Aws, Emulator, Refs, Serve};
+use support::{wait_for, Aws, Emulator, Serve};
 
 fn rotation_succeeded(arn: &str) -> String {
     serde_json::json!({
@@ -73,54 +73,16 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
-    let (db, _) = aws.secret("app/db").await;
-    let (replica, _) = aws.secret("app/db-replica").await;
-    let (other, _) = aws.secret("app/other").await;
     aws.parameter("/app/flag", "on").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    aws.cluster("prod").await;
-    let leak = |s: String| -> &'static [&'static str] {
-        Box::leak(vec![&*Box::leak(s.into_boxed_str())].into_boxed_slice())
-    };
-    let td_db = aws
-        .task_def(
-            "db",
-            Refs {
-                secrets: leak(db.clone()),
-                ..Default::default()
-            },
+    let arns = aws
+        .one_secret_world(
+            &["app/db", "app/db-replica", "app/other"],
+            "prod",
+            &[("db", 0), ("replica", 1), ("other", 2)],
         )
         .await;
-    let td_replica = aws
-        .task_def(
-            "replica",
-            Refs {
-                secrets: leak(replica),
-                ..Default::default()
-            },
-        )
-        .await;
-    let td_other = aws
-        .task_def(
-            "other",
-            Refs {
-                secrets: leak(other.clone()),
-                ..Default::default()
-            },
-        )
-        .await;
-    let td_flag = aws
-        .task_def(
-            "flag",
-            Refs {
-                secrets: &["/app/flag"],
-                ..Default::default()
-            },
-        )
-        .await;
-    aws.service("prod", "db", &td_db, &[]).await;
-    aws.service("prod", "replica", &td_replica, &[]).await;
-    aws.service("prod", "other", &td_other, &[]).await;
+    let (db, other) = (arns[0].clone(), arns[2].clone());
+    let td_flag = aws.task_def_for("flag", "/app/flag").await;
     aws.service("prod", "flag", &td_flag, &[]).await;
     let (queue, queue_arn, dlq) = aws.queue_with_dlq("changes", 2, 2).await;
 
@@ -286,24 +248,9 @@ async fn kill_9_mid_rollout_then_restart_converges_without_a_duplicate() {
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
-    let (db, _) = aws.secret("app/db").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    aws.cluster("prod").await;
-    let refs: &'static [&'static str] =
-        Box::leak(vec![&*Box::leak(db.into_boxed_str())].into_boxed_slice());
-    let td = aws
-        .task_def(
-            "db",
-            Refs {
-                secrets: refs,
-                ..Default::default()
-            },
-        )
-        .await;
     let names: Vec<String> = (0..6).map(|i| format!("svc-{i}")).collect();
-    for n in &names {
-        aws.service("prod", n, &td, &[]).await;
-    }
+    let layout: Vec<(&str, usize)> = names.iter().map(|s| (s.as_str(), 0)).collect();
+    aws.one_secret_world(&["app/db"], "prod", &layout).await;
     aws.rotate("app/db").await;
 
     // Slow rollouts: one at a time, one update every two seconds.

@@ -7,31 +7,16 @@ mod support;
 use std::time::Duration;
 
 use support::proxy::{Fault, FaultPlan, Proxy};
-use support::{run_binary, Aws, Emulator, Refs};
+use support::{run_binary, Aws, Emulator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stale_service_rolls_exactly_once_through_faults() {
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
-    let (arn, _) = aws.secret("app/db").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    aws.cluster("prod").await;
-    let refs: &'static [&'static str] =
-        Box::leak(vec![&*Box::leak(arn.into_boxed_str())].into_boxed_slice());
-    let td = aws
-        .task_def(
-            "app",
-            Refs {
-                secrets: refs,
-                ..Default::default()
-            },
-        )
-        .await;
     let services: Vec<String> = (0..8).map(|i| format!("svc-{i}")).collect();
-    for s in &services {
-        aws.service("prod", s, &td, &[]).await;
-    }
+    let layout: Vec<(&str, usize)> = services.iter().map(|s| (s.as_str(), 0)).collect();
+    aws.one_secret_world(&["app/db"], "prod", &layout).await;
     aws.rotate("app/db").await;
 
     proxy.set_faults(FaultPlan {

@@ -244,6 +244,45 @@ impl Aws {
             .expect("create service");
     }
 
+    /// A task definition with one secret reference.
+    pub async fn task_def_for(&self, family: &str, value_from: &str) -> String {
+        let refs = [value_from];
+        self.task_def(
+            family,
+            Refs {
+                secrets: &refs,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// An account already in sync: these secrets (returns their ARNs), then, a whole second
+    /// later (Secrets Manager dates are whole seconds), `cluster` with one service per
+    /// (name, index of the secret it references).
+    pub async fn one_secret_world(
+        &self,
+        secrets: &[&str],
+        cluster: &str,
+        services: &[(&str, usize)],
+    ) -> Vec<String> {
+        let mut arns = Vec::new();
+        for s in secrets {
+            arns.push(self.secret(s).await.0);
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        self.cluster(cluster).await;
+        let mut defs = std::collections::HashMap::new();
+        for (name, i) in services {
+            if !defs.contains_key(i) {
+                let td = self.task_def_for(&format!("td-{i}"), &arns[*i]).await;
+                defs.insert(*i, td);
+            }
+            self.service(cluster, name, &defs[i], &[]).await;
+        }
+        arns
+    }
+
     /// The primary deployment's id.
     pub async fn deployment_id(&self, cluster: &str, name: &str) -> String {
         let out = self
