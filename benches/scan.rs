@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::TimeZone;
 use ecs_reloader::aws::fake::FakeAws;
-use ecs_reloader::clock::TokioClock;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::setup::{self, Parts};
 use ecs_reloader::index::Scope;
@@ -26,13 +24,7 @@ struct World {
 }
 
 fn build(w: &World) -> (FakeAws, Parts) {
-    let clock = Arc::new(TokioClock::starting_at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("t"),
-    ));
-    let fake = FakeAws::new("eu-west-1", clock.clone());
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let arns: Vec<String> = (0..w.secrets)
         .map(|k| fake.create_secret(&format!("app/secret-{k:04}")))
         .collect();

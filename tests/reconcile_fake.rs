@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeZone;
 use ecs_reloader::aws::fake::FakeAws;
-use ecs_reloader::clock::TokioClock;
 use ecs_reloader::config::Config;
 use ecs_reloader::decide::Decision;
 use ecs_reloader::driver::cli::{self, Options, Output};
@@ -15,13 +13,7 @@ use ecs_reloader::reference::Site;
 use ecs_reloader::rollout::LogProgress;
 
 fn setup() -> (FakeAws, Parts) {
-    let clock = Arc::new(TokioClock::starting_at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("time"),
-    ));
-    let fake = FakeAws::new("eu-west-1", clock.clone());
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let parts = setup::assemble(
         &Config::default(),
         fake.clients(),

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeZone;
 use ecs_reloader::aws::fake::{Behaviour, Bucket, FakeAws};
-use ecs_reloader::clock::TokioClock;
 use ecs_reloader::config::{Config, Dur};
 use ecs_reloader::driver::cli::{self, Options, Output};
 use ecs_reloader::driver::setup::{self, Parts};
@@ -28,13 +26,7 @@ fn sim(
     clusters: &[&str],
     tag: impl Fn(usize) -> Vec<(&'static str, String)>,
 ) -> Sim {
-    let clock = Arc::new(TokioClock::starting_at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("time"),
-    ));
-    let fake = FakeAws::new("eu-west-1", clock.clone());
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let arn = fake.create_secret("db");
     let td = fake.register_task_definition(
         "app",
@@ -364,13 +356,7 @@ async fn duplicates_in_a_change_set_roll_once() {
 
 #[tokio::test(start_paused = true)]
 async fn no_wait_triggers_without_watching() {
-    let clock = Arc::new(TokioClock::starting_at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("t"),
-    ));
-    let fake = FakeAws::new("eu-west-1", clock.clone());
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     for i in 0..3 {
         fake.create_service("prod", &format!("s{i}"), "td", 1, &[]);
         fake.set_behaviour("prod", &format!("s{i}"), Behaviour::Stuck);

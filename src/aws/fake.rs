@@ -143,6 +143,14 @@ impl FakeAws {
         }
     }
 
+    /// An empty account on a clock that starts at 2026-01-01 and runs on tokio's (pausable)
+    /// time: the usual set-up of deterministic tests. Returns the clock too, for the reconciler.
+    pub fn on_tokio_clock(region: &str) -> (Self, Arc<dyn Clock>) {
+        let start = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::TokioClock::starting_at(start));
+        (FakeAws::new(region, clock.clone()), clock)
+    }
+
     /// The three clients over this fake.
     pub fn clients(&self) -> Clients {
         Clients {

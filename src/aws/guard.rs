@@ -375,17 +375,9 @@ impl Parameters for GuardedParameters {
 mod tests {
     use super::*;
     use crate::aws::fake::{Bucket as FakeBucket, FakeAws};
-    use crate::clock::TokioClock;
-    use chrono::TimeZone;
 
     fn world() -> (FakeAws, Arc<dyn Clock>) {
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(
-            chrono::Utc
-                .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-                .single()
-                .expect("t"),
-        ));
-        let fake = FakeAws::new("eu-west-1", clock.clone());
+        let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
         (fake, clock)
     }
 
