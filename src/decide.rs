@@ -19,10 +19,11 @@
 //!    that change. This is what catches a deployment made between a rotation's two moments. The
 //!    cost: a metadata-only edit (description, tags, KMS key) made after the deployment is
 //!    indistinguishable from a promotion and rolls the service once. We err toward the fresh value.
-//! 3. Otherwise **fresh**. For a custom stage this means only rule 1 applies: a custom label moved
-//!    *back* to an older version is invisible to the metadata (an event for it still triggers a
-//!    look, and a later change of the secret rolls it). Rotating `AWSCURRENT` never rolls a
-//!    service pinned to a custom stage.
+//! 3. Otherwise **fresh**. For a custom stage this means only rule 1 applies, plus what events
+//!    tell: a custom label moved *back* to an older version is invisible to the metadata, so a
+//!    `Secret Label Updated` event's time for that label stands in for it (stale if *d* < that
+//!    time + 1 s). A resync without the event cannot see such a move. Rotating `AWSCURRENT` never
+//!    rolls a service pinned to a custom stage.
 //! 4. A version id never rolls ([`Judgement::Pinned`]).
 //!
 //! SSM parameters: the latest version's `LastModifiedDate` plays *L*; `name:N` is pinned;
@@ -93,6 +94,9 @@ pub struct SmState {
     /// Version id → creation date. Empty when not fetched: the index fetches it only when some
     /// dependent deployment is older than `last_changed + 1 s`, since otherwise nothing reads it.
     pub created: BTreeMap<String, DateTime<Utc>>,
+    /// Label → when it moved, as `Secret Label Updated` events tell (the metadata cannot date a
+    /// label move). Empty on a resync.
+    pub label_moves: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl SmState {
@@ -299,6 +303,19 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
     }
     if follows_promotion {
         return stale_by_change(s, stage, d);
+    }
+    if let Some(moved) = s.label_moves.get(stage).copied() {
+        if d < moved + GRANULARITY {
+            return Judgement::Stale {
+                reason: format!(
+                    "label {stage} moved to version {version} at {} (event), after the deployment ({})",
+                    fmt_time(moved),
+                    fmt_time(d)
+                ),
+                fresh_after: moved + GRANULARITY,
+                rotating_since: None,
+            };
+        }
     }
     Judgement::Fresh
 }

@@ -250,6 +250,8 @@ pub struct Target {
     pub given: String,
     /// What it names (a bare name may name a secret and a parameter).
     pub identities: Vec<SecretIdentity>,
+    /// Label moves the event announced (label, when), for the staleness rule.
+    pub label_moves: Vec<(String, DateTime<Utc>)>,
 }
 
 /// Why a target could not be resolved.
@@ -322,6 +324,7 @@ pub async fn resolve_target(clients: &Clients, given: &str) -> Result<Target, Ta
     Ok(Target {
         given: given.to_string(),
         identities,
+        label_moves: Vec::new(),
     })
 }
 
@@ -538,6 +541,7 @@ async fn secret_state(
         last_changed: meta.last_changed,
         stages,
         created,
+        label_moves: BTreeMap::new(),
     })))
 }
 

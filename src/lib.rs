@@ -8,7 +8,8 @@
 //!   └─ index      clusters → services → task definitions (cached by ARN) → references
 //!       └─ decide pure: (service, resolved secret metadata, now) → Decision
 //!           └─ plan  pure: decisions → ordered change set (waves)
-//!               └─ rollout  UpdateService(forceNewDeployment) per service
+//!               └─ rollout  canary, waves, bounded concurrency, health, halt (through the
+//!                           guard: token buckets and backoff around every AWS call)
 //!                   └─ report  table / JSON
 //! ```
 //!
@@ -24,7 +25,9 @@
 //! | [`aws`] | the AWS traits, the SDK implementation and the in-memory fake |
 //! | [`config`] | TOML + `ECS_RELOADER_*` configuration |
 //! | [`clock`] | wall-clock time, pausable in tests |
-//! | [`driver`] | the CLI (and, later, `serve` and Lambda) |
+//! | [`event`] | the EventBridge event shapes that announce a change |
+//! | [`metrics`] | Prometheus metrics of `serve` |
+//! | [`driver`] | the CLI, `serve` and the Lambda handler, and assembling the parts from configuration |
 
 pub mod aws;
 pub mod clock;

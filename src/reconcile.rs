@@ -13,6 +13,30 @@ use crate::decide::{decide, Decision, Policy};
 use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
 use crate::plan::{plan, wave_of, ChangeSet, ServiceKey};
 
+/// Secrets that events named, each with the label moves the events announced (label, when).
+pub type Named =
+    std::collections::BTreeMap<crate::event::Named, Vec<(String, chrono::DateTime<chrono::Utc>)>>;
+
+/// Gives the resolved Secrets Manager states the label moves that targets' events announced.
+fn apply_label_moves(resolved: &mut [Vec<crate::decide::ResolvedRef>], targets: &[Target]) {
+    use crate::decide::RefState;
+    for t in targets.iter().filter(|t| !t.label_moves.is_empty()) {
+        for refs in resolved.iter_mut() {
+            for r in refs.iter_mut() {
+                if let Ok(RefState::SecretsManager(s)) = &mut r.state {
+                    let id = crate::reference::SecretIdentity::SecretsManager(s.id.clone());
+                    if t.identities.contains(&id) {
+                        for (label, at) in &t.label_moves {
+                            let slot = s.label_moves.entry(label.clone()).or_insert(*at);
+                            *slot = (*slot).max(*at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Why a reconcile could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -162,7 +186,8 @@ impl Reconciler {
                         .any(|id| e.references(id, home))
             })
             .collect();
-        let resolved = index::resolve(&self.clients, &entries, conc).await?;
+        let mut resolved = index::resolve(&self.clients, &entries, conc).await?;
+        apply_label_moves(&mut resolved, targets);
         let now = self.clock.now();
         let mut decided: Vec<_> = entries
             .iter()
@@ -265,17 +290,17 @@ impl Reconciler {
 
     /// Resolves the secrets events name into targets. A secret that no longer exists, or a name
     /// that is not a secret at all, is logged and skipped: nothing can depend on it.
-    pub async fn resolve_named(
-        &self,
-        named: &std::collections::BTreeSet<crate::event::Named>,
-    ) -> Result<Vec<Target>, ReconcileError> {
+    pub async fn resolve_named(&self, named: &Named) -> Result<Vec<Target>, ReconcileError> {
         use crate::event::Named;
         use crate::reference::{canonical_param_name, SecretIdentity};
         let mut out = Vec::new();
-        for n in named {
+        for (n, label_moves) in named {
             match n {
                 Named::Secret(id) => match resolve_target(&self.clients, id).await {
-                    Ok(t) => out.push(t),
+                    Ok(t) => out.push(Target {
+                        label_moves: label_moves.clone(),
+                        ..t
+                    }),
                     Err(TargetError::NotFound(_)) => {
                         tracing::info!(secret = %id, "changed secret no longer exists")
                     }
@@ -292,6 +317,7 @@ impl Reconciler {
                             .unwrap_or_else(|| self.clients.region.clone()),
                         name: canonical_param_name(name),
                     }],
+                    label_moves: Vec::new(),
                 }),
             }
         }

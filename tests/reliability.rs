@@ -81,6 +81,10 @@ async fn odd_deliveries_roll_exactly_the_right_services_once() {
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
+    // A secret whose custom label `blue` sits on its newer version.
+    let (staged, first) = aws.secret("app/staged").await;
+    let second = aws.rotate("app/staged").await;
+    aws.move_stage("app/staged", "blue", &second).await;
     let arns = aws
         .one_secret_world(
             &["app/db", "app/db-replica"],
@@ -89,6 +93,8 @@ async fn odd_deliveries_roll_exactly_the_right_services_once() {
         )
         .await;
     let db = arns[0].clone();
+    let td_blue = aws.task_def_for("blue", &format!("{staged}::blue:")).await;
+    aws.service("prod", "pinned-blue", &td_blue, &[]).await;
     let (queue, _, _) = aws.queue_with_dlq("odd", 5, 3).await;
     let serve = Serve::start(
         &proxy.url(),
@@ -132,6 +138,25 @@ async fn odd_deliveries_roll_exactly_the_right_services_once() {
         0,
         "well-formed events for unknown secrets are not poison"
     );
+
+    // A custom label moved back to an older version: the metadata cannot date that, the event
+    // can; the service pinned to the label rolls once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    b.aws.move_stage("app/staged", "blue", &first).await;
+    let moved = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let label_event = serde_json::json!({
+        "version": "0", "id": "l", "detail-type": "Secret Label Updated", "source": "aws.secretsmanager",
+        "time": moved, "region": "us-east-1", "resources": [staged],
+        "detail": {"name": "app/staged", "labelUpdated": "blue", "versionId": first}
+    })
+    .to_string();
+    b.deliver(
+        std::slice::from_ref(&label_event),
+        &[("prod/pinned-blue", 1)],
+    )
+    .await;
+    // The same event again, late: nothing more.
+    b.deliver(&[label_event], &[("prod/pinned-blue", 1)]).await;
 
     // The secret named by name, by partial ARN, and by full ARN: each rotation rolls once.
     let partial = db

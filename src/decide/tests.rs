@@ -94,6 +94,7 @@ impl Secret {
             last_changed: Some(self.last_changed),
             stages,
             created,
+            label_moves: BTreeMap::new(),
         })
     }
 }
@@ -498,4 +499,29 @@ fn without_waiting_the_canary_goes_first_and_the_rest_once_it_is_healthy() {
     gate_canary(&mut third);
     let labels: Vec<&str> = third.iter().map(|i| i.2.label()).collect();
     assert_eq!(labels, ["in-sync", "stale", "stale"]);
+}
+
+#[test]
+fn an_event_dates_a_custom_label_moved_back() {
+    // blue on v2 (created at 300) by 310; deployment at 400; blue moved back to v1 at 500.
+    let secret = Secret::created_once(t(0))
+        .put("v2", t(300))
+        .move_stage("blue", "v2", t(310))
+        .move_stage("blue", "v1", t(500));
+    let r = resolved(&format!("{ARN}::blue:"), secret.state());
+    assert_eq!(
+        decide_at(&service(t(400)), std::slice::from_ref(&r), t(1000)),
+        Decision::InSync,
+        "the metadata alone cannot date the move"
+    );
+    let mut hinted = r;
+    if let Ok(RefState::SecretsManager(s)) = &mut hinted.state {
+        s.label_moves.insert("blue".into(), t(500));
+    }
+    assert!(decide_at(&service(t(400)), std::slice::from_ref(&hinted), t(1000)).is_stale());
+    // After the rollout, the same (duplicate, late) event changes nothing.
+    assert_eq!(
+        decide_at(&service(t(1000)), &[hinted], t(1001)),
+        Decision::InSync
+    );
 }

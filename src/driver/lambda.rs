@@ -18,13 +18,12 @@
 //! Cold start: nothing is scanned at init; the SDK clients and the task-definition cache are
 //! built once and reused by every invocation of the execution environment.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::driver::setup::Parts;
-use crate::event::{self, Named, Parsed};
+use crate::event::{self, Parsed};
 use crate::index::Scope;
 use crate::reconcile::ReconcileError;
 use crate::rollout::{Outcome, Rollout};
@@ -84,6 +83,18 @@ pub fn dispatch(v: Value) -> Result<Payload, PayloadError> {
     } else {
         Err(PayloadError::NotAnObject)
     }
+}
+
+/// The secrets changes name, with the label moves they announce.
+fn named_of(changes: impl IntoIterator<Item = event::Change>) -> crate::reconcile::Named {
+    let mut named = crate::reconcile::Named::new();
+    for c in changes {
+        let moves = named.entry(c.secret).or_default();
+        if let (event::ChangeKind::LabelUpdated { label, .. }, Some(at)) = (&c.kind, c.at) {
+            moves.push((label.clone(), at));
+        }
+    }
+    named
 }
 
 /// Why an invocation failed as a whole (Lambda reports it; the caller retries or dead-letters).
@@ -154,7 +165,7 @@ impl Handler {
             Payload::Event(v) => match event::parse_value(v).map_err(PayloadError::from)? {
                 Parsed::Change(c) => {
                     tracing::info!(secret = ?c.secret, kind = c.kind.label(), "change event");
-                    let named = BTreeSet::from([c.secret]);
+                    let named = named_of([c]);
                     Ok(self.run(Some(&named), budget).await?.to_json())
                 }
                 Parsed::Resync => {
@@ -173,12 +184,12 @@ impl Handler {
     async fn batch(&self, records: Vec<Record>, budget: Duration) -> Value {
         let mut failures: Vec<String> = Vec::new();
         let mut used: Vec<String> = Vec::new();
-        let mut named = BTreeSet::new();
+        let mut changes = Vec::new();
         let mut full = false;
         for r in records {
             match event::parse(&r.body) {
                 Ok(Parsed::Change(c)) => {
-                    named.insert(c.secret);
+                    changes.push(c);
                     used.push(r.message_id);
                 }
                 Ok(Parsed::Resync) => {
@@ -194,6 +205,7 @@ impl Handler {
                 }
             }
         }
+        let named = named_of(changes);
         if full || !named.is_empty() {
             let filter = if full { None } else { Some(&named) };
             match self.run(filter, budget).await {
@@ -214,7 +226,7 @@ impl Handler {
     /// One pass, bounded by the budget. `named: None` is a full resync.
     async fn run(
         &self,
-        named: Option<&BTreeSet<Named>>,
+        named: Option<&crate::reconcile::Named>,
         budget: Duration,
     ) -> Result<Summary, ReconcileError> {
         let r = &self.parts.reconciler;

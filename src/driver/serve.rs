@@ -19,7 +19,6 @@
 //! Work runs one batch at a time; a long rollout delays the next batch (not its messages, which
 //! wait in the queue).
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +34,7 @@ use tokio::sync::watch;
 use crate::aws::guard::Stats;
 use crate::aws::queue::{Bus, Message, Queue};
 use crate::driver::setup::Parts;
-use crate::event::{self, Named, Parsed};
+use crate::event::{self, Parsed};
 use crate::index::{Scope, Target};
 use crate::metrics::Metrics;
 use crate::plan::ServiceKey;
@@ -317,7 +316,7 @@ impl Server {
 
         let now = self.parts.reconciler.clock().now();
         let mut work: Vec<Message> = Vec::new();
-        let mut named: BTreeSet<Named> = BTreeSet::new();
+        let mut named = crate::reconcile::Named::new();
         let mut full = false;
         for m in batch {
             if let Some(sent) = m.sent_at {
@@ -328,7 +327,12 @@ impl Server {
                 Ok(Parsed::Change(c)) => {
                     self.metrics.event(c.kind.label());
                     tracing::info!(message = %m.id, secret = ?c.secret, kind = c.kind.label(), "change event");
-                    named.insert(c.secret);
+                    let moves = named.entry(c.secret).or_default();
+                    if let (event::ChangeKind::LabelUpdated { label, .. }, Some(at)) =
+                        (&c.kind, c.at)
+                    {
+                        moves.push((label.clone(), at));
+                    }
                     work.push(m);
                 }
                 Ok(Parsed::Resync) => {
@@ -400,7 +404,7 @@ impl Server {
 
     async fn work(
         &self,
-        named: &BTreeSet<Named>,
+        named: &crate::reconcile::Named,
         full: bool,
         received_at: tokio::time::Instant,
     ) -> Result<Work, ReconcileError> {
