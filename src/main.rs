@@ -88,7 +88,8 @@ struct ReconcileArgs {
     /// Show what would roll; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Trigger the rollouts and return, without watching them become healthy (no canary).
+    /// Trigger the rollouts and return, without watching health. With [rollout] canary, only a
+    /// change's canary rolls until a later run sees it healthy.
     #[arg(long)]
     no_wait: bool,
 }
