@@ -13,6 +13,7 @@ use ecs_reloader::aws::fake::FakeAws;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::setup::{self, Parts};
 use ecs_reloader::index::Scope;
+use ecs_reloader::reconcile::Mode;
 use ecs_reloader::reference::Site;
 use ecs_reloader::rollout::LogProgress;
 
@@ -45,7 +46,7 @@ fn build(w: &World) -> (FakeAws, Parts) {
         fake.clients(),
         clock,
         Arc::new(LogProgress),
-        true,
+        Mode::Watch,
     );
     let _ = defs;
     (fake, parts)

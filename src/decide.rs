@@ -161,6 +161,9 @@ pub struct ResolvedRef {
 pub struct Finding {
     /// The secret's identity, for display.
     pub secret: String,
+    /// The secret's identity, which holds and gates are keyed by.
+    #[serde(skip)]
+    pub identity: Option<SecretIdentity>,
     /// Where the service references it.
     pub site: String,
     /// Why it is stale.
@@ -216,19 +219,69 @@ pub enum Decision {
     },
 }
 
-impl Decision {
-    /// A short label for tables.
-    pub fn label(&self) -> &'static str {
+/// The kind of a decision, for counting and for the one spelling every output uses (table,
+/// JSON, metrics and events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// See [`Decision::Stale`].
+    Stale,
+    /// See [`Decision::InSync`].
+    InSync,
+    /// See [`Decision::Pinned`].
+    Pinned,
+    /// See [`Decision::OptedOut`].
+    OptedOut,
+    /// See [`Decision::Settling`].
+    Settling,
+    /// See [`Decision::Skipped`].
+    Skipped,
+    /// See [`Decision::Unknown`].
+    Unknown,
+    /// See [`Decision::Held`].
+    Held,
+}
+
+impl Kind {
+    /// The spelling, the same as in JSON.
+    pub fn label(self) -> &'static str {
         match self {
-            Decision::Stale { .. } => "stale",
-            Decision::InSync => "in-sync",
-            Decision::Pinned => "pinned",
-            Decision::OptedOut { .. } => "opted-out",
-            Decision::Settling { .. } => "settling",
-            Decision::Skipped { .. } => "skipped",
-            Decision::Unknown { .. } => "unknown",
-            Decision::Held { .. } => "held",
+            Kind::Stale => "stale",
+            Kind::InSync => "in_sync",
+            Kind::Pinned => "pinned",
+            Kind::OptedOut => "opted_out",
+            Kind::Settling => "settling",
+            Kind::Skipped => "skipped",
+            Kind::Unknown => "unknown",
+            Kind::Held => "held",
         }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl Decision {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Decision::Stale { .. } => Kind::Stale,
+            Decision::InSync => Kind::InSync,
+            Decision::Pinned => Kind::Pinned,
+            Decision::OptedOut { .. } => Kind::OptedOut,
+            Decision::Settling { .. } => Kind::Settling,
+            Decision::Skipped { .. } => Kind::Skipped,
+            Decision::Unknown { .. } => Kind::Unknown,
+            Decision::Held { .. } => Kind::Held,
+        }
+    }
+
+    /// A short label for tables: the kind's spelling.
+    pub fn label(&self) -> &'static str {
+        self.kind().label()
     }
 
     /// Whether the service should be rolled now.
@@ -409,202 +462,6 @@ impl RefState {
     }
 }
 
-/// A service, the secrets it resolves with when each last changed, and its decision: what the
-/// cross-service refinements ([`hold_failed`], [`gate_canary`]) work on.
-pub type Item<'a> = (
-    &'a Service,
-    Vec<(SecretIdentity, Option<DateTime<Utc>>)>,
-    Decision,
-);
-
-/// A failed or stuck rollout visible on a service: when its deployment was created, and how it
-/// failed. Failed: `rolloutState` `FAILED` on any deployment, a circuit-breaker rollback, or
-/// `failedTasks` at the threshold on a deployment in progress. Stuck: in progress for longer
-/// than `stuck_after`.
-pub fn failed_rollout(
-    service: &Service,
-    now: DateTime<Utc>,
-    stuck_after: Duration,
-    failed_tasks_threshold: i32,
-) -> Option<(DateTime<Utc>, String)> {
-    for d in &service.deployments {
-        if d.rollout_state.as_deref() == Some("FAILED") {
-            let why = d
-                .rollout_state_reason
-                .as_deref()
-                .unwrap_or("rolloutState FAILED");
-            return Some((d.created_at, format!("deployment {} failed: {why}", d.id)));
-        }
-    }
-    let p = service.primary()?;
-    let reason = p
-        .rollout_state_reason
-        .as_deref()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if reason.contains("circuit breaker") || reason.contains("rolling back") {
-        return Some((
-            p.created_at,
-            format!("deployment {} is a circuit-breaker rollback", p.id),
-        ));
-    }
-    let in_progress =
-        p.rollout_state.as_deref() == Some("IN_PROGRESS") || service.deployments.len() > 1;
-    if in_progress && failed_tasks_threshold > 0 && p.failed_tasks >= failed_tasks_threshold {
-        return Some((
-            p.created_at,
-            format!(
-                "deployment {}: {} task(s) failed to start",
-                p.id, p.failed_tasks
-            ),
-        ));
-    }
-    let stuck = chrono::Duration::from_std(stuck_after).unwrap_or(chrono::Duration::MAX);
-    if in_progress && now - p.created_at > stuck {
-        return Some((
-            p.created_at,
-            format!(
-                "deployment {} in progress since {}",
-                p.id,
-                fmt_time(p.created_at)
-            ),
-        ));
-    }
-    None
-}
-
-/// Holds stale services whose change already broke another service's rollout.
-///
-/// For each secret, a failed or stuck rollout of a dependent whose deployment was created after
-/// the secret last changed means "this change breaks rollouts". Every other service made stale
-/// by that secret becomes [`Decision::Held`]. Derived from AWS state only: the hold lifts when the
-/// failed service is healthy again (its failed deployment leaves the list) or the secret changes
-/// again (the failure predates the new change). This is how a canary that failed in one run (or
-/// one Lambda invocation) keeps the next run from sacrificing another service.
-///
-/// `items` are (service, its secrets with their change times, its decision), decisions updated
-/// in place.
-pub fn hold_failed(
-    items: &mut [Item<'_>],
-    now: DateTime<Utc>,
-    stuck_after: Duration,
-    failed_tasks_threshold: i32,
-) {
-    let mut failing: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for (svc, secrets, _) in items.iter() {
-        let Some((at, why)) = failed_rollout(svc, now, stuck_after, failed_tasks_threshold) else {
-            continue;
-        };
-        for (id, changed) in secrets {
-            if changed.is_none_or(|c| at > c) {
-                failing.entry(id.to_string()).or_insert_with(|| {
-                    (format!("{}/{}", svc.cluster_name(), svc.name), why.clone())
-                });
-            }
-        }
-    }
-    if failing.is_empty() {
-        return;
-    }
-    for (svc, _, decision) in items.iter_mut() {
-        let Decision::Stale { findings } = decision else {
-            continue;
-        };
-        let me = format!("{}/{}", svc.cluster_name(), svc.name);
-        let hit = findings.iter().find_map(|f| {
-            failing
-                .get(&f.secret)
-                .filter(|(who, _)| *who != me)
-                .map(|w| (f.secret.clone(), w))
-        });
-        if let Some((secret, (who, why))) = hit {
-            let reason = format!("held: the rollout of {who} after this change of {secret} failed ({why}); fix it, then run again");
-            *decision = Decision::Held {
-                reason,
-                findings: std::mem::take(findings),
-            };
-        }
-    }
-}
-
-/// Whether a deployment is healthy as far as one look tells: `COMPLETED`, or (without a rollout
-/// state) primary, alone, with running = desired.
-fn looks_healthy(service: &Service) -> bool {
-    let Some(p) = service.primary() else {
-        return false;
-    };
-    match p.rollout_state.as_deref() {
-        Some("COMPLETED") => true,
-        Some(_) => false,
-        None => service.deployments.len() == 1 && p.running_count >= p.desired_count,
-    }
-}
-
-/// The canary gate for drivers that cannot wait for health (the Lambda, `reconcile --no-wait`).
-///
-/// Per changed secret, from AWS state only: if some dependent already runs a deployment created
-/// after the change and it is healthy, the canary has passed and every stale dependent rolls. If
-/// such a deployment is still in progress, the others settle. Otherwise only the first stale
-/// dependent (in plan order) rolls, as the canary, and the others settle until a later run sees
-/// it healthy (or [`hold_failed`] sees it fail). `items` must be in plan order.
-pub fn gate_canary(items: &mut [Item<'_>]) {
-    let mut passed: BTreeMap<String, bool> = BTreeMap::new();
-    let mut rolling: BTreeMap<String, String> = BTreeMap::new();
-    for (svc, secrets, decision) in items.iter() {
-        if decision.is_stale() {
-            continue;
-        }
-        let Some(p) = svc.primary() else { continue };
-        for (id, changed) in secrets {
-            let after = changed.is_some_and(|c| p.created_at >= c + GRANULARITY);
-            if !after {
-                continue;
-            }
-            if looks_healthy(svc) {
-                passed.insert(id.to_string(), true);
-            } else {
-                rolling
-                    .entry(id.to_string())
-                    .or_insert_with(|| format!("{}/{}", svc.cluster_name(), svc.name));
-            }
-        }
-    }
-    let mut canary_of: BTreeMap<String, String> = BTreeMap::new();
-    for (svc, _, decision) in items.iter_mut() {
-        let Decision::Stale { findings } = decision else {
-            continue;
-        };
-        let me = format!("{}/{}", svc.cluster_name(), svc.name);
-        let mut wait: Option<String> = None;
-        for f in findings.iter() {
-            if passed.contains_key(&f.secret) {
-                continue;
-            }
-            if let Some(who) = rolling.get(&f.secret) {
-                wait = Some(format!(
-                    "canary {who} for {} is rolling: waiting for it to be healthy",
-                    f.secret
-                ));
-                break;
-            }
-            let canary = canary_of
-                .entry(f.secret.clone())
-                .or_insert_with(|| me.clone());
-            if *canary != me {
-                wait = Some(format!("canary {canary} for {} goes first", f.secret));
-                break;
-            }
-        }
-        if let Some(reason) = wait {
-            *decision = Decision::Settling {
-                until: None,
-                reason,
-                findings: std::mem::take(findings),
-            };
-        }
-    }
-}
-
 /// Whether the service's tags opt it out.
 pub fn opted_out(service: &Service) -> bool {
     service
@@ -661,13 +518,10 @@ pub fn decide(
                 fresh_after,
                 rotating_since,
             } => {
-                let secret = r
-                    .state
-                    .as_ref()
-                    .map(|s| s.identity().to_string())
-                    .unwrap_or_default();
+                let identity = r.state.as_ref().ok().map(RefState::identity);
                 findings.push(Finding {
-                    secret,
+                    secret: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                    identity,
                     site: r.site.to_string(),
                     reason,
                 });
@@ -710,9 +564,7 @@ pub fn decide(
             reason: "desired count is 0: no task holds an old value".into(),
         };
     }
-    let in_progress =
-        service.deployments.len() > 1 || primary.rollout_state.as_deref() == Some("IN_PROGRESS");
-    if in_progress {
+    if crate::deployment::busy(service) {
         return Decision::Settling {
             until: None,
             reason: format!(
@@ -731,6 +583,9 @@ pub fn decide(
     }
     Decision::Stale { findings }
 }
+
+mod fleet;
+pub use fleet::{deployed_after, gate, hold_failed, wave_of, Item, SecretChange, TAG_WAVE};
 
 #[cfg(test)]
 mod tests;

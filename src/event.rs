@@ -28,16 +28,16 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The secret as the event names it: preferably a full ARN, else a name or partial ARN.
-    pub secret: Named,
+    pub secret: Subject,
     /// What happened.
     pub kind: ChangeKind,
     /// The event's `time`, if present.
     pub at: Option<DateTime<Utc>>,
 }
 
-/// How an event names the changed thing.
+/// What an event says changed, named as the event names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Named {
+pub enum Subject {
     /// A Secrets Manager secret: full ARN, partial ARN or name.
     Secret(String),
     /// An SSM parameter in a region (the event's, if it says).
@@ -82,6 +82,55 @@ impl ChangeKind {
             ChangeKind::ApiCall { .. } => "api_call",
             ChangeKind::Parameter { .. } => "parameter_change",
         }
+    }
+}
+
+/// A staging label an event says moved, and when: the metadata cannot date a label move, so
+/// this is the only evidence of one (see [`crate::decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMove {
+    /// The label.
+    pub label: String,
+    /// The event's time.
+    pub at: DateTime<Utc>,
+}
+
+/// The changes of a batch of events, gathered: each subject once, with every label move its
+/// events announced, and whether a full resync was asked for. What `serve` and the Lambda both
+/// hand to a pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Changed secrets and parameters, with their label moves.
+    pub subjects: std::collections::BTreeMap<Subject, Vec<LabelMove>>,
+    /// A scheduled event asked for a full resync.
+    pub resync: bool,
+}
+
+impl Changes {
+    /// Adds a parsed event; returns whether it asks for work (an ignored event does not).
+    pub fn add(&mut self, parsed: &Parsed) -> bool {
+        match parsed {
+            Parsed::Change(c) => {
+                let moves = self.subjects.entry(c.secret.clone()).or_default();
+                if let (ChangeKind::LabelUpdated { label, .. }, Some(at)) = (&c.kind, c.at) {
+                    moves.push(LabelMove {
+                        label: label.clone(),
+                        at,
+                    });
+                }
+                true
+            }
+            Parsed::Resync => {
+                self.resync = true;
+                true
+            }
+            Parsed::Ignored(_) => false,
+        }
+    }
+
+    /// Whether nothing asks for work.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty() && !self.resync
     }
 }
 
@@ -159,7 +208,8 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
-    let change = |secret: Named, kind: ChangeKind| Ok(Parsed::Change(Change { secret, kind, at }));
+    let change =
+        |secret: Subject, kind: ChangeKind| Ok(Parsed::Change(Change { secret, kind, at }));
     let d = &env.detail;
     match (env.source.as_str(), env.detail_type.as_str()) {
         ("aws.secretsmanager", "AWS Service Event via CloudTrail") => {
@@ -172,7 +222,10 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
                             field: "detail.additionalEventData.SecretId",
                         },
                     )?;
-                    change(Named::Secret(id.to_string()), ChangeKind::RotationSucceeded)
+                    change(
+                        Subject::Secret(id.to_string()),
+                        ChangeKind::RotationSucceeded,
+                    )
                 }
                 Some(other) => Ok(Parsed::Ignored(format!(
                     "service event {other} changes no secret value"
@@ -200,7 +253,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
                     field: "resources[0] or detail.name",
                 })?;
             change(
-                Named::Secret(id.to_string()),
+                Subject::Secret(id.to_string()),
                 ChangeKind::LabelUpdated {
                     label: label.to_string(),
                     version_id: text(d, &["versionId"]).map(String::from),
@@ -234,7 +287,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
                     field: "responseElements.arn or requestParameters.secretId",
                 })?;
             change(
-                Named::Secret(id.to_string()),
+                Subject::Secret(id.to_string()),
                 ChangeKind::ApiCall {
                     name: name.to_string(),
                 },
@@ -256,7 +309,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
                 )));
             }
             change(
-                Named::Parameter {
+                Subject::Parameter {
                     region: env.region.clone(),
                     name: name.to_string(),
                 },
@@ -291,7 +344,7 @@ mod tests {
         let c = change(include_str!(
             "../tests/fixtures/events/rotation_succeeded.json"
         ));
-        assert_eq!(c.secret, Named::Secret(ARN.into()));
+        assert_eq!(c.secret, Subject::Secret(ARN.into()));
         assert_eq!(c.kind, ChangeKind::RotationSucceeded);
         assert!(c.at.is_some());
     }
@@ -301,7 +354,7 @@ mod tests {
         let c = change(include_str!(
             "../tests/fixtures/events/secret_label_updated.json"
         ));
-        assert_eq!(c.secret, Named::Secret(ARN.into()));
+        assert_eq!(c.secret, Subject::Secret(ARN.into()));
         assert_eq!(
             c.kind,
             ChangeKind::LabelUpdated {
@@ -316,7 +369,7 @@ mod tests {
         let c = change(
             r#"{"source":"aws.secretsmanager","detail-type":"Secret Label Updated","detail":{"name":"app/db","labelUpdated":"blue"}}"#,
         );
-        assert_eq!(c.secret, Named::Secret("app/db".into()));
+        assert_eq!(c.secret, Subject::Secret("app/db".into()));
         assert_eq!(c.at, None);
     }
 
@@ -327,7 +380,7 @@ mod tests {
         ));
         assert_eq!(
             c.secret,
-            Named::Secret(ARN.into()),
+            Subject::Secret(ARN.into()),
             "responseElements.arn over the name passed"
         );
         assert_eq!(
@@ -339,13 +392,17 @@ mod tests {
         let c = change(include_str!(
             "../tests/fixtures/events/update_secret_version_stage_aRN.json"
         ));
-        assert_eq!(c.secret, Named::Secret(ARN.into()), "the old aRN spelling");
+        assert_eq!(
+            c.secret,
+            Subject::Secret(ARN.into()),
+            "the old aRN spelling"
+        );
         let c = change(include_str!(
             "../tests/fixtures/events/update_secret_partial_arn.json"
         ));
         assert_eq!(
             c.secret,
-            Named::Secret("arn:aws:secretsmanager:us-west-2:012345678901:secret:app/db".into())
+            Subject::Secret("arn:aws:secretsmanager:us-west-2:012345678901:secret:app/db".into())
         );
     }
 
@@ -370,7 +427,7 @@ mod tests {
         ));
         assert_eq!(
             c.secret,
-            Named::Parameter {
+            Subject::Parameter {
                 region: Some("us-east-1".into()),
                 name: "/app/feature-flags".into()
             }

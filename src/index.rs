@@ -250,8 +250,8 @@ pub struct Target {
     pub given: String,
     /// What it names (a bare name may name a secret and a parameter).
     pub identities: Vec<SecretIdentity>,
-    /// Label moves the event announced (label, when), for the staleness rule.
-    pub label_moves: Vec<(String, DateTime<Utc>)>,
+    /// Label moves the events announced, for the staleness rule.
+    pub label_moves: Vec<crate::event::LabelMove>,
 }
 
 /// Why a target could not be resolved.

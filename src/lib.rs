@@ -1,42 +1,49 @@
 //! ecs-reloader: rolls Amazon ECS services whose tasks resolve a Secrets Manager secret or an SSM
 //! parameter that changed since they started.
 //!
-//! Data flows one way, and the core knows neither the AWS SDK nor which driver runs it:
+//! Data flows one way, and the core knows neither the AWS SDK nor which driver runs it. Every
+//! driver runs the same pass, [`reconcile::Reconciler::pass`]:
 //!
 //! ```text
-//! driver (CLI | serve | Lambda)
-//!   └─ index      clusters → services → task definitions (cached by ARN) → references
-//!       └─ decide pure: (service, resolved secret metadata, now) → Decision
-//!           └─ plan  pure: decisions → ordered change set (waves)
-//!               └─ rollout  canary, waves, bounded concurrency, health, halt (through the
-//!                           guard: token buckets and backoff around every AWS call)
-//!                   └─ report  table / JSON
+//! driver (CLI | serve | Lambda)         its own I/O only: arguments and the terminal; the queue,
+//!   │                                   heartbeats and acknowledgements; the Runtime API
+//!   └─ Reconciler::pass(Request) → Pass { decisions, outcomes, requeue_after }
+//!       ├─ index      clusters → services → task definitions (cached by ARN) → references
+//!       ├─ decide     pure: (service, resolved secret metadata, now) → Decision;
+//!       │             then across services: waves, holds, and (without waiting) gates
+//!       ├─ plan       pure: decisions → ordered change set (waves)
+//!       └─ rollout    canary, waves, bounded concurrency, health, halt (through the guard:
+//!                     token buckets and backoff around every AWS call)
 //! ```
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`reference`] | parsing `valueFrom` / `credentialsParameter` / tag values; secret identity |
-//! | [`decide`] | the staleness rule and its edge cases (read its docs) |
-//! | [`plan`] | ordering stale services into a change set |
+//! | [`event`] | the EventBridge event shapes that announce a change; gathering a batch of them |
 //! | [`index`] | scanning ECS, the task-definition cache, resolving references and targets |
-//! | [`reconcile`] | the one reconciler every driver runs |
+//! | [`decide`] | the staleness rule and its edge cases (read its docs); waves, holds, gates |
+//! | [`deployment`] | the one reading of an ECS deployment (healthy, in progress, failed, rolled back, stuck) |
+//! | [`plan`] | ordering stale services into a change set |
+//! | [`reconcile`] | the pass every driver runs, and when to look again |
 //! | [`rollout`] | executing a change set |
 //! | [`report`] | table and JSON output |
-//! | [`aws`] | the AWS traits, the SDK implementation and the in-memory fake |
+//! | [`notify`] | outcome events and rollout metrics |
+//! | [`aws`] | the AWS traits, the SDK implementation and (feature `test-util`) the in-memory fake |
 //! | [`config`] | TOML + `ECS_RELOADER_*` configuration |
 //! | [`clock`] | wall-clock time, pausable in tests |
-//! | [`event`] | the EventBridge event shapes that announce a change |
 //! | [`metrics`] | Prometheus metrics of `serve` |
-//! | [`driver`] | the CLI, `serve` and the Lambda handler, and assembling the parts from configuration |
+//! | [`driver`] | the CLI, `serve` and the Lambda handler, and wiring the parts from configuration |
 
 pub mod aws;
 pub mod clock;
 pub mod config;
 pub mod decide;
+pub mod deployment;
 pub mod driver;
 pub mod event;
 pub mod index;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod reconcile;
 pub mod reference;

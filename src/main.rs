@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use ecs_reloader::clock::SystemClock;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Output, TerminalProgress};
-use ecs_reloader::driver::setup;
+use ecs_reloader::driver::{lambda, serve, setup};
+use ecs_reloader::reconcile::Mode;
 
 #[derive(Parser)]
 #[command(
@@ -143,91 +144,6 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    use ecs_reloader::aws::queue::{Bus, Queue, SdkBus, SdkQueue};
-    use ecs_reloader::aws::sdk;
-    use ecs_reloader::driver::serve::{NotifyProgress, Server, Settings};
-    use ecs_reloader::metrics::Metrics;
-
-    if let Some(url) = args.queue_url {
-        config.events.queue_url = url;
-    }
-    if let Some(listen) = args.listen {
-        config.serve.listen = listen;
-    }
-    if !args.clusters.is_empty() {
-        config.scope.clusters = args.clusters;
-    }
-    let listen: std::net::SocketAddr = config.serve.listen.parse().with_context(|| {
-        format!(
-            "--listen {:?} is not an address like 0.0.0.0:8080",
-            config.serve.listen
-        )
-    })?;
-    let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
-    let clients = sdk::clients_from(&sdk_config)?;
-    let metrics = Arc::new(Metrics::new());
-    let bus = (!config.notify.event_bus.is_empty())
-        .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
-    let queue = (!config.events.queue_url.is_empty())
-        .then(|| Arc::new(SdkQueue::new(&sdk_config, &config.events.queue_url)) as Arc<dyn Queue>);
-    let progress = Arc::new(NotifyProgress::new(metrics.clone(), bus));
-    let parts = setup::assemble(&config, clients, Arc::new(SystemClock), progress, true);
-    let settings = Settings {
-        clusters: config.scope.clusters.clone(),
-        resync_interval: config.resync.interval.0,
-        debounce: config.events.debounce.0,
-        visibility: config.events.visibility_timeout.0,
-        long_poll: Duration::from_secs(20),
-        shutdown_grace: config.serve.shutdown_grace.0,
-        settle_recheck: config.rollout.poll_interval.0.max(Duration::from_secs(30)),
-    };
-    let server = Server::new(parts, queue, metrics, settings);
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let http = server.bind_http(listen, rx.clone()).await?;
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = tx.send(true);
-    });
-    server.run_until(rx).await;
-    let _ = http.await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
-    use ecs_reloader::aws::queue::{Bus, SdkBus};
-    use ecs_reloader::aws::sdk;
-    use ecs_reloader::driver::lambda::Handler;
-    use ecs_reloader::driver::serve::NotifyProgress;
-    use ecs_reloader::metrics::Metrics;
-    use lambda_runtime::{service_fn, LambdaEvent};
-
-    // Built once per execution environment: clients, and the task-definition cache within.
-    let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
-    let clients = sdk::clients_from(&sdk_config)?;
-    let bus = (!config.notify.event_bus.is_empty())
-        .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
-    let progress = Arc::new(NotifyProgress::new(Arc::new(Metrics::new()), bus));
-    let parts = setup::assemble(&config, clients, Arc::new(SystemClock), progress, false);
-    let handler = Arc::new(Handler::new(parts, config.scope.clusters.clone()));
-    lambda_runtime::run(service_fn(move |ev: LambdaEvent<serde_json::Value>| {
-        let handler = handler.clone();
-        async move {
-            let deadline = i64::try_from(ev.context.deadline)
-                .ok()
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::seconds(60));
-            handler
-                .handle(ev.payload, deadline)
-                .await
-                .map_err(|e| -> lambda_runtime::Error { Box::new(e) })
-        }
-    }))
-    .await
-    .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))?;
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn healthcheck(addr: &str) -> anyhow::Result<ExitCode> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
@@ -254,34 +170,48 @@ async fn healthcheck(addr: &str) -> anyhow::Result<ExitCode> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
-    let (scope, dry_run, wait) = match cli.command {
-        Command::Reconcile(a) => (a.scope, a.dry_run, !a.no_wait),
-        Command::Plan(s) => (s, true, false),
-        Command::Serve(a) => return serve(config, a).await,
-        Command::Lambda => return lambda(config).await,
+    let (scope, dry_run, mode) = match cli.command {
+        Command::Reconcile(a) => {
+            let mode = if a.no_wait {
+                Mode::FireAndForget
+            } else {
+                Mode::Watch
+            };
+            (a.scope, a.dry_run, mode)
+        }
+        // The same pass as `reconcile --dry-run`, so that the plan is what a run would do.
+        Command::Plan(s) => (s, true, Mode::Watch),
+        Command::Serve(a) => {
+            let overrides = serve::Overrides {
+                queue_url: a.queue_url,
+                listen: a.listen,
+                clusters: a.clusters,
+            };
+            serve::run(config, overrides, shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Lambda => {
+            lambda::run(&config).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Healthcheck { addr } => return healthcheck(&addr).await,
     };
-    let clients = setup::sdk_clients(&config).await?;
+    let sdk = setup::sdk(&config).await?;
     let parts = setup::assemble(
         &config,
-        clients,
+        sdk.clients,
         Arc::new(SystemClock),
         Arc::new(TerminalProgress::new()),
-        wait,
+        mode,
     );
     let opts = cli::Options {
-        clusters: if scope.clusters.is_empty() {
-            config.scope.clusters.clone()
-        } else {
-            scope.clusters
-        },
+        clusters: scope.clusters,
         secrets: scope.secrets,
         dry_run,
         output: scope.output,
-        max_settle_wait: Duration::from_secs(15),
     };
     let mut stdout = std::io::stdout();
-    let ending = cli::run(&parts.reconciler, &parts.rollout, &opts, &mut stdout).await?;
+    let ending = cli::run(&parts.reconciler, &opts, &mut stdout).await?;
     if ending.ok {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub queue_lag: Histogram,
     /// Seconds from an event's receipt to its decision.
     pub decision_latency: Histogram,
+    /// Passes or message batches being worked on now (0: idle).
+    pub busy: Gauge,
+    /// Changes that wait to be decided again (a deployment, rotation or canary in progress);
+    /// their messages stay hidden meanwhile.
+    pub waiting: Gauge,
     api_calls: Family<Operation, Counter>,
     api_throttles: Family<Operation, Counter>,
 }
@@ -68,6 +73,8 @@ impl Metrics {
             queue_depth: Gauge::default(),
             queue_lag: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             decision_latency: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            busy: Gauge::default(),
+            waiting: Gauge::default(),
             api_calls: Family::default(),
             api_throttles: Family::default(),
         };
@@ -103,6 +110,16 @@ impl Metrics {
                 "decision_latency_seconds",
                 "From an event's receipt to its decision",
                 m.decision_latency.clone(),
+            );
+            r.register(
+                "busy",
+                "Passes or message batches being worked on now (0: idle)",
+                m.busy.clone(),
+            );
+            r.register(
+                "changes_waiting",
+                "Changes waiting to be decided again, their messages hidden",
+                m.waiting.clone(),
             );
             r.register(
                 "api_calls",

@@ -1,16 +1,13 @@
 //! The rollout plan: which stale services roll, in what order. Pure.
 //!
-//! Services roll in waves by the tag `ecs-reloader/wave` (an integer, lower first, default 0),
-//! e.g. read replicas before writers; within a wave, by cluster and name so that a plan is
-//! reproducible. The rollout engine takes the first service as the canary when asked to.
+//! Services roll in waves by the tag `ecs-reloader/wave` (an integer, lower first, default 0,
+//! read by [`crate::decide::wave_of`]), e.g. read replicas before writers; within a wave, by
+//! cluster and name so that a plan is reproducible. The rollout engine takes the first service as the canary when asked to.
 
 use serde::Serialize;
 
 use crate::aws::Service;
-use crate::decide::{Decision, Finding};
-
-/// Tag that orders services into waves.
-pub const TAG_WAVE: &str = "ecs-reloader/wave";
+use crate::decide::{Decision, Finding, Item};
 
 /// Identifies a service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -34,18 +31,6 @@ impl ServiceKey {
 impl std::fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.cluster, self.service)
-    }
-}
-
-/// The wave a service declares; an unparsable tag is an error (rolling out of the declared
-/// order is worse than not rolling).
-pub fn wave_of(s: &Service) -> Result<i64, String> {
-    match s.tags.get(TAG_WAVE) {
-        None => Ok(0),
-        Some(v) => v
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| format!("tag {TAG_WAVE}={v:?} is not an integer")),
     }
 }
 
@@ -98,14 +83,15 @@ impl ChangeSet {
     }
 }
 
-/// Orders the stale services of a set of decisions into a change set.
-pub fn plan<'a>(decided: impl IntoIterator<Item = (&'a Service, &'a Decision)>) -> ChangeSet {
-    let mut changes: Vec<Change> = decided
-        .into_iter()
-        .filter_map(|(s, d)| match d {
+/// Orders the stale services of a pass into a change set: by wave (see
+/// [`crate::decide::wave_of`]), then cluster and name, so that a plan is reproducible.
+pub fn plan(items: &[Item<'_>]) -> ChangeSet {
+    let mut changes: Vec<Change> = items
+        .iter()
+        .filter_map(|i| match &i.decision {
             Decision::Stale { findings } => Some(Change {
-                key: ServiceKey::of(s),
-                wave: wave_of(s).unwrap_or(0),
+                key: ServiceKey::of(i.service),
+                wave: i.wave,
                 findings: findings.clone(),
             }),
             _ => None,
@@ -119,6 +105,7 @@ pub fn plan<'a>(decided: impl IntoIterator<Item = (&'a Service, &'a Decision)>) 
 mod tests {
     use super::*;
     use crate::aws::Controller;
+    use crate::decide::TAG_WAVE;
 
     fn svc(cluster: &str, name: &str, wave: Option<&str>) -> Service {
         let mut tags = std::collections::BTreeMap::new();
@@ -155,16 +142,15 @@ mod tests {
             stale,
             Decision::InSync,
         ];
-        let set = plan(services.iter().zip(decisions.iter()));
+        let items: Vec<Item<'_>> = services
+            .iter()
+            .zip(decisions)
+            .map(|(s, d)| Item::new(s, Vec::new(), d))
+            .collect();
+        let set = plan(&items);
         let order: Vec<String> = set.changes.iter().map(|c| c.key.to_string()).collect();
         assert_eq!(order, ["a/zzz", "a/api", "a/replica", "b/writer"]);
         let waves: Vec<i64> = set.waves().iter().map(|(w, _)| *w).collect();
         assert_eq!(waves, [-1, 0, 1, 2]);
-    }
-
-    #[test]
-    fn a_bad_wave_tag_is_an_error() {
-        assert!(wave_of(&svc("a", "x", Some("first"))).is_err());
-        assert_eq!(wave_of(&svc("a", "x", Some(" 3 "))), Ok(3));
     }
 }

@@ -1,34 +1,40 @@
-//! The reconciler: scan → resolve → decide → plan, the one core that every driver (CLI, `serve`,
-//! Lambda) runs. It holds the clients, the task-definition cache and the clock, and nothing that
-//! must survive a restart: every decision is derived from AWS state.
+//! The reconciler: one pass — resolve, decide, plan, act, summarise — that every driver (CLI,
+//! `serve`, Lambda) runs. It holds the clients, the task-definition cache, the clock and the
+//! rollout, and nothing that must survive a restart: every decision is derived from AWS state.
+//!
+//! A pass returns what happened and when to look again ([`Pass::requeue_after`], in the spirit
+//! of kube-runtime's `Action::requeue`); what a driver does with that is its own business (`serve`
+//! hides the message until then, the CLI exits 1 and says "run again later", the Lambda leaves it
+//! to the scheduled resync).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::{AwsError, Clients, Service};
 use crate::clock::Clock;
-use crate::decide::{decide, Decision, Policy};
+use crate::decide::{self, decide, Decision, Item, Kind, Policy, RefState, SecretChange};
+use crate::deployment::Limits;
+use crate::event::{Changes, Subject};
 use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
-use crate::plan::{plan, wave_of, ChangeSet, ServiceKey};
-
-/// Secrets that events named, each with the label moves the events announced (label, when).
-pub type Named =
-    std::collections::BTreeMap<crate::event::Named, Vec<(String, chrono::DateTime<chrono::Utc>)>>;
+use crate::plan::{plan, ChangeSet, ServiceKey};
+use crate::reference::{canonical_param_name, SecretIdentity};
+use crate::rollout::{Outcome, Rollout};
 
 /// Gives the resolved Secrets Manager states the label moves that targets' events announced.
-fn apply_label_moves(resolved: &mut [Vec<crate::decide::ResolvedRef>], targets: &[Target]) {
-    use crate::decide::RefState;
+fn apply_label_moves(resolved: &mut [Vec<decide::ResolvedRef>], targets: &[Target]) {
     for t in targets.iter().filter(|t| !t.label_moves.is_empty()) {
         for refs in resolved.iter_mut() {
             for r in refs.iter_mut() {
                 if let Ok(RefState::SecretsManager(s)) = &mut r.state {
-                    let id = crate::reference::SecretIdentity::SecretsManager(s.id.clone());
+                    let id = SecretIdentity::SecretsManager(s.id.clone());
                     if t.identities.contains(&id) {
-                        for (label, at) in &t.label_moves {
-                            let slot = s.label_moves.entry(label.clone()).or_insert(*at);
-                            *slot = (*slot).max(*at);
+                        for m in &t.label_moves {
+                            let slot = s.label_moves.entry(m.label.clone()).or_insert(m.at);
+                            *slot = (*slot).max(m.at);
                         }
                     }
                 }
@@ -37,7 +43,7 @@ fn apply_label_moves(resolved: &mut [Vec<crate::decide::ResolvedRef>], targets: 
     }
 }
 
-/// Why a reconcile could not be computed.
+/// Why a pass could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// An AWS call failed.
@@ -46,6 +52,17 @@ pub enum ReconcileError {
     /// A secret named by the caller could not be resolved.
     #[error(transparent)]
     Target(#[from] TargetError),
+}
+
+/// How a driver lives with rollouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The pass watches each rollout until it is healthy (the CLI by default, `serve`): the
+    /// engine rolls the canary alone and waits for each wave.
+    Watch,
+    /// The pass triggers and returns (`--no-wait`, the Lambda): the canary and the waves are
+    /// gated through AWS state across passes instead ([`decide::gate`]).
+    FireAndForget,
 }
 
 /// One service with its decision.
@@ -72,17 +89,12 @@ pub struct Assessment {
     pub services: Vec<Assessed>,
     /// Services in scope that reference no secret.
     pub without_secrets: usize,
-    /// The resolved targets, if the caller named secrets.
+    /// The stale services in rollout order.
     #[serde(skip)]
-    pub targets: Vec<Target>,
+    pub change_set: ChangeSet,
 }
 
 impl Assessment {
-    /// The change set: stale services in rollout order.
-    pub fn change_set(&self) -> ChangeSet {
-        plan(self.services.iter().map(|a| (&a.service, &a.decision)))
-    }
-
     /// The earliest moment a settling service should be decided again, if any has one.
     pub fn next_settle(&self) -> Option<DateTime<Utc>> {
         self.services
@@ -93,21 +105,159 @@ impl Assessment {
             })
             .min()
     }
+
+    /// How many services got each kind of decision.
+    pub fn decisions(&self) -> BTreeMap<Kind, usize> {
+        let mut out = BTreeMap::new();
+        for a in &self.services {
+            *out.entry(a.decision.kind()).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// Which services a pass looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every service in scope (a resync, `plan`).
+    All,
+    /// Services that resolve one of these secrets, as a person named them: one that does not
+    /// exist is an error.
+    Secrets(Vec<String>),
+    /// Services that resolve what events said changed: a secret that no longer exists is
+    /// skipped (nothing can depend on it). A resync among them selects everything.
+    Changes(Changes),
+}
+
+/// What a driver asks of a pass.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Which services.
+    pub selection: Selection,
+    /// Clusters (empty: the reconciler's default scope).
+    pub clusters: Vec<String>,
+    /// Decide and plan, change nothing.
+    pub dry_run: bool,
+    /// The most a pass may spend (deciding, waiting out short settles and acting); `None`:
+    /// unbounded. The Lambda's remaining time.
+    pub budget: Option<Duration>,
+}
+
+impl Request {
+    /// Everything in the default scope.
+    pub fn all() -> Self {
+        Request {
+            selection: Selection::All,
+            clusters: Vec::new(),
+            dry_run: false,
+            budget: None,
+        }
+    }
+
+    /// The dependants of what `changes` name.
+    pub fn changes(changes: Changes) -> Self {
+        Request {
+            selection: Selection::Changes(changes),
+            ..Request::all()
+        }
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    /// The decisions (after holds and gates) and the change set.
+    pub assessment: Assessment,
+    /// What became of each service of the change set (empty for a dry run).
+    pub outcomes: Vec<(ServiceKey, Outcome)>,
+    /// The budget ran out before the change set was done: the rest waits for the next pass.
+    pub cut_short: bool,
+    /// When to look again: something is settling (a rotation, a deployment, a canary or an
+    /// earlier wave in progress) or was cut short. `None`: nothing will change by waiting.
+    pub requeue_after: Option<Duration>,
+}
+
+impl Pass {
+    /// A pass that found nothing to look at.
+    fn empty(at: DateTime<Utc>) -> Self {
+        Pass {
+            assessment: Assessment {
+                at,
+                services: Vec::new(),
+                without_secrets: 0,
+                change_set: ChangeSet::default(),
+            },
+            outcomes: Vec::new(),
+            cut_short: false,
+            requeue_after: None,
+        }
+    }
+
+    /// How many services got each kind of decision.
+    pub fn decisions(&self) -> BTreeMap<Kind, usize> {
+        self.assessment.decisions()
+    }
+
+    /// Rollouts that failed or were halted.
+    pub fn failed(&self) -> impl Iterator<Item = &(ServiceKey, Outcome)> {
+        self.outcomes.iter().filter(|(_, o)| !o.is_success())
+    }
+
+    /// Why the scope is not in sync after this pass, one phrase per reason; empty when it is.
+    pub fn problems(&self) -> Vec<String> {
+        let d = self.decisions();
+        let n = |k: Kind| d.get(&k).copied().unwrap_or(0);
+        let mut out = Vec::new();
+        let failed = self.failed().count();
+        if failed > 0 {
+            out.push(format!("{failed} rollout(s) failed or were halted"));
+        }
+        if n(Kind::Unknown) > 0 {
+            out.push(format!(
+                "{} service(s) reference secrets that could not be resolved",
+                n(Kind::Unknown)
+            ));
+        }
+        if n(Kind::Settling) > 0 {
+            out.push(format!(
+                "{} service(s) still settling (a deployment, rotation, canary or earlier wave in progress): run again later",
+                n(Kind::Settling)
+            ));
+        }
+        if n(Kind::Held) > 0 {
+            out.push(format!(
+                "{} service(s) held: another rollout of the same change went wrong",
+                n(Kind::Held)
+            ));
+        }
+        if self.cut_short {
+            out.push("the time ran out before every stale service was rolled".into());
+        }
+        out
+    }
 }
 
 /// Knobs of the reconciler.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// The staleness rule's tunables.
     pub policy: Policy,
     /// AWS calls in flight during a scan.
     pub scan_concurrency: usize,
-    /// A rollout in progress longer than this is stuck (holds its change's other dependents).
-    pub stuck_after: std::time::Duration,
-    /// Failed tasks that make a rollout in progress count as failed.
-    pub failed_tasks_threshold: i32,
-    /// Gate the canary through AWS state (for drivers that do not wait for health).
-    pub gate_canary: bool,
+    /// What makes a deployment stuck or failed (`[rollout] timeout`, `failed_tasks_threshold`).
+    pub limits: Limits,
+    /// Watch rollouts, or trigger and gate through AWS state.
+    pub mode: Mode,
+    /// `[rollout] canary` (used by the gates; the engine has its own copy for watching).
+    pub canary: bool,
+    /// Clusters when a request names none (empty: every cluster of the region).
+    pub clusters: Vec<String>,
+    /// How long a pass waits for changes made within the last second or two to settle before
+    /// deciding without them (see [`crate::decide`]); less when the budget is short.
+    pub settle_wait: Duration,
+    /// When a settling service has no known end (a deployment, canary or wave in progress), look
+    /// again after this.
+    pub settle_recheck: Duration,
 }
 
 impl Default for Settings {
@@ -115,9 +265,12 @@ impl Default for Settings {
         Settings {
             policy: Policy::default(),
             scan_concurrency: 8,
-            stuck_after: std::time::Duration::from_secs(15 * 60),
-            failed_tasks_threshold: 3,
-            gate_canary: false,
+            limits: Limits::default(),
+            mode: Mode::Watch,
+            canary: true,
+            clusters: Vec::new(),
+            settle_wait: Duration::from_secs(15),
+            settle_recheck: Duration::from_secs(30),
         }
     }
 }
@@ -127,26 +280,28 @@ pub struct Reconciler {
     clients: Clients,
     cache: Arc<TaskDefCache>,
     clock: Arc<dyn Clock>,
+    rollout: Arc<dyn Rollout>,
     settings: Settings,
 }
 
 impl Reconciler {
-    /// A reconciler over `clients`.
-    pub fn new(clients: Clients, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+    /// A reconciler over `clients`, acting through `rollout`.
+    pub fn new(
+        clients: Clients,
+        clock: Arc<dyn Clock>,
+        rollout: Arc<dyn Rollout>,
+        settings: Settings,
+    ) -> Self {
         Reconciler {
             clients,
             cache: Arc::new(TaskDefCache::new()),
             clock,
+            rollout,
             settings,
         }
     }
 
-    /// The clients it uses.
-    pub fn clients(&self) -> &Clients {
-        &self.clients
-    }
-
-    /// The task-definition cache (shared across calls, warm for the life of the process).
+    /// The task-definition cache (shared across passes, warm for the life of the process).
     pub fn cache(&self) -> &TaskDefCache {
         &self.cache
     }
@@ -156,7 +311,100 @@ impl Reconciler {
         &self.clock
     }
 
-    /// Resolves secret names given by a user or an event.
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs one pass.
+    pub async fn pass(&self, req: &Request) -> Result<Pass, ReconcileError> {
+        let started = tokio::time::Instant::now();
+        let targets = match &req.selection {
+            Selection::All => Vec::new(),
+            Selection::Changes(c) if c.resync => Vec::new(),
+            Selection::Secrets(given) => self.resolve_targets(given).await?,
+            Selection::Changes(c) => {
+                let targets = self.resolve_changes(c).await?;
+                if targets.is_empty() {
+                    tracing::info!("no changed secret exists any more: nothing to do");
+                    return Ok(Pass::empty(self.clock.now()));
+                }
+                targets
+            }
+        };
+        let scope = Scope {
+            clusters: if req.clusters.is_empty() {
+                self.settings.clusters.clone()
+            } else {
+                req.clusters.clone()
+            },
+        };
+        // A dry run waits out short settles too, so that it shows what the real pass would do.
+        let settle_wait = match req.budget {
+            Some(b) => self.settings.settle_wait.min(b / 3),
+            None => self.settings.settle_wait,
+        };
+        let assessment = self.assess_settled(&scope, &targets, settle_wait).await?;
+        let mut pass = Pass {
+            outcomes: Vec::new(),
+            cut_short: false,
+            requeue_after: None,
+            assessment,
+        };
+        let set = &pass.assessment.change_set;
+        if !req.dry_run && !set.is_empty() {
+            tracing::info!(services = set.changes.len(), "rolling stale services");
+            let act = self.rollout.execute(set);
+            match req.budget {
+                None => pass.outcomes = act.await,
+                Some(b) => {
+                    let left = b
+                        .saturating_sub(started.elapsed())
+                        .saturating_sub(Duration::from_millis(200));
+                    match tokio::time::timeout(left, act).await {
+                        Ok(outcomes) => pass.outcomes = outcomes,
+                        Err(_) => {
+                            tracing::warn!("the time ran out first: the next pass rolls the rest");
+                            pass.cut_short = true;
+                        }
+                    }
+                }
+            }
+        }
+        pass.requeue_after = self.requeue_after(&pass);
+        Ok(pass)
+    }
+
+    fn requeue_after(&self, pass: &Pass) -> Option<Duration> {
+        let now = self.clock.now();
+        let settling = pass
+            .assessment
+            .services
+            .iter()
+            .filter_map(|a| match &a.decision {
+                Decision::Settling { until, .. } => Some(
+                    until
+                        .and_then(|u| (u - now).to_std().ok())
+                        .unwrap_or(self.settings.settle_recheck)
+                        .max(Duration::from_secs(1)),
+                ),
+                _ => None,
+            })
+            .min();
+        // Triggered without watching: look again once the new deployments may be healthy, so
+        // that the gates let the rest of the change set through.
+        let triggered = (self.settings.mode == Mode::FireAndForget
+            && pass
+                .outcomes
+                .iter()
+                .any(|(_, o)| matches!(o, Outcome::Triggered { .. })))
+        .then_some(self.settings.settle_recheck);
+        let cut = pass.cut_short.then_some(self.settings.settle_recheck);
+        [settling, triggered, cut].into_iter().flatten().min()
+    }
+
+    /// Resolves secret names given by a person into targets; one that does not exist is an
+    /// error.
     pub async fn resolve_targets(&self, given: &[String]) -> Result<Vec<Target>, ReconcileError> {
         let mut out = Vec::with_capacity(given.len());
         for g in given {
@@ -165,8 +413,43 @@ impl Reconciler {
         Ok(out)
     }
 
+    /// Resolves what events said changed into targets. A secret that no longer exists, or a name
+    /// that is not a secret at all, is logged and skipped: nothing can depend on it.
+    async fn resolve_changes(&self, changes: &Changes) -> Result<Vec<Target>, ReconcileError> {
+        let mut out = Vec::new();
+        for (subject, label_moves) in &changes.subjects {
+            match subject {
+                Subject::Secret(id) => match resolve_target(&self.clients, id).await {
+                    Ok(t) => out.push(Target {
+                        label_moves: label_moves.clone(),
+                        ..t
+                    }),
+                    Err(TargetError::NotFound(_)) => {
+                        tracing::info!(secret = %id, "changed secret no longer exists")
+                    }
+                    Err(TargetError::Parse { given, source }) => {
+                        tracing::warn!(secret = %given, error = %source, "event names no usable secret")
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Subject::Parameter { region, name } => out.push(Target {
+                    given: name.clone(),
+                    identities: vec![SecretIdentity::Parameter {
+                        region: region
+                            .clone()
+                            .unwrap_or_else(|| self.clients.region.clone()),
+                        name: canonical_param_name(name),
+                    }],
+                    label_moves: Vec::new(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Decides every service of `scope`; with `targets`, only services that reference one of
-    /// them (a service so selected is decided on all its secrets: one rollout fixes all).
+    /// them (a service so selected is decided on all its secrets: one rollout fixes all). Holds,
+    /// and in [`Mode::FireAndForget`] the gates, are applied; nothing is changed.
     pub async fn assess(
         &self,
         scope: &Scope,
@@ -189,55 +472,40 @@ impl Reconciler {
         let mut resolved = index::resolve(&self.clients, &entries, conc).await?;
         apply_label_moves(&mut resolved, targets);
         let now = self.clock.now();
-        let mut decided: Vec<_> = entries
+        let mut items: Vec<Item<'_>> = entries
             .iter()
             .zip(&resolved)
             .map(|(entry, refs)| {
-                let mut decision = decide(&entry.service, refs, now, &self.settings.policy);
-                if let Err(problem) = wave_of(&entry.service) {
-                    if decision.is_stale() {
-                        decision = Decision::Unknown {
-                            problems: vec![problem],
-                        };
-                    }
-                }
-                let changes = refs
+                let decision = decide(&entry.service, refs, now, &self.settings.policy);
+                let secrets = refs
                     .iter()
                     .filter_map(|r| r.state.as_ref().ok())
-                    .map(|s| (s.identity(), s.changed_at()))
+                    .map(|s| SecretChange {
+                        secret: s.identity(),
+                        changed_at: s.changed_at(),
+                    })
                     .collect();
-                (&entry.service, changes, decision)
+                Item::new(&entry.service, secrets, decision)
             })
             .collect();
-        // A change that already broke one dependent's rollout holds the others.
-        crate::decide::hold_failed(
-            &mut decided,
-            now,
-            self.settings.stuck_after,
-            self.settings.failed_tasks_threshold,
-        );
-        if self.settings.gate_canary {
-            // In plan order, so that the canary is the service the plan would roll first.
-            let mut order: Vec<usize> = (0..decided.len()).collect();
-            order.sort_by_key(|&i| {
-                let svc = decided[i].0;
-                (wave_of(svc).unwrap_or(0), ServiceKey::of(svc))
-            });
-            let mut ordered: Vec<_> = order
-                .iter()
-                .map(|&i| (decided[i].0, decided[i].1.clone(), decided[i].2.clone()))
-                .collect();
-            crate::decide::gate_canary(&mut ordered);
-            for (slot, (_, _, d)) in order.into_iter().zip(ordered) {
-                decided[slot].2 = d;
-            }
+        // In plan order, so that a gate's canary is the service the plan would roll first.
+        items.sort_by_key(Item::order);
+        decide::hold_failed(&mut items, now, &self.settings.limits);
+        if self.settings.mode == Mode::FireAndForget {
+            decide::gate(&mut items, self.settings.canary, now, &self.settings.limits);
         }
-        let decisions: Vec<Decision> = decided.into_iter().map(|(_, _, d)| d).collect();
+        let change_set = plan(&items);
+        let decisions: BTreeMap<ServiceKey, Decision> = items
+            .into_iter()
+            .map(|i| (ServiceKey::of(i.service), i.decision))
+            .collect();
+        let mut decisions = decisions;
         let services = entries
             .into_iter()
             .zip(resolved)
-            .zip(decisions)
-            .map(|((entry, refs), decision)| {
+            .map(|(entry, refs)| {
+                let key = ServiceKey::of(&entry.service);
+                let decision = decisions.remove(&key).unwrap_or(Decision::InSync);
                 let mut secrets: Vec<String> = refs
                     .iter()
                     .map(|r| match &r.state {
@@ -248,7 +516,7 @@ impl Reconciler {
                 secrets.sort();
                 secrets.dedup();
                 Assessed {
-                    key: ServiceKey::of(&entry.service),
+                    key,
                     decision,
                     secrets,
                     service: entry.service,
@@ -259,17 +527,17 @@ impl Reconciler {
             at: now,
             services,
             without_secrets: inventory.without_secrets,
-            targets: targets.to_vec(),
+            change_set,
         })
     }
 
     /// Like [`assess`](Self::assess), but waits out settles that end within `max_wait` (a change
     /// made within the last second or two: see [`crate::decide`]) and decides again.
-    pub async fn assess_settled(
+    async fn assess_settled(
         &self,
         scope: &Scope,
         targets: &[Target],
-        max_wait: std::time::Duration,
+        max_wait: Duration,
     ) -> Result<Assessment, ReconcileError> {
         let deadline = self.clock.now() + chrono::Duration::from_std(max_wait).unwrap_or_default();
         let mut assessment = self.assess(scope, targets).await?;
@@ -282,45 +550,9 @@ impl Reconciler {
                 wait_ms = wait.as_millis() as u64,
                 "waiting for recent changes to settle"
             );
-            tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(wait + Duration::from_millis(50)).await;
             assessment = self.assess(scope, targets).await?;
         }
         Ok(assessment)
-    }
-
-    /// Resolves the secrets events name into targets. A secret that no longer exists, or a name
-    /// that is not a secret at all, is logged and skipped: nothing can depend on it.
-    pub async fn resolve_named(&self, named: &Named) -> Result<Vec<Target>, ReconcileError> {
-        use crate::event::Named;
-        use crate::reference::{canonical_param_name, SecretIdentity};
-        let mut out = Vec::new();
-        for (n, label_moves) in named {
-            match n {
-                Named::Secret(id) => match resolve_target(&self.clients, id).await {
-                    Ok(t) => out.push(Target {
-                        label_moves: label_moves.clone(),
-                        ..t
-                    }),
-                    Err(TargetError::NotFound(_)) => {
-                        tracing::info!(secret = %id, "changed secret no longer exists")
-                    }
-                    Err(TargetError::Parse { given, source }) => {
-                        tracing::warn!(secret = %given, error = %source, "event names no usable secret")
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                Named::Parameter { region, name } => out.push(Target {
-                    given: name.clone(),
-                    identities: vec![SecretIdentity::Parameter {
-                        region: region
-                            .clone()
-                            .unwrap_or_else(|| self.clients.region.clone()),
-                        name: canonical_param_name(name),
-                    }],
-                    label_moves: Vec::new(),
-                }),
-            }
-        }
-        Ok(out)
     }
 }

@@ -137,3 +137,47 @@ async fn the_binary_works_as_a_lambda_bootstrap() {
     );
     let _ = child.start_kill();
 }
+
+/// Without waiting, waves are barriers through AWS state: wave 2 rolls only once an invocation
+/// sees every wave-1 dependant of the change healthy (and wave 1's canary goes first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_are_barriers_across_invocations() {
+    let emu = Emulator::start();
+    let proxy = Proxy::start(emu.port).await;
+    let aws = Aws::connect(&emu.url()).await;
+    let (arn, _) = aws.secret("app/db").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    aws.cluster("prod").await;
+    let td = aws.task_def_for("td", &arn).await;
+    aws.service("prod", "replica-a", &td, &[("ecs-reloader/wave", "1")])
+        .await;
+    aws.service("prod", "replica-b", &td, &[("ecs-reloader/wave", "1")])
+        .await;
+    aws.service("prod", "writer", &td, &[("ecs-reloader/wave", "2")])
+        .await;
+
+    let api = RuntimeApi::start().await;
+    let mut child = start_bootstrap(&proxy.url(), &api, &[]);
+    aws.rotate("app/db").await;
+    let schedule = fixture(include_str!("fixtures/events/scheduled.json"));
+
+    let r = response(&api, &rotation_succeeded(&arn)).await;
+    assert_eq!(triggered(&r), ["prod/replica-a"], "wave 1's canary: {r}");
+    let r = response(&api, &schedule).await;
+    assert_eq!(
+        triggered(&r),
+        ["prod/replica-b"],
+        "the rest of wave 1, not wave 2 with it: {r}"
+    );
+    assert_eq!(r["settling"], 1, "the writer waits for wave 1: {r}");
+    let r = response(&api, &schedule).await;
+    assert_eq!(triggered(&r), ["prod/writer"], "wave 1 is healthy: {r}");
+    let r = response(&api, &schedule).await;
+    assert!(triggered(&r).is_empty(), "all in sync: {r}");
+    assert_eq!(
+        proxy.updated_services(),
+        ["prod/replica-a", "prod/replica-b", "prod/writer"],
+        "in wave order, each once"
+    );
+    let _ = child.start_kill();
+}

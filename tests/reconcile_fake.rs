@@ -9,6 +9,7 @@ use ecs_reloader::decide::Decision;
 use ecs_reloader::driver::cli::{self, Options, Output};
 use ecs_reloader::driver::setup::{self, Parts};
 use ecs_reloader::index::Scope;
+use ecs_reloader::reconcile::Mode;
 use ecs_reloader::reference::Site;
 use ecs_reloader::rollout::LogProgress;
 
@@ -19,7 +20,7 @@ fn setup() -> (FakeAws, Parts) {
         fake.clients(),
         clock,
         Arc::new(LogProgress),
-        true,
+        Mode::Watch,
     );
     (fake, parts)
 }
@@ -33,7 +34,7 @@ fn secret(container: &str) -> Site {
 
 async fn pass(p: &Parts, opts: &Options) -> cli::Ending {
     let mut out = Vec::new();
-    cli::run(&p.reconciler, &p.rollout, opts, &mut out)
+    cli::run(&p.reconciler, opts, &mut out)
         .await
         .expect("pass runs")
 }
@@ -41,7 +42,6 @@ async fn pass(p: &Parts, opts: &Options) -> cli::Ending {
 fn opts() -> Options {
     Options {
         output: Output::Json,
-        max_settle_wait: Duration::from_secs(15),
         ..Default::default()
     }
 }

@@ -33,6 +33,7 @@ fn rotation(arn: &str, time: &str) -> String {
 }
 
 struct Bench {
+    serve: Serve,
     aws: Aws,
     proxy: Proxy,
     queue: String,
@@ -64,7 +65,7 @@ impl Bench {
             self.aws.queue_total(&self.queue).await == 0
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.serve.idle().await;
         for (svc, n) in expect {
             assert_eq!(
                 self.count(svc),
@@ -102,7 +103,12 @@ async fn odd_deliveries_roll_exactly_the_right_services_once() {
         &[("ECS_RELOADER_RESYNC_INTERVAL", "1h")],
     );
     serve.ready().await;
-    let b = Bench { aws, proxy, queue };
+    let b = Bench {
+        serve,
+        aws,
+        proxy,
+        queue,
+    };
 
     // Ten duplicates of one rotation: one rollout.
     b.aws.rotate("app/db").await;

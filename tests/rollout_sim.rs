@@ -10,6 +10,7 @@ use ecs_reloader::config::{Config, Dur};
 use ecs_reloader::driver::cli::{self, Options, Output};
 use ecs_reloader::driver::setup::{self, Parts};
 use ecs_reloader::plan::{Change, ChangeSet, ServiceKey};
+use ecs_reloader::reconcile::Mode;
 use ecs_reloader::reference::Site;
 use ecs_reloader::rollout::{LogProgress, Outcome, Rollout};
 
@@ -50,7 +51,13 @@ fn sim(
             &tags,
         );
     }
-    let parts = setup::assemble(&config, fake.clients(), clock, Arc::new(LogProgress), true);
+    let parts = setup::assemble(
+        &config,
+        fake.clients(),
+        clock,
+        Arc::new(LogProgress),
+        Mode::Watch,
+    );
     Sim { fake, parts }
 }
 
@@ -64,10 +71,9 @@ impl Sim {
         let mut out = Vec::new();
         let opts = Options {
             output: Output::Json,
-            max_settle_wait: Duration::from_secs(15),
             ..Default::default()
         };
-        let ending = cli::run(&self.parts.reconciler, &self.parts.rollout, &opts, &mut out)
+        let ending = cli::run(&self.parts.reconciler, &opts, &mut out)
             .await
             .expect("runs");
         let json = serde_json::from_slice(&out).expect("json report");
@@ -366,7 +372,7 @@ async fn no_wait_triggers_without_watching() {
         fake.clients(),
         clock,
         Arc::new(LogProgress),
-        false,
+        Mode::FireAndForget,
     );
     let set = ChangeSet {
         changes: (0..3)

@@ -48,7 +48,7 @@ fn count(proxy: &Proxy, service: &str) -> usize {
 
 /// Waits until the queue is drained and `service` has been rolled `n` times, then checks that no
 /// further rollout follows.
-async fn rolled(aws: &Aws, proxy: &Proxy, queue: &str, service: &str, n: usize) {
+async fn rolled(serve: &Serve, aws: &Aws, proxy: &Proxy, queue: &str, service: &str, n: usize) {
     wait_for(
         &format!("{service} rolled {n}x"),
         Duration::from_secs(60),
@@ -59,7 +59,7 @@ async fn rolled(aws: &Aws, proxy: &Proxy, queue: &str, service: &str, n: usize) 
         aws.queue_total(queue).await == 0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    serve.idle().await;
     assert_eq!(
         count(proxy, service),
         n,
@@ -105,7 +105,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
     for _ in 0..5 {
         aws.send(&queue, &rotation_succeeded(&db)).await;
     }
-    rolled(&aws, &proxy, &queue, "prod/db", 1).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/db", 1).await;
     assert_eq!(
         count(&proxy, "prod/replica"),
         0,
@@ -115,7 +115,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
     // 2. Parameter Store Change.
     aws.parameter("/app/flag", "off").await;
     aws.send(&queue, &parameter_change("/app/flag")).await;
-    rolled(&aws, &proxy, &queue, "prod/flag", 1).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/flag", 1).await;
 
     // 3. Secret Label Updated, through a real EventBridge rule on the default bus.
     aws.events
@@ -152,7 +152,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
         .send()
         .await
         .expect("put events");
-    rolled(&aws, &proxy, &queue, "prod/other", 1).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/other", 1).await;
 
     // 4. A poison message goes to the dead-letter queue; serving goes on.
     aws.send(&queue, "this is not an event").await;
@@ -168,7 +168,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
     aws.rotate("app/db").await;
     aws.send(&queue, &put_secret_value_call("app/db", &db))
         .await;
-    rolled(&aws, &proxy, &queue, "prod/db", 2).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/db", 2).await;
     assert_eq!(count(&proxy, "prod/replica"), 0);
 
     // 6. The other three kinds through the EventBridge rule as well.
@@ -199,7 +199,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
         detail(rotation_succeeded(&db)),
     )
     .await;
-    rolled(&aws, &proxy, &queue, "prod/db", 3).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/db", 3).await;
     aws.parameter("/app/flag", "again").await;
     put(
         "aws.ssm",
@@ -207,7 +207,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
         detail(parameter_change("/app/flag")),
     )
     .await;
-    rolled(&aws, &proxy, &queue, "prod/flag", 2).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/flag", 2).await;
     aws.rotate("app/other").await;
     put(
         "aws.secretsmanager",
@@ -215,7 +215,7 @@ async fn serve_hears_every_event_kind_and_rolls_each_dependent_once() {
         detail(put_secret_value_call("app/other", &other)),
     )
     .await;
-    rolled(&aws, &proxy, &queue, "prod/other", 2).await;
+    rolled(&serve, &aws, &proxy, &queue, "prod/other", 2).await;
 
     // Metrics say what happened.
     let (code, metrics) = serve.get("/metrics").await.expect("metrics");
@@ -276,7 +276,7 @@ async fn kill_9_mid_rollout_then_restart_converges_without_a_duplicate() {
     })
     .await;
     second.ready().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    second.idle().await;
     let mut rolled = proxy.updated_services();
     rolled.sort();
     let expected: Vec<String> = names.iter().map(|n| format!("prod/{n}")).collect();

@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AwsError, AwsResult, Clients, Controller, Deployment, Ecs, ErrorKind, Page, ParameterMeta,
-    ParameterVersion, Parameters, RawRef, SecretMeta, SecretVersion, Secrets, Service,
-    TaskDefinition,
+    AwsError, AwsResult, Clients, Controller, Deployment, DeploymentStatus, Ecs, ErrorKind, Page,
+    ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, SecretMeta, SecretVersion,
+    Secrets, Service, TaskDefinition,
 };
 use crate::clock::Clock;
 use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPREVIOUS};
@@ -447,10 +447,10 @@ impl FakeAws {
         let dep = FakeDeployment {
             dep: Deployment {
                 id,
-                status: "PRIMARY".into(),
+                status: DeploymentStatus::Primary,
                 task_definition: task_def.to_string(),
                 created_at: now,
-                rollout_state: Some("COMPLETED".into()),
+                rollout_state: Some(RolloutState::Completed),
                 rollout_state_reason: None,
                 desired_count: desired,
                 running_count: desired,
@@ -564,13 +564,13 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
             if newest.is_some_and(primary_done) {
                 continue;
             }
-            dep.status = "ACTIVE".into();
+            dep.status = DeploymentStatus::Active;
             deployments.push(dep);
             continue;
         }
         match d.behaviour {
             Some(Behaviour::Complete(t)) if elapsed(d, now) >= t => {
-                dep.rollout_state = Some("COMPLETED".into());
+                dep.rollout_state = Some(RolloutState::Completed);
                 dep.running_count = dep.desired_count;
             }
             Some(Behaviour::NoRolloutState(t)) => {
@@ -580,21 +580,21 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
                 }
             }
             Some(Behaviour::Fail(t, n)) if elapsed(d, now) >= t => {
-                dep.rollout_state = Some("FAILED".into());
+                dep.rollout_state = Some(RolloutState::Failed);
                 dep.rollout_state_reason = Some("tasks failed to start".into());
                 dep.failed_tasks = n;
             }
             Some(Behaviour::RollBack(t)) if elapsed(d, now) >= t => {
                 let since = d.started + chrono::Duration::from_std(t).unwrap_or_default();
-                dep.status = "ACTIVE".into();
-                dep.rollout_state = Some("FAILED".into());
+                dep.status = DeploymentStatus::Active;
+                dep.rollout_state = Some(RolloutState::Failed);
                 dep.rollout_state_reason = Some(format!(
                     "ECS deployment circuit breaker: rolling back to the previous deployment (rolled back {since})"
                 ));
                 let mut back = dep.clone();
                 back.id = format!("{}-rollback", dep.id);
-                back.status = "PRIMARY".into();
-                back.rollout_state = Some("IN_PROGRESS".into());
+                back.status = DeploymentStatus::Primary;
+                back.rollout_state = Some(RolloutState::InProgress);
                 back.created_at = since;
                 deployments.push(back);
             }
@@ -603,7 +603,7 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
         deployments.push(dep);
     }
     // ECS lists the primary first.
-    deployments.sort_by_key(|d| d.status != "PRIMARY");
+    deployments.sort_by_key(|d| d.status != DeploymentStatus::Primary);
     out.deployments = deployments;
     out
 }
@@ -616,7 +616,7 @@ fn in_progress(s: &FakeService, now: DateTime<Utc>) -> bool {
     let v = view(s, now);
     v.deployments.len() > 1
         || v.primary()
-            .is_some_and(|d| d.rollout_state.as_deref() == Some("IN_PROGRESS"))
+            .is_some_and(|d| d.rollout_state == Some(RolloutState::InProgress))
 }
 
 fn cluster_name(c: &str) -> &str {
@@ -730,14 +730,14 @@ impl Ecs for FakeAws {
             })
             .collect();
         for d in &mut s.deployments {
-            d.dep.status = "ACTIVE".into();
+            d.dep.status = DeploymentStatus::Active;
         }
         let dep = Deployment {
             id,
-            status: "PRIMARY".into(),
+            status: DeploymentStatus::Primary,
             task_definition: s.service.task_definition.clone(),
             created_at: now,
-            rollout_state: Some("IN_PROGRESS".into()),
+            rollout_state: Some(RolloutState::InProgress),
             rollout_state_reason: None,
             desired_count: desired,
             running_count: 0,

@@ -5,6 +5,7 @@
 //! Nothing outside this module sees an SDK type. The traits work page by page where AWS pages,
 //! so that the paging loop lives in the core and the fake can test it with tiny pages.
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod guard;
 pub mod queue;
@@ -93,19 +94,68 @@ pub enum Controller {
     External,
 }
 
+/// A deployment's place in its service, as ECS reports it. Read once here, so that nothing
+/// else compares strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentStatus {
+    /// New tasks start from it.
+    Primary,
+    /// An older deployment still running tasks.
+    Active,
+    /// Drained.
+    Inactive,
+}
+
+impl DeploymentStatus {
+    /// From ECS's string; anything unknown is read as `Active` (present, not the one new tasks
+    /// start from), which makes the service look busy rather than healthy.
+    pub fn from_ecs(s: &str) -> Self {
+        match s {
+            "PRIMARY" => DeploymentStatus::Primary,
+            "INACTIVE" => DeploymentStatus::Inactive,
+            _ => DeploymentStatus::Active,
+        }
+    }
+}
+
+/// `rolloutState` of a deployment (reported by services with the circuit breaker or the
+/// newer deployment API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    /// Done.
+    Completed,
+    /// Under way.
+    InProgress,
+    /// Given up by ECS.
+    Failed,
+}
+
+impl RolloutState {
+    /// From ECS's string; an unknown state is read as in progress (never as healthy).
+    pub fn from_ecs(s: &str) -> Self {
+        match s {
+            "COMPLETED" => RolloutState::Completed,
+            "FAILED" => RolloutState::Failed,
+            _ => RolloutState::InProgress,
+        }
+    }
+}
+
 /// A service deployment, as `DescribeServices` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Deployment {
     /// The deployment id (`ecs-svc/…`).
     pub id: String,
-    /// `PRIMARY`, `ACTIVE` or `INACTIVE`.
-    pub status: String,
+    /// Primary, active or inactive.
+    pub status: DeploymentStatus,
     /// The task definition ARN this deployment runs.
     pub task_definition: String,
     /// When ECS created the deployment; tasks it starts resolve secrets at or after this moment.
     pub created_at: DateTime<Utc>,
-    /// `COMPLETED`, `IN_PROGRESS` or `FAILED`, where the service reports it.
-    pub rollout_state: Option<String>,
+    /// Where the service reports it.
+    pub rollout_state: Option<RolloutState>,
     /// Why the rollout is in its state (e.g. a circuit-breaker rollback).
     pub rollout_state_reason: Option<String>,
     /// Tasks the deployment wants.
@@ -119,7 +169,7 @@ pub struct Deployment {
 impl Deployment {
     /// Whether this is the deployment new tasks are started from.
     pub fn is_primary(&self) -> bool {
-        self.status == "PRIMARY"
+        self.status == DeploymentStatus::Primary
     }
 }
 

@@ -21,9 +21,9 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use chrono::{DateTime, Utc};
 
 use super::{
-    all_pages, AwsError, AwsResult, Clients, Controller, Deployment, Ecs, ErrorKind, Page,
-    ParameterMeta, ParameterVersion, Parameters, RawRef, SecretMeta, SecretVersion, Secrets,
-    Service, TaskDefinition,
+    all_pages, AwsError, AwsResult, Clients, Controller, Deployment, DeploymentStatus, Ecs,
+    ErrorKind, Page, ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, SecretMeta,
+    SecretVersion, Secrets, Service, TaskDefinition,
 };
 use crate::reference::Site;
 
@@ -211,10 +211,12 @@ struct SdkEcs {
 fn deployment(d: &aws_sdk_ecs::types::Deployment) -> Option<Deployment> {
     Some(Deployment {
         id: d.id()?.to_string(),
-        status: d.status().unwrap_or_default().to_string(),
+        status: DeploymentStatus::from_ecs(d.status().unwrap_or_default()),
         task_definition: d.task_definition().unwrap_or_default().to_string(),
         created_at: to_chrono(d.created_at())?,
-        rollout_state: d.rollout_state().map(|s| s.as_str().to_string()),
+        rollout_state: d
+            .rollout_state()
+            .map(|s| RolloutState::from_ecs(s.as_str())),
         rollout_state_reason: d.rollout_state_reason().map(str::to_string),
         desired_count: d.desired_count(),
         running_count: d.running_count(),

@@ -29,10 +29,10 @@ fn service(deployed: DateTime<Utc>) -> Service {
         controller: Controller::Ecs,
         deployments: vec![Deployment {
             id: "ecs-svc/1".into(),
-            status: "PRIMARY".into(),
+            status: crate::aws::DeploymentStatus::Primary,
             task_definition: "arn:aws:ecs:eu-west-1:111122223333:task-definition/api:1".into(),
             created_at: deployed,
-            rollout_state: Some("COMPLETED".into()),
+            rollout_state: Some(crate::aws::RolloutState::Completed),
             rollout_state_reason: None,
             desired_count: 2,
             running_count: 2,
@@ -288,14 +288,14 @@ fn deployments_in_progress_are_not_stacked() {
     let secret = Secret::created_once(t(0)).put("v2", t(300));
     let refs = [resolved(ARN, secret.state())];
     let mut svc = service(t(200));
-    svc.deployments[0].rollout_state = Some("IN_PROGRESS".into());
+    svc.deployments[0].rollout_state = Some(crate::aws::RolloutState::InProgress);
     assert!(matches!(
         decide_at(&svc, &refs, t(1000)),
         Decision::Settling { until: None, .. }
     ));
     // An in-progress deployment created after the change is already fresh.
     let mut svc = service(t(400));
-    svc.deployments[0].rollout_state = Some("IN_PROGRESS".into());
+    svc.deployments[0].rollout_state = Some(crate::aws::RolloutState::InProgress);
     assert_eq!(decide_at(&svc, &refs, t(1000)), Decision::InSync);
 }
 
@@ -394,111 +394,6 @@ proptest! {
             prop_assert!(decide_at(&service(t_ms(lo)), &refs, now).is_stale());
         }
     }
-}
-
-#[test]
-fn a_failed_rollout_for_a_change_holds_the_other_dependents() {
-    let secret = Secret::created_once(t(0)).put("v2", t(300));
-    let refs = [resolved(ARN, secret.state())];
-    let id = refs[0].state.as_ref().map(|s| s.identity()).expect("state");
-    let mut broken = service(t(400));
-    broken.name = "canary".into();
-    broken.deployments[0].rollout_state = Some("FAILED".into());
-    let other = service(t(200));
-    let d_broken = decide_at(&broken, &refs, t(1000));
-    let d_other = decide_at(&other, &refs, t(1000));
-    assert!(d_other.is_stale());
-    let mut items = vec![
-        (&broken, vec![(id.clone(), Some(t(300)))], d_broken),
-        (&other, vec![(id.clone(), Some(t(300)))], d_other),
-    ];
-    hold_failed(&mut items, t(1000), Duration::from_secs(900), 3);
-    assert!(
-        matches!(&items[1].2, Decision::Held { reason, .. } if reason.contains("prod/canary")),
-        "{:?}",
-        items[1].2
-    );
-
-    // A failure older than the change does not hold: the new change deserves a new attempt.
-    let mut old_failure = broken.clone();
-    old_failure.deployments[0].created_at = t(250);
-    let mut items = vec![
-        (
-            &old_failure,
-            vec![(id.clone(), Some(t(300)))],
-            Decision::InSync,
-        ),
-        (
-            &other,
-            vec![(id.clone(), Some(t(300)))],
-            decide_at(&other, &refs, t(1000)),
-        ),
-    ];
-    hold_failed(&mut items, t(1000), Duration::from_secs(900), 3);
-    assert!(items[1].2.is_stale());
-}
-
-#[test]
-fn a_stuck_rollout_counts_as_failed_after_the_timeout() {
-    let mut svc = service(t(0));
-    svc.deployments[0].rollout_state = Some("IN_PROGRESS".into());
-    assert!(failed_rollout(&svc, t(100), Duration::from_secs(900), 3).is_none());
-    assert!(failed_rollout(&svc, t(1000), Duration::from_secs(900), 3).is_some());
-    svc.deployments[0].failed_tasks = 3;
-    assert!(failed_rollout(&svc, t(100), Duration::from_secs(900), 3).is_some());
-}
-
-#[test]
-fn without_waiting_the_canary_goes_first_and_the_rest_once_it_is_healthy() {
-    let secret = Secret::created_once(t(0)).put("v2", t(300));
-    let refs = [resolved(ARN, secret.state())];
-    let id = refs[0].state.as_ref().map(|s| s.identity()).expect("state");
-    let named = |n: &str, deployed: i64| {
-        let mut s = service(t(deployed));
-        s.name = n.into();
-        s
-    };
-    let (a, b, c) = (named("a", 200), named("b", 200), named("c", 200));
-    type Item<'a> = (
-        &'a Service,
-        Vec<(SecretIdentity, Option<DateTime<Utc>>)>,
-        Decision,
-    );
-    fn items<'a>(
-        svcs: Vec<&'a Service>,
-        id: &SecretIdentity,
-        refs: &[ResolvedRef],
-    ) -> Vec<Item<'a>> {
-        svcs.into_iter()
-            .map(|s| {
-                (
-                    s,
-                    vec![(id.clone(), Some(t(300)))],
-                    decide_at(s, refs, t(1000)),
-                )
-            })
-            .collect()
-    }
-    // Nobody has rolled: only the first rolls.
-    let mut first = items(vec![&a, &b, &c], &id, &refs);
-    gate_canary(&mut first);
-    let labels: Vec<&str> = first.iter().map(|i| i.2.label()).collect();
-    assert_eq!(labels, ["stale", "settling", "settling"]);
-
-    // The canary is rolling (its new deployment is already fresh): the others wait.
-    let mut a_rolling = named("a", 1000);
-    a_rolling.deployments[0].rollout_state = Some("IN_PROGRESS".into());
-    let mut second = items(vec![&a_rolling, &b, &c], &id, &refs);
-    gate_canary(&mut second);
-    let labels: Vec<&str> = second.iter().map(|i| i.2.label()).collect();
-    assert_eq!(labels, ["in-sync", "settling", "settling"]);
-
-    // The canary is healthy: the rest roll.
-    let a_done = named("a", 1000);
-    let mut third = items(vec![&a_done, &b, &c], &id, &refs);
-    gate_canary(&mut third);
-    let labels: Vec<&str> = third.iter().map(|i| i.2.label()).collect();
-    assert_eq!(labels, ["in-sync", "stale", "stale"]);
 }
 
 #[test]

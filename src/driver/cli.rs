@@ -1,17 +1,13 @@
-//! The manual driver: `ecs-reloader reconcile` and `ecs-reloader plan`.
-//!
-//! One pass: resolve the named secrets, assess, wait out short settles (a change made within the
-//! last second or two, see [`crate::decide`]), then roll what is stale, or with `--dry-run` only
-//! show what would roll. Both wait the same way, so the dry run shows what the real run would do.
+//! The manual driver: `ecs-reloader reconcile` and `ecs-reloader plan`: arguments in, one pass,
+//! the report and the exit status out. `plan` is `reconcile --dry-run`: the same pass, which
+//! waits out short settles the same way, so the plan shows what the real run would do.
 
 use std::io::Write;
-use std::time::Duration;
 
-use crate::index::Scope;
 use crate::plan::ServiceKey;
-use crate::reconcile::{ReconcileError, Reconciler};
+use crate::reconcile::{Pass, ReconcileError, Reconciler, Request, Selection};
 use crate::report::Report;
-use crate::rollout::{Outcome, Rollout};
+use crate::rollout::Outcome;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -34,8 +30,6 @@ pub struct Options {
     pub dry_run: bool,
     /// Output format.
     pub output: Output,
-    /// The longest the CLI waits for settling services before deciding without them.
-    pub max_settle_wait: Duration,
 }
 
 /// How a run ended.
@@ -50,76 +44,42 @@ pub struct Ending {
 /// Runs one pass and writes the report to `out`.
 pub async fn run(
     reconciler: &Reconciler,
-    rollout: &dyn Rollout,
     opts: &Options,
     out: &mut (dyn Write + Send),
 ) -> Result<Ending, ReconcileError> {
-    let targets = reconciler.resolve_targets(&opts.secrets).await?;
-    let scope = Scope {
+    let req = Request {
+        selection: if opts.secrets.is_empty() {
+            Selection::All
+        } else {
+            Selection::Secrets(opts.secrets.clone())
+        },
         clusters: opts.clusters.clone(),
+        dry_run: opts.dry_run,
+        budget: None,
     };
-    // A dry run waits out short settles too, so that it shows what `reconcile` would do.
-    let assessment = reconciler
-        .assess_settled(&scope, &targets, opts.max_settle_wait)
-        .await?;
-    let set = assessment.change_set();
-    let outcomes: Vec<(ServiceKey, Outcome)> = if opts.dry_run || set.is_empty() {
-        Vec::new()
-    } else {
-        rollout.execute(&set).await
-    };
-
-    let report = Report::new(&assessment, &outcomes, opts.dry_run);
-    let text = match opts.output {
-        Output::Text => report.to_table(),
-        Output::Json => report.to_json(),
-    };
-    // A closed stdout (a pipe into `head`) is not worth failing the run over.
-    let _ = writeln!(out, "{}", text.trim_end());
-
+    let pass = reconciler.pass(&req).await?;
+    write_report(&pass, opts, out);
     if opts.dry_run {
         return Ok(Ending {
             ok: true,
             message: String::new(),
         });
     }
-    let failed = outcomes.iter().filter(|(_, o)| !o.is_success()).count();
-    let unknown = assessment
-        .services
-        .iter()
-        .filter(|a| a.decision.label() == "unknown")
-        .count();
-    let held = assessment
-        .services
-        .iter()
-        .filter(|a| a.decision.label() == "held")
-        .count();
-    let settling = assessment
-        .services
-        .iter()
-        .filter(|a| a.decision.label() == "settling")
-        .count();
-    let mut problems = Vec::new();
-    if failed > 0 {
-        problems.push(format!("{failed} rollout(s) failed or were halted"));
-    }
-    if unknown > 0 {
-        problems.push(format!(
-            "{unknown} service(s) reference secrets that could not be resolved"
-        ));
-    }
-    if settling > 0 {
-        problems.push(format!("{settling} service(s) still settling (deployment or rotation in progress): run again later"));
-    }
-    if held > 0 {
-        problems.push(format!(
-            "{held} service(s) held: another rollout of the same change failed"
-        ));
-    }
+    let problems = pass.problems();
     Ok(Ending {
         ok: problems.is_empty(),
         message: problems.join("; "),
     })
+}
+
+fn write_report(pass: &Pass, opts: &Options, out: &mut (dyn Write + Send)) {
+    let report = Report::new(&pass.assessment, &pass.outcomes, opts.dry_run);
+    let text = match opts.output {
+        Output::Text => report.to_table(),
+        Output::Json => report.to_json(),
+    };
+    // A closed stdout (a pipe into `head`) is not worth failing the run over.
+    let _ = writeln!(out, "{}", text.trim_end());
 }
 
 /// Progress for a person: on a terminal, a live status line (done / in flight / waiting, and

@@ -12,21 +12,29 @@
 //! state, the handler triggers what is due within its remaining time and records nothing of its
 //! own. Health is judged by later invocations: with `[rollout] canary`, a change first rolls
 //! only its canary, the rest roll once a later invocation (the scheduled resync) sees the canary
-//! healthy, and if it failed or is stuck, the rest are held (see [`crate::decide::gate_canary`]
-//! and [`crate::decide::hold_failed`]). What the deadline cuts short, the next resync picks up.
+//! healthy, a later wave once an invocation sees the earlier one healthy, and if a rollout
+//! failed or is stuck, the rest are held and a `Rollout Held` event says so (see
+//! [`crate::decide::gate`] and [`crate::decide::hold_failed`]). What the deadline cuts short,
+//! the next resync picks up. Outcome events are sent before the invocation answers.
 //!
 //! Cold start: nothing is scanned at init; the SDK clients and the task-definition cache are
 //! built once and reused by every invocation of the execution environment.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::clock::SystemClock;
+use crate::decide::Kind;
 use crate::driver::setup::Parts;
-use crate::event::{self, Parsed};
-use crate::index::Scope;
-use crate::reconcile::ReconcileError;
-use crate::rollout::{Outcome, Rollout};
+use crate::event::{self, Changes, Parsed};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::plan::ServiceKey;
+use crate::reconcile::{Mode, Pass, ReconcileError, Reconciler, Request};
+use crate::rollout::Outcome;
 
 /// One SQS record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,18 +93,6 @@ pub fn dispatch(v: Value) -> Result<Payload, PayloadError> {
     }
 }
 
-/// The secrets changes name, with the label moves they announce.
-fn named_of(changes: impl IntoIterator<Item = event::Change>) -> crate::reconcile::Named {
-    let mut named = crate::reconcile::Named::new();
-    for c in changes {
-        let moves = named.entry(c.secret).or_default();
-        if let (event::ChangeKind::LabelUpdated { label, .. }, Some(at)) = (&c.kind, c.at) {
-            moves.push((label.clone(), at));
-        }
-    }
-    named
-}
-
 /// Why an invocation failed as a whole (Lambda reports it; the caller retries or dead-letters).
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
@@ -110,73 +106,78 @@ pub enum InvocationError {
 
 /// The handler, built once per execution environment.
 pub struct Handler {
-    parts: Parts,
-    scope: Scope,
+    reconciler: Reconciler,
+    notifier: Arc<Notifier>,
     /// Time kept back from the deadline for answering.
     margin: Duration,
 }
 
-/// What one pass did, for the answer and the logs.
-#[derive(Debug, Default)]
-struct Summary {
-    decided: usize,
-    triggered: Vec<String>,
-    failed: Vec<String>,
-    settling: usize,
-    held: usize,
-    cut_short: bool,
-}
-
-impl Summary {
-    fn to_json(&self) -> Value {
-        json!({
-            "decided": self.decided,
-            "triggered": self.triggered,
-            "failed": self.failed,
-            "settling": self.settling,
-            "held": self.held,
-            "cut_short_by_deadline": self.cut_short,
-        })
-    }
+/// What one pass did, as the invocation answers it.
+fn summary(pass: &Pass) -> Value {
+    let decisions: BTreeMap<&str, usize> = pass
+        .decisions()
+        .into_iter()
+        .map(|(k, n)| (k.label(), n))
+        .collect();
+    let n = |k: Kind| pass.decisions().get(&k).copied().unwrap_or(0);
+    let (ok, bad): (Vec<_>, Vec<_>) = pass.outcomes.iter().partition(|(_, o)| o.is_success());
+    let names = |v: Vec<&(ServiceKey, Outcome)>| -> Vec<String> {
+        v.into_iter().map(|(k, _)| k.to_string()).collect()
+    };
+    json!({
+        "decided": pass.assessment.services.len(),
+        "decisions": decisions,
+        "settling": n(Kind::Settling),
+        "held": n(Kind::Held),
+        "triggered": names(ok),
+        "failed": names(bad),
+        "cut_short_by_deadline": pass.cut_short,
+        "look_again_after_s": pass.requeue_after.map(|d| d.as_secs()),
+    })
 }
 
 impl Handler {
-    /// A handler over assembled parts (assembled with `wait = false`).
-    pub fn new(parts: Parts, clusters: Vec<String>) -> Self {
+    /// A handler over parts assembled in [`Mode::FireAndForget`](crate::reconcile::Mode), whose
+    /// progress is `notifier`.
+    pub fn new(parts: Parts, notifier: Arc<Notifier>) -> Self {
         Handler {
-            parts,
-            scope: Scope { clusters },
+            reconciler: parts.reconciler,
+            notifier,
             margin: Duration::from_secs(5),
         }
     }
 
-    /// Handles one invocation; `deadline` is the invocation's, as a wall-clock time.
+    /// Handles one invocation; `deadline` is the invocation's, as a wall-clock time. Every
+    /// outcome event is sent before it returns.
     pub async fn handle(
         &self,
         payload: Value,
         deadline: chrono::DateTime<chrono::Utc>,
     ) -> Result<Value, InvocationError> {
-        let now = self.parts.reconciler.clock().now();
+        let now = self.reconciler.clock().now();
         let budget = (deadline - now)
             .to_std()
             .unwrap_or_default()
             .saturating_sub(self.margin);
+        let answer = self.dispatched(payload, budget).await;
+        self.notifier.flush().await;
+        answer
+    }
+
+    async fn dispatched(&self, payload: Value, budget: Duration) -> Result<Value, InvocationError> {
         match dispatch(payload)? {
-            Payload::Event(v) => match event::parse_value(v).map_err(PayloadError::from)? {
-                Parsed::Change(c) => {
-                    tracing::info!(secret = ?c.secret, kind = c.kind.label(), "change event");
-                    let named = named_of([c]);
-                    Ok(self.run(Some(&named), budget).await?.to_json())
+            Payload::Event(v) => {
+                let parsed = event::parse_value(v).map_err(PayloadError::from)?;
+                let mut changes = Changes::default();
+                if !changes.add(&parsed) {
+                    if let Parsed::Ignored(why) = &parsed {
+                        tracing::info!(why, "event needs no action");
+                        return Ok(json!({ "ignored": why }));
+                    }
                 }
-                Parsed::Resync => {
-                    tracing::info!("scheduled resync");
-                    Ok(self.run(None, budget).await?.to_json())
-                }
-                Parsed::Ignored(why) => {
-                    tracing::info!(why, "event needs no action");
-                    Ok(json!({ "ignored": why }))
-                }
-            },
+                tracing::info!(event = ?parsed, "event");
+                Ok(summary(&self.run(changes, budget).await?))
+            }
             Payload::SqsBatch(records) => Ok(self.batch(records, budget).await),
         }
     }
@@ -184,20 +185,15 @@ impl Handler {
     async fn batch(&self, records: Vec<Record>, budget: Duration) -> Value {
         let mut failures: Vec<String> = Vec::new();
         let mut used: Vec<String> = Vec::new();
-        let mut changes = Vec::new();
-        let mut full = false;
+        let mut changes = Changes::default();
         for r in records {
             match event::parse(&r.body) {
-                Ok(Parsed::Change(c)) => {
-                    changes.push(c);
-                    used.push(r.message_id);
-                }
-                Ok(Parsed::Resync) => {
-                    full = true;
-                    used.push(r.message_id);
-                }
-                Ok(Parsed::Ignored(why)) => {
-                    tracing::info!(message = %r.message_id, why, "event needs no action")
+                Ok(parsed) => {
+                    if changes.add(&parsed) {
+                        used.push(r.message_id);
+                    } else if let Parsed::Ignored(why) = parsed {
+                        tracing::info!(message = %r.message_id, why, "event needs no action");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(message = %r.message_id, error = %e, "unusable record: reported as a batch item failure");
@@ -205,11 +201,9 @@ impl Handler {
                 }
             }
         }
-        let named = named_of(changes);
-        if full || !named.is_empty() {
-            let filter = if full { None } else { Some(&named) };
-            match self.run(filter, budget).await {
-                Ok(summary) => tracing::info!(summary = %summary.to_json(), "batch handled"),
+        if !changes.is_empty() {
+            match self.run(changes, budget).await {
+                Ok(pass) => tracing::info!(summary = %summary(&pass), "batch handled"),
                 Err(e) => {
                     tracing::error!(error = %e, "could not reconcile the batch: its records will be retried");
                     failures.extend(used);
@@ -223,66 +217,81 @@ impl Handler {
         json!({ "batchItemFailures": items })
     }
 
-    /// One pass, bounded by the budget. `named: None` is a full resync.
-    async fn run(
-        &self,
-        named: Option<&crate::reconcile::Named>,
-        budget: Duration,
-    ) -> Result<Summary, ReconcileError> {
-        let r = &self.parts.reconciler;
-        let targets = match named {
-            Some(n) => {
-                let t = r.resolve_named(n).await?;
-                if t.is_empty() {
-                    return Ok(Summary::default());
-                }
-                t
-            }
-            None => Vec::new(),
+    /// One pass, bounded by the budget.
+    async fn run(&self, changes: Changes, budget: Duration) -> Result<Pass, ReconcileError> {
+        let req = Request {
+            budget: Some(budget),
+            ..Request::changes(changes)
         };
-        let settle = (budget / 3).min(Duration::from_secs(15));
-        let assessment = r.assess_settled(&self.scope, &targets, settle).await?;
-        let mut summary = Summary {
-            decided: assessment.services.len(),
-            settling: assessment
-                .services
-                .iter()
-                .filter(|a| a.decision.label() == "settling")
-                .count(),
-            held: assessment
-                .services
-                .iter()
-                .filter(|a| a.decision.label() == "held")
-                .count(),
-            ..Default::default()
-        };
-        let set = assessment.change_set();
-        if set.is_empty() {
-            return Ok(summary);
-        }
-        let left = budget.saturating_sub(Duration::from_millis(200));
-        match tokio::time::timeout(left, self.parts.rollout.execute(&set)).await {
-            Ok(outcomes) => {
-                for (key, o) in outcomes {
-                    match o {
-                        Outcome::Triggered { .. } | Outcome::Healthy { .. } => {
-                            summary.triggered.push(key.to_string())
-                        }
-                        Outcome::Failed { .. } | Outcome::Halted { .. } => {
-                            summary.failed.push(key.to_string())
-                        }
-                    }
-                }
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "the invocation's deadline came first: the next resync rolls the rest"
-                );
-                summary.cut_short = true;
-            }
-        }
-        Ok(summary)
+        let pass = self.reconciler.pass(&req).await?;
+        self.notifier.after_pass(&pass);
+        Ok(pass)
     }
+}
+
+/// Runs the Lambda runtime with a handler built once from the configuration: SDK clients, the
+/// task-definition cache and the notifier live as long as the execution environment.
+pub async fn run(config: &crate::config::Config) -> Result<(), LambdaError> {
+    use lambda_runtime::{service_fn, LambdaEvent};
+    // The runtime crate panics on a missing or malformed variable; say it plainly instead.
+    for var in [
+        "AWS_LAMBDA_RUNTIME_API",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    ] {
+        if std::env::var_os(var).is_none() {
+            return Err(LambdaError::NotInLambda(var));
+        }
+    }
+    if std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .ok()
+        .and_then(|m| m.parse::<i32>().ok())
+        .is_none()
+    {
+        return Err(LambdaError::NotInLambda(
+            "a numeric AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        ));
+    }
+    let sdk = crate::driver::setup::sdk(config).await?;
+    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
+    let parts = crate::driver::setup::assemble(
+        config,
+        sdk.clients,
+        Arc::new(SystemClock),
+        notifier.clone(),
+        Mode::FireAndForget,
+    );
+    let handler = Arc::new(Handler::new(parts, notifier));
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
+        let handler = handler.clone();
+        async move {
+            let deadline = i64::try_from(ev.context.deadline)
+                .ok()
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::seconds(60));
+            handler
+                .handle(ev.payload, deadline)
+                .await
+                .map_err(|e| -> lambda_runtime::Error { Box::new(e) })
+        }
+    }))
+    .await
+    .map_err(|e| LambdaError::Runtime(e.to_string()))
+}
+
+/// Why the Lambda driver could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LambdaError {
+    /// Started outside a Lambda execution environment.
+    #[error("not running in AWS Lambda: {0} is not set (the Lambda runtime sets it; run `serve` or `reconcile` elsewhere)")]
+    NotInLambda(&'static str),
+    /// The SDK could not be set up.
+    #[error(transparent)]
+    Setup(#[from] crate::aws::sdk::SdkSetupError),
+    /// The Lambda runtime stopped with an error.
+    #[error("Lambda runtime: {0}")]
+    Runtime(String),
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! `ecs-reloader serve`: the long-running operator.
+//! `ecs-reloader serve`: the long-running operator. It owns the queue, the heartbeats, the
+//! acknowledgements and its HTTP endpoints; each piece of work is one
+//! [`Reconciler::pass`](crate::reconcile::Reconciler::pass).
 //!
 //! Work comes from an SQS queue that EventBridge rules feed, and from a periodic full resync.
 //! Events are hints: each one names a secret, and the services that resolve it are decided from
@@ -12,17 +14,20 @@
 //!   alone, so that the queue's redrive policy moves it to the dead-letter queue; the loop goes on.
 //! - **Bursts coalesce.** After a message arrives, messages are gathered for `[events] debounce`
 //!   more; duplicates and several secrets of one service then make one decision and one rollout.
-//! - **Settling services come back later.** When a rotation or a deployment is in progress, the
-//!   message is hidden until the decision can be made, and reappears then.
+//! - **A change that must wait stays hidden, not requeued.** When a pass says to look again
+//!   later (a rotation, a deployment or a canary in progress), its messages are kept invisible
+//!   by the heartbeat and the change is decided again when due. They are never received again
+//!   meanwhile, so their receive count does not grow and waiting never sends a valid event to
+//!   the dead-letter queue. A restart lets them reappear once, and they are decided afresh.
 //! - **Startup resyncs.** A restart rolls only what is stale, never what a previous run rolled.
 //!
-//! Work runs one batch at a time; a long rollout delays the next batch (not its messages, which
+//! Work runs one pass at a time; a long rollout delays the next pass (not its messages, which
 //! wait in the queue).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -30,22 +35,22 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::aws::guard::Stats;
-use crate::aws::queue::{Bus, Message, Queue};
-use crate::driver::setup::Parts;
-use crate::event::{self, Parsed};
-use crate::index::{Scope, Target};
+use crate::aws::queue::{Message, Queue, SdkQueue};
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::decide::Kind;
+use crate::driver::setup::{self, Parts};
+use crate::event::{self, Changes, Parsed};
 use crate::metrics::Metrics;
-use crate::plan::ServiceKey;
-use crate::reconcile::ReconcileError;
-use crate::rollout::{Outcome, Phase, Progress, Rollout};
+use crate::notify::Notifier;
+use crate::reconcile::{Mode, Pass, ReconcileError, Reconciler, Request};
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Clusters to manage (empty: all).
-    pub clusters: Vec<String>,
     /// Full resync period.
     pub resync_interval: Duration,
     /// Gathering window after a message.
@@ -56,17 +61,75 @@ pub struct Settings {
     pub long_poll: Duration,
     /// Grace on shutdown.
     pub shutdown_grace: Duration,
-    /// When a settling service has no known end (a deployment in progress), look again after this.
-    pub settle_recheck: Duration,
+    /// A pass that failed as a whole (the scan could not list or describe) is tried again after
+    /// this, its messages kept hidden meanwhile.
+    pub retry_after: Duration,
 }
 
-/// What `/readyz` reports.
+impl Settings {
+    /// From the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Settings {
+            resync_interval: config.resync.interval.0,
+            debounce: config.events.debounce.0,
+            visibility: config.events.visibility_timeout.0,
+            long_poll: Duration::from_secs(20),
+            shutdown_grace: config.serve.shutdown_grace.0,
+            retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What `/readyz` reports; every change of readiness is logged once, with the reason.
 #[derive(Debug, Default)]
 pub struct Status {
-    /// The first full resync finished.
-    pub index_built: AtomicBool,
-    /// The last receive succeeded (or there is no queue).
-    pub queue_ok: AtomicBool,
+    index_built: AtomicBool,
+    queue_ok: AtomicBool,
+    queue_problem: Mutex<Option<String>>,
+    last_logged: Mutex<Option<String>>,
+}
+
+impl Status {
+    /// Why `serve` is not ready, or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.index_built.load(Ordering::SeqCst) {
+            return Some("the startup resync has not finished".into());
+        }
+        if !self.queue_ok.load(Ordering::SeqCst) {
+            let why = self
+                .queue_problem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no receive has succeeded yet".into());
+            return Some(format!("the queue cannot be read: {why}"));
+        }
+        None
+    }
+
+    fn log_change(&self) {
+        let now = self.not_ready();
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == now {
+            return;
+        }
+        match &now {
+            Some(why) => tracing::warn!(reason = %why, "not ready"),
+            None => tracing::info!("ready"),
+        }
+        *last = now;
+    }
+
+    fn set_index_built(&self) {
+        self.index_built.store(true, Ordering::SeqCst);
+        self.log_change();
+    }
+
+    fn set_queue(&self, problem: Option<String>) {
+        self.queue_ok.store(problem.is_none(), Ordering::SeqCst);
+        *self.queue_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+        self.log_change();
+    }
 }
 
 /// Why `serve` stopped with an error.
@@ -80,43 +143,67 @@ pub enum ServeError {
         /// The error.
         source: std::io::Error,
     },
+    /// `[serve] listen` is not an address.
+    #[error("[serve] listen / --listen {0:?} is not an address like 0.0.0.0:8080")]
+    BadListen(String),
+    /// The SDK could not be set up.
+    #[error(transparent)]
+    Setup(#[from] crate::aws::sdk::SdkSetupError),
+}
+
+/// A batch of messages whose change is being worked on or waits to be decided again.
+struct Batch {
+    messages: Vec<Message>,
+    changes: Changes,
+    received_at: Instant,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
 }
 
 /// The operator.
 pub struct Server {
-    parts: Parts,
+    reconciler: Reconciler,
+    stats: Arc<Stats>,
     queue: Option<Arc<dyn Queue>>,
-    metrics: Arc<Metrics>,
+    notifier: Arc<Notifier>,
     status: Arc<Status>,
     settings: Settings,
-}
-
-enum Work {
-    /// Delete these messages: reconciled.
-    Done,
-    /// Hide these messages until then: decide again.
-    Later(Duration),
+    /// Changes that wait, with when they are due.
+    waiting: tokio::sync::Mutex<Vec<(Instant, Batch)>>,
 }
 
 impl Server {
-    /// A server over assembled parts. `metrics` should be the one the parts' progress reports to.
+    /// A server over assembled parts whose progress is `notifier`.
     pub fn new(
         parts: Parts,
         queue: Option<Arc<dyn Queue>>,
-        metrics: Arc<Metrics>,
+        notifier: Arc<Notifier>,
         settings: Settings,
     ) -> Self {
-        let status = Arc::new(Status {
-            index_built: AtomicBool::new(false),
-            queue_ok: AtomicBool::new(queue.is_none()),
-        });
+        let status = Arc::new(Status::default());
+        if queue.is_none() {
+            status.queue_ok.store(true, Ordering::SeqCst);
+        }
         Server {
-            parts,
+            reconciler: parts.reconciler,
+            stats: parts.stats,
             queue,
-            metrics,
+            notifier,
             status,
             settings,
+            waiting: tokio::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        self.notifier.metrics()
     }
 
     /// The readiness flags.
@@ -135,8 +222,8 @@ impl Server {
             .map_err(|source| ServeError::Listen { addr, source })?;
         let state = HttpState {
             status: self.status.clone(),
-            metrics: self.metrics.clone(),
-            stats: self.parts.stats.clone(),
+            metrics: self.metrics().clone(),
+            stats: self.stats.clone(),
         };
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -173,44 +260,62 @@ impl Server {
         if self.queue.is_none() {
             tracing::warn!("no queue configured: only periodic resyncs will run");
         }
+        self.status.log_change();
         tracing::info!("startup resync");
-        if self.with_grace(self.resync(), &mut stop).await.is_none() || *stop.borrow() {
+        let first = match self.with_grace(self.resync(), &mut stop).await {
+            Some(next) => next,
+            None => return,
+        };
+        if *stop.borrow() {
             return;
         }
-        self.status.index_built.store(true, Ordering::SeqCst);
-        let mut next_resync = tokio::time::Instant::now() + self.settings.resync_interval;
+        self.status.set_index_built();
+        let mut next_resync = Instant::now() + first;
         loop {
             if *stop.borrow() {
                 break;
             }
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
             if now >= next_resync {
-                self.with_grace(self.resync(), &mut stop).await;
-                next_resync = tokio::time::Instant::now() + self.settings.resync_interval;
+                let after = self
+                    .with_grace(self.resync(), &mut stop)
+                    .await
+                    .unwrap_or(self.settings.resync_interval);
+                next_resync = Instant::now() + after;
                 continue;
             }
+            if let Some(batch) = self.due(now).await {
+                self.with_grace(self.work(batch), &mut stop).await;
+                continue;
+            }
+            let wake = match self.next_due().await {
+                Some(due) => due.min(next_resync),
+                None => next_resync,
+            };
             let Some(queue) = self.queue.clone() else {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(next_resync) => {}
+                    _ = tokio::time::sleep_until(wake) => {}
                     _ = stop.wait_for(|v| *v) => break,
                 }
                 continue;
             };
-            let wait = self.settings.long_poll.min(next_resync - now);
+            let wait = self.settings.long_poll.min(wake - now);
             let received = tokio::select! {
                 r = queue.receive(10, wait) => r,
                 _ = stop.wait_for(|v| *v) => break,
             };
             match received {
                 Ok(messages) => {
-                    self.status.queue_ok.store(true, Ordering::SeqCst);
+                    self.status.set_queue(None);
                     if !messages.is_empty() {
+                        self.metrics().busy.inc();
                         self.with_grace(self.handle(queue.as_ref(), messages), &mut stop)
                             .await;
+                        self.metrics().busy.dec();
                     }
                 }
                 Err(e) => {
-                    self.status.queue_ok.store(false, Ordering::SeqCst);
+                    self.status.set_queue(Some(e.to_string()));
                     tracing::warn!(error = %e, "cannot receive from the queue; retrying in 5 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -246,65 +351,48 @@ impl Server {
         }
     }
 
-    fn scope(&self) -> Scope {
-        Scope {
-            clusters: self.settings.clusters.clone(),
+    /// A full resync; returns when the next one is due (sooner when something settles).
+    async fn resync(&self) -> Duration {
+        self.metrics().reconcile("resync");
+        self.metrics().busy.inc();
+        let result = self.reconciler.pass(&Request::all()).await;
+        self.metrics().busy.dec();
+        match result {
+            Ok(pass) => {
+                let stale = pass.decisions().get(&Kind::Stale).copied().unwrap_or(0);
+                self.metrics().stale_services.set(stale as i64);
+                self.notifier.after_pass(&pass);
+                pass.requeue_after
+                    .map_or(self.settings.resync_interval, |d| {
+                        d.min(self.settings.resync_interval)
+                    })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "resync failed; trying again soon");
+                self.settings.retry_after.min(self.settings.resync_interval)
+            }
         }
     }
 
-    /// A full resync.
-    async fn resync(&self) {
-        self.metrics.reconcile("resync");
-        match self.reconcile(&[]).await {
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "resync failed; the next one will try again"),
-        }
+    async fn due(&self, now: Instant) -> Option<Batch> {
+        let mut waiting = self.waiting.lock().await;
+        let i = waiting.iter().position(|(due, _)| *due <= now)?;
+        let (_, batch) = waiting.remove(i);
+        self.metrics().waiting.set(waiting.len() as i64);
+        Some(batch)
     }
 
-    /// Decides and rolls; with `targets`, only their dependents. Returns when to look again if
-    /// something is still settling.
-    async fn reconcile(&self, targets: &[Target]) -> Result<Option<Duration>, ReconcileError> {
-        let r = &self.parts.reconciler;
-        let assessment = r
-            .assess_settled(&self.scope(), targets, Duration::from_secs(15))
-            .await?;
-        let stale = assessment
-            .services
-            .iter()
-            .filter(|a| a.decision.is_stale())
-            .count();
-        if targets.is_empty() {
-            self.metrics.stale_services.set(stale as i64);
-        }
-        let set = assessment.change_set();
-        if !set.is_empty() {
-            tracing::info!(services = set.changes.len(), "rolling stale services");
-            self.parts.rollout.execute(&set).await;
-        }
-        let now = r.clock().now();
-        let later = assessment
-            .services
-            .iter()
-            .filter_map(|a| match &a.decision {
-                crate::decide::Decision::Settling { until, .. } => Some(
-                    until
-                        .and_then(|u| (u - now).to_std().ok())
-                        .unwrap_or(self.settings.settle_recheck)
-                        .max(Duration::from_secs(1)),
-                ),
-                _ => None,
-            })
-            .min();
-        Ok(later)
+    async fn next_due(&self) -> Option<Instant> {
+        self.waiting.lock().await.iter().map(|(due, _)| *due).min()
     }
 
     /// One batch of messages, with everything that arrives within the debounce window.
     async fn handle(&self, queue: &dyn Queue, first: Vec<Message>) {
-        let received_at = tokio::time::Instant::now();
+        let received_at = Instant::now();
         let mut batch = first;
         let deadline = received_at + self.settings.debounce;
-        while tokio::time::Instant::now() < deadline {
-            let left = deadline - tokio::time::Instant::now();
+        while Instant::now() < deadline {
+            let left = deadline - Instant::now();
             match queue.receive(10, left.min(Duration::from_secs(1))).await {
                 Ok(more) => batch.extend(more),
                 Err(e) => {
@@ -314,39 +402,34 @@ impl Server {
             }
         }
 
-        let now = self.parts.reconciler.clock().now();
+        let now = self.reconciler.clock().now();
         let mut work: Vec<Message> = Vec::new();
-        let mut named = crate::reconcile::Named::new();
-        let mut full = false;
+        let mut changes = Changes::default();
         for m in batch {
             if let Some(sent) = m.sent_at {
                 let lag = (now - sent).num_milliseconds().max(0) as f64 / 1000.0;
-                self.metrics.queue_lag.observe(lag);
+                self.metrics().queue_lag.observe(lag);
             }
             match event::parse(&m.body) {
-                Ok(Parsed::Change(c)) => {
-                    self.metrics.event(c.kind.label());
-                    tracing::info!(message = %m.id, secret = ?c.secret, kind = c.kind.label(), "change event");
-                    let moves = named.entry(c.secret).or_default();
-                    if let (event::ChangeKind::LabelUpdated { label, .. }, Some(at)) =
-                        (&c.kind, c.at)
-                    {
-                        moves.push((label.clone(), at));
+                Ok(parsed) => {
+                    let kind = match &parsed {
+                        Parsed::Change(c) => c.kind.label(),
+                        Parsed::Resync => "scheduled",
+                        Parsed::Ignored(_) => "ignored",
+                    };
+                    self.metrics().event(kind);
+                    if changes.add(&parsed) {
+                        tracing::info!(message = %m.id, event = ?parsed, "change event");
+                        work.push(m);
+                    } else {
+                        if let Parsed::Ignored(why) = &parsed {
+                            tracing::info!(message = %m.id, why, "event needs no action");
+                        }
+                        self.delete(queue, &m).await;
                     }
-                    work.push(m);
-                }
-                Ok(Parsed::Resync) => {
-                    self.metrics.event("scheduled");
-                    full = true;
-                    work.push(m);
-                }
-                Ok(Parsed::Ignored(why)) => {
-                    self.metrics.event("ignored");
-                    tracing::info!(message = %m.id, why, "event needs no action");
-                    self.delete(queue, &m).await;
                 }
                 Err(e) => {
-                    self.metrics.event("poison");
+                    self.metrics().event("poison");
                     tracing::warn!(
                         message = %m.id,
                         receive_count = m.receive_count,
@@ -359,73 +442,77 @@ impl Server {
         if work.is_empty() {
             return;
         }
+        let heartbeat = self.heartbeat(&work);
+        self.work(Batch {
+            messages: work,
+            changes,
+            received_at,
+            heartbeat,
+        })
+        .await;
+    }
 
-        // Keep the messages hidden while the work goes on.
-        let heartbeat = {
-            let receipts: Vec<String> = work.iter().map(|m| m.receipt.clone()).collect();
-            let queue = self.queue.clone();
-            let visibility = self.settings.visibility;
-            tokio::spawn(async move {
-                let Some(queue) = queue else { return };
-                loop {
-                    for r in &receipts {
-                        if let Err(e) = queue.extend(r, visibility).await {
-                            tracing::warn!(error = %e, "could not extend a message's visibility");
-                        }
+    /// Keeps the messages hidden while their change is worked on or waits.
+    fn heartbeat(&self, messages: &[Message]) -> Option<tokio::task::JoinHandle<()>> {
+        let queue = self.queue.clone()?;
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+        let visibility = self.settings.visibility;
+        Some(tokio::spawn(async move {
+            loop {
+                for r in &receipts {
+                    if let Err(e) = queue.extend(r, visibility).await {
+                        tracing::warn!(error = %e, "could not extend a message's visibility");
                     }
-                    tokio::time::sleep(visibility / 3).await;
                 }
-            })
-        };
-        let outcome = self.work(&named, full, received_at).await;
-        heartbeat.abort();
-        match outcome {
-            Ok(Work::Done) => {
-                for m in &work {
-                    self.delete(queue, m).await;
-                }
+                tokio::time::sleep(visibility / 3).await;
             }
-            Ok(Work::Later(after)) => {
-                tracing::info!(
-                    after_s = after.as_secs(),
-                    "still settling: the events will come back then"
-                );
-                for m in &work {
-                    if let Err(e) = queue.extend(&m.receipt, after).await {
-                        tracing::warn!(error = %e, "could not delay a message");
+        }))
+    }
+
+    /// Decides (and rolls) a batch's change; deletes its messages when done, or keeps the batch
+    /// hidden until it is due again.
+    async fn work(&self, batch: Batch) {
+        let full = batch.changes.resync;
+        self.metrics()
+            .reconcile(if full { "resync" } else { "event" });
+        self.metrics().busy.inc();
+        let result: Result<Pass, ReconcileError> = self
+            .reconciler
+            .pass(&Request::changes(batch.changes.clone()))
+            .await;
+        self.metrics().busy.dec();
+        self.metrics()
+            .decision_latency
+            .observe(batch.received_at.elapsed().as_secs_f64());
+        let after = match result {
+            Ok(pass) => {
+                self.notifier.after_pass(&pass);
+                match pass.requeue_after {
+                    None => {
+                        if let Some(queue) = &self.queue {
+                            for m in &batch.messages {
+                                self.delete(queue.as_ref(), m).await;
+                            }
+                        }
+                        return;
+                    }
+                    Some(after) => {
+                        tracing::info!(
+                            after_s = after.as_secs(),
+                            "still settling: deciding again then (the messages stay hidden)"
+                        );
+                        after
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "reconcile failed; the messages will reappear and be retried");
+                tracing::error!(error = %e, retry_s = self.settings.retry_after.as_secs(), "reconcile failed; trying again (the messages stay hidden)");
+                self.settings.retry_after
             }
-        }
-    }
-
-    async fn work(
-        &self,
-        named: &crate::reconcile::Named,
-        full: bool,
-        received_at: tokio::time::Instant,
-    ) -> Result<Work, ReconcileError> {
-        let targets = if full {
-            Vec::new()
-        } else {
-            self.parts.reconciler.resolve_named(named).await?
         };
-        if !full && targets.is_empty() {
-            tracing::info!("no changed secret exists any more: nothing to do");
-            return Ok(Work::Done);
-        }
-        self.metrics
-            .reconcile(if full { "resync" } else { "event" });
-        let started = received_at.elapsed().as_secs_f64();
-        let later = self.reconcile(&targets).await?;
-        self.metrics.decision_latency.observe(started);
-        Ok(match later {
-            Some(after) => Work::Later(after),
-            None => Work::Done,
-        })
+        let mut waiting = self.waiting.lock().await;
+        waiting.push((Instant::now() + after, batch));
+        self.metrics().waiting.set(waiting.len() as i64);
     }
 
     async fn delete(&self, queue: &dyn Queue, m: &Message) {
@@ -433,6 +520,60 @@ impl Server {
             tracing::warn!(message = %m.id, error = %e, "could not delete a message; it will be decided again");
         }
     }
+}
+
+/// Where `serve` listens and what it reads, beyond the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--queue-url`.
+    pub queue_url: Option<String>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--cluster` (repeatable).
+    pub clusters: Vec<String>,
+}
+
+/// Wires `serve` from the configuration and runs it until `shutdown` resolves.
+pub async fn run(
+    mut config: Config,
+    overrides: Overrides,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if let Some(url) = overrides.queue_url {
+        config.events.queue_url = url;
+    }
+    if let Some(listen) = overrides.listen {
+        config.serve.listen = listen;
+    }
+    if !overrides.clusters.is_empty() {
+        config.scope.clusters = overrides.clusters;
+    }
+    let listen: SocketAddr = config
+        .serve
+        .listen
+        .parse()
+        .map_err(|_| ServeError::BadListen(config.serve.listen.clone()))?;
+    let sdk = setup::sdk(&config).await?;
+    let queue = (!config.events.queue_url.is_empty())
+        .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
+    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
+    let parts = setup::assemble(
+        &config,
+        sdk.clients,
+        Arc::new(SystemClock),
+        notifier.clone(),
+        Mode::Watch,
+    );
+    let server = Server::new(parts, queue, notifier, Settings::from_config(&config));
+    let (tx, rx) = watch::channel(false);
+    let http = server.bind_http(listen, rx.clone()).await?;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    server.run_until(rx).await;
+    let _ = http.await;
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -443,17 +584,13 @@ struct HttpState {
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
-    let built = s.status.index_built.load(Ordering::SeqCst);
-    let queue = s.status.queue_ok.load(Ordering::SeqCst);
-    let code = if built && queue {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        format!("index_built={built} queue_reachable={queue}\n"),
-    )
+    match s.status.not_ready() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
 }
 
 async fn metrics(
@@ -466,55 +603,4 @@ async fn metrics(
         )],
         s.metrics.render(&s.stats),
     )
-}
-
-/// Progress for `serve`: log lines, metrics, and outcome events on the bus.
-pub struct NotifyProgress {
-    metrics: Arc<Metrics>,
-    bus: Option<Arc<dyn Bus>>,
-}
-
-impl NotifyProgress {
-    /// Reports to `metrics`, and to `bus` when there is one.
-    pub fn new(metrics: Arc<Metrics>, bus: Option<Arc<dyn Bus>>) -> Self {
-        NotifyProgress { metrics, bus }
-    }
-}
-
-/// The detail-type of an outcome event, and the metric kind, for a phase.
-fn outcome_event(phase: &Phase) -> Option<(&'static str, &'static str)> {
-    match phase {
-        Phase::Waiting => None,
-        Phase::Rolling { .. } => Some(("Rollout Started", "started")),
-        Phase::Done(Outcome::Healthy { .. } | Outcome::Triggered { .. }) => {
-            Some(("Rollout Succeeded", "succeeded"))
-        }
-        Phase::Done(Outcome::Failed { .. }) => Some(("Rollout Failed", "failed")),
-        Phase::Done(Outcome::Halted { .. }) => Some(("Rollout Halted", "halted")),
-    }
-}
-
-impl Progress for NotifyProgress {
-    fn update(&self, key: &ServiceKey, phase: &Phase) {
-        crate::rollout::LogProgress.update(key, phase);
-        let Some((detail_type, kind)) = outcome_event(phase) else {
-            return;
-        };
-        self.metrics.rollout(kind);
-        let Some(bus) = self.bus.clone() else { return };
-        let detail = match phase {
-            Phase::Rolling { deployment } => {
-                serde_json::json!({"cluster": key.cluster, "service": key.service, "deployment": deployment})
-            }
-            Phase::Done(o) => {
-                serde_json::json!({"cluster": key.cluster, "service": key.service, "outcome": o})
-            }
-            Phase::Waiting => return,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = bus.put(detail_type, &detail).await {
-                tracing::warn!(error = %e, detail_type, "could not publish an outcome event");
-            }
-        });
-    }
 }

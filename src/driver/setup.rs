@@ -1,14 +1,20 @@
-//! Building the parts from a [`Config`]: the same for every driver.
+//! Wiring: the parts every driver runs, built in one place from a [`Config`] and a [`Mode`].
+//!
+//! [`sdk`] loads the SDK configuration and builds the clients and the outcome-event bus once;
+//! [`assemble`] puts the guard, the rollout engine and the reconciler together over any clients
+//! (the SDK's or the fake's).
 
 use std::sync::Arc;
 
 use crate::aws::guard::{self, Limits, Stats};
+use crate::aws::queue::{Bus, SdkBus};
 use crate::aws::sdk::{self, RetryMode, SdkSettings, SdkSetupError};
 use crate::aws::Clients;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decide::Policy;
-use crate::reconcile::{Reconciler, Settings};
+use crate::deployment;
+use crate::reconcile::{Mode, Reconciler, Settings};
 use crate::rollout::engine::{self, Engine, EngineRollout};
 use crate::rollout::Progress;
 
@@ -26,7 +32,7 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
 }
 
 /// The guard's limits.
-pub fn limits(config: &Config) -> Limits {
+fn limits(config: &Config) -> Limits {
     Limits {
         updates_per_second: config.rollout.updates_per_second,
         reads_per_second: config.scope.reads_per_second,
@@ -34,42 +40,57 @@ pub fn limits(config: &Config) -> Limits {
     }
 }
 
-/// The engine's settings; `wait` is false for `--no-wait` and the Lambda.
-pub fn engine_settings(config: &Config, wait: bool) -> engine::Settings {
+fn deployment_limits(config: &Config) -> deployment::Limits {
+    deployment::Limits {
+        stuck_after: config.rollout.timeout.0,
+        failed_tasks_threshold: i32::try_from(config.rollout.failed_tasks_threshold)
+            .unwrap_or(i32::MAX),
+    }
+}
+
+/// The engine's settings for a mode.
+fn engine_settings(config: &Config, mode: Mode) -> engine::Settings {
     let r = &config.rollout;
+    let limits = deployment_limits(config);
     engine::Settings {
         max_concurrent: r.max_concurrent,
         max_concurrent_per_cluster: (r.max_concurrent_per_cluster > 0)
             .then_some(r.max_concurrent_per_cluster),
         canary: r.canary,
-        timeout: r.timeout.0,
-        failed_tasks_threshold: i32::try_from(r.failed_tasks_threshold).unwrap_or(i32::MAX),
+        timeout: limits.stuck_after,
+        failed_tasks_threshold: limits.failed_tasks_threshold,
         poll_interval: r.poll_interval.0,
-        wait,
+        wait: mode == Mode::Watch,
     }
 }
 
-/// The reconciler's settings.
-pub fn reconcile_settings(config: &Config) -> Settings {
+/// The reconciler's settings for a mode.
+fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
     Settings {
         policy: Policy {
             clock_skew: config.decide.clock_skew.0,
             rotation_grace: config.decide.rotation_grace.0,
         },
         scan_concurrency: config.scope.scan_concurrency,
-        stuck_after: config.rollout.timeout.0,
-        failed_tasks_threshold: i32::try_from(config.rollout.failed_tasks_threshold)
-            .unwrap_or(i32::MAX),
-        gate_canary: false,
+        limits: deployment_limits(config),
+        mode,
+        canary: config.rollout.canary,
+        clusters: config.scope.clusters.clone(),
+        settle_recheck: config
+            .rollout
+            .poll_interval
+            .0
+            .max(std::time::Duration::from_secs(30)),
+        ..Settings::default()
     }
 }
 
 /// Everything a driver runs.
 pub struct Parts {
-    /// The reconcile core.
+    /// The reconcile core, with the rollout engine inside.
     pub reconciler: Reconciler,
-    /// The rollout engine.
-    pub rollout: EngineRollout,
+    /// The rollout engine the reconciler acts through (for tests that drive it directly).
+    pub rollout: Arc<EngineRollout>,
     /// API call counters of the guard.
     pub stats: Arc<Stats>,
 }
@@ -80,20 +101,21 @@ pub fn assemble(
     clients: Clients,
     clock: Arc<dyn Clock>,
     progress: Arc<dyn Progress>,
-    wait: bool,
+    mode: Mode,
 ) -> Parts {
     let (guarded, stats) = guard::guard(clients, limits(config), clock.clone());
-    // Without waiting, the canary is gated through AWS state across runs instead.
-    let settings = Settings {
-        gate_canary: !wait && config.rollout.canary,
-        ..reconcile_settings(config)
-    };
-    let reconciler = Reconciler::new(guarded.clone(), clock, settings);
-    let rollout = EngineRollout::new(Engine::new(
-        guarded,
-        engine_settings(config, wait),
+    let rollout = Arc::new(EngineRollout::new(Engine::new(
+        guarded.clone(),
+        engine_settings(config, mode),
         progress,
-    ));
+        clock.clone(),
+    )));
+    let reconciler = Reconciler::new(
+        guarded,
+        clock,
+        rollout.clone(),
+        reconcile_settings(config, mode),
+    );
     Parts {
         reconciler,
         rollout,
@@ -101,7 +123,25 @@ pub fn assemble(
     }
 }
 
-/// The SDK's clients for this configuration.
-pub async fn sdk_clients(config: &Config) -> Result<Clients, SdkSetupError> {
-    sdk::clients(&sdk_settings(config)).await
+/// The SDK side of the wiring, built once per process.
+pub struct Sdk {
+    /// The shared SDK configuration (one HTTP client for every service client).
+    pub config: aws_config::SdkConfig,
+    /// The ECS, Secrets Manager and SSM clients.
+    pub clients: Clients,
+    /// The outcome-event bus, when `[notify] event_bus` names one.
+    pub bus: Option<Arc<dyn Bus>>,
+}
+
+/// Loads the SDK configuration and builds the clients and the bus.
+pub async fn sdk(config: &Config) -> Result<Sdk, SdkSetupError> {
+    let sdk_config = sdk::load(&sdk_settings(config)).await;
+    let clients = sdk::clients_from(&sdk_config)?;
+    let bus = (!config.notify.event_bus.is_empty())
+        .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
+    Ok(Sdk {
+        config: sdk_config,
+        clients,
+        bus,
+    })
 }

@@ -18,9 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use super::health::{health, Health};
 use super::{Outcome, Phase, Progress, Rollout};
 use crate::aws::Clients;
+use crate::clock::Clock;
+use crate::deployment::{self, Verdict};
 use crate::plan::{Change, ChangeSet, ServiceKey};
 
 /// How the engine rolls.
@@ -61,15 +62,30 @@ pub struct Engine {
     clients: Clients,
     settings: Settings,
     progress: Arc<dyn Progress>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Engine {
-    /// An engine over (guarded) clients.
-    pub fn new(clients: Clients, settings: Settings, progress: Arc<dyn Progress>) -> Self {
+    /// An engine over (guarded) clients; `clock` must be the one AWS's dates are compared with
+    /// (the fake's, in tests).
+    pub fn new(
+        clients: Clients,
+        settings: Settings,
+        progress: Arc<dyn Progress>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Engine {
             clients,
             settings,
             progress,
+            clock,
+        }
+    }
+
+    fn limits(&self) -> deployment::Limits {
+        deployment::Limits {
+            stuck_after: self.settings.timeout,
+            failed_tasks_threshold: self.settings.failed_tasks_threshold,
         }
     }
 
@@ -135,22 +151,30 @@ impl Engine {
                     continue;
                 }
             };
-            match health(&service, deployment, self.settings.failed_tasks_threshold) {
-                Health::Progressing => {}
-                Health::Healthy => {
+            match deployment::judge(&service, deployment, self.clock.now(), &self.limits()) {
+                Verdict::InProgress => {}
+                Verdict::Healthy => {
                     return Outcome::Healthy {
                         deployment: deployment.to_string(),
                     }
                 }
-                Health::Superseded { by } => {
+                Verdict::Superseded { by } => {
                     tracing::info!(service = %key, deployment, by = %by, "superseded by a newer deployment");
                     return Outcome::Healthy {
                         deployment: deployment.to_string(),
                     };
                 }
-                Health::Failed { reason } => {
+                Verdict::Stuck { .. } => {
                     return Outcome::Failed {
-                        reason: format!("deployment {deployment}: {reason}"),
+                        reason: format!(
+                            "deployment {deployment} not healthy after {} (timeout)",
+                            humantime::format_duration(self.settings.timeout)
+                        ),
+                    }
+                }
+                v @ (Verdict::Failed { .. } | Verdict::RolledBack { .. }) => {
+                    return Outcome::Failed {
+                        reason: v.problem(deployment).unwrap_or_default(),
                     }
                 }
             }

@@ -1,10 +1,9 @@
 //! Executing a change set: `UpdateService(forceNewDeployment)` per service, behind the
 //! [`Rollout`] trait so that the core does not care how carefully it is done. [`engine`] is the
-//! careful way (canary, waves, bounded concurrency, health watching, halt); [`health`] reads a
-//! deployment's health.
+//! careful way (canary, waves, bounded concurrency, health watching, halt); what a deployment
+//! amounts to is [`crate::deployment`]'s reading, shared with the decisions.
 
 pub mod engine;
-pub mod health;
 
 use async_trait::async_trait;
 use serde::Serialize;

@@ -432,6 +432,24 @@ impl Serve {
         .await;
     }
 
+    /// A gauge from /metrics (`None` while it does not answer).
+    pub async fn gauge(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Waits until `serve` says it is idle: no pass running, no change waiting to be decided
+    /// again. With the queue drained too, nothing more will happen until the next event or
+    /// resync: the signal that "nothing else was rolled" can be checked.
+    pub async fn idle(&self) {
+        wait_for("serve to be idle", Duration::from_secs(60), || async {
+            self.gauge("ecs_reloader_busy").await == Some(0.0)
+                && self.gauge("ecs_reloader_changes_waiting").await == Some(0.0)
+        })
+        .await;
+    }
+
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running");
         let ok = Command::new("kill")

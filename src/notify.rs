@@ -1,0 +1,182 @@
+//! Telling the world about rollouts: log lines, metrics, and outcome events on an EventBridge
+//! bus (source `ecs-reloader`), for `serve` and the Lambda.
+//!
+//! Events are put in the background so that a slow bus never slows a rollout, and
+//! [`Notifier::flush`] waits for every put still under way: the Lambda calls it before it
+//! answers, because an execution environment may be frozen right after the answer and a put
+//! still in flight would then never leave.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::aws::queue::Bus;
+use crate::decide::Decision;
+use crate::metrics::Metrics;
+use crate::plan::ServiceKey;
+use crate::reconcile::Pass;
+use crate::rollout::{LogProgress, Outcome, Phase, Progress};
+
+/// Detail-types of the outcome events.
+pub mod detail_type {
+    /// `UpdateService` succeeded.
+    pub const STARTED: &str = "Rollout Started";
+    /// The new deployment is healthy (or was triggered, when not watched).
+    pub const SUCCEEDED: &str = "Rollout Succeeded";
+    /// The rollout failed.
+    pub const FAILED: &str = "Rollout Failed";
+    /// Not started: an earlier rollout of the change set failed.
+    pub const HALTED: &str = "Rollout Halted";
+    /// Stale, but held: another dependant's rollout after the same change went wrong.
+    pub const HELD: &str = "Rollout Held";
+}
+
+/// Logs, counts and publishes.
+pub struct Notifier {
+    metrics: Arc<Metrics>,
+    bus: Option<Arc<dyn Bus>>,
+    puts: Mutex<JoinSet<()>>,
+}
+
+impl Notifier {
+    /// Reports to `metrics`, and to `bus` when there is one.
+    pub fn new(metrics: Arc<Metrics>, bus: Option<Arc<dyn Bus>>) -> Self {
+        Notifier {
+            metrics,
+            bus,
+            puts: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn publish(&self, detail_type: &'static str, detail: serde_json::Value) {
+        let Some(bus) = self.bus.clone() else { return };
+        let mut puts = self.puts.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished puts are reaped here, so that a long-running `serve` keeps none.
+        while puts.try_join_next().is_some() {}
+        puts.spawn(async move {
+            if let Err(e) = bus.put(detail_type, &detail).await {
+                tracing::warn!(error = %e, detail_type, "could not publish an outcome event");
+            }
+        });
+    }
+
+    /// Waits until every outcome event put so far has been answered.
+    pub async fn flush(&self) {
+        let mut pending = {
+            let mut puts = self.puts.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *puts)
+        };
+        while pending.join_next().await.is_some() {}
+    }
+
+    /// After a pass: makes held services loud (a metric and a `Rollout Held` event each,
+    /// naming the rollout that went wrong), so that an alarm fires however the failure was
+    /// seen — by the engine that watched it, or by a later pass, as in the Lambda.
+    pub fn after_pass(&self, pass: &Pass) {
+        for a in &pass.assessment.services {
+            if let Decision::Held { reason, findings } = &a.decision {
+                self.metrics.rollout("held");
+                tracing::warn!(service = %a.key, reason, "held");
+                let secrets: Vec<&str> = findings.iter().map(|f| f.secret.as_str()).collect();
+                self.publish(
+                    detail_type::HELD,
+                    json!({
+                        "cluster": a.key.cluster,
+                        "service": a.key.service,
+                        "reason": reason,
+                        "secrets": secrets,
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// The detail-type of an outcome event, and the metric kind, for a phase.
+fn outcome_event(phase: &Phase) -> Option<(&'static str, &'static str)> {
+    match phase {
+        Phase::Waiting => None,
+        Phase::Rolling { .. } => Some((detail_type::STARTED, "started")),
+        Phase::Done(Outcome::Healthy { .. } | Outcome::Triggered { .. }) => {
+            Some((detail_type::SUCCEEDED, "succeeded"))
+        }
+        Phase::Done(Outcome::Failed { .. }) => Some((detail_type::FAILED, "failed")),
+        Phase::Done(Outcome::Halted { .. }) => Some((detail_type::HALTED, "halted")),
+    }
+}
+
+impl Progress for Notifier {
+    fn update(&self, key: &ServiceKey, phase: &Phase) {
+        LogProgress.update(key, phase);
+        let Some((detail_type, kind)) = outcome_event(phase) else {
+            return;
+        };
+        self.metrics.rollout(kind);
+        let detail = match phase {
+            Phase::Rolling { deployment } => {
+                json!({"cluster": key.cluster, "service": key.service, "deployment": deployment})
+            }
+            Phase::Done(o) => {
+                json!({"cluster": key.cluster, "service": key.service, "outcome": o})
+            }
+            Phase::Waiting => return,
+        };
+        self.publish(detail_type, detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::AwsResult;
+    use async_trait::async_trait;
+    use std::time::Duration;
+
+    /// A bus that answers slowly and records what it was given.
+    struct SlowBus(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Bus for SlowBus {
+        async fn put(&self, detail_type: &str, _: &serde_json::Value) -> AwsResult<()> {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(detail_type.to_string());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_waits_for_every_put_under_way() {
+        let bus = Arc::new(SlowBus(Mutex::default()));
+        let n = Notifier::new(Arc::new(Metrics::new()), Some(bus.clone()));
+        let key = ServiceKey {
+            cluster: "prod".into(),
+            service: "api".into(),
+        };
+        n.update(
+            &key,
+            &Phase::Rolling {
+                deployment: "d".into(),
+            },
+        );
+        n.update(
+            &key,
+            &Phase::Done(Outcome::Failed {
+                reason: "boom".into(),
+            }),
+        );
+        assert!(bus.0.lock().expect("lock").is_empty(), "not yet answered");
+        n.flush().await;
+        let mut seen = bus.0.lock().expect("lock").clone();
+        seen.sort();
+        assert_eq!(seen, [detail_type::FAILED, detail_type::STARTED]);
+    }
+}
