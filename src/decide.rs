@@ -585,7 +585,9 @@ pub fn decide(
 }
 
 mod fleet;
-pub use fleet::{deployed_after, gate, hold_failed, wave_of, Item, SecretChange, TAG_WAVE};
+pub use fleet::{
+    deployed_after, fresh_from, gate, hold_failed, wave_of, Item, SecretChange, TAG_WAVE,
+};
 
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,10 @@ pub mod detail_type {
     pub const HALTED: &str = "Rollout Halted";
     /// Stale, but held: another dependant's rollout after the same change went wrong.
     pub const HELD: &str = "Rollout Held";
+    /// Not started: the service no longer needed it when its turn came.
+    pub const SKIPPED: &str = "Rollout Skipped";
+    /// Not started: someone else's deployment was in progress when its turn came.
+    pub const DEFERRED: &str = "Rollout Deferred";
 }
 
 /// Logs, counts and publishes.
@@ -108,6 +112,8 @@ fn outcome_event(phase: &Phase) -> Option<(&'static str, &'static str)> {
         }
         Phase::Done(Outcome::Failed { .. }) => Some((detail_type::FAILED, "failed")),
         Phase::Done(Outcome::Halted { .. }) => Some((detail_type::HALTED, "halted")),
+        Phase::Done(Outcome::Skipped { .. }) => Some((detail_type::SKIPPED, "skipped")),
+        Phase::Done(Outcome::Deferred { .. }) => Some((detail_type::DEFERRED, "deferred")),
     }
 }
 

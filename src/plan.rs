@@ -4,6 +4,7 @@
 //! read by [`crate::decide::wave_of`]), e.g. read replicas before writers; within a wave, by
 //! cluster and name so that a plan is reproducible. The rollout engine takes the first service as the canary when asked to.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::Service;
@@ -43,6 +44,11 @@ pub struct Change {
     pub wave: i64,
     /// Why it rolls.
     pub findings: Vec<Finding>,
+    /// A deployment created at or after this carries every change it rolls for (the latest of
+    /// those changes, plus the dates' granularity); `None` when a change time is unknown. The
+    /// engine checks it right before rolling, in case someone deployed since the plan.
+    #[serde(skip)]
+    pub fresh_from: Option<DateTime<Utc>>,
 }
 
 /// The ordered set of services to roll.
@@ -83,6 +89,21 @@ impl ChangeSet {
     }
 }
 
+/// The first moment a deployment carries every change behind `findings`.
+fn fresh_from(item: &Item<'_>, findings: &[Finding]) -> Option<DateTime<Utc>> {
+    let mut latest: Option<DateTime<Utc>> = None;
+    for f in findings {
+        let id = f.identity.as_ref()?;
+        let changed = item
+            .secrets
+            .iter()
+            .find(|s| &s.secret == id)
+            .and_then(|s| s.changed_at)?;
+        latest = Some(latest.map_or(changed, |l| l.max(changed)));
+    }
+    latest.map(crate::decide::fresh_from)
+}
+
 /// Orders the stale services of a pass into a change set: by wave (see
 /// [`crate::decide::wave_of`]), then cluster and name, so that a plan is reproducible.
 pub fn plan(items: &[Item<'_>]) -> ChangeSet {
@@ -93,6 +114,7 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
                 key: ServiceKey::of(i.service),
                 wave: i.wave,
                 findings: findings.clone(),
+                fresh_from: fresh_from(i, findings),
             }),
             _ => None,
         })

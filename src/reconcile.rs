@@ -200,7 +200,14 @@ impl Pass {
 
     /// Rollouts that failed or were halted.
     pub fn failed(&self) -> impl Iterator<Item = &(ServiceKey, Outcome)> {
-        self.outcomes.iter().filter(|(_, o)| !o.is_success())
+        self.outcomes.iter().filter(|(_, o)| o.is_failure())
+    }
+
+    fn deferred(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Deferred { .. }))
+            .count()
     }
 
     /// Why the scope is not in sync after this pass, one phrase per reason; empty when it is.
@@ -222,6 +229,12 @@ impl Pass {
             out.push(format!(
                 "{} service(s) still settling (a deployment, rotation, canary or earlier wave in progress): run again later",
                 n(Kind::Settling)
+            ));
+        }
+        if self.deferred() > 0 {
+            out.push(format!(
+                "{} service(s) deferred: a deployment started since the plan; run again later",
+                self.deferred()
             ));
         }
         if n(Kind::Held) > 0 {
@@ -399,7 +412,7 @@ impl Reconciler {
                 .iter()
                 .any(|(_, o)| matches!(o, Outcome::Triggered { .. })))
         .then_some(self.settings.settle_recheck);
-        let cut = pass.cut_short.then_some(self.settings.settle_recheck);
+        let cut = (pass.cut_short || pass.deferred() > 0).then_some(self.settings.settle_recheck);
         [settling, triggered, cut].into_iter().flatten().min()
     }
 

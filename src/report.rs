@@ -92,8 +92,8 @@ impl<'a> Report<'a> {
                     _ => "-".into(),
                 };
                 let full = match (r.outcome, &a.decision) {
-                    (Some(Outcome::Failed { reason } | Outcome::Halted { reason }), _) => {
-                        reason.clone()
+                    (Some(o), _) if o.reason().is_some() => {
+                        o.reason().unwrap_or_default().to_string()
                     }
                     (_, d) => reason(d),
                 };

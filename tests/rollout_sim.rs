@@ -341,6 +341,7 @@ async fn duplicates_in_a_change_set_roll_once() {
         key: key(n),
         wave: 0,
         findings: vec![],
+        fresh_from: None,
     };
     let set = ChangeSet {
         changes: vec![
@@ -383,6 +384,7 @@ async fn no_wait_triggers_without_watching() {
                 },
                 wave: 0,
                 findings: vec![],
+                fresh_from: None,
             })
             .collect(),
     };
@@ -392,6 +394,102 @@ async fn no_wait_triggers_without_watching() {
             .all(|(_, o)| matches!(o, Outcome::Triggered { .. })),
         "{out:?}"
     );
-    assert_eq!(fake.calls("ecs:DescribeServices"), 0, "nothing watched");
+    assert_eq!(
+        fake.calls("ecs:DescribeServices"),
+        3,
+        "one look right before each rollout, nothing watched"
+    );
     assert_eq!(fake.updates().len(), 3);
+}
+
+/// Each service is described again right before its turn: what changed since the plan is
+/// skipped with its reason (opted out, deleted, scaled to 0, already deployed by someone else),
+/// none of it is a failure, and the rest of the change set still rolls.
+#[tokio::test(start_paused = true)]
+async fn the_fleet_moves_while_a_change_set_rolls() {
+    let s = sim(
+        config(|c| {
+            c.rollout.max_concurrent = 1;
+        }),
+        6,
+        &["prod"],
+        |_| vec![],
+    );
+    for i in 0..6 {
+        s.fake.set_behaviour(
+            "prod",
+            &format!("s{i:02}"),
+            Behaviour::Complete(Duration::from_secs(60)),
+        );
+    }
+    s.rotate().await;
+    let moves = async {
+        // The plan is made and the canary s00 is being watched.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(s.fake.updates().len(), 1, "only the canary so far");
+        s.fake.edit_service("prod", "s01", |svc| {
+            svc.tags
+                .insert("ecs-reloader/enabled".into(), "false".into());
+        });
+        s.fake.delete_service("prod", "s02");
+        s.fake
+            .edit_service("prod", "s03", |svc| svc.desired_count = 0);
+        s.fake
+            .clients()
+            .ecs
+            .force_new_deployment("prod", "s04")
+            .await
+            .expect("someone else deploys");
+    };
+    let ((ending, report), ()) = tokio::join!(s.reconcile(), moves);
+    assert!(ending.ok, "skips are not failures: {}", ending.message);
+    let got: std::collections::BTreeMap<String, String> = outcomes(&report).into_iter().collect();
+    let expect = [
+        ("s00", "healthy"),
+        ("s01", "skipped"),
+        ("s02", "skipped"),
+        ("s03", "skipped"),
+        ("s04", "skipped"),
+        ("s05", "healthy"),
+    ];
+    for (name, outcome) in expect {
+        assert_eq!(
+            got.get(name).map(String::as_str),
+            Some(outcome),
+            "{name}: {got:?}"
+        );
+    }
+    let reason = |name: &str| -> String {
+        report["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["key"]["service"] == name)
+            .map(|r| {
+                r["outcome"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        reason("s01").contains("ecs-reloader/enabled=false"),
+        "{}",
+        reason("s01")
+    );
+    assert!(
+        reason("s02").contains("no longer exists"),
+        "{}",
+        reason("s02")
+    );
+    assert!(reason("s03").contains("scaled to 0"), "{}", reason("s03"));
+    assert!(reason("s04").contains("already fresh"), "{}", reason("s04"));
+    let mut rolled: Vec<String> = s.fake.updates().iter().map(|u| u.service.clone()).collect();
+    rolled.sort();
+    assert_eq!(
+        rolled,
+        ["prod/s00", "prod/s04", "prod/s05"],
+        "s04 only by its owner"
+    );
 }

@@ -493,6 +493,14 @@ impl FakeAws {
         }
     }
 
+    /// Deletes a service: `DescribeServices` no longer returns it (as after ECS's INACTIVE
+    /// period).
+    pub fn delete_service(&self, cluster: &str, name: &str) {
+        if let Some(c) = self.w().clusters.get_mut(cluster) {
+            c.remove(name);
+        }
+    }
+
     /// The service as `DescribeServices` would show it now.
     pub fn service(&self, cluster: &str, name: &str) -> Option<Service> {
         let now = self.now();

@@ -45,7 +45,12 @@ pub fn wave_of(s: &Service) -> Result<i64, String> {
 /// complement of the rule's "stale" (whole-second dates, ties count as before). An unknown
 /// change time is never "after".
 pub fn deployed_after(deployed: DateTime<Utc>, changed: Option<DateTime<Utc>>) -> bool {
-    changed.is_some_and(|c| deployed >= c + GRANULARITY)
+    changed.is_some_and(|c| deployed >= fresh_from(c))
+}
+
+/// The first deployment time that carries a change made at `changed`.
+pub fn fresh_from(changed: DateTime<Utc>) -> DateTime<Utc> {
+    changed + GRANULARITY
 }
 
 /// A secret a service resolves, and when it last changed.

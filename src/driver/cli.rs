@@ -133,10 +133,10 @@ impl crate::rollout::Progress for TerminalProgress {
         let mut err = std::io::stderr().lock();
         if let Phase::Done(o) = phase {
             let detail = match o {
-                Outcome::Failed { reason } | Outcome::Halted { reason } => format!(": {reason}"),
                 Outcome::Healthy { deployment } | Outcome::Triggered { deployment } => {
                     format!(" ({deployment})")
                 }
+                other => format!(": {}", other.reason().unwrap_or_default()),
             };
             let _ = writeln!(err, "\r\x1b[2K{key}: {}{detail}", o.label());
         }

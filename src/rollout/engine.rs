@@ -89,8 +89,70 @@ impl Engine {
         }
     }
 
+    /// Describes the service again right before its turn: the fleet moves while a change set
+    /// rolls. `Some` when it must not be rolled now.
+    async fn recheck(&self, change: &Change) -> Option<Outcome> {
+        let key = &change.key;
+        let skipped = |reason: String| {
+            tracing::info!(service = %key, reason, "skipped: changed since the plan");
+            Some(Outcome::Skipped { reason })
+        };
+        let service = match self
+            .clients
+            .ecs
+            .describe_services(&key.cluster, std::slice::from_ref(&key.service))
+            .await
+        {
+            Ok(mut found) if !found.is_empty() => found.remove(0),
+            Ok(_) => return skipped("the service no longer exists".into()),
+            Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
+                return skipped(format!("the service no longer exists ({e})"))
+            }
+            Err(e) => {
+                return Some(Outcome::Deferred {
+                    reason: format!("could not describe it again before rolling: {e}"),
+                })
+            }
+        };
+        if service.status != "ACTIVE" {
+            return skipped(format!("the service is {} now", service.status));
+        }
+        if crate::decide::opted_out(&service) {
+            return skipped(format!(
+                "tagged {}=false since the plan",
+                crate::decide::TAG_ENABLED
+            ));
+        }
+        if service.desired_count == 0 {
+            return skipped("scaled to 0 since the plan: no task holds an old value".into());
+        }
+        if service.controller != crate::aws::Controller::Ecs {
+            return skipped("its deployment controller changed since the plan".into());
+        }
+        let primary = service.primary()?;
+        if change.fresh_from.is_some_and(|f| primary.created_at >= f) {
+            return skipped(format!(
+                "already fresh: deployment {} was created after the change",
+                primary.id
+            ));
+        }
+        if deployment::busy(&service) {
+            return Some(Outcome::Deferred {
+                reason: format!(
+                    "deployment {} started since the plan and is in progress: deciding again when it settles",
+                    primary.id
+                ),
+            });
+        }
+        None
+    }
+
     /// Triggers one service and, when waiting, watches it to its end.
-    async fn roll_one(&self, key: &ServiceKey) -> Outcome {
+    async fn roll_one(&self, change: &Change) -> Outcome {
+        if let Some(outcome) = self.recheck(change).await {
+            return outcome;
+        }
+        let key = &change.key;
         let deployment = match self
             .clients
             .ecs
@@ -209,7 +271,7 @@ impl Engine {
                 let _g = global.acquire_owned().await.ok();
                 let outcome = match halt.reason() {
                     Some(reason) => Outcome::Halted { reason },
-                    None => engine.roll_one(&change.key).await,
+                    None => engine.roll_one(&change).await,
                 };
                 if let Outcome::Failed { reason } = &outcome {
                     halt.set(format!("{} failed: {reason}", change.key));

@@ -34,12 +34,44 @@ pub enum Outcome {
         /// Which rollout's failure halted it.
         reason: String,
     },
+    /// Not started: described again right before its turn, the service no longer needed it
+    /// (deleted, opted out, scaled to 0, already fresh). Not a failure; halts nothing.
+    Skipped {
+        /// What changed since the plan.
+        reason: String,
+    },
+    /// Not started: described again right before its turn, the service had a deployment in
+    /// progress (someone else's). Decided again later; halts nothing.
+    Deferred {
+        /// Which deployment.
+        reason: String,
+    },
 }
 
 impl Outcome {
-    /// Whether this counts as a success.
+    /// Whether this counts as a success (the service carries the change, or no longer needs
+    /// to).
     pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Triggered { .. } | Outcome::Healthy { .. })
+        matches!(
+            self,
+            Outcome::Triggered { .. } | Outcome::Healthy { .. } | Outcome::Skipped { .. }
+        )
+    }
+
+    /// Whether it went wrong (failed, or halted by a failure).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed { .. } | Outcome::Halted { .. })
+    }
+
+    /// The explanation, for outcomes that have one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Failed { reason }
+            | Outcome::Halted { reason }
+            | Outcome::Skipped { reason }
+            | Outcome::Deferred { reason } => Some(reason),
+            Outcome::Triggered { .. } | Outcome::Healthy { .. } => None,
+        }
     }
 
     /// A short label for tables.
@@ -49,6 +81,8 @@ impl Outcome {
             Outcome::Healthy { .. } => "rolled (healthy)",
             Outcome::Failed { .. } => "FAILED",
             Outcome::Halted { .. } => "halted",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Deferred { .. } => "deferred",
         }
     }
 }
