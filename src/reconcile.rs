@@ -404,16 +404,8 @@ impl Reconciler {
                 _ => None,
             })
             .min();
-        // Triggered without watching: look again once the new deployments may be healthy, so
-        // that the gates let the rest of the change set through.
-        let triggered = (self.settings.mode == Mode::FireAndForget
-            && pass
-                .outcomes
-                .iter()
-                .any(|(_, o)| matches!(o, Outcome::Triggered { .. })))
-        .then_some(self.settings.settle_recheck);
         let cut = (pass.cut_short || pass.deferred() > 0).then_some(self.settings.settle_recheck);
-        [settling, triggered, cut].into_iter().flatten().min()
+        settling.into_iter().chain(cut).min()
     }
 
     /// Resolves secret names given by a person into targets; one that does not exist is an

@@ -181,3 +181,85 @@ async fn waves_are_barriers_across_invocations() {
     );
     let _ = child.start_kill();
 }
+
+/// A custom label moved back to an older version is visible only in its event. When the canary
+/// gate spreads the change set over several invocations, the handler hands the event to a later
+/// invocation through the change queue (a new message, delayed), so the move is not forgotten;
+/// a resync alone could not see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_moved_back_survives_the_canary_gate_through_the_queue() {
+    let emu = Emulator::start();
+    let proxy = Proxy::start(emu.port).await;
+    let aws = Aws::connect(&emu.url()).await;
+    let (arn, v1) = aws.secret("app/db").await;
+    let v2 = aws.rotate("app/db").await;
+    aws.move_stage("app/db", "blue", &v2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    aws.cluster("prod").await;
+    let td = aws.task_def_for("blue", &format!("{arn}::blue:")).await;
+    aws.service("prod", "a", &td, &[]).await;
+    aws.service("prod", "b", &td, &[]).await;
+    let (queue, _, _) = aws.queue_with_dlq("changes", 30, 3).await;
+
+    let api = RuntimeApi::start().await;
+    let mut child = start_bootstrap(
+        &proxy.url(),
+        &api,
+        &[("ECS_RELOADER_EVENTS_QUEUE_URL", queue.as_str())],
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    aws.move_stage("app/db", "blue", &v1).await;
+    let mut moved = fixture(include_str!("fixtures/events/secret_label_updated.json"));
+    moved["region"] = json!("us-east-1");
+    moved["time"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    moved["resources"] = json!([arn]);
+    moved["detail"]["name"] = json!("app/db");
+    moved["detail"]["labelUpdated"] = json!("blue");
+    moved["detail"]["versionId"] = json!(v1);
+
+    let r = response(&api, &moved).await;
+    assert_eq!(triggered(&r), ["prod/a"], "the canary: {r}");
+    assert_eq!(r["settling"], 1, "{r}");
+
+    // A resync alone cannot see the move: b is in sync as far as the metadata tells.
+    let schedule = fixture(include_str!("fixtures/events/scheduled.json"));
+    let r = response(&api, &schedule).await;
+    assert!(triggered(&r).is_empty(), "{r}");
+
+    // The event waits on the queue; delivered (as the event source mapping would), it rolls b.
+    let mut records = Vec::new();
+    for _ in 0..20 {
+        let out = aws
+            .sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages() {
+            records.push(json!({
+                "messageId": m.message_id().unwrap_or_default(),
+                "receiptHandle": m.receipt_handle().unwrap_or_default(),
+                "body": m.body().unwrap_or_default(),
+                "eventSource": "aws:sqs",
+            }));
+        }
+        if !records.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(records.len(), 1, "one deferred change: {records:?}");
+    let r = response(&api, &json!({ "Records": records })).await;
+    assert_eq!(r, json!({"batchItemFailures": []}));
+    assert_eq!(proxy.updated_services(), ["prod/a", "prod/b"], "each once");
+    // Done: nothing more is handed on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        aws.queue_total(&queue).await,
+        1,
+        "only the received, undeleted record"
+    );
+    let _ = child.start_kill();
+}

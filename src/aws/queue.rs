@@ -38,6 +38,10 @@ pub trait Queue: Send + Sync {
     async fn extend(&self, receipt: &str, visibility: Duration) -> AwsResult<()>;
     /// Messages waiting (approximate), also a reachability check.
     async fn depth(&self) -> AwsResult<u64>;
+    /// Sends a message that becomes visible after `delay` (at most 15 minutes): how the Lambda
+    /// hands a change that must wait to a later invocation, as a new message whose receive count
+    /// starts again.
+    async fn send(&self, body: &str, delay: Duration) -> AwsResult<()>;
 }
 
 /// An EventBridge bus for outcome events.
@@ -119,6 +123,19 @@ impl Queue for SdkQueue {
             .send()
             .await
             .map_err(|e| map_err("sqs:ChangeMessageVisibility", &self.url, e))?;
+        Ok(())
+    }
+
+    async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
+        let secs = delay.as_secs().min(900) as i32;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .delay_seconds(secs)
+            .send()
+            .await
+            .map_err(|e| map_err("sqs:SendMessage", &self.url, e))?;
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::aws::queue::{Queue, SdkQueue};
 use crate::clock::SystemClock;
 use crate::decide::Kind;
 use crate::driver::setup::Parts;
@@ -102,12 +103,19 @@ pub enum InvocationError {
     /// AWS failed while deciding.
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// A change must wait and could not be handed to a later invocation: failing makes the
+    /// caller deliver the event again.
+    #[error("a change that must wait could not be sent to the change queue")]
+    Deferral,
 }
 
 /// The handler, built once per execution environment.
 pub struct Handler {
     reconciler: Reconciler,
     notifier: Arc<Notifier>,
+    /// The change queue (`[events] queue_url`): where a change that must wait is handed to a
+    /// later invocation.
+    queue: Option<Arc<dyn Queue>>,
     /// Time kept back from the deadline for answering.
     margin: Duration,
 }
@@ -139,12 +147,44 @@ fn summary(pass: &Pass) -> Value {
 impl Handler {
     /// A handler over parts assembled in [`Mode::FireAndForget`](crate::reconcile::Mode), whose
     /// progress is `notifier`.
-    pub fn new(parts: Parts, notifier: Arc<Notifier>) -> Self {
+    pub fn new(parts: Parts, notifier: Arc<Notifier>, queue: Option<Arc<dyn Queue>>) -> Self {
         Handler {
             reconciler: parts.reconciler,
             notifier,
+            queue,
             margin: Duration::from_secs(5),
         }
+    }
+
+    /// Hands the events of a change that must wait to a later invocation: each distinct body is
+    /// sent again to the change queue, visible after `after` (at most 15 minutes), so that what
+    /// only an event can tell (a label moved back to an older version) survives until its whole
+    /// change set is done. The new message's receive count starts again: waiting never sends a
+    /// valid event to the dead-letter queue. Returns the bodies that could not be handed on.
+    async fn defer(&self, bodies: &[String], after: Duration) -> Vec<String> {
+        let Some(queue) = &self.queue else {
+            tracing::warn!(
+                "a change must wait, and no [events] queue_url is configured to hand it on: the scheduled resync will decide it (a label moved back to an older version is then missed)"
+            );
+            return Vec::new();
+        };
+        let mut distinct: Vec<&String> = bodies.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        let mut failed = Vec::new();
+        for body in distinct {
+            match queue.send(body, after).await {
+                Ok(()) => tracing::info!(
+                    after_s = after.as_secs(),
+                    "change handed to a later invocation"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not hand a waiting change on");
+                    failed.push(body.clone());
+                }
+            }
+        }
+        failed
     }
 
     /// Handles one invocation; `deadline` is the invocation's, as a wall-clock time. Every
@@ -167,6 +207,7 @@ impl Handler {
     async fn dispatched(&self, payload: Value, budget: Duration) -> Result<Value, InvocationError> {
         match dispatch(payload)? {
             Payload::Event(v) => {
+                let body = v.to_string();
                 let parsed = event::parse_value(v).map_err(PayloadError::from)?;
                 let mut changes = Changes::default();
                 if !changes.add(&parsed) {
@@ -176,7 +217,14 @@ impl Handler {
                     }
                 }
                 tracing::info!(event = ?parsed, "event");
-                Ok(summary(&self.run(changes, budget).await?))
+                let resync = changes.resync;
+                let pass = self.run(changes, budget).await?;
+                if let (Some(after), false) = (pass.requeue_after, resync) {
+                    if !self.defer(&[body], after).await.is_empty() {
+                        return Err(InvocationError::Deferral);
+                    }
+                }
+                Ok(summary(&pass))
             }
             Payload::SqsBatch(records) => Ok(self.batch(records, budget).await),
         }
@@ -184,13 +232,15 @@ impl Handler {
 
     async fn batch(&self, records: Vec<Record>, budget: Duration) -> Value {
         let mut failures: Vec<String> = Vec::new();
-        let mut used: Vec<String> = Vec::new();
+        // Records that ask for work: (id, body, is a change rather than a resync).
+        let mut used: Vec<(String, String, bool)> = Vec::new();
         let mut changes = Changes::default();
         for r in records {
             match event::parse(&r.body) {
                 Ok(parsed) => {
                     if changes.add(&parsed) {
-                        used.push(r.message_id);
+                        let is_change = matches!(parsed, Parsed::Change(_));
+                        used.push((r.message_id, r.body, is_change));
                     } else if let Parsed::Ignored(why) = parsed {
                         tracing::info!(message = %r.message_id, why, "event needs no action");
                     }
@@ -203,10 +253,26 @@ impl Handler {
         }
         if !changes.is_empty() {
             match self.run(changes, budget).await {
-                Ok(pass) => tracing::info!(summary = %summary(&pass), "batch handled"),
+                Ok(pass) => {
+                    tracing::info!(summary = %summary(&pass), "batch handled");
+                    if let Some(after) = pass.requeue_after {
+                        let bodies: Vec<String> = used
+                            .iter()
+                            .filter(|(_, _, change)| *change)
+                            .map(|(_, b, _)| b.clone())
+                            .collect();
+                        let not_handed = self.defer(&bodies, after).await;
+                        // What could not be handed on stays on the queue and comes back.
+                        failures.extend(
+                            used.into_iter()
+                                .filter(|(_, b, _)| not_handed.contains(b))
+                                .map(|(id, _, _)| id),
+                        );
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "could not reconcile the batch: its records will be retried");
-                    failures.extend(used);
+                    failures.extend(used.into_iter().map(|(id, _, _)| id));
                 }
             }
         }
@@ -262,7 +328,9 @@ pub async fn run(config: &crate::config::Config) -> Result<(), LambdaError> {
         notifier.clone(),
         Mode::FireAndForget,
     );
-    let handler = Arc::new(Handler::new(parts, notifier));
+    let queue = (!config.events.queue_url.is_empty())
+        .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
+    let handler = Arc::new(Handler::new(parts, notifier, queue));
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
         let handler = handler.clone();
         async move {

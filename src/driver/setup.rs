@@ -80,7 +80,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
             .rollout
             .poll_interval
             .0
-            .max(std::time::Duration::from_secs(30)),
+            .max(std::time::Duration::from_secs(1)),
         ..Settings::default()
     }
 }
