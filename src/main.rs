@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ecs_reloader::clock::SystemClock;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Output, TerminalProgress};
-use ecs_reloader::driver::{lambda, serve, setup};
+use ecs_reloader::driver::{healthcheck, lambda, serve, setup};
 use ecs_reloader::reconcile::Mode;
 
 #[derive(Parser)]
@@ -144,30 +143,6 @@ async fn shutdown_signal() {
     }
 }
 
-async fn healthcheck(addr: &str) -> anyhow::Result<ExitCode> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer.starts_with("HTTP/1.1 200"))
-    };
-    match tokio::time::timeout(Duration::from_secs(3), probe).await {
-        Ok(Ok(true)) => Ok(ExitCode::SUCCESS),
-        Ok(Ok(false)) => Ok(ExitCode::from(1)),
-        Ok(Err(e)) => {
-            eprintln!("healthcheck: {addr}: {e}");
-            Ok(ExitCode::from(1))
-        }
-        Err(_) => {
-            eprintln!("healthcheck: {addr}: no answer within 3 s");
-            Ok(ExitCode::from(1))
-        }
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
     let (scope, dry_run, mode) = match cli.command {
@@ -194,7 +169,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lambda::run(&config).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Healthcheck { addr } => return healthcheck(&addr).await,
+        Command::Healthcheck { addr } => {
+            return Ok(match healthcheck::probe(&addr).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("healthcheck: {addr}: {why}");
+                    ExitCode::from(1)
+                }
+            })
+        }
     };
     let sdk = setup::sdk(&config).await?;
     let parts = setup::assemble(

@@ -2,6 +2,7 @@
 //! [`Reconciler`](crate::reconcile::Reconciler).
 
 pub mod cli;
+pub mod healthcheck;
 pub mod lambda;
 pub mod serve;
 pub mod setup;
