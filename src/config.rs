@@ -137,6 +137,12 @@ pub struct RolloutConfig {
     pub failed_tasks_threshold: u32,
     /// How often a rollout in flight is looked at.
     pub poll_interval: Dur,
+    /// Maintenance windows, `;`-separated (`"Mon-Fri 02:00-05:00 Europe/Berlin; Sun 00:00-04:00
+    /// UTC"`); empty: any time. The service tag `ecs-reloader/window` overrides it.
+    pub windows: String,
+    /// Decide and report, but roll only what a person approves (`reconcile --service` /
+    /// `--secret`). The service tag `ecs-reloader/notify-only` overrides it.
+    pub notify_only: bool,
 }
 
 impl Default for RolloutConfig {
@@ -149,6 +155,8 @@ impl Default for RolloutConfig {
             timeout: Dur(Duration::from_secs(15 * 60)),
             failed_tasks_threshold: 3,
             poll_interval: Dur(Duration::from_secs(15)),
+            windows: String::new(),
+            notify_only: false,
         }
     }
 }
@@ -323,6 +331,9 @@ impl Config {
         }
         if r.max_concurrent == 0 {
             return Err(invalid("rollout.max_concurrent", "must be at least 1"));
+        }
+        if let Err(e) = crate::window::Windows::parse(&r.windows) {
+            return Err(invalid("rollout.windows", &e.to_string()));
         }
         if r.poll_interval.0 < Duration::from_secs(1) {
             return Err(invalid("rollout.poll_interval", "must be at least 1s"));

@@ -217,6 +217,23 @@ pub enum Decision {
         /// The stale references.
         findings: Vec<Finding>,
     },
+    /// Stale, but outside its maintenance window: the first pass inside the window rolls it.
+    Scheduled {
+        /// When the window opens.
+        at: DateTime<Utc>,
+        /// The window, as written.
+        window: String,
+        /// The stale references.
+        findings: Vec<Finding>,
+    },
+    /// Stale, but its rollouts need approval (notify-only): reported with a `Rollout Pending`
+    /// event; `reconcile --secret` or `--service` naming it is the approval that rolls it.
+    Pending {
+        /// Why it waits for approval.
+        reason: String,
+        /// The stale references.
+        findings: Vec<Finding>,
+    },
 }
 
 /// The kind of a decision, for counting and for the one spelling every output uses (table,
@@ -240,6 +257,10 @@ pub enum Kind {
     Unknown,
     /// See [`Decision::Held`].
     Held,
+    /// See [`Decision::Scheduled`].
+    Scheduled,
+    /// See [`Decision::Pending`].
+    Pending,
 }
 
 impl Kind {
@@ -254,6 +275,8 @@ impl Kind {
             Kind::Skipped => "skipped",
             Kind::Unknown => "unknown",
             Kind::Held => "held",
+            Kind::Scheduled => "scheduled",
+            Kind::Pending => "pending",
         }
     }
 }
@@ -276,6 +299,8 @@ impl Decision {
             Decision::Skipped { .. } => Kind::Skipped,
             Decision::Unknown { .. } => Kind::Unknown,
             Decision::Held { .. } => Kind::Held,
+            Decision::Scheduled { .. } => Kind::Scheduled,
+            Decision::Pending { .. } => Kind::Pending,
         }
     }
 
@@ -586,7 +611,8 @@ pub fn decide(
 
 mod fleet;
 pub use fleet::{
-    deployed_after, fresh_from, gate, hold_failed, wave_of, Item, SecretChange, TAG_WAVE,
+    apply_policy, deployed_after, fresh_from, gate, hold_failed, wave_of, Item, Policies,
+    SecretChange, TAG_NOTIFY_ONLY, TAG_WAVE,
 };
 
 #[cfg(test)]

@@ -49,3 +49,4 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
+pub mod window;

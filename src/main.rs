@@ -74,8 +74,13 @@ struct ScopeArgs {
     #[arg(long = "cluster")]
     clusters: Vec<String>,
     /// Only services that resolve this secret: a name, partial or full ARN, or SSM name/ARN (repeatable).
+    /// Naming secrets approves notify-only services that resolve them.
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// Only this service: CLUSTER/SERVICE, or a name in any cluster (repeatable). Naming a
+    /// service approves it if it is notify-only.
+    #[arg(long = "service")]
+    services: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -88,6 +93,10 @@ struct ReconcileArgs {
     /// Show what would roll; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Roll now even outside maintenance windows: an emergency override, only with --secret or
+    /// --service.
+    #[arg(long)]
+    ignore_windows: bool,
     /// Trigger the rollouts and return, without watching health. With [rollout] canary, only a
     /// change's canary rolls until a later run sees it healthy.
     #[arg(long)]
@@ -145,17 +154,22 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
-    let (scope, dry_run, mode) = match cli.command {
+    let (scope, dry_run, mode, ignore_windows) = match cli.command {
         Command::Reconcile(a) => {
             let mode = if a.no_wait {
                 Mode::FireAndForget
             } else {
                 Mode::Watch
             };
-            (a.scope, a.dry_run, mode)
+            if a.ignore_windows && a.scope.secrets.is_empty() && a.scope.services.is_empty() {
+                anyhow::bail!(
+                    "--ignore-windows rolls outside maintenance windows only what you name: add --secret or --service"
+                );
+            }
+            (a.scope, a.dry_run, mode, a.ignore_windows)
         }
         // The same pass as `reconcile --dry-run`, so that the plan is what a run would do.
-        Command::Plan(s) => (s, true, Mode::Watch),
+        Command::Plan(s) => (s, true, Mode::Watch, false),
         Command::Serve(a) => {
             let overrides = serve::Overrides {
                 queue_url: a.queue_url,
@@ -190,6 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let opts = cli::Options {
         clusters: scope.clusters,
         secrets: scope.secrets,
+        services: scope.services,
+        ignore_windows,
         dry_run,
         output: scope.output,
     };

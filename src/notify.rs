@@ -34,6 +34,8 @@ pub mod detail_type {
     pub const SKIPPED: &str = "Rollout Skipped";
     /// Not started: someone else's deployment was in progress when its turn came.
     pub const DEFERRED: &str = "Rollout Deferred";
+    /// Stale, but notify-only: waits for a person's approval.
+    pub const PENDING: &str = "Rollout Pending";
 }
 
 /// Logs, counts and publishes.
@@ -81,23 +83,32 @@ impl Notifier {
 
     /// After a pass: makes held services loud (a metric and a `Rollout Held` event each,
     /// naming the rollout that went wrong), so that an alarm fires however the failure was
-    /// seen — by the engine that watched it, or by a later pass, as in the Lambda.
+    /// seen — by the engine that watched it, or by a later pass, as in the Lambda; and tells of
+    /// notify-only services that wait for approval (`Rollout Pending`, with the secrets and the
+    /// reason).
     pub fn after_pass(&self, pass: &Pass) {
         for a in &pass.assessment.services {
-            if let Decision::Held { reason, findings } = &a.decision {
-                self.metrics.rollout("held");
-                tracing::warn!(service = %a.key, reason, "held");
-                let secrets: Vec<&str> = findings.iter().map(|f| f.secret.as_str()).collect();
-                self.publish(
-                    detail_type::HELD,
-                    json!({
-                        "cluster": a.key.cluster,
-                        "service": a.key.service,
-                        "reason": reason,
-                        "secrets": secrets,
-                    }),
-                );
-            }
+            let (detail_type, kind, reason, findings) = match &a.decision {
+                Decision::Held { reason, findings } => {
+                    (detail_type::HELD, "held", reason, findings)
+                }
+                Decision::Pending { reason, findings } => {
+                    (detail_type::PENDING, "pending", reason, findings)
+                }
+                _ => continue,
+            };
+            self.metrics.rollout(kind);
+            tracing::warn!(service = %a.key, reason, "{kind}");
+            let secrets: Vec<&str> = findings.iter().map(|f| f.secret.as_str()).collect();
+            self.publish(
+                detail_type,
+                json!({
+                    "cluster": a.key.cluster,
+                    "service": a.key.service,
+                    "reason": reason,
+                    "secrets": secrets,
+                }),
+            );
         }
     }
 }

@@ -16,13 +16,14 @@ use serde::Serialize;
 
 use crate::aws::{AwsError, Clients, Service};
 use crate::clock::Clock;
-use crate::decide::{self, decide, Decision, Item, Kind, Policy, RefState, SecretChange};
+use crate::decide::{self, decide, Decision, Item, Kind, Policies, Policy, RefState, SecretChange};
 use crate::deployment::Limits;
 use crate::event::{Changes, Subject};
 use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
 use crate::plan::{plan, ChangeSet, ServiceKey};
 use crate::reference::{canonical_param_name, SecretIdentity};
 use crate::rollout::{Outcome, Rollout};
+use crate::window::Windows;
 
 /// Gives the resolved Secrets Manager states the label moves that targets' events announced.
 fn apply_label_moves(resolved: &mut [Vec<decide::ResolvedRef>], targets: &[Target]) {
@@ -52,6 +53,19 @@ pub enum ReconcileError {
     /// A secret named by the caller could not be resolved.
     #[error(transparent)]
     Target(#[from] TargetError),
+}
+
+/// `--service` arguments: `CLUSTER/SERVICE`, or a bare name in any cluster.
+struct ServiceFilter<'a>(&'a [String]);
+
+impl ServiceFilter<'_> {
+    fn admits(&self, s: &Service) -> bool {
+        self.0.is_empty()
+            || self.0.iter().any(|f| match f.split_once('/') {
+                Some((c, n)) => c == s.cluster_name() && n == s.name,
+                None => *f == s.name,
+            })
+    }
 }
 
 /// How a driver lives with rollouts.
@@ -141,6 +155,19 @@ pub struct Request {
     /// The most a pass may spend (deciding, waiting out short settles and acting); `None`:
     /// unbounded. The Lambda's remaining time.
     pub budget: Option<Duration>,
+    /// Only these services (`CLUSTER/SERVICE`, or a service name in any cluster).
+    pub services: Vec<String>,
+    /// Roll outside maintenance windows (an emergency, named by a person).
+    pub ignore_windows: bool,
+}
+
+impl Request {
+    /// Whether a person named what to roll (secrets or services): that approves notify-only
+    /// services. Events and resyncs never do.
+    fn approves(&self) -> bool {
+        !self.services.is_empty()
+            || matches!(&self.selection, Selection::Secrets(s) if !s.is_empty())
+    }
 }
 
 impl Request {
@@ -151,6 +178,8 @@ impl Request {
             clusters: Vec::new(),
             dry_run: false,
             budget: None,
+            services: Vec::new(),
+            ignore_windows: false,
         }
     }
 
@@ -237,6 +266,12 @@ impl Pass {
                 self.deferred()
             ));
         }
+        if n(Kind::Pending) > 0 {
+            out.push(format!(
+                "{} service(s) pending approval (notify-only): reconcile --service or --secret rolls them",
+                n(Kind::Pending)
+            ));
+        }
         if n(Kind::Held) > 0 {
             out.push(format!(
                 "{} service(s) held: another rollout of the same change went wrong",
@@ -271,6 +306,10 @@ pub struct Settings {
     /// When a settling service has no known end (a deployment, canary or wave in progress), look
     /// again after this.
     pub settle_recheck: Duration,
+    /// `[rollout] windows`.
+    pub windows: Windows,
+    /// `[rollout] notify_only`.
+    pub notify_only: bool,
 }
 
 impl Default for Settings {
@@ -284,6 +323,8 @@ impl Default for Settings {
             clusters: Vec::new(),
             settle_wait: Duration::from_secs(15),
             settle_recheck: Duration::from_secs(30),
+            windows: Windows::any(),
+            notify_only: false,
         }
     }
 }
@@ -357,7 +398,16 @@ impl Reconciler {
             Some(b) => self.settings.settle_wait.min(b / 3),
             None => self.settings.settle_wait,
         };
-        let assessment = self.assess_settled(&scope, &targets, settle_wait).await?;
+        let policies = Policies {
+            windows: self.settings.windows.clone(),
+            notify_only: self.settings.notify_only,
+            approved: req.approves(),
+            ignore_windows: req.ignore_windows,
+        };
+        let filter = ServiceFilter(&req.services);
+        let assessment = self
+            .assess_settled(&scope, &targets, &filter, &policies, settle_wait)
+            .await?;
         let mut pass = Pass {
             outcomes: Vec::new(),
             cut_short: false,
@@ -399,6 +449,12 @@ impl Reconciler {
                     until
                         .and_then(|u| (u - now).to_std().ok())
                         .unwrap_or(self.settings.settle_recheck)
+                        .max(Duration::from_secs(1)),
+                ),
+                Decision::Scheduled { at, .. } => Some(
+                    (*at - now)
+                        .to_std()
+                        .unwrap_or_default()
                         .max(Duration::from_secs(1)),
                 ),
                 _ => None,
@@ -460,12 +516,29 @@ impl Reconciler {
         scope: &Scope,
         targets: &[Target],
     ) -> Result<Assessment, ReconcileError> {
+        let policies = Policies {
+            windows: self.settings.windows.clone(),
+            notify_only: self.settings.notify_only,
+            ..Policies::default()
+        };
+        self.assess_with(scope, targets, &ServiceFilter(&[]), &policies)
+            .await
+    }
+
+    async fn assess_with(
+        &self,
+        scope: &Scope,
+        targets: &[Target],
+        services: &ServiceFilter<'_>,
+        policies: &Policies,
+    ) -> Result<Assessment, ReconcileError> {
         let conc = self.settings.scan_concurrency;
         let inventory = index::scan(&self.clients, &self.cache, scope, conc).await?;
         let home = self.clients.region.as_str();
         let entries: Vec<_> = inventory
             .entries
             .into_iter()
+            .filter(|e| services.admits(&e.service))
             .filter(|e| {
                 targets.is_empty()
                     || targets
@@ -496,6 +569,7 @@ impl Reconciler {
         // In plan order, so that a gate's canary is the service the plan would roll first.
         items.sort_by_key(Item::order);
         decide::hold_failed(&mut items, now, &self.settings.limits);
+        decide::apply_policy(&mut items, now, policies);
         if self.settings.mode == Mode::FireAndForget {
             decide::gate(&mut items, self.settings.canary, now, &self.settings.limits);
         }
@@ -542,10 +616,12 @@ impl Reconciler {
         &self,
         scope: &Scope,
         targets: &[Target],
+        services: &ServiceFilter<'_>,
+        policies: &Policies,
         max_wait: Duration,
     ) -> Result<Assessment, ReconcileError> {
         let deadline = self.clock.now() + chrono::Duration::from_std(max_wait).unwrap_or_default();
-        let mut assessment = self.assess(scope, targets).await?;
+        let mut assessment = self.assess_with(scope, targets, services, policies).await?;
         while let Some(until) = assessment.next_settle() {
             if until > deadline {
                 break;
@@ -556,7 +632,7 @@ impl Reconciler {
                 "waiting for recent changes to settle"
             );
             tokio::time::sleep(wait + Duration::from_millis(50)).await;
-            assessment = self.assess(scope, targets).await?;
+            assessment = self.assess_with(scope, targets, services, policies).await?;
         }
         Ok(assessment)
     }

@@ -89,6 +89,8 @@ impl<'a> Report<'a> {
                     (None, Decision::Stale { .. }) if self.dry_run => "would roll".into(),
                     (None, Decision::Stale { .. }) => "not rolled".into(),
                     (None, Decision::Settling { .. }) => "wait".into(),
+                    (None, Decision::Scheduled { .. }) => "wait for window".into(),
+                    (None, Decision::Pending { .. }) => "needs approval".into(),
                     _ => "-".into(),
                 };
                 let full = match (r.outcome, &a.decision) {
@@ -198,5 +200,10 @@ fn reason(d: &Decision) -> String {
         Decision::Skipped { reason } => reason.clone(),
         Decision::Unknown { problems } => problems.join("; "),
         Decision::Held { reason, .. } => reason.clone(),
+        Decision::Scheduled { at, window, .. } => format!(
+            "outside its maintenance window: rolls at {} ({window})",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        Decision::Pending { reason, .. } => reason.clone(),
     }
 }

@@ -14,6 +14,12 @@
 //!    per change, its canary rolls alone; the rest of its wave once a dependant runs the change
 //!    healthily; a later wave once no earlier wave of that change is still stale or rolling.
 //!
+//! 4. **Policies** ([`apply_policy`]): a stale service that needs approval (notify-only, by
+//!    `[rollout] notify_only` or the tag `ecs-reloader/notify-only`) is `pending`; one outside its
+//!    maintenance window (`[rollout] windows`, or the tag `ecs-reloader/window`) is `scheduled`
+//!    for the window's start. Applied before the gates, so that a canary is always a service
+//!    that may roll now.
+//!
 //! "After the change" is the rule's own test ([`deployed_after`]), so that a deployment the rule
 //! calls fresh is exactly one these refinements count as carrying the change.
 
@@ -26,6 +32,72 @@ use crate::aws::{Deployment, Service};
 use crate::deployment::{self, Limits, Verdict};
 use crate::plan::ServiceKey;
 use crate::reference::SecretIdentity;
+use crate::window::{Opening, Windows, TAG_WINDOW};
+
+/// Tag that makes a service notify-only (`true`) or not (`false`), whatever the configuration.
+pub const TAG_NOTIFY_ONLY: &str = "ecs-reloader/notify-only";
+
+/// When and whether stale services may roll without a person.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies {
+    /// `[rollout] windows` (any time when empty).
+    pub windows: Windows,
+    /// `[rollout] notify_only`.
+    pub notify_only: bool,
+    /// A person asked for these services by name (`reconcile --secret` / `--service`): that
+    /// approves notify-only ones.
+    pub approved: bool,
+    /// `--ignore-windows`: an emergency roll now, whatever the windows say.
+    pub ignore_windows: bool,
+}
+
+/// Applies notify-only and maintenance windows to stale services (see the module
+/// documentation). A tag that cannot be read makes its stale service `unknown`.
+pub fn apply_policy(items: &mut [Item<'_>], now: DateTime<Utc>, policies: &Policies) {
+    for item in items.iter_mut() {
+        let Decision::Stale { findings } = &mut item.decision else {
+            continue;
+        };
+        let tags = &item.service.tags;
+        let notify_only = match tags
+            .get(TAG_NOTIFY_ONLY)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => Ok(policies.notify_only),
+            Some(v) if v == "true" => Ok(true),
+            Some(v) if v == "false" => Ok(false),
+            Some(v) => Err(format!("tag {TAG_NOTIFY_ONLY}={v:?} is not true or false")),
+        };
+        let windows = match tags.get(TAG_WINDOW) {
+            None => Ok(policies.windows.clone()),
+            Some(v) => Windows::parse_tag(v).map_err(|e| format!("tag {TAG_WINDOW}: {e}")),
+        };
+        let (notify_only, windows) = match (notify_only, windows) {
+            (Ok(n), Ok(w)) => (n, w),
+            (Err(p), _) | (_, Err(p)) => {
+                item.decision = Decision::Unknown { problems: vec![p] };
+                continue;
+            }
+        };
+        if notify_only && !policies.approved {
+            item.decision = Decision::Pending {
+                reason: "notify-only: decided and reported, not rolled; `ecs-reloader reconcile --service CLUSTER/SERVICE` (or --secret) approves it".into(),
+                findings: std::mem::take(findings),
+            };
+            continue;
+        }
+        if policies.ignore_windows {
+            continue;
+        }
+        if let Opening::At { start, window } = windows.opening(now) {
+            item.decision = Decision::Scheduled {
+                at: start,
+                window,
+                findings: std::mem::take(findings),
+            };
+        }
+    }
+}
 
 /// Tag that orders services into waves.
 pub const TAG_WAVE: &str = "ecs-reloader/wave";

@@ -26,6 +26,10 @@ pub struct Options {
     pub clusters: Vec<String>,
     /// Only services that resolve one of these secrets.
     pub secrets: Vec<String>,
+    /// Only these services (`CLUSTER/SERVICE` or a name).
+    pub services: Vec<String>,
+    /// Roll outside maintenance windows.
+    pub ignore_windows: bool,
     /// Change nothing.
     pub dry_run: bool,
     /// Output format.
@@ -56,6 +60,8 @@ pub async fn run(
         clusters: opts.clusters.clone(),
         dry_run: opts.dry_run,
         budget: None,
+        services: opts.services.clone(),
+        ignore_windows: opts.ignore_windows,
     };
     let pass = reconciler.pass(&req).await?;
     write_report(&pass, opts, out);

@@ -120,6 +120,13 @@ pub struct Handler {
     margin: Duration,
 }
 
+/// How long a pass's change must wait, when a delayed message can carry it (SQS delays at most
+/// 15 minutes); a longer wait (a maintenance window) is the scheduled resync's.
+fn deferrable(pass: &Pass) -> Option<Duration> {
+    pass.requeue_after
+        .filter(|d| *d <= Duration::from_secs(15 * 60))
+}
+
 /// What one pass did, as the invocation answers it.
 fn summary(pass: &Pass) -> Value {
     let decisions: BTreeMap<&str, usize> = pass
@@ -219,7 +226,7 @@ impl Handler {
                 tracing::info!(event = ?parsed, "event");
                 let resync = changes.resync;
                 let pass = self.run(changes, budget).await?;
-                if let (Some(after), false) = (pass.requeue_after, resync) {
+                if let (Some(after), false) = (deferrable(&pass), resync) {
                     if !self.defer(&[body], after).await.is_empty() {
                         return Err(InvocationError::Deferral);
                     }
@@ -255,7 +262,7 @@ impl Handler {
             match self.run(changes, budget).await {
                 Ok(pass) => {
                     tracing::info!(summary = %summary(&pass), "batch handled");
-                    if let Some(after) = pass.requeue_after {
+                    if let Some(after) = deferrable(&pass) {
                         let bodies: Vec<String> = used
                             .iter()
                             .filter(|(_, _, change)| *change)

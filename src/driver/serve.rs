@@ -487,7 +487,13 @@ impl Server {
         let after = match result {
             Ok(pass) => {
                 self.notifier.after_pass(&pass);
-                match pass.requeue_after {
+                // A wait longer than the resync period (a maintenance window tomorrow) is the
+                // resync's: it wakes when the window opens. Holding messages that long only ages
+                // them toward SQS's 12-hour visibility limit.
+                match pass
+                    .requeue_after
+                    .filter(|d| *d <= self.settings.resync_interval)
+                {
                     None => {
                         if let Some(queue) = &self.queue {
                             for m in &batch.messages {

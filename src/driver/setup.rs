@@ -76,6 +76,9 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
         mode,
         canary: config.rollout.canary,
         clusters: config.scope.clusters.clone(),
+        // Validated when the configuration was loaded.
+        windows: crate::window::Windows::parse(&config.rollout.windows).unwrap_or_default(),
+        notify_only: config.rollout.notify_only,
         settle_recheck: config
             .rollout
             .poll_interval
