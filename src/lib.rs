@@ -40,6 +40,7 @@ pub mod config;
 pub mod decide;
 pub mod deployment;
 pub mod driver;
+pub mod emf;
 pub mod event;
 pub mod index;
 pub mod metrics;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::lambda_api::{Answer, RuntimeApi};
 use support::proxy::Proxy;
-use support::{start_bootstrap, Aws, Emulator};
+use support::{start_bootstrap, start_bootstrap_to, Aws, Emulator};
 
 fn fixture(text: &str) -> Value {
     serde_json::from_str(text).expect("fixture")
@@ -68,7 +68,11 @@ async fn the_binary_works_as_a_lambda_bootstrap() {
     aws.service("prod", "flags", &td_flag, &[]).await;
 
     let api = RuntimeApi::start().await;
-    let mut child = start_bootstrap(&proxy.url(), &api, &[]);
+    let log_dir = std::env::temp_dir().join(format!("ecs-reloader-emf-{}", std::process::id()));
+    std::fs::create_dir_all(&log_dir).expect("temp dir");
+    let log_path = log_dir.join("stdout.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = start_bootstrap_to(&proxy.url(), &api, &[], log.into());
 
     // 1. A direct EventBridge event: the canary (first in plan order) rolls, the other waits.
     aws.rotate("app/db").await;
@@ -136,6 +140,36 @@ async fn the_binary_works_as_a_lambda_bootstrap() {
         "the cache stays warm across invocations"
     );
     let _ = child.start_kill();
+    let _ = child.wait().await;
+
+    // The same metrics as serve's /metrics, as embedded-metric-format documents in the log:
+    // the counters' growth adds up to what happened.
+    let text = std::fs::read_to_string(&log_path).expect("stdout");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let docs: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ecs-reloader")
+        .collect();
+    let sum = |metric: &str, kind: &str| -> f64 {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .filter_map(|d| d[metric].as_f64())
+            .sum()
+    };
+    assert_eq!(sum("rollouts", "started"), 4.0, "{text}");
+    assert_eq!(sum("rollouts", "succeeded"), 4.0, "{text}");
+    assert_eq!(sum("events_received", "rotation_succeeded"), 1.0, "{text}");
+    assert_eq!(
+        sum("events_received", "poison"),
+        2.0,
+        "one record, one garbage payload: {text}"
+    );
+    assert!(
+        docs.iter()
+            .any(|d| d.get("api_calls").is_some() && d["operation"] == "ecs:UpdateService"),
+        "{text}"
+    );
 }
 
 /// Without waiting, waves are barriers through AWS state: wave 2 rolls only once an invocation

@@ -116,6 +116,9 @@ pub struct Handler {
     /// The change queue (`[events] queue_url`): where a change that must wait is handed to a
     /// later invocation.
     queue: Option<Arc<dyn Queue>>,
+    stats: Arc<crate::aws::guard::Stats>,
+    /// What the metric documents have reported so far.
+    sent: std::sync::Mutex<crate::emf::Sent>,
     /// Time kept back from the deadline for answering.
     margin: Duration,
 }
@@ -159,7 +162,21 @@ impl Handler {
             reconciler: parts.reconciler,
             notifier,
             queue,
+            stats: parts.stats,
+            sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
+        }
+    }
+
+    /// The metrics `serve` shows on `/metrics`, as embedded-metric-format documents on stdout
+    /// (one JSON document per line, which CloudWatch Logs turns into metrics). Not `tracing`:
+    /// CloudWatch reads a document only when it is the whole line.
+    fn emit_metrics(&self) {
+        let text = self.notifier.metrics().render(&self.stats);
+        let now = self.reconciler.clock().now().timestamp_millis();
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        for doc in crate::emf::documents(&text, &mut sent, now) {
+            println!("{doc}");
         }
     }
 
@@ -208,14 +225,20 @@ impl Handler {
             .saturating_sub(self.margin);
         let answer = self.dispatched(payload, budget).await;
         self.notifier.flush().await;
+        self.emit_metrics();
         answer
     }
 
     async fn dispatched(&self, payload: Value, budget: Duration) -> Result<Value, InvocationError> {
-        match dispatch(payload)? {
+        let payload = dispatch(payload).inspect_err(|_| self.notifier.metrics().event("poison"))?;
+        match payload {
             Payload::Event(v) => {
                 let body = v.to_string();
-                let parsed = event::parse_value(v).map_err(PayloadError::from)?;
+                let parsed = event::parse_value(v).map_err(|e| {
+                    self.notifier.metrics().event("poison");
+                    PayloadError::from(e)
+                })?;
+                self.count(&parsed);
                 let mut changes = Changes::default();
                 if !changes.add(&parsed) {
                     if let Parsed::Ignored(why) = &parsed {
@@ -245,6 +268,7 @@ impl Handler {
         for r in records {
             match event::parse(&r.body) {
                 Ok(parsed) => {
+                    self.count(&parsed);
                     if changes.add(&parsed) {
                         let is_change = matches!(parsed, Parsed::Change(_));
                         used.push((r.message_id, r.body, is_change));
@@ -253,6 +277,7 @@ impl Handler {
                     }
                 }
                 Err(e) => {
+                    self.notifier.metrics().event("poison");
                     tracing::warn!(message = %r.message_id, error = %e, "unusable record: reported as a batch item failure");
                     failures.push(r.message_id);
                 }
@@ -290,8 +315,21 @@ impl Handler {
         json!({ "batchItemFailures": items })
     }
 
+    /// Counts an event by kind, as `serve` does.
+    fn count(&self, parsed: &Parsed) {
+        let kind = match parsed {
+            Parsed::Change(c) => c.kind.label(),
+            Parsed::Resync => "scheduled",
+            Parsed::Ignored(_) => "ignored",
+        };
+        self.notifier.metrics().event(kind);
+    }
+
     /// One pass, bounded by the budget.
     async fn run(&self, changes: Changes, budget: Duration) -> Result<Pass, ReconcileError> {
+        self.notifier
+            .metrics()
+            .reconcile(if changes.resync { "resync" } else { "event" });
         let req = Request {
             budget: Some(budget),
             ..Request::changes(changes)

@@ -487,6 +487,16 @@ pub fn start_bootstrap(
     api: &lambda_api::RuntimeApi,
     extra_env: &[(&str, &str)],
 ) -> tokio::process::Child {
+    start_bootstrap_to(endpoint, api, extra_env, Stdio::null())
+}
+
+/// [`start_bootstrap`], with its standard output (where the metric documents go) to `stdout`.
+pub fn start_bootstrap_to(
+    endpoint: &str,
+    api: &lambda_api::RuntimeApi,
+    extra_env: &[(&str, &str)],
+    stdout: Stdio,
+) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecs-reloader"));
     clean_env(&mut cmd, endpoint);
     for (k, v) in lambda_api::lambda_env(api) {
@@ -495,9 +505,7 @@ pub fn start_bootstrap(
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    cmd.stdout(stdout).stderr(Stdio::null()).kill_on_drop(true);
     cmd.spawn().expect("bootstrap starts")
 }
 
