@@ -43,6 +43,7 @@ pub mod driver;
 pub mod emf;
 pub mod event;
 pub mod index;
+pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     /// Passes or message batches being worked on now (0: idle).
     pub busy: Gauge,
+    /// 1 while this replica holds the single-writer lease (always 1 without one).
+    pub leader: Gauge,
     /// Changes that wait to be decided again (a deployment, rotation or canary in progress);
     /// their messages stay hidden meanwhile.
     pub waiting: Gauge,
@@ -74,6 +76,7 @@ impl Metrics {
             queue_lag: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             decision_latency: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             busy: Gauge::default(),
+            leader: Gauge::default(),
             waiting: Gauge::default(),
             api_calls: Family::default(),
             api_throttles: Family::default(),
@@ -115,6 +118,11 @@ impl Metrics {
                 "busy",
                 "Passes or message batches being worked on now (0: idle)",
                 m.busy.clone(),
+            );
+            r.register(
+                "leader",
+                "1 while this replica leads (holds the single-writer lease)",
+                m.leader.clone(),
             );
             r.register(
                 "changes_waiting",

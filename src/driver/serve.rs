@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::decide::Kind;
 use crate::driver::setup::{self, Parts};
 use crate::event::{self, Changes, Parsed};
+use crate::lease::{DynamoStore, Keeper, Leadership};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::reconcile::{Mode, Pass, ReconcileError, Reconciler, Request};
@@ -85,6 +86,8 @@ impl Settings {
 pub struct Status {
     index_built: AtomicBool,
     queue_ok: AtomicBool,
+    /// Another replica leads: this one is ready as a standby.
+    standby: Mutex<Option<String>>,
     queue_problem: Mutex<Option<String>>,
     last_logged: Mutex<Option<String>>,
 }
@@ -92,6 +95,9 @@ pub struct Status {
 impl Status {
     /// Why `serve` is not ready, or `None` when it is.
     pub fn not_ready(&self) -> Option<String> {
+        if self.standby().is_some() {
+            return None;
+        }
         if !self.index_built.load(Ordering::SeqCst) {
             return Some("the startup resync has not finished".into());
         }
@@ -105,6 +111,18 @@ impl Status {
             return Some(format!("the queue cannot be read: {why}"));
         }
         None
+    }
+
+    /// Who leads, when another replica does.
+    pub fn standby(&self) -> Option<String> {
+        self.standby
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_standby(&self, leader: Option<String>) {
+        *self.standby.lock().unwrap_or_else(|p| p.into_inner()) = leader;
     }
 
     fn log_change(&self) {
@@ -177,6 +195,7 @@ pub struct Server {
     settings: Settings,
     /// Changes that wait, with when they are due.
     waiting: tokio::sync::Mutex<Vec<(Instant, Batch)>>,
+    leadership: Arc<Leadership>,
 }
 
 impl Server {
@@ -199,7 +218,15 @@ impl Server {
             status,
             settings,
             waiting: tokio::sync::Mutex::new(Vec::new()),
+            leadership: Leadership::sole(),
         }
+    }
+
+    /// A replica that acts only while `leadership` says it leads (its parts must have been
+    /// assembled with the same).
+    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     fn metrics(&self) -> &Arc<Metrics> {
@@ -261,26 +288,52 @@ impl Server {
             tracing::warn!("no queue configured: only periodic resyncs will run");
         }
         self.status.log_change();
-        tracing::info!("startup resync");
-        let first = match self.with_grace(self.resync(), &mut stop).await {
-            Some(next) => next,
-            None => return,
-        };
-        if *stop.borrow() {
-            return;
-        }
-        self.status.set_index_built();
-        let mut next_resync = Instant::now() + first;
+        let mut was_leading = false;
+        let mut next_resync = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
+            let leading = self.leadership.is_leader();
+            self.metrics().leader.set(i64::from(leading));
+            if leading != was_leading {
+                was_leading = leading;
+                if leading {
+                    // Whatever the last leader left undone, a resync finds.
+                    tracing::info!("leading: resyncing, then hearing events");
+                    self.status.set_standby(None);
+                    next_resync = Instant::now();
+                } else {
+                    self.stand_down().await;
+                }
+                self.status.log_change();
+            }
+            if !leading {
+                let leader = match self.leadership.role() {
+                    crate::lease::Role::Standby { leader } => leader,
+                    crate::lease::Role::Leader { .. } => None,
+                };
+                self.status
+                    .set_standby(Some(leader.unwrap_or_else(|| "unknown yet".into())));
+                self.status.log_change();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|v| *v) => break,
+                }
+                continue;
+            }
             let now = Instant::now();
             if now >= next_resync {
-                let after = self
-                    .with_grace(self.resync(), &mut stop)
-                    .await
-                    .unwrap_or(self.settings.resync_interval);
+                let first = !self.status.index_built.load(Ordering::SeqCst);
+                if first {
+                    tracing::info!("startup resync");
+                }
+                let Some(after) = self.with_grace(self.resync(), &mut stop).await else {
+                    break;
+                };
+                if first && !*stop.borrow() {
+                    self.status.set_index_built();
+                }
                 next_resync = Instant::now() + after;
                 continue;
             }
@@ -294,7 +347,7 @@ impl Server {
             };
             let Some(queue) = self.queue.clone() else {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = tokio::time::sleep_until(wake.min(now + Duration::from_secs(1))) => {}
                     _ = stop.wait_for(|v| *v) => break,
                 }
                 continue;
@@ -325,6 +378,20 @@ impl Server {
             }
         }
         tracing::info!("stopped");
+    }
+
+    /// After losing the lease: what waits is the new leader's, so its messages are let go (they
+    /// reappear once their visibility runs out).
+    async fn stand_down(&self) {
+        let mut waiting = self.waiting.lock().await;
+        if !waiting.is_empty() {
+            tracing::info!(
+                changes = waiting.len(),
+                "no longer leading: leaving waiting changes to the leader"
+            );
+        }
+        waiting.clear();
+        self.metrics().waiting.set(0);
     }
 
     /// Runs `work`; on shutdown gives it the grace, then drops it (`None`).
@@ -563,23 +630,59 @@ pub async fn run(
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
-    let parts = setup::assemble(
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+    let (tx, rx) = watch::channel(false);
+    let (leadership, keeper) = if config.serve.lease_table.is_empty() {
+        (Leadership::sole(), None)
+    } else {
+        let store = Arc::new(DynamoStore::new(
+            &sdk.config,
+            &config.serve.lease_table,
+            "serve",
+        ));
+        let keeper = Keeper::new(
+            store,
+            clock.clone(),
+            config.serve.lease_ttl.0,
+            replica_name(),
+        );
+        let leadership = keeper.leadership();
+        tracing::info!(table = %config.serve.lease_table, me = leadership.me(), "competing for the lease");
+        (leadership, Some(tokio::spawn(keeper.run(rx.clone()))))
+    };
+    let parts = setup::assemble_with(
         &config,
         sdk.clients,
-        Arc::new(SystemClock),
+        clock,
         notifier.clone(),
         Mode::Watch,
+        leadership.clone(),
     );
-    let server = Server::new(parts, queue, notifier, Settings::from_config(&config));
-    let (tx, rx) = watch::channel(false);
+    let server = Server::new(parts, queue, notifier, Settings::from_config(&config))
+        .with_leadership(leadership);
     let http = server.bind_http(listen, rx.clone()).await?;
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
     });
     server.run_until(rx).await;
+    if let Some(k) = keeper {
+        // Gives the lease up, so that a standby takes over at once.
+        let _ = k.await;
+    }
     let _ = http.await;
     Ok(())
+}
+
+/// This replica's name in the lease: the host (an ECS task's hostname is unique), the process
+/// and a random part, so that a restarted process is a new holder.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{host}-{}-{nonce:08x}", std::process::id())
 }
 
 #[derive(Clone)]
@@ -590,8 +693,11 @@ struct HttpState {
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    if let Some(leader) = s.status.standby() {
+        return (StatusCode::OK, format!("ready: standby ({leader} leads)\n"));
+    }
     match s.status.not_ready() {
-        None => (StatusCode::OK, "ready\n".into()),
+        None => (StatusCode::OK, "ready: leading\n".into()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::decide::Policy;
 use crate::deployment;
+use crate::lease::Leadership;
 use crate::reconcile::{Mode, Reconciler, Settings};
 use crate::rollout::engine::{self, Engine, EngineRollout};
 use crate::rollout::Progress;
@@ -98,7 +99,7 @@ pub struct Parts {
     pub stats: Arc<Stats>,
 }
 
-/// Assembles the parts over raw `clients` (the SDK's or a fake's).
+/// Assembles the parts over raw `clients` (the SDK's or a fake's), for a sole replica.
 pub fn assemble(
     config: &Config,
     clients: Clients,
@@ -106,13 +107,28 @@ pub fn assemble(
     progress: Arc<dyn Progress>,
     mode: Mode,
 ) -> Parts {
+    assemble_with(config, clients, clock, progress, mode, Leadership::sole())
+}
+
+/// [`assemble`], for a replica that rolls only while `leadership` says it leads.
+pub fn assemble_with(
+    config: &Config,
+    clients: Clients,
+    clock: Arc<dyn Clock>,
+    progress: Arc<dyn Progress>,
+    mode: Mode,
+    leadership: Arc<Leadership>,
+) -> Parts {
     let (guarded, stats) = guard::guard(clients, limits(config), clock.clone());
-    let rollout = Arc::new(EngineRollout::new(Engine::new(
-        guarded.clone(),
-        engine_settings(config, mode),
-        progress,
-        clock.clone(),
-    )));
+    let rollout = Arc::new(EngineRollout::new(
+        Engine::new(
+            guarded.clone(),
+            engine_settings(config, mode),
+            progress,
+            clock.clone(),
+        )
+        .with_leadership(leadership),
+    ));
     let reconciler = Reconciler::new(
         guarded,
         clock,

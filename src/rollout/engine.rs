@@ -22,6 +22,7 @@ use super::{Outcome, Phase, Progress, Rollout};
 use crate::aws::Clients;
 use crate::clock::Clock;
 use crate::deployment::{self, Verdict};
+use crate::lease::Leadership;
 use crate::plan::{Change, ChangeSet, ServiceKey};
 
 /// How the engine rolls.
@@ -63,6 +64,7 @@ pub struct Engine {
     settings: Settings,
     progress: Arc<dyn Progress>,
     clock: Arc<dyn Clock>,
+    leadership: Arc<Leadership>,
 }
 
 impl Engine {
@@ -79,7 +81,14 @@ impl Engine {
             settings,
             progress,
             clock,
+            leadership: Leadership::sole(),
         }
+    }
+
+    /// Rolls only while `leadership` says this replica leads (see [`crate::lease`]).
+    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     fn limits(&self) -> deployment::Limits {
@@ -153,6 +162,12 @@ impl Engine {
             return outcome;
         }
         let key = &change.key;
+        // The last moment to notice a lost lease: another replica may lead by now.
+        if !self.leadership.is_leader() {
+            return Outcome::Deferred {
+                reason: "this replica no longer holds the lease: the leader decides it".into(),
+            };
+        }
         let deployment = match self
             .clients
             .ecs

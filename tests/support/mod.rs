@@ -395,9 +395,13 @@ impl Serve {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        // TEST_SERVE_LOGS=1 shows what serve logs, when a test needs explaining.
+        let logs = if std::env::var_os("TEST_SERVE_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        cmd.stdout(Stdio::null()).stderr(logs).kill_on_drop(true);
         let child = cmd.spawn().expect("serve starts");
         Serve { child, port }
     }

@@ -1,0 +1,486 @@
+//! One writer among `serve` replicas: a lease on one DynamoDB item, taken and renewed with
+//! conditional writes. Only the holder receives from the queue, resyncs and calls
+//! `UpdateService`; the others stand by and take over when the holder stops renewing.
+//!
+//! The record holds the holder, the wall-clock time the lease runs out (`expires`) and a term
+//! that grows at every change of holder. Every write is a compare-and-swap on what was read, so
+//! two replicas can never both win the same term.
+//!
+//! **Timing.** With lease time *T*: every replica tries every *T*/4. The holder writes
+//! `expires = now + T` and trusts its lease only until *T* − *T*/3 after it *sent* that write
+//! (its own monotonic clock, so a slow answer only shortens it). A standby takes the lease only
+//! once its wall clock is past `expires`. So the holder stops acting at least *T*/3 before
+//! another can start, as long as the replicas' clocks differ by less than that (10 s with the
+//! default 30 s); and a dead holder is replaced within *T* + *T*/4.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use crate::aws::{AwsError, AwsResult, ErrorKind};
+use crate::clock::Clock;
+
+/// The stored lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Who holds it.
+    pub holder: String,
+    /// When it runs out (the holder's wall clock at its last renewal, plus the lease time).
+    pub expires: DateTime<Utc>,
+    /// Grows at every change of holder.
+    pub term: u64,
+}
+
+/// Where the lease lives.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// The current record, read consistently; `None` when there is none.
+    async fn read(&self) -> AwsResult<Option<Record>>;
+    /// Writes `new` if the stored record is still `expected` (`None`: there is none). `Ok(false)`
+    /// when it is not: someone else wrote first.
+    async fn swap(&self, expected: Option<&Record>, new: &Record) -> AwsResult<bool>;
+}
+
+/// Who leads, as this replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// This replica holds the lease.
+    Leader {
+        /// The lease's term.
+        term: u64,
+    },
+    /// Another replica holds it (or nobody could be asked yet).
+    Standby {
+        /// The holder, when known.
+        leader: Option<String>,
+    },
+}
+
+/// A replica's view of the lease, shared with whatever must stop when it is lost.
+pub struct Leadership {
+    me: String,
+    trusted_until: Mutex<Option<Instant>>,
+    role: Mutex<Role>,
+}
+
+impl Leadership {
+    /// A replica that never competes: always the leader (one replica, no lease configured).
+    pub fn sole() -> Arc<Self> {
+        Arc::new(Leadership {
+            me: "sole".into(),
+            trusted_until: Mutex::new(None),
+            role: Mutex::new(Role::Leader { term: 0 }),
+        })
+    }
+
+    fn competing(me: String) -> Self {
+        Leadership {
+            me,
+            trusted_until: Mutex::new(Some(Instant::now())),
+            role: Mutex::new(Role::Standby { leader: None }),
+        }
+    }
+
+    /// Whether this replica may act now.
+    pub fn is_leader(&self) -> bool {
+        match *self.trusted_until.lock().unwrap_or_else(|p| p.into_inner()) {
+            // No lease configured.
+            None => true,
+            Some(until) => Instant::now() < until,
+        }
+    }
+
+    /// This replica's name in the lease.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Who leads, as last seen.
+    pub fn role(&self) -> Role {
+        if !self.is_leader() {
+            let role = self.role.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Role::Leader { .. } = role {
+                return Role::Standby { leader: None };
+            }
+            return role;
+        }
+        self.role.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Keeps a replica's lease: tries to take or renew it every lease time / 4.
+pub struct Keeper {
+    store: Arc<dyn LeaseStore>,
+    clock: Arc<dyn Clock>,
+    ttl: Duration,
+    leadership: Arc<Leadership>,
+}
+
+impl Keeper {
+    /// A keeper for replica `me`.
+    pub fn new(
+        store: Arc<dyn LeaseStore>,
+        clock: Arc<dyn Clock>,
+        ttl: Duration,
+        me: String,
+    ) -> Self {
+        Keeper {
+            store,
+            clock,
+            ttl,
+            leadership: Arc::new(Leadership::competing(me)),
+        }
+    }
+
+    /// What the rest of the replica consults.
+    pub fn leadership(&self) -> Arc<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// One attempt to take or keep the lease; returns the role it leaves.
+    pub async fn step(&self) -> Role {
+        let sent = Instant::now();
+        let now = self.clock.now();
+        let me = self.leadership.me.clone();
+        let outcome = self.try_take(&me, now).await;
+        let role = match outcome {
+            Ok(Ok(term)) => {
+                let trust = self.ttl.saturating_sub(self.ttl / 3);
+                *self
+                    .leadership
+                    .trusted_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(sent + trust);
+                Role::Leader { term }
+            }
+            Ok(Err(leader)) => {
+                self.stop_trusting();
+                Role::Standby {
+                    leader: Some(leader),
+                }
+            }
+            Err(e) => {
+                // Keep what is still trusted: it runs out by itself.
+                tracing::warn!(error = %e, "cannot reach the lease table");
+                return self.leadership.role();
+            }
+        };
+        let mut last = self
+            .leadership
+            .role
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last != role {
+            match &role {
+                Role::Leader { term } => tracing::info!(term, me = %me, "leading"),
+                Role::Standby { leader } => {
+                    tracing::info!(leader = ?leader, me = %me, "standing by")
+                }
+            }
+            *last = role.clone();
+        }
+        role
+    }
+
+    fn stop_trusting(&self) {
+        *self
+            .leadership
+            .trusted_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// `Ok(Ok(term))` when this replica holds the lease, `Ok(Err(holder))` when another does.
+    async fn try_take(&self, me: &str, now: DateTime<Utc>) -> AwsResult<Result<u64, String>> {
+        let current = self.store.read().await?;
+        let expires = now + chrono::Duration::from_std(self.ttl).unwrap_or_default();
+        let term = match &current {
+            Some(r) if r.holder == me => r.term,
+            Some(r) if r.expires > now => return Ok(Err(r.holder.clone())),
+            Some(r) => r.term + 1,
+            None => 1,
+        };
+        let new = Record {
+            holder: me.to_string(),
+            expires,
+            term,
+        };
+        if self.store.swap(current.as_ref(), &new).await? {
+            Ok(Ok(term))
+        } else {
+            let holder = self
+                .store
+                .read()
+                .await?
+                .map(|r| r.holder)
+                .unwrap_or_default();
+            Ok(Err(holder))
+        }
+    }
+
+    /// Keeps the lease until `stop` says so, then gives it up (so that a standby takes over at
+    /// once rather than after the lease time).
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let every = self.ttl / 4;
+        loop {
+            self.step().await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|v| *v) => break,
+            }
+        }
+        self.release().await;
+    }
+
+    async fn release(&self) {
+        let was_leader = self.leadership.is_leader();
+        self.stop_trusting();
+        if !was_leader {
+            return;
+        }
+        let me = self.leadership.me.clone();
+        if let Ok(Some(r)) = self.store.read().await {
+            if r.holder == me {
+                let expired = Record {
+                    expires: self.clock.now() - chrono::Duration::seconds(1),
+                    ..r.clone()
+                };
+                match self.store.swap(Some(&r), &expired).await {
+                    Ok(_) => tracing::info!("lease given up"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not give the lease up; it runs out by itself")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The lease in memory, for tests of replicas in one process.
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Option<Record>>);
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn read(&self) -> AwsResult<Option<Record>> {
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    async fn swap(&self, expected: Option<&Record>, new: &Record) -> AwsResult<bool> {
+        let mut cur = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref() != expected {
+            return Ok(false);
+        }
+        *cur = Some(new.clone());
+        Ok(true)
+    }
+}
+
+/// The lease as one item of a DynamoDB table whose partition key is the string `lease`.
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    name: String,
+}
+
+impl DynamoStore {
+    /// The lease named `name` in `table`.
+    pub fn new(config: &aws_config::SdkConfig, table: &str, name: &str) -> Self {
+        DynamoStore {
+            client: aws_sdk_dynamodb::Client::new(config),
+            table: table.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+fn field<'a>(
+    item: &'a std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    key: &str,
+) -> Option<&'a str> {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    match item.get(key)? {
+        V::S(s) | V::N(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl LeaseStore for DynamoStore {
+    async fn read(&self) -> AwsResult<Option<Record>> {
+        use aws_sdk_dynamodb::types::AttributeValue as V;
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("lease", V::S(self.name.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| crate::aws::sdk::map_err("dynamodb:GetItem", &self.table, e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let bad = |what: &str| {
+            AwsError::new(
+                "dynamodb:GetItem",
+                self.table.clone(),
+                ErrorKind::Other,
+                format!("the lease item has no usable {what}"),
+            )
+        };
+        let holder = field(item, "holder").ok_or_else(|| bad("holder"))?;
+        let expires_ms: i64 = field(item, "expires_ms")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("expires_ms"))?;
+        let term: u64 = field(item, "term")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("term"))?;
+        Ok(Some(Record {
+            holder: holder.to_string(),
+            expires: DateTime::from_timestamp_millis(expires_ms)
+                .ok_or_else(|| bad("expires_ms"))?,
+            term,
+        }))
+    }
+
+    async fn swap(&self, expected: Option<&Record>, new: &Record) -> AwsResult<bool> {
+        use aws_sdk_dynamodb::types::AttributeValue as V;
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("lease", V::S(self.name.clone()))
+            .item("holder", V::S(new.holder.clone()))
+            .item(
+                "expires_ms",
+                V::N(new.expires.timestamp_millis().to_string()),
+            )
+            .item("term", V::N(new.term.to_string()));
+        put = match expected {
+            None => put.condition_expression("attribute_not_exists(lease)"),
+            Some(r) => put
+                .condition_expression("holder = :h AND term = :t AND expires_ms = :e")
+                .expression_attribute_values(":h", V::S(r.holder.clone()))
+                .expression_attribute_values(":t", V::N(r.term.to_string()))
+                .expression_attribute_values(":e", V::N(r.expires.timestamp_millis().to_string())),
+        };
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(crate::aws::sdk::map_err("dynamodb:PutItem", &self.table, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+
+    fn keeper(store: &Arc<MemoryStore>, clock: &Arc<dyn Clock>, me: &str) -> Keeper {
+        Keeper::new(
+            store.clone(),
+            clock.clone(),
+            Duration::from_secs(30),
+            me.to_string(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_leads_and_a_standby_takes_over_only_after_the_leader_stops_acting() {
+        let store = Arc::new(MemoryStore::default());
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(Utc::now()));
+        let a = keeper(&store, &clock, "a");
+        let b = keeper(&store, &clock, "b");
+        assert_eq!(a.step().await, Role::Leader { term: 1 });
+        assert_eq!(
+            b.step().await,
+            Role::Standby {
+                leader: Some("a".into())
+            }
+        );
+        let (la, lb) = (a.leadership(), b.leadership());
+        // Both keep stepping every 7.5 s; a renews, b stands by.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(7500)).await;
+            a.step().await;
+            b.step().await;
+            assert!(la.is_leader() && !lb.is_leader());
+        }
+        // a dies (stops renewing): watch each second who may act; never both.
+        let died = Instant::now();
+        let mut a_stopped = None;
+        let mut b_started = None;
+        for s in 1..=60 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if s % 7 == 0 {
+                b.step().await;
+            }
+            assert!(!(la.is_leader() && lb.is_leader()), "two leaders at {s} s");
+            if !la.is_leader() && a_stopped.is_none() {
+                a_stopped = Some(died.elapsed());
+            }
+            if lb.is_leader() && b_started.is_none() {
+                b_started = Some(died.elapsed());
+            }
+        }
+        let (stopped, started) = (
+            a_stopped.expect("a stops"),
+            b_started.expect("b takes over"),
+        );
+        assert!(stopped <= Duration::from_secs(20), "{stopped:?}");
+        assert!(
+            started >= stopped + Duration::from_secs(10),
+            "{stopped:?} {started:?}"
+        );
+        assert!(started <= Duration::from_secs(30 + 8), "{started:?}");
+        assert_eq!(b.leadership().role(), Role::Leader { term: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_leader_gives_the_lease_up_at_once() {
+        let store = Arc::new(MemoryStore::default());
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(Utc::now()));
+        let a = keeper(&store, &clock, "a");
+        let b = keeper(&store, &clock, "b");
+        let la = a.leadership();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(a.run(rx));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(la.is_leader());
+        let _ = tx.send(true);
+        let _ = running.await;
+        assert!(!la.is_leader());
+        assert_eq!(b.step().await, Role::Leader { term: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_race_is_a_standby() {
+        let store = Arc::new(MemoryStore::default());
+        let first = Record {
+            holder: "x".into(),
+            expires: Utc::now() + chrono::Duration::seconds(60),
+            term: 1,
+        };
+        assert!(store.swap(None, &first).await.expect("swap"));
+        assert!(
+            !store.swap(None, &first).await.expect("swap"),
+            "exists already"
+        );
+        let stale = Record {
+            term: 0,
+            ..first.clone()
+        };
+        assert!(!store.swap(Some(&stale), &first).await.expect("swap"));
+        assert!(Leadership::sole().is_leader());
+    }
+}
