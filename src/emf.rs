@@ -14,12 +14,18 @@ use serde_json::{json, Map, Value};
 /// The CloudWatch namespace of every metric.
 pub const NAMESPACE: &str = "ecs-reloader";
 
+/// A series' labels, which are its dimensions.
+type Labels = Vec<(String, String)>;
+
 /// Counter values last sent, by (metric, labels).
-pub type Sent = BTreeMap<(String, Vec<(String, String)>), f64>;
+pub type Sent = BTreeMap<(String, Labels), f64>;
+
+/// One metric of a document: name, value, CloudWatch unit.
+type Datum = (String, f64, &'static str);
 
 struct Sample {
     name: String,
-    labels: Vec<(String, String)>,
+    labels: Labels,
     value: f64,
     counter: bool,
 }
@@ -49,7 +55,7 @@ fn samples(text: &str) -> Vec<Sample> {
             Some((n, l)) => (n, l.trim_end_matches('}')),
             None => (series, ""),
         };
-        let labels: Vec<(String, String)> = labels
+        let labels: Labels = labels
             .split(',')
             .filter_map(|kv| {
                 let (k, v) = kv.split_once('=')?;
@@ -79,8 +85,7 @@ fn samples(text: &str) -> Vec<Sample> {
 /// before (updated in place). Counters that did not grow are left out.
 pub fn documents(text: &str, sent: &mut Sent, timestamp_ms: i64) -> Vec<Value> {
     // One document per set of dimensions.
-    let mut groups: BTreeMap<Vec<(String, String)>, Vec<(String, f64, &'static str)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<Labels, Vec<Datum>> = BTreeMap::new();
     for s in samples(text) {
         let value = if s.counter {
             let key = (s.name.clone(), s.labels.clone());
