@@ -16,6 +16,8 @@ use crate::rollout::Progress;
 pub fn sdk_settings(config: &Config) -> SdkSettings {
     SdkSettings {
         region: (!config.aws.region.is_empty()).then(|| config.aws.region.clone()),
+        // `--profile` only; the SDK reads AWS_PROFILE itself.
+        profile: None,
         retry_mode: if config.aws.retry_mode == "adaptive" {
             RetryMode::Adaptive
         } else {
