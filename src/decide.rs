@@ -217,13 +217,14 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// A short label for tables.
+    /// The decision's name: the same in the table, the JSON document (serde's tag), logs,
+    /// metrics and events.
     pub fn label(&self) -> &'static str {
         match self {
             Decision::Stale { .. } => "stale",
-            Decision::InSync => "in-sync",
+            Decision::InSync => "in_sync",
             Decision::Pinned => "pinned",
-            Decision::OptedOut { .. } => "opted-out",
+            Decision::OptedOut { .. } => "opted_out",
             Decision::Settling { .. } => "settling",
             Decision::Skipped { .. } => "skipped",
             Decision::Unknown { .. } => "unknown",

@@ -491,14 +491,14 @@ fn without_waiting_the_canary_goes_first_and_the_rest_once_it_is_healthy() {
     let mut second = items(vec![&a_rolling, &b, &c], &id, &refs);
     gate_canary(&mut second);
     let labels: Vec<&str> = second.iter().map(|i| i.2.label()).collect();
-    assert_eq!(labels, ["in-sync", "settling", "settling"]);
+    assert_eq!(labels, ["in_sync", "settling", "settling"]);
 
     // The canary is healthy: the rest roll.
     let a_done = named("a", 1000);
     let mut third = items(vec![&a_done, &b, &c], &id, &refs);
     gate_canary(&mut third);
     let labels: Vec<&str> = third.iter().map(|i| i.2.label()).collect();
-    assert_eq!(labels, ["in-sync", "stale", "stale"]);
+    assert_eq!(labels, ["in_sync", "stale", "stale"]);
 }
 
 #[test]
