@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ecs_reloader::aws::sdk::{self, SdkSettings};
 use ecs_reloader::clock::SystemClock;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Output, TerminalProgress};
@@ -25,6 +26,12 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ECS_RELOADER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// AWS region; wins over [aws] region, AWS_REGION and the profile's region.
+    #[arg(long, global = true, value_name = "REGION")]
+    region: Option<String>,
+    /// Profile of the shared AWS config and credentials files (default: AWS_PROFILE, else `default`).
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,16 +101,74 @@ struct ReconcileArgs {
     no_wait: bool,
 }
 
+/// Logs on stderr; colours only for a person at a terminal who has not asked for none
+/// (<https://no-color.org>).
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ECS_RELOADER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // aws-config logs at info and warn what a person does not need (which profile it read) or
+        // what ecs-reloader says better itself (an invalid AWS_ENDPOINT_URL).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=error"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
+        // A closed stderr (`2>&1 | head`) must not end in a panic.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An error as one line for a person: its chain of causes, each once, no debug formatting. An
+/// AWS call that could not be made at all says what to set, and which call found out.
+fn one_line(e: &anyhow::Error) -> String {
+    use ecs_reloader::aws::{AwsError, ErrorKind};
+    use ecs_reloader::index::TargetError;
+    use ecs_reloader::reconcile::ReconcileError;
+    // AWS errors travel inside transparent wrappers, which hide them from `chain()`.
+    fn target(t: &TargetError) -> Option<&AwsError> {
+        match t {
+            TargetError::Aws(a) => Some(a),
+            _ => None,
+        }
+    }
+    let aws = e.chain().find_map(|c| {
+        if let Some(a) = c.downcast_ref::<AwsError>() {
+            return Some(a);
+        }
+        if let Some(t) = c.downcast_ref::<TargetError>() {
+            return target(t);
+        }
+        match c.downcast_ref::<ReconcileError>()? {
+            ReconcileError::Aws(a) => Some(a),
+            ReconcileError::Target(t) => target(t),
+        }
+    });
+    if let Some(aws) = aws.filter(|a| a.kind == ErrorKind::Setup) {
+        return format!("{} ({})", aws.message, aws.operation);
+    }
+    // Some errors repeat their source in their own text: say each thing once.
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// A line on stderr; a closed stderr is no reason to panic (`eprintln!` would).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 #[tokio::main]
@@ -115,12 +180,16 @@ async fn main() -> ExitCode {
         } else {
             Cli::parse()
         };
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once: a structured line where logs are machine-read, a plain one for a person.
+            match log_format {
+                LogFormat::Json => tracing::error!(error = %one_line(&e), "exiting"),
+                LogFormat::Text => say(format_args!("error: {}", one_line(&e))),
+            }
             ExitCode::from(2)
         }
     }
@@ -143,9 +212,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+async fn serve(mut config: Config, aws: SdkSettings, args: ServeArgs) -> anyhow::Result<ExitCode> {
     use ecs_reloader::aws::queue::{Bus, Queue, SdkBus, SdkQueue};
-    use ecs_reloader::aws::sdk;
     use ecs_reloader::driver::serve::{NotifyProgress, Server, Settings};
     use ecs_reloader::metrics::Metrics;
 
@@ -164,7 +232,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
             config.serve.listen
         )
     })?;
-    let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
+    let sdk_config = sdk::load(&aws).await;
     let clients = sdk::clients_from(&sdk_config)?;
     let metrics = Arc::new(Metrics::new());
     let bus = (!config.notify.event_bus.is_empty())
@@ -194,16 +262,48 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
+/// The variables the Lambda runtime sets: without them `lambda_runtime` would panic.
+const LAMBDA_VARIABLES: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+];
+
+/// Checks, before the runtime starts, that this is a Lambda execution environment.
+fn lambda_environment(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let missing: Vec<&str> = LAMBDA_VARIABLES
+        .into_iter()
+        .filter(|k| env(k).is_none_or(|v| v.is_empty()))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "not in an AWS Lambda environment: {} not set (Lambda sets them for the `bootstrap` \
+             of a provided.al2023 function); outside Lambda use `serve`, `reconcile` or `plan`",
+            missing.join(", ")
+        );
+    }
+    let memory = env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").unwrap_or_default();
+    if memory.parse::<i32>().is_err() {
+        anyhow::bail!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE={memory:?} is not a number of megabytes");
+    }
+    let api = env("AWS_LAMBDA_RUNTIME_API").unwrap_or_default();
+    if axum::http::Uri::try_from(api.as_str()).is_err() {
+        anyhow::bail!("AWS_LAMBDA_RUNTIME_API={api:?} is not a host:port");
+    }
+    Ok(())
+}
+
+async fn lambda(config: Config, aws: SdkSettings) -> anyhow::Result<ExitCode> {
     use ecs_reloader::aws::queue::{Bus, SdkBus};
-    use ecs_reloader::aws::sdk;
     use ecs_reloader::driver::lambda::Handler;
     use ecs_reloader::driver::serve::NotifyProgress;
     use ecs_reloader::metrics::Metrics;
     use lambda_runtime::{service_fn, LambdaEvent};
 
+    lambda_environment(|k| std::env::var(k).ok())?;
     // Built once per execution environment: clients, and the task-definition cache within.
-    let sdk_config = sdk::load(&setup::sdk_settings(&config)).await;
+    let sdk_config = sdk::load(&aws).await;
     let clients = sdk::clients_from(&sdk_config)?;
     let bus = (!config.notify.event_bus.is_empty())
         .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
@@ -224,7 +324,7 @@ async fn lambda(config: Config) -> anyhow::Result<ExitCode> {
         }
     }))
     .await
-    .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("Lambda runtime: {}", sdk::causes(&*e)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,26 +342,34 @@ async fn healthcheck(addr: &str) -> anyhow::Result<ExitCode> {
         Ok(Ok(true)) => Ok(ExitCode::SUCCESS),
         Ok(Ok(false)) => Ok(ExitCode::from(1)),
         Ok(Err(e)) => {
-            eprintln!("healthcheck: {addr}: {e}");
+            say(format_args!("healthcheck: {addr}: {e}"));
             Ok(ExitCode::from(1))
         }
         Err(_) => {
-            eprintln!("healthcheck: {addr}: no answer within 3 s");
+            say(format_args!("healthcheck: {addr}: no answer within 3 s"));
             Ok(ExitCode::from(1))
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
+    let mut config =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
+    if let Some(region) = cli.region {
+        config.aws.region = region;
+    }
+    let aws = SdkSettings {
+        profile: cli.profile,
+        ..setup::sdk_settings(&config)
+    };
     let (scope, dry_run, wait) = match cli.command {
         Command::Reconcile(a) => (a.scope, a.dry_run, !a.no_wait),
         Command::Plan(s) => (s, true, false),
-        Command::Serve(a) => return serve(config, a).await,
-        Command::Lambda => return lambda(config).await,
+        Command::Serve(a) => return serve(config, aws, a).await,
+        Command::Lambda => return lambda(config, aws).await,
         Command::Healthcheck { addr } => return healthcheck(&addr).await,
     };
-    let clients = setup::sdk_clients(&config).await?;
+    let clients = sdk::clients(&aws).await?;
     let parts = setup::assemble(
         &config,
         clients,
@@ -285,7 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if ending.ok {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("ecs-reloader: {}", ending.message);
+        say(format_args!("ecs-reloader: {}", ending.message));
         Ok(ExitCode::from(1))
     }
 }
