@@ -64,4 +64,7 @@ def rotate():
 
 
 if __name__ == "__main__":
-    {"create": create, "rotate": rotate}[sys.argv[1]]()
+    commands = {"create": create, "rotate": rotate}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: {sys.argv[0]} create|rotate")
+    commands[sys.argv[1]]()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ecs_reloader::aws::sdk::SdkSettings;
 use ecs_reloader::clock::SystemClock;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Output, TerminalProgress};
@@ -25,6 +26,12 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ECS_RELOADER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// AWS region; wins over [aws] region, AWS_REGION and the profile's region.
+    #[arg(long, global = true, value_name = "REGION")]
+    region: Option<String>,
+    /// Profile of the shared AWS config and credentials files (default: AWS_PROFILE, else `default`).
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,16 +110,74 @@ struct ReconcileArgs {
     no_wait: bool,
 }
 
+/// Logs on stderr; colours only for a person at a terminal who has not asked for none
+/// (<https://no-color.org>).
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ECS_RELOADER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // aws-config logs at info and warn what a person does not need (which profile it read) or
+        // what ecs-reloader says better itself (an invalid AWS_ENDPOINT_URL).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=error"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
+        // A closed stderr (`2>&1 | head`) must not end in a panic.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An error as one line for a person: its chain of causes, each once, no debug formatting. An
+/// AWS call that could not be made at all says what to set, and which call found out.
+fn one_line(e: &anyhow::Error) -> String {
+    use ecs_reloader::aws::{AwsError, ErrorKind};
+    use ecs_reloader::index::TargetError;
+    use ecs_reloader::reconcile::ReconcileError;
+    // AWS errors travel inside transparent wrappers, which hide them from `chain()`.
+    fn target(t: &TargetError) -> Option<&AwsError> {
+        match t {
+            TargetError::Aws(a) => Some(a),
+            _ => None,
+        }
+    }
+    let aws = e.chain().find_map(|c| {
+        if let Some(a) = c.downcast_ref::<AwsError>() {
+            return Some(a);
+        }
+        if let Some(t) = c.downcast_ref::<TargetError>() {
+            return target(t);
+        }
+        match c.downcast_ref::<ReconcileError>()? {
+            ReconcileError::Aws(a) => Some(a),
+            ReconcileError::Target(t) => target(t),
+        }
+    });
+    if let Some(aws) = aws.filter(|a| a.kind == ErrorKind::Setup) {
+        return format!("{} ({})", aws.message, aws.operation);
+    }
+    // Some errors repeat their source in their own text: say each thing once.
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// A line on stderr; a closed stderr is no reason to panic (`eprintln!` would).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 #[tokio::main]
@@ -124,12 +189,16 @@ async fn main() -> ExitCode {
         } else {
             Cli::parse()
         };
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once: a structured line where logs are machine-read, a plain one for a person.
+            match log_format {
+                LogFormat::Json => tracing::error!(error = %one_line(&e), "exiting"),
+                LogFormat::Text => say(format_args!("error: {}", one_line(&e))),
+            }
             ExitCode::from(2)
         }
     }
@@ -153,7 +222,15 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
+    let mut config =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
+    if let Some(region) = cli.region {
+        config.aws.region = region;
+    }
+    let aws = SdkSettings {
+        profile: cli.profile,
+        ..setup::sdk_settings(&config)
+    };
     let (scope, dry_run, mode, ignore_windows) = match cli.command {
         Command::Reconcile(a) => {
             let mode = if a.no_wait {
@@ -176,24 +253,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen: a.listen,
                 clusters: a.clusters,
             };
-            serve::run(config, overrides, shutdown_signal()).await?;
+            serve::run(config, &aws, overrides, shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Lambda => {
-            lambda::run(&config).await?;
+            lambda::run(&config, &aws).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Healthcheck { addr } => {
             return Ok(match healthcheck::probe(&addr).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(why) => {
-                    eprintln!("healthcheck: {addr}: {why}");
+                    say(format_args!("healthcheck: {addr}: {why}"));
                     ExitCode::from(1)
                 }
             })
         }
     };
-    let sdk = setup::sdk(&config).await?;
+    let sdk = setup::sdk(&config, &aws).await?;
     let parts = setup::assemble(
         &config,
         sdk.clients,
@@ -214,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if ending.ok {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("ecs-reloader: {}", ending.message);
+        say(format_args!("ecs-reloader: {}", ending.message));
         Ok(ExitCode::from(1))
     }
 }

@@ -13,6 +13,11 @@
 //! dropped connection) the guard first looks at the service: if a deployment created since the
 //! attempt began is there, the attempt took effect and is not repeated.
 //!
+//! Only what a retry can fix is retried: throttling and transient errors (5xx, timeouts, dropped
+//! connections). A setup error (no credentials, an endpoint that does not resolve or refuses
+//! connections) fails at once, and so does anything else. A person watching a retry that takes a
+//! while is told at `warn` (operation, attempt, next wait); quick retries stay at `debug`.
+//!
 //! The buckets run on tokio's clock, so simulations with paused time are exact.
 
 use std::collections::BTreeMap;
@@ -63,6 +68,36 @@ impl Default for Limits {
             max_backoff: Duration::from_secs(20),
             max_retries: 12,
         }
+    }
+}
+
+/// A retry is worth a `warn` line once the call has taken, or the next wait will take, this long.
+const SLOW_RETRY: Duration = Duration::from_secs(2);
+
+/// Tells about one retry: at `warn` when the call is becoming slow, else at `debug`.
+fn report_retry(
+    operation: &'static str,
+    resource: &str,
+    attempt: u32,
+    started: tokio::time::Instant,
+    error: &AwsError,
+    wait: Duration,
+) {
+    let elapsed = started.elapsed();
+    // Whole milliseconds: backon's jittered waits have nanoseconds nobody wants to read.
+    let next_wait = humantime::format_duration(Duration::from_millis(wait.as_millis() as u64));
+    if wait >= SLOW_RETRY || elapsed >= SLOW_RETRY {
+        tracing::warn!(
+            operation,
+            resource,
+            attempt,
+            next_wait = %next_wait,
+            elapsed = %humantime::format_duration(Duration::from_secs(elapsed.as_secs())),
+            error = %error.message,
+            "AWS call failed, retrying"
+        );
+    } else {
+        tracing::debug!(operation, resource, attempt, next_wait = %next_wait, error = %error.message, "AWS call failed, retrying");
     }
 }
 
@@ -165,6 +200,7 @@ impl Shared {
     async fn guarded<T, F, Fut>(
         &self,
         op: &'static str,
+        resource: &str,
         bucket: Option<&Bucket>,
         call: F,
     ) -> AwsResult<T>
@@ -185,13 +221,16 @@ impl Shared {
             }
             r
         };
+        let started = tokio::time::Instant::now();
+        let mut failed = 0;
         attempt
             .retry(self.backoff())
             .sleep(tokio::time::sleep)
             .when(AwsError::is_retryable)
             .notify(|e: &AwsError, wait: Duration| {
+                failed += 1;
                 self.stats.record(op, |s| s.retries += 1);
-                tracing::debug!(operation = op, error = %e, wait_ms = wait.as_millis() as u64, "retrying");
+                report_retry(op, resource, failed, started, e, wait);
             })
             .await
     }
@@ -228,7 +267,7 @@ struct GuardedEcs(Arc<Shared>);
 impl Ecs for GuardedEcs {
     async fn list_clusters(&self, next: Option<String>) -> AwsResult<Page<String>> {
         let s = &self.0;
-        s.guarded("ecs:ListClusters", Some(&s.list), || {
+        s.guarded("ecs:ListClusters", "-", Some(&s.list), || {
             s.ecs.list_clusters(next.clone())
         })
         .await
@@ -236,7 +275,7 @@ impl Ecs for GuardedEcs {
 
     async fn list_services(&self, cluster: &str, next: Option<String>) -> AwsResult<Page<String>> {
         let s = &self.0;
-        s.guarded("ecs:ListServices", Some(&s.list), || {
+        s.guarded("ecs:ListServices", cluster, Some(&s.list), || {
             s.ecs.list_services(cluster, next.clone())
         })
         .await
@@ -248,17 +287,23 @@ impl Ecs for GuardedEcs {
         services: &[String],
     ) -> AwsResult<Vec<Service>> {
         let s = &self.0;
-        s.guarded("ecs:DescribeServices", Some(&s.describe_services), || {
-            s.ecs.describe_services(cluster, services)
-        })
+        s.guarded(
+            "ecs:DescribeServices",
+            cluster,
+            Some(&s.describe_services),
+            || s.ecs.describe_services(cluster, services),
+        )
         .await
     }
 
     async fn describe_task_definition(&self, arn: &str) -> AwsResult<TaskDefinition> {
         let s = &self.0;
-        s.guarded("ecs:DescribeTaskDefinition", Some(&s.task_defs), || {
-            s.ecs.describe_task_definition(arn)
-        })
+        s.guarded(
+            "ecs:DescribeTaskDefinition",
+            arn,
+            Some(&s.task_defs),
+            || s.ecs.describe_task_definition(arn),
+        )
         .await
     }
 
@@ -287,13 +332,17 @@ impl Ecs for GuardedEcs {
                 Err(e) => Err(e),
             }
         };
+        let began = tokio::time::Instant::now();
+        let resource = format!("{cluster}/{service}");
+        let mut failed = 0;
         attempt
             .retry(s.backoff())
             .sleep(tokio::time::sleep)
             .when(AwsError::is_retryable)
             .notify(|e: &AwsError, wait: Duration| {
+                failed += 1;
                 s.stats.record("ecs:UpdateService", |st| st.retries += 1);
-                tracing::debug!(cluster, service, error = %e, wait_ms = wait.as_millis() as u64, "retrying UpdateService");
+                report_retry("ecs:UpdateService", &resource, failed, began, e, wait);
             })
             .await
     }
@@ -322,7 +371,7 @@ struct GuardedSecrets(Arc<Shared>);
 impl Secrets for GuardedSecrets {
     async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta> {
         let s = &self.0;
-        s.guarded("secretsmanager:DescribeSecret", None, || {
+        s.guarded("secretsmanager:DescribeSecret", id, None, || {
             s.secrets.describe_secret(region, id)
         })
         .await
@@ -335,7 +384,7 @@ impl Secrets for GuardedSecrets {
         next: Option<String>,
     ) -> AwsResult<Page<SecretVersion>> {
         let s = &self.0;
-        s.guarded("secretsmanager:ListSecretVersionIds", None, || {
+        s.guarded("secretsmanager:ListSecretVersionIds", arn, None, || {
             s.secrets.list_secret_versions(region, arn, next.clone())
         })
         .await
@@ -352,7 +401,7 @@ impl Parameters for GuardedParameters {
         names: &[String],
     ) -> AwsResult<Vec<ParameterMeta>> {
         let s = &self.0;
-        s.guarded("ssm:DescribeParameters", None, || {
+        s.guarded("ssm:DescribeParameters", &names.join(","), None, || {
             s.parameters.describe_parameters(region, names)
         })
         .await
@@ -364,7 +413,7 @@ impl Parameters for GuardedParameters {
         name: &str,
     ) -> AwsResult<Vec<ParameterVersion>> {
         let s = &self.0;
-        s.guarded("ssm:GetParameterHistory", None, || {
+        s.guarded("ssm:GetParameterHistory", name, None, || {
             s.parameters.parameter_history(region, name)
         })
         .await
@@ -409,6 +458,77 @@ mod tests {
             .expect_err("denied");
         assert_eq!(err.kind, ErrorKind::AccessDenied);
         assert_eq!(stats.snapshot()["ecs:ListServices"].calls, 1);
+    }
+
+    /// No credentials, a refused connection, an endpoint that does not resolve: the old guard
+    /// retried them twelve times with backoff up to 20 s (about 220 s) before saying anything.
+    #[tokio::test(start_paused = true)]
+    async fn setup_errors_fail_at_once() {
+        let (fake, clock) = world();
+        fake.fail_next("ecs:ListClusters", 1, ErrorKind::Setup);
+        fake.fail_next("ecs:UpdateService", 1, ErrorKind::Setup);
+        fake.create_service("c", "s", "td", 1, &[]);
+        let (clients, stats) = guard(fake.clients(), Limits::default(), clock);
+        let started = tokio::time::Instant::now();
+        let err = clients.ecs.list_clusters(None).await.expect_err("setup");
+        assert_eq!(err.kind, ErrorKind::Setup);
+        let err = clients
+            .ecs
+            .force_new_deployment("c", "s")
+            .await
+            .expect_err("setup");
+        assert_eq!(err.kind, ErrorKind::Setup);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no backoff at all");
+        let st = stats.snapshot();
+        assert_eq!(st["ecs:ListClusters"].calls, 1);
+        assert_eq!(st["ecs:UpdateService"].calls, 1);
+        assert_eq!(fake.rollouts_of("c", "s"), 0);
+    }
+
+    /// Log lines written while `f` runs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_takes_a_while_is_told_at_warn() {
+        let (fake, clock) = world();
+        fake.create_service("c", "s", "td", 1, &[]);
+        // 200 ms, 400 ms, 800 ms, 1.6 s, then over 2 s: the last two retries are slow.
+        fake.fail_next("ecs:DescribeServices", 6, ErrorKind::Transient);
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let (clients, _) = guard(fake.clients(), Limits::default(), clock);
+        clients
+            .ecs
+            .describe_services("c", &["s".into()])
+            .await
+            .expect("retried through");
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let warns: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+        assert!(!warns.is_empty(), "no warning: {text}");
+        assert!(warns.len() < 6, "quick retries stay at debug: {text}");
+        for w in &warns {
+            assert!(w.contains("AWS call failed, retrying"), "{w}");
+            assert!(w.contains("operation=\"ecs:DescribeServices\""), "{w}");
+            assert!(w.contains("resource=\"c\""), "{w}");
+            assert!(w.contains("attempt=") && w.contains("next_wait="), "{w}");
+        }
+        assert!(warns.last().unwrap().contains("attempt=6"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,10 @@ pub enum ErrorKind {
     NotFound,
     /// Credentials or permissions are missing.
     AccessDenied,
+    /// The call could not be made at all: no credentials, an endpoint whose name does not
+    /// resolve (an unknown region, a wrong `AWS_ENDPOINT_URL`), or a connection refused. Retrying
+    /// only delays the message; what fixes it is in the environment, and the message says what.
+    Setup,
     /// Anything else: a bad request, a conflict; retrying will not help.
     Other,
 }

@@ -5,6 +5,12 @@
 //! is how the tests point it at an emulator. Secrets and parameters may live in other regions
 //! than the cluster (cross-region ARNs): those clients are built on first use from the same
 //! shared configuration.
+//!
+//! Errors are classified so that only what a retry can fix is retried (throttling, 5xx, timeouts,
+//! dropped connections). What cannot be fixed by waiting (no credentials, an endpoint name that
+//! does not resolve, a connection refused, a region that is not even a host name) is
+//! [`ErrorKind::Setup`]: neither the SDK nor the guard retries it, and its message is one line
+//! that names what to set.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,9 +20,13 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, RetryClassifierPriority,
+};
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use chrono::{DateTime, Utc};
 
@@ -39,8 +49,11 @@ pub enum RetryMode {
 /// What the SDK configuration takes from ecs-reloader's own configuration.
 #[derive(Debug, Clone)]
 pub struct SdkSettings {
-    /// Overrides the default chain's region.
+    /// Overrides the default chain's region (`--region`, `[aws] region`).
     pub region: Option<String>,
+    /// The shared-config profile for credentials and region (`--profile`); otherwise
+    /// `AWS_PROFILE`, else `default`.
+    pub profile: Option<String>,
     /// SDK retry mode.
     pub retry_mode: RetryMode,
     /// SDK attempts per call (first try included).
@@ -51,6 +64,7 @@ impl Default for SdkSettings {
     fn default() -> Self {
         SdkSettings {
             region: None,
+            profile: None,
             retry_mode: RetryMode::Standard,
             max_attempts: 3,
         }
@@ -62,9 +76,36 @@ impl Default for SdkSettings {
 pub enum SdkSetupError {
     /// No region from the configuration, the environment or the profile.
     #[error(
-        "no AWS region: set AWS_REGION, a profile region, or [aws] region in the configuration"
+        "no AWS region: set --region, AWS_REGION, a profile region, or [aws] region in the configuration"
     )]
     NoRegion,
+    /// The region cannot be part of a host name, so no endpoint can be built for it.
+    #[error(
+        "`{0}` is not a region name: set --region or AWS_REGION to a region such as us-east-1"
+    )]
+    BadRegion(String),
+    /// `AWS_ENDPOINT_URL` (or a profile's `endpoint_url`) is not an http(s) URL.
+    #[error("AWS_ENDPOINT_URL {0:?} is not a URL such as https://ecs.us-east-1.amazonaws.com or http://127.0.0.1:5000")]
+    BadEndpoint(String),
+}
+
+/// Whether `url` is something the SDK can send requests to (it accepts anything, warns, and
+/// fails every call).
+fn is_endpoint_url(url: &str) -> bool {
+    axum::http::Uri::try_from(url)
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
+}
+
+/// Whether `region` can stand in an endpoint's host name (what the SDK's endpoint rules require;
+/// whether the region exists is only known when its endpoint does not resolve).
+fn is_region_name(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 63
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 /// Loads the shared SDK configuration and builds the three clients.
@@ -86,6 +127,9 @@ pub async fn load(settings: &SdkSettings) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry)
         .timeout_config(timeouts);
+    if let Some(p) = &settings.profile {
+        loader = loader.profile_name(p);
+    }
     if let Some(r) = &settings.region {
         loader = loader.region(Region::new(r.clone()));
     }
@@ -98,14 +142,29 @@ pub fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
         .region()
         .map(|r| r.to_string())
         .ok_or(SdkSetupError::NoRegion)?;
+    if !is_region_name(&region) {
+        return Err(SdkSetupError::BadRegion(region));
+    }
+    // The SDK drops an invalid AWS_ENDPOINT_URL from the shared configuration with a warning,
+    // yet its clients still read the variable and then fail every call.
+    let from_env = std::env::var("AWS_ENDPOINT_URL").ok();
+    for url in config.endpoint_url().into_iter().chain(from_env.as_deref()) {
+        if !is_endpoint_url(url) {
+            return Err(SdkSetupError::BadEndpoint(url.to_string()));
+        }
+    }
     let shared = Arc::new(Shared {
         config: config.clone(),
         regional_sm: Mutex::default(),
         regional_ssm: Mutex::default(),
     });
+    let ecs = aws_sdk_ecs::config::Builder::from(config)
+        .retry_classifier(NoRetryWhenUnreachable)
+        .build();
     Ok(Clients {
         ecs: Arc::new(SdkEcs {
-            client: aws_sdk_ecs::Client::new(&shared.config),
+            client: aws_sdk_ecs::Client::from_conf(ecs),
+            place: Place::of(config, &region),
         }),
         secrets: Arc::new(SdkSecrets(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
@@ -126,6 +185,7 @@ impl Shared {
             .or_insert_with(|| {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(&self.config)
                     .region(Region::new(region.to_string()))
+                    .retry_classifier(NoRetryWhenUnreachable)
                     .build();
                 aws_sdk_secretsmanager::Client::from_conf(conf)
             })
@@ -138,10 +198,15 @@ impl Shared {
             .or_insert_with(|| {
                 let conf = aws_sdk_ssm::config::Builder::from(&self.config)
                     .region(Region::new(region.to_string()))
+                    .retry_classifier(NoRetryWhenUnreachable)
                     .build();
                 aws_sdk_ssm::Client::from_conf(conf)
             })
             .clone()
+    }
+
+    fn place(&self, region: &str) -> Place {
+        Place::of(&self.config, region)
     }
 }
 
@@ -176,6 +241,174 @@ fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     }
 }
 
+/// Where a client's calls go: enough to say what to fix when they cannot get there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// The region the client calls.
+    pub region: Option<String>,
+    /// `AWS_ENDPOINT_URL` (or `endpoint_url` in the profile), when set.
+    pub endpoint_url: Option<String>,
+}
+
+impl Place {
+    fn of(config: &SdkConfig, region: &str) -> Place {
+        Place {
+            region: Some(region.to_string()),
+            endpoint_url: config.endpoint_url().map(str::to_string),
+        }
+    }
+
+    /// The host a call of `operation` (`ecs:ListClusters`) goes to, as a person would look it up.
+    fn host(&self, operation: &str) -> String {
+        let service = operation.split(':').next().unwrap_or(operation);
+        match (&self.endpoint_url, &self.region) {
+            (Some(url), _) => format!("{url} (AWS_ENDPOINT_URL)"),
+            (None, Some(region)) => format!("{service}.{region}.amazonaws.com"),
+            (None, None) => format!("the {service} endpoint"),
+        }
+    }
+}
+
+/// Why a call could not be made at all: what [`ErrorKind::Setup`] stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SetupCause {
+    /// The default chain found no credentials anywhere.
+    NoCredentials,
+    /// A credential provider did not answer in time (typically instance metadata off EC2).
+    CredentialsTimedOut,
+    /// A credential provider is configured but failed (a missing profile, an expired SSO
+    /// session, a role that cannot be assumed).
+    Credentials(String),
+    /// The endpoint's host name does not resolve (an unknown region, a wrong endpoint URL).
+    Dns,
+    /// The endpoint refused the connection.
+    Refused,
+    /// No route to the endpoint.
+    NoRoute,
+}
+
+/// Walks an error's sources for a cause no retry can fix.
+fn setup_cause(err: &(dyn std::error::Error + 'static)) -> Option<SetupCause> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(match c {
+                CredentialsError::CredentialsNotLoaded(_) => SetupCause::NoCredentials,
+                CredentialsError::ProviderTimedOut(_) => SetupCause::CredentialsTimedOut,
+                other => SetupCause::Credentials(causes(other)),
+            });
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::ConnectionRefused => return Some(SetupCause::Refused),
+                K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+                    return Some(SetupCause::NoRoute)
+                }
+                // std reports a failed getaddrinfo with this prefix (and no stable kind).
+                _ if io
+                    .to_string()
+                    .starts_with("failed to lookup address information") =>
+                {
+                    return Some(SetupCause::Dns)
+                }
+                _ => {}
+            }
+        }
+        // hyper-util's connector names a failed lookup so.
+        if e.to_string() == "dns error" {
+            return Some(SetupCause::Dns);
+        }
+        next = e.source();
+    }
+    None
+}
+
+impl SetupCause {
+    /// One line: what is wrong, and what to set.
+    fn message(&self, operation: &str, place: &Place) -> String {
+        let host = place.host(operation);
+        let region = place.region.as_deref().unwrap_or("?");
+        match self {
+            SetupCause::NoCredentials => "no AWS credentials found (looked in the environment, the shared \
+                config and credentials files, web identity, the ECS container endpoint and instance \
+                metadata): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile with \
+                --profile or AWS_PROFILE, or run with a task role or instance profile"
+                .into(),
+            SetupCause::CredentialsTimedOut => "loading AWS credentials timed out (instance metadata \
+                or the container endpoint did not answer): outside AWS set AWS_ACCESS_KEY_ID and \
+                AWS_SECRET_ACCESS_KEY or --profile, and AWS_EC2_METADATA_DISABLED=true"
+                .into(),
+            SetupCause::Credentials(why) => format!(
+                "cannot load AWS credentials: {why}: check --profile / AWS_PROFILE and the shared \
+                 config files (for SSO: aws sso login)"
+            ),
+            SetupCause::Dns if place.endpoint_url.is_some() => {
+                format!("cannot resolve the host of {host}: check AWS_ENDPOINT_URL")
+            }
+            SetupCause::Dns => format!(
+                "cannot resolve {host}: is `{region}` a region? Check --region / AWS_REGION, and \
+                 this machine's DNS (in a VPC: DNS resolution, VPC endpoints or a NAT gateway)"
+            ),
+            SetupCause::Refused if place.endpoint_url.is_some() => {
+                format!("connection refused by {host}: is the endpoint running? Check AWS_ENDPOINT_URL")
+            }
+            SetupCause::Refused => format!(
+                "connection refused by {host}: check the network path (HTTPS_PROXY, firewall, VPC endpoints)"
+            ),
+            SetupCause::NoRoute => format!(
+                "no route to {host}: a private subnet needs a NAT gateway or VPC endpoints for \
+                 the AWS APIs (see README, Deploying)"
+            ),
+        }
+    }
+}
+
+/// Keeps the SDK from retrying what the guard would not retry either: its own standard retry
+/// treats every I/O error (a refused connection, a failed lookup) as transient, which would only
+/// delay the message by seconds per call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoRetryWhenUnreachable;
+
+impl ClassifyRetry for NoRetryWhenUnreachable {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.output_or_error() {
+            Some(Err(e)) => match e.as_connector_error() {
+                Some(c) if setup_cause(c).is_some() => RetryAction::RetryForbidden,
+                _ => RetryAction::NoActionIndicated,
+            },
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "ecs-reloader: unreachable endpoints and missing credentials are not retried"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// An error and its sources as one line, without repeats and without debug formatting (the SDK's
+/// `DisplayErrorContext` ends with a `{:?}` dump of the whole error).
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Maps an SDK error to an [`AwsError`] naming the call and the resource.
 pub(crate) fn map_err<E>(
     operation: &'static str,
@@ -185,17 +418,48 @@ pub(crate) fn map_err<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    map_err_at(operation, resource, &Place::default(), err)
+}
+
+/// [`map_err`] for a client whose region and endpoint are known, so that a setup error can name
+/// the host it could not reach.
+pub(crate) fn map_err_at<E>(
+    operation: &'static str,
+    resource: &str,
+    place: &Place,
+    err: SdkError<E, HttpResponse>,
+) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let kind = match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            ErrorKind::Transient
+    if let SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) = &err {
+        if let Some(cause) = setup_cause(&err) {
+            return AwsError::new(
+                operation,
+                resource,
+                ErrorKind::Setup,
+                cause.message(operation, place),
+            );
         }
+    }
+    let kind = match &err {
+        // As the SDK's own retry classifier sees a failed dispatch: I/O errors (a dropped
+        // connection) and timeouts may pass; an error raised before anything was sent (signing,
+        // the endpoint, an interceptor) will not.
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => ErrorKind::Transient,
+        SdkError::DispatchFailure(d) => match d.as_other() {
+            Some(aws_smithy_types::retry::ErrorKind::ThrottlingError) => ErrorKind::Throttled,
+            Some(_) => ErrorKind::Transient,
+            None => ErrorKind::Other,
+        },
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
         _ => classify(err.code(), status),
     };
     let message = match (err.code(), err.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_string(),
-        _ => DisplayErrorContext(&err).to_string(),
+        _ => causes(&err),
     };
     AwsError::new(operation, resource, kind, message)
 }
@@ -206,6 +470,7 @@ fn to_chrono(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
 
 struct SdkEcs {
     client: aws_sdk_ecs::Client,
+    place: Place,
 }
 
 fn deployment(d: &aws_sdk_ecs::types::Deployment) -> Option<Deployment> {
@@ -263,7 +528,7 @@ impl Ecs for SdkEcs {
             .set_next_token(next)
             .send()
             .await
-            .map_err(|e| map_err("ecs:ListClusters", "-", e))?;
+            .map_err(|e| map_err_at("ecs:ListClusters", "-", &self.place, e))?;
         Ok(Page {
             items: out.cluster_arns().to_vec(),
             next: out.next_token().map(str::to_string),
@@ -279,7 +544,7 @@ impl Ecs for SdkEcs {
             .set_next_token(next)
             .send()
             .await
-            .map_err(|e| map_err("ecs:ListServices", cluster, e))?;
+            .map_err(|e| map_err_at("ecs:ListServices", cluster, &self.place, e))?;
         Ok(Page {
             items: out.service_arns().to_vec(),
             next: out.next_token().map(str::to_string),
@@ -299,7 +564,7 @@ impl Ecs for SdkEcs {
             .include(aws_sdk_ecs::types::ServiceField::Tags)
             .send()
             .await
-            .map_err(|e| map_err("ecs:DescribeServices", cluster, e))?;
+            .map_err(|e| map_err_at("ecs:DescribeServices", cluster, &self.place, e))?;
         for f in out.failures() {
             if f.reason() != Some("MISSING") {
                 tracing::warn!(
@@ -320,7 +585,7 @@ impl Ecs for SdkEcs {
             .task_definition(arn)
             .send()
             .await
-            .map_err(|e| map_err("ecs:DescribeTaskDefinition", arn, e))?;
+            .map_err(|e| map_err_at("ecs:DescribeTaskDefinition", arn, &self.place, e))?;
         let mut refs = Vec::new();
         if let Some(td) = out.task_definition() {
             for c in td.container_definitions() {
@@ -381,7 +646,7 @@ impl Ecs for SdkEcs {
             )
             .send()
             .await
-            .map_err(|e| map_err("ecs:UpdateService", &resource, e))?;
+            .map_err(|e| map_err_at("ecs:UpdateService", &resource, &self.place, e))?;
         out.service()
             .and_then(|s| {
                 s.deployments()
@@ -412,7 +677,14 @@ impl Secrets for SdkSecrets {
             .secret_id(id)
             .send()
             .await
-            .map_err(|e| map_err("secretsmanager:DescribeSecret", id, e))?;
+            .map_err(|e| {
+                map_err_at(
+                    "secretsmanager:DescribeSecret",
+                    id,
+                    &self.0.place(region),
+                    e,
+                )
+            })?;
         let version_stages = out
             .version_ids_to_stages()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
@@ -441,7 +713,14 @@ impl Secrets for SdkSecrets {
             .set_next_token(next)
             .send()
             .await
-            .map_err(|e| map_err("secretsmanager:ListSecretVersionIds", arn, e))?;
+            .map_err(|e| {
+                map_err_at(
+                    "secretsmanager:ListSecretVersionIds",
+                    arn,
+                    &self.0.place(region),
+                    e,
+                )
+            })?;
         let items = out
             .versions()
             .iter()
@@ -484,10 +763,12 @@ impl Parameters for SdkParameters {
                 )
             })?;
         let client = self.0.ssm(region);
+        let place = self.0.place(region);
         all_pages(|next| {
             let client = client.clone();
             let filter = filter.clone();
             let resource = resource.clone();
+            let place = place.clone();
             async move {
                 let out = client
                     .describe_parameters()
@@ -495,7 +776,7 @@ impl Parameters for SdkParameters {
                     .set_next_token(next)
                     .send()
                     .await
-                    .map_err(|e| map_err("ssm:DescribeParameters", &resource, e))?;
+                    .map_err(|e| map_err_at("ssm:DescribeParameters", &resource, &place, e))?;
                 let items = out
                     .parameters()
                     .iter()
@@ -522,8 +803,10 @@ impl Parameters for SdkParameters {
         name: &str,
     ) -> AwsResult<Vec<ParameterVersion>> {
         let client = self.0.ssm(region);
+        let place = self.0.place(region);
         all_pages(|next| {
             let client = client.clone();
+            let place = place.clone();
             async move {
                 let out = client
                     .get_parameter_history()
@@ -532,7 +815,7 @@ impl Parameters for SdkParameters {
                     .set_next_token(next)
                     .send()
                     .await
-                    .map_err(|e| map_err("ssm:GetParameterHistory", name, e))?;
+                    .map_err(|e| map_err_at("ssm:GetParameterHistory", name, &place, e))?;
                 // Values are dropped here, never kept or logged.
                 let items = out
                     .parameters()
@@ -556,6 +839,177 @@ impl Parameters for SdkParameters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ecs::operation::list_clusters::ListClustersError;
+    use aws_smithy_runtime_api::client::interceptors::context::Input;
+    use aws_smithy_runtime_api::client::orchestrator::OrchestratorError;
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+
+    /// What hyper-util's connector wraps a failed lookup in: "dns error", then getaddrinfo's.
+    #[derive(Debug)]
+    struct HyperConnectError(&'static str, std::io::Error);
+    impl std::fmt::Display for HyperConnectError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for HyperConnectError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    fn refused() -> ConnectorError {
+        ConnectorError::io(Box::new(HyperConnectError(
+            "tcp connect error",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )))
+    }
+
+    fn dns() -> ConnectorError {
+        ConnectorError::io(Box::new(HyperConnectError(
+            "dns error",
+            std::io::Error::other(
+                "failed to lookup address information: Name or service not known",
+            ),
+        )))
+    }
+
+    fn reset() -> ConnectorError {
+        ConnectorError::io(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
+    }
+
+    fn no_credentials() -> ConnectorError {
+        ConnectorError::other(
+            Box::new(CredentialsError::not_loaded(
+                "no credentials found in chain. Attempted:\n  Environment: not set\n  Profile: not set",
+            )),
+            None,
+        )
+    }
+
+    fn mapped(c: ConnectorError, place: &Place) -> AwsError {
+        let err: SdkError<ListClustersError, HttpResponse> = SdkError::dispatch_failure(c);
+        map_err_at("ecs:ListClusters", "-", place, err)
+    }
+
+    fn aws(region: &str) -> Place {
+        Place {
+            region: Some(region.into()),
+            endpoint_url: None,
+        }
+    }
+
+    #[test]
+    fn what_no_retry_can_fix_is_a_setup_error_saying_what_to_set() {
+        let e = mapped(no_credentials(), &aws("eu-west-1"));
+        assert_eq!(e.kind, ErrorKind::Setup);
+        assert!(
+            e.message.starts_with("no AWS credentials found"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("AWS_ACCESS_KEY_ID") && e.message.contains("--profile"));
+        assert!(!e.message.contains('\n'), "one line: {}", e.message);
+
+        let e = mapped(dns(), &aws("eu-wset-1"));
+        assert_eq!(e.kind, ErrorKind::Setup);
+        assert!(
+            e.message.starts_with(
+                "cannot resolve ecs.eu-wset-1.amazonaws.com: is `eu-wset-1` a region?"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("--region"), "{}", e.message);
+
+        let local = Place {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some("http://127.0.0.1:1".into()),
+        };
+        let e = mapped(refused(), &local);
+        assert_eq!(e.kind, ErrorKind::Setup);
+        assert!(
+            e.message
+                .starts_with("connection refused by http://127.0.0.1:1 (AWS_ENDPOINT_URL)"),
+            "{}",
+            e.message
+        );
+        let e = mapped(dns(), &local);
+        assert!(
+            e.message.contains("check AWS_ENDPOINT_URL"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn what_a_retry_can_fix_stays_retryable() {
+        let e = mapped(reset(), &aws("eu-west-1"));
+        assert_eq!(
+            e.kind,
+            ErrorKind::Transient,
+            "a dropped connection: {}",
+            e.message
+        );
+        let e = mapped(
+            ConnectorError::timeout("connect timed out".into()),
+            &aws("eu-west-1"),
+        );
+        assert_eq!(e.kind, ErrorKind::Transient);
+        let e = mapped(
+            ConnectorError::other(
+                "incomplete message".into(),
+                Some(aws_smithy_types::retry::ErrorKind::TransientError),
+            ),
+            &aws("eu-west-1"),
+        );
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_retryable());
+        // Raised before anything was sent (signing, an interceptor): the SDK does not retry it
+        // and neither do we.
+        let e = mapped(
+            ConnectorError::other("failed to sign".into(), None),
+            &aws("eu-west-1"),
+        );
+        assert_eq!(e.kind, ErrorKind::Other);
+    }
+
+    #[test]
+    fn messages_carry_no_debug_dump() {
+        let e = mapped(reset(), &aws("eu-west-1"));
+        assert!(!e.message.contains("DispatchFailure {"), "{}", e.message);
+        assert!(!e.message.contains("ConnectorError {"), "{}", e.message);
+        assert_eq!(e.message, "dispatch failure: io error: connection reset");
+    }
+
+    #[test]
+    fn the_sdk_does_not_retry_an_unreachable_endpoint_either() {
+        let verdict = |c: ConnectorError| {
+            let mut ctx = InterceptorContext::new(Input::doesnt_matter());
+            ctx.set_output_or_error(Err(OrchestratorError::connector(c)));
+            NoRetryWhenUnreachable.classify_retry(&ctx)
+        };
+        assert_eq!(verdict(refused()), RetryAction::RetryForbidden);
+        assert_eq!(verdict(dns()), RetryAction::RetryForbidden);
+        assert_eq!(verdict(reset()), RetryAction::NoActionIndicated);
+    }
+
+    #[test]
+    fn regions_and_endpoint_urls_are_checked_before_any_call() {
+        assert!(is_region_name("eu-west-1") && is_region_name("us-gov-west-1"));
+        assert!(!is_region_name("us east 1") && !is_region_name("") && !is_region_name("-x"));
+        assert!(
+            is_endpoint_url("http://127.0.0.1:5000")
+                && is_endpoint_url("https://ecs.eu-west-1.amazonaws.com")
+        );
+        assert!(
+            !is_endpoint_url("not a url")
+                && !is_endpoint_url("ftp://x")
+                && !is_endpoint_url("127.0.0.1:5000")
+        );
+    }
 
     #[test]
     fn error_codes_are_classified() {

@@ -342,29 +342,13 @@ impl Handler {
 
 /// Runs the Lambda runtime with a handler built once from the configuration: SDK clients, the
 /// task-definition cache and the notifier live as long as the execution environment.
-pub async fn run(config: &crate::config::Config) -> Result<(), LambdaError> {
+pub async fn run(
+    config: &crate::config::Config,
+    aws: &crate::aws::sdk::SdkSettings,
+) -> Result<(), LambdaError> {
     use lambda_runtime::{service_fn, LambdaEvent};
-    // The runtime crate panics on a missing or malformed variable; say it plainly instead.
-    for var in [
-        "AWS_LAMBDA_RUNTIME_API",
-        "AWS_LAMBDA_FUNCTION_NAME",
-        "AWS_LAMBDA_FUNCTION_VERSION",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-    ] {
-        if std::env::var_os(var).is_none() {
-            return Err(LambdaError::NotInLambda(var));
-        }
-    }
-    if std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-        .ok()
-        .and_then(|m| m.parse::<i32>().ok())
-        .is_none()
-    {
-        return Err(LambdaError::NotInLambda(
-            "a numeric AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-        ));
-    }
-    let sdk = crate::driver::setup::sdk(config).await?;
+    lambda_environment(|k| std::env::var(k).ok())?;
+    let sdk = crate::driver::setup::sdk(config, aws).await?;
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
     let parts = crate::driver::setup::assemble(
         config,
@@ -393,12 +377,48 @@ pub async fn run(config: &crate::config::Config) -> Result<(), LambdaError> {
     .map_err(|e| LambdaError::Runtime(e.to_string()))
 }
 
+/// The variables the Lambda runtime sets: without them `lambda_runtime` would panic.
+const LAMBDA_VARIABLES: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+];
+
+/// Checks, before the runtime starts, that this is a Lambda execution environment.
+fn lambda_environment(env: impl Fn(&str) -> Option<String>) -> Result<(), LambdaError> {
+    let missing: Vec<&str> = LAMBDA_VARIABLES
+        .into_iter()
+        .filter(|k| env(k).is_none_or(|v| v.is_empty()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(LambdaError::NotInLambda(format!(
+            "{} not set (Lambda sets them for the `bootstrap` of a provided.al2023 function); \
+             outside Lambda use `serve`, `reconcile` or `plan`",
+            missing.join(", ")
+        )));
+    }
+    let memory = env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").unwrap_or_default();
+    if memory.parse::<i32>().is_err() {
+        return Err(LambdaError::NotInLambda(format!(
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE={memory:?} is not a number of megabytes"
+        )));
+    }
+    let api = env("AWS_LAMBDA_RUNTIME_API").unwrap_or_default();
+    if axum::http::Uri::try_from(api.as_str()).is_err() {
+        return Err(LambdaError::NotInLambda(format!(
+            "AWS_LAMBDA_RUNTIME_API={api:?} is not a host:port"
+        )));
+    }
+    Ok(())
+}
+
 /// Why the Lambda driver could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LambdaError {
     /// Started outside a Lambda execution environment.
-    #[error("not running in AWS Lambda: {0} is not set (the Lambda runtime sets it; run `serve` or `reconcile` elsewhere)")]
-    NotInLambda(&'static str),
+    #[error("not in an AWS Lambda environment: {0}")]
+    NotInLambda(String),
     /// The SDK could not be set up.
     #[error(transparent)]
     Setup(#[from] crate::aws::sdk::SdkSetupError),

@@ -609,6 +609,7 @@ pub struct Overrides {
 /// Wires `serve` from the configuration and runs it until `shutdown` resolves.
 pub async fn run(
     mut config: Config,
+    aws: &crate::aws::sdk::SdkSettings,
     overrides: Overrides,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -626,7 +627,7 @@ pub async fn run(
         .listen
         .parse()
         .map_err(|_| ServeError::BadListen(config.serve.listen.clone()))?;
-    let sdk = setup::sdk(&config).await?;
+    let sdk = setup::sdk(&config, aws).await?;
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));

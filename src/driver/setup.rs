@@ -23,6 +23,8 @@ use crate::rollout::Progress;
 pub fn sdk_settings(config: &Config) -> SdkSettings {
     SdkSettings {
         region: (!config.aws.region.is_empty()).then(|| config.aws.region.clone()),
+        // `--profile` only; the SDK reads AWS_PROFILE itself.
+        profile: None,
         retry_mode: if config.aws.retry_mode == "adaptive" {
             RetryMode::Adaptive
         } else {
@@ -152,9 +154,10 @@ pub struct Sdk {
     pub bus: Option<Arc<dyn Bus>>,
 }
 
-/// Loads the SDK configuration and builds the clients and the bus.
-pub async fn sdk(config: &Config) -> Result<Sdk, SdkSetupError> {
-    let sdk_config = sdk::load(&sdk_settings(config)).await;
+/// Loads the SDK configuration (`aws`: [`sdk_settings`] with the command line's `--profile`)
+/// and builds the clients and the bus.
+pub async fn sdk(config: &Config, aws: &SdkSettings) -> Result<Sdk, SdkSetupError> {
+    let sdk_config = sdk::load(aws).await;
     let clients = sdk::clients_from(&sdk_config)?;
     let bus = (!config.notify.event_bus.is_empty())
         .then(|| Arc::new(SdkBus::new(&sdk_config, &config.notify.event_bus)) as Arc<dyn Bus>);
