@@ -186,7 +186,7 @@ impl Reconciler {
                         .any(|id| e.references(id, home))
             })
             .collect();
-        let mut resolved = index::resolve(&self.clients, &entries, conc).await?;
+        let mut resolved = index::resolve(&self.clients, &entries, conc).await;
         apply_label_moves(&mut resolved, targets);
         let now = self.clock.now();
         let mut decided: Vec<_> = entries
@@ -292,7 +292,7 @@ impl Reconciler {
     /// that is not a secret at all, is logged and skipped: nothing can depend on it.
     pub async fn resolve_named(&self, named: &Named) -> Result<Vec<Target>, ReconcileError> {
         use crate::event::Named;
-        use crate::reference::{canonical_param_name, SecretIdentity};
+        use crate::reference::{canonical_param_name, ParameterId, SecretIdentity};
         let mut out = Vec::new();
         for (n, label_moves) in named {
             match n {
@@ -311,12 +311,11 @@ impl Reconciler {
                 },
                 Named::Parameter { region, name } => out.push(Target {
                     given: name.clone(),
-                    identities: vec![SecretIdentity::Parameter {
-                        region: region
-                            .clone()
-                            .unwrap_or_else(|| self.clients.region.clone()),
-                        name: canonical_param_name(name),
-                    }],
+                    identities: vec![SecretIdentity::Parameter(ParameterId::own(
+                        region.as_deref().unwrap_or(&self.clients.region),
+                        &canonical_param_name(name),
+                        &self.clients.region,
+                    ))],
                     label_moves: Vec::new(),
                 }),
             }
