@@ -17,8 +17,9 @@
 //! last step moved `AWSCURRENT`; absent while rotation is off); per version, only `CreatedDate`
 //! (*L*). No metadata dates a label move. Events do: `Secret Label Updated` (every label but
 //! `AWSPENDING` / `AWSPREVIOUS`), `RotationSucceeded` (`AWSCURRENT` and `AWSPREVIOUS`),
-//! `UpdateSecretVersionStage` (the label it moved, and `AWSPREVIOUS` with `AWSCURRENT`): the
-//! drivers hand their times in as [`SmState::label_moves`] (*M*(S)); a resync has none.
+//! `UpdateSecretVersionStage` (the label it moved, and `AWSPREVIOUS` with `AWSCURRENT`), as
+//! [`crate::event::Change::label_moves`] reads them; the drivers hand those times in as
+//! [`SmState::label_moves`] (*M*(S)). A resync has none.
 //!
 //! For a reference that follows stage *S* to version *v* (every comparison is `< date + 1 s`,
 //! see *Granularity*):
