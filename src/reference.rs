@@ -945,6 +945,8 @@ mod tests {
                 let _ = parse_value_from(&s);
                 let _ = parse_declared(&s);
                 let _ = parse_tag_value(&s);
+                let _ = parse_at(&Site::RepositoryCredentials { container: "c".into() }, &s);
+                let _ = Home::of_arn(&s, "eu-west-1");
             }
 
             #[test]
