@@ -5,29 +5,67 @@
 //!
 //! ECS resolves a task's secrets when the task starts, and every task of a deployment starts at
 //! or after the deployment's `createdAt` (call it *d*). So a service is **stale** when a secret
-//! version it resolves *became resolvable* after *d*. Everything below derives that from AWS
-//! metadata alone, so the decision survives restarts, duplicate events and a second replica.
+//! version it resolves *became resolvable* after *d*: the version was created after *d*, or the
+//! label the reference follows moved to it after *d*. Everything below derives that from AWS
+//! metadata and the dates change events carry, never from a record of our own, so the decision
+//! survives restarts, duplicate events and a second replica.
 //!
-//! Secrets Manager reports, per secret, `LastChangedDate` (*U*: the last change of any kind, stage
-//! moves included) and per version only `CreatedDate` (*L*); it does not say when a label moved.
-//! A rotation has two moments: the new version is created as `AWSPENDING` (*L*) and promoted to
-//! `AWSCURRENT` later (≤ *U*). Hence, for a reference that follows stage *S* to version *v*:
+//! What Secrets Manager reports, per secret: `LastChangedDate` (*U*: the last change of any kind —
+//! a new version or a label move, but equally a description, tag, KMS key, rotation schedule or
+//! replication edit, or the `AWSPENDING` version a failed rotation leaves behind) and
+//! `LastRotatedDate` (*R*: set only when a rotation *completes successfully*, that is after its
+//! last step moved `AWSCURRENT`; absent while rotation is off); per version, only `CreatedDate`
+//! (*L*). No metadata dates a label move. Events do: `Secret Label Updated` (every label but
+//! `AWSPENDING` / `AWSPREVIOUS`), `RotationSucceeded` (`AWSCURRENT` and `AWSPREVIOUS`),
+//! `UpdateSecretVersionStage` (the label it moved, and `AWSPREVIOUS` with `AWSCURRENT`), as
+//! [`crate::event::Change::label_moves`] reads them; the drivers hand those times in as
+//! [`SmState::label_moves`] (*M*(S)). A resync has none.
 //!
-//! 1. *d* < *L*(v) + 1 s → **stale**: the deployment predates the version.
-//! 2. *S* is `AWSCURRENT` or `AWSPREVIOUS` (labels that rotation and `PutSecretValue` move) and
-//!    *d* < *U* + 1 s → **stale**: the secret changed after the deployment and the promotion may be
-//!    that change. This is what catches a deployment made between a rotation's two moments. The
-//!    cost: a metadata-only edit (description, tags, KMS key) made after the deployment is
-//!    indistinguishable from a promotion and rolls the service once. We err toward the fresh value.
-//! 3. Otherwise **fresh**. For a custom stage this means only rule 1 applies, plus what events
-//!    tell: a custom label moved *back* to an older version is invisible to the metadata, so a
-//!    `Secret Label Updated` event's time for that label stands in for it (stale if *d* < that
-//!    time + 1 s). A resync without the event cannot see such a move. Rotating `AWSCURRENT` never
-//!    rolls a service pinned to a custom stage.
-//! 4. A version id never rolls ([`Judgement::Pinned`]).
+//! For a reference that follows stage *S* to version *v* (every comparison is `< date + 1 s`,
+//! see *Granularity*):
 //!
-//! SSM parameters: the latest version's `LastModifiedDate` plays *L*; `name:N` is pinned;
-//! `name:label` compares against the labelled version's date (label moves have no date either).
+//! 1. *d* ≥ *U* + 1 s → **fresh**: nothing about the secret changed after the deployment (every
+//!    version creation and every label move moves *U*). This is the only case in which the index
+//!    skips `ListSecretVersionIds` (it asks [`needs_version_dates`]).
+//! 2. *d* < *L*(v) + 1 s → **stale**: the deployment predates the version.
+//! 3. *d* < *M*(S) + 1 s → **stale**: an event says *S* moved after the deployment (a promotion,
+//!    a custom label moved, also *back* to an older version).
+//!
+//!    `AWSPREVIOUS` moves whenever `AWSCURRENT` does, so for it the creation of `AWSCURRENT`'s
+//!    version and the dated moves of `AWSCURRENT` count in 2 and 3 as well.
+//! 4. *S* is `AWSCURRENT` or `AWSPREVIOUS` and *d* < *R* + 1 s → **stale**: a rotation completed
+//!    after the deployment, and completing is what moves these two labels. This is what catches,
+//!    without any event, a deployment made between a rotation's two moments (the new version
+//!    created as `AWSPENDING`, then promoted): the version predates the deployment, the promotion
+//!    does not. After the rollout *d* > *R*, so it is rolled once, never twice. (A deployment made
+//!    in the seconds between the promotion and the rotation's completion is rolled once more for
+//!    nothing: *R* cannot be more precise.)
+//! 5. Otherwise **fresh**, although the secret changed after the deployment (*d* < *U* + 1 s):
+//!    what changed is undated, and it is one of a metadata-only edit, a failed or still-running
+//!    rotation (`AWSPENDING` staged, `AWSCURRENT` never moved; every retry moves *U* again), or a
+//!    label moved to an older version with no event and no completed rotation to date it (a
+//!    manual two-step promotion — `PutSecretValue` with `AWSPENDING`, then
+//!    `UpdateSecretVersionStage` — whose event was lost; a label moved back by hand). The metadata
+//!    cannot tell these apart. **The trade-off**: the first two are routine and would roll every
+//!    dependant of the secret for a value that did not change, on every resync after every edit
+//!    or failed attempt; the third is rare, manual, and rolled by its event in `serve` and the
+//!    Lambda. We choose fresh: ecs-reloader never rolls a fleet for a change that changed no
+//!    value. The cost: an undated label move whose event is lost is not rolled until the secret
+//!    changes again (a resync and `--secret` carry no event, so they cannot see it).
+//! 6. A version id never rolls ([`Decision::Pinned`]).
+//!
+//! SSM parameters: for the latest version, its `LastModifiedDate` plays *L* (writing a version is
+//! the only change that matters); `name:N` is pinned. For `name:label` (labels move without
+//! changing `LastModifiedDate`):
+//!
+//! 1. *d* < *M*(label) + 1 s → **stale**: an event dated the label's move after the deployment
+//!    ([`SsmState::label_moves`]).
+//! 2. *d* ≥ `LastModifiedDate` + 1 s → **fresh**: no version was written after the deployment.
+//!    A label moved without an event is invisible, as for custom stages above.
+//! 3. Otherwise the labelled version's own date decides, as *L* does. Only
+//!    `GetParameterHistory` shows labels, and it returns values too (plain text for `String`,
+//!    ciphertext for `SecureString`), so the index calls it only in this case (it asks
+//!    [`needs_label_history`]).
 //!
 //! **Granularity.** Secrets Manager dates are whole seconds and *d* has milliseconds. A version
 //! created in the same second as *d* may be before or after it, so ties count as stale (the
@@ -35,16 +73,23 @@
 //! change would itself look stale afterwards and roll again. So when a service is stale but the
 //! deployment we would create could still fall inside that second (plus [`Policy::clock_skew`]
 //! for the distance between our clock and AWS's), the decision is [`Decision::Settling`] until it
-//! cannot. That wait is at most about two seconds.
+//! cannot. That wait is at most about two seconds, and it covers every date that made the service
+//! stale, so a rollout made when a service is found stale is never found stale again.
 //!
-//! **Rotation in progress.** If a secret has a version in `AWSPENDING` created less than
-//! [`Policy::rotation_grace`] ago, a rotation is running; rolling now would read the old value and
-//! need a second rollout minutes later, so a service made stale by that secret settles until the
-//! rotation is promoted or the grace runs out (a failed rotation leaves `AWSPENDING` behind).
+//! **Rotation in progress.** A failed or running rotation makes nothing stale (clause 5). But if a
+//! service *is* stale (say, a `PutSecretValue` after its deployment) while a version of that
+//! secret sits in `AWSPENDING` created less than [`Policy::rotation_grace`] ago, rolling now would
+//! read a value about to be replaced and need a second rollout minutes later: the service settles
+//! until the rotation is promoted or the grace runs out.
 //!
 //! **A deployment already in progress** (say, a CI deploy) is not stacked with another one: the
 //! service settles and is decided again once it is done. If that deployment was created after
 //! the change it is already fresh and the service is in sync.
+//!
+//! **A reference that cannot be resolved** (not found, refused by IAM, a resource policy, an SCP
+//! or KMS, a disabled or unknown region, retries exhausted, another account's parameter) makes
+//! its service [`Decision::Unknown`] with an [`Unresolved`] reason naming the call, the resource
+//! and what to grant or fix. It never stops the decision of any other service.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,8 +99,8 @@ use serde::Serialize;
 
 use crate::aws::{Controller, ParameterVersion, Service};
 use crate::reference::{
-    ParamSelector, SecretIdentity, SecretRef, SecretsManagerId, Site, VersionSelector, AWSCURRENT,
-    AWSPENDING, AWSPREVIOUS,
+    ParamSelector, ParameterId, RefError, SecretIdentity, SecretRef, SecretsManagerId, Site,
+    VersionSelector, AWSCURRENT, AWSPENDING, AWSPREVIOUS,
 };
 
 /// Tag that opts a service out when set to `false`.
@@ -66,7 +111,7 @@ pub const TAG_ENABLED: &str = "ecs-reloader/enabled";
 pub struct Policy {
     /// Allowance for the difference between our clock and AWS's.
     pub clock_skew: Duration,
-    /// How long an `AWSPENDING` version holds back a rollout.
+    /// How long an `AWSPENDING` version holds back a rollout that is due anyway.
     pub rotation_grace: Duration,
 }
 
@@ -82,20 +127,205 @@ impl Default for Policy {
 /// The date granularity we assume for every metadata date (Secrets Manager's is one second).
 const GRANULARITY: chrono::Duration = chrono::Duration::seconds(1);
 
+/// Whether a date may be after the deployment `d`, at whole-second granularity.
+fn after(d: DateTime<Utc>, date: DateTime<Utc>) -> bool {
+    d < date + GRANULARITY
+}
+
+/// Whether deciding the dependants of a secret needs its versions' creation dates
+/// (`ListSecretVersionIds`): only if the secret changed after some dependant's deployment
+/// (clause 1). The predicate only grows towards older deployments, so the oldest dependant's
+/// deployment answers for all of them. Unknown dates need them.
+pub fn needs_version_dates(
+    last_changed: Option<DateTime<Utc>>,
+    oldest_deployment: Option<DateTime<Utc>>,
+) -> bool {
+    match (last_changed, oldest_deployment) {
+        (Some(u), Some(d)) => after(d, u),
+        _ => true,
+    }
+}
+
+/// Whether deciding the `name:label` dependants of a parameter needs its label history
+/// (`GetParameterHistory`, which returns values as well): only if a version was written after
+/// some dependant's deployment (SSM clause 2); the oldest dependant's deployment answers for all.
+pub fn needs_label_history(
+    last_modified: Option<DateTime<Utc>>,
+    oldest_deployment: Option<DateTime<Utc>>,
+) -> bool {
+    needs_version_dates(last_modified, oldest_deployment)
+}
+
+/// Why a reference could not be resolved. Each reason names the call and the resource and says
+/// what to grant or fix; the service becomes [`Decision::Unknown`] and no other is affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    /// The text is not a reference ECS accepts at that place.
+    #[error("{0}")]
+    Unparsable(RefError),
+    /// The call answered that the resource does not exist.
+    #[error(
+        "{call} {resource}: not found in {region}: fix the reference, or restore what it names"
+    )]
+    NotFound {
+        /// The API call.
+        call: &'static str,
+        /// What it was about.
+        resource: String,
+        /// Where it looked.
+        region: String,
+    },
+    /// The secret is scheduled for deletion: tasks can no longer fetch it.
+    #[error("secret {name} is scheduled for deletion ({at}): restore it (secretsmanager:RestoreSecret) or change the reference")]
+    ScheduledForDeletion {
+        /// The secret.
+        name: String,
+        /// When it was deleted.
+        at: String,
+    },
+    /// Refused: an IAM policy, the resource's policy, a permissions boundary or an SCP.
+    #[error("{call} {resource} was refused ({message}): {fix}")]
+    Denied {
+        /// The API call.
+        call: &'static str,
+        /// What it was about.
+        resource: String,
+        /// AWS's message.
+        message: String,
+        /// What to grant, and where.
+        fix: String,
+    },
+    /// KMS refused on behalf of the call.
+    #[error("{call} {resource}: KMS refused ({message}): the key that encrypts it is disabled or pending deletion, or its key policy denies the operator; fix the key or its key policy")]
+    Kms {
+        /// The API call.
+        call: &'static str,
+        /// What it was about.
+        resource: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// The region refused the credentials (a disabled opt-in region) or could not be reached (an
+    /// unknown region).
+    #[error("{call} {resource}: region {region}: {message}: {fix}")]
+    Region {
+        /// The API call.
+        call: &'static str,
+        /// What it was about.
+        resource: String,
+        /// The region.
+        region: String,
+        /// What happened.
+        message: String,
+        /// What to check.
+        fix: String,
+    },
+    /// Throttled or failing still after every retry.
+    #[error("{call} {resource}: still failing after retries ({message}): decided again on the next pass")]
+    Unavailable {
+        /// The API call.
+        call: &'static str,
+        /// What it was about.
+        resource: String,
+        /// The last error.
+        message: String,
+    },
+    /// Any other refusal.
+    #[error("{call} {resource}: {message}")]
+    Failed {
+        /// The API call.
+        call: &'static str,
+        /// What it was about.
+        resource: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// An SSM parameter of another account: never confused with the operator's own parameter of
+    /// the same name, and not read.
+    #[error("SSM parameter {name} belongs to account {account} ({region}), not the operator's: ecs-reloader reads only its own account's parameters, so it cannot tell when this one changes; reference a Secrets Manager secret (another account's can be read, given its resource policy) or opt the service out")]
+    ForeignParameter {
+        /// The parameter name.
+        name: String,
+        /// Its account.
+        account: String,
+        /// Its region.
+        region: String,
+    },
+    /// A name in the `ecs-reloader/secrets` tag that is neither a secret nor a parameter.
+    #[error("no Secrets Manager secret or SSM parameter named {name} in {region}: fix the ecs-reloader/secrets tag")]
+    NeitherFound {
+        /// The name.
+        name: String,
+        /// Where it was looked for.
+        region: String,
+    },
+    /// The stage the reference follows is on no version.
+    #[error("no version of secret {secret} carries stage {stage}, so ECS cannot resolve it: move the stage to a version, or fix the reference")]
+    NoSuchStage {
+        /// The secret.
+        secret: String,
+        /// The stage.
+        stage: String,
+    },
+    /// The label the reference follows is on no version.
+    #[error("no version of SSM parameter {name} carries label {label}, so ECS cannot resolve it: label a version (ssm:LabelParameterVersion), or fix the reference")]
+    NoSuchLabel {
+        /// The parameter.
+        name: String,
+        /// The label.
+        label: String,
+    },
+    /// Metadata the decision needs is missing from an answer (or was not fetched).
+    #[error("{resource}: {what} unknown")]
+    MissingMetadata {
+        /// What it is about.
+        resource: String,
+        /// Which date or list.
+        what: &'static str,
+    },
+}
+
+/// Metadata the index fetches only when some decision needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched<T> {
+    /// Not fetched: no dependant's decision needs it (see [`needs_version_dates`],
+    /// [`needs_label_history`]).
+    Skipped,
+    /// Fetched.
+    Done(T),
+    /// The call failed: the decisions that need it are [`Decision::Unknown`].
+    Failed(Unresolved),
+}
+
+impl<T> Fetched<T> {
+    fn get(&self, resource: &str, what: &'static str) -> Result<&T, Unresolved> {
+        match self {
+            Fetched::Done(t) => Ok(t),
+            Fetched::Failed(e) => Err(e.clone()),
+            Fetched::Skipped => Err(Unresolved::MissingMetadata {
+                resource: resource.to_string(),
+                what,
+            }),
+        }
+    }
+}
+
 /// The metadata of a Secrets Manager secret the rule needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmState {
     /// The secret's identity.
     pub id: SecretsManagerId,
-    /// `LastChangedDate`.
+    /// `LastChangedDate` (*U*).
     pub last_changed: Option<DateTime<Utc>>,
+    /// `LastRotatedDate` (*R*): when a rotation last completed successfully.
+    pub last_rotated: Option<DateTime<Utc>>,
     /// Stage → version id.
     pub stages: BTreeMap<String, String>,
-    /// Version id → creation date. Empty when not fetched: the index fetches it only when some
-    /// dependent deployment is older than `last_changed + 1 s`, since otherwise nothing reads it.
-    pub created: BTreeMap<String, DateTime<Utc>>,
-    /// Label → when it moved, as `Secret Label Updated` events tell (the metadata cannot date a
-    /// label move). Empty on a resync.
+    /// Version id → `CreatedDate` (*L*).
+    pub created: Fetched<BTreeMap<String, DateTime<Utc>>>,
+    /// Label → when it moved (*M*), as change events tell (the metadata cannot date a label
+    /// move): `Secret Label Updated` for its label, `RotationSucceeded` for `AWSCURRENT` and
+    /// `AWSPREVIOUS`, `UpdateSecretVersionStage` for the label it moved. Empty on a resync.
     pub label_moves: BTreeMap<String, DateTime<Utc>>,
 }
 
@@ -104,21 +334,28 @@ impl SmState {
     pub fn version_with(&self, stage: &str) -> Option<&str> {
         self.stages.get(stage).map(String::as_str)
     }
+
+    fn created_at(&self, version: &str) -> Option<DateTime<Utc>> {
+        match &self.created {
+            Fetched::Done(m) => m.get(version).copied(),
+            _ => None,
+        }
+    }
 }
 
 /// The metadata of an SSM parameter the rule needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SsmState {
-    /// Region.
-    pub region: String,
-    /// Canonical name.
-    pub name: String,
+    /// The parameter's identity.
+    pub id: ParameterId,
     /// When the latest version was written.
     pub last_modified: Option<DateTime<Utc>>,
     /// Latest version.
     pub version: i64,
-    /// Version history (labels), fetched only for label references.
-    pub history: Option<Vec<ParameterVersion>>,
+    /// Version history with labels (values dropped), for `name:label` references.
+    pub history: Fetched<Vec<ParameterVersion>>,
+    /// Label → when it moved, as `Parameter Store Change` events tell. Empty on a resync.
+    pub label_moves: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// The resolved state behind one reference.
@@ -135,10 +372,7 @@ impl RefState {
     pub fn identity(&self) -> SecretIdentity {
         match self {
             RefState::SecretsManager(s) => SecretIdentity::SecretsManager(s.id.clone()),
-            RefState::Parameter(p) => SecretIdentity::Parameter {
-                region: p.region.clone(),
-                name: p.name.clone(),
-            },
+            RefState::Parameter(p) => SecretIdentity::Parameter(p.id.clone()),
         }
     }
 }
@@ -151,15 +385,15 @@ pub struct ResolvedRef {
     /// The text as written.
     pub text: String,
     /// The parsed reference (concrete: never [`SecretRef::Named`]) or the parse error.
-    pub reference: Result<SecretRef, String>,
+    pub reference: Result<SecretRef, RefError>,
     /// The state it resolved to, or why it could not be read.
-    pub state: Result<RefState, String>,
+    pub state: Result<RefState, Unresolved>,
 }
 
 /// Why a single reference makes its service stale (or would, for an opted-out service).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// The secret's identity, for display.
+    /// The secret's identity, for display (qualified with account and region outside home).
     pub secret: String,
     /// The secret's identity, which holds and gates are keyed by.
     #[serde(skip)]
@@ -205,7 +439,8 @@ pub enum Decision {
     /// A reference could not be parsed or resolved: rolling would start tasks that may fail to
     /// fetch their secrets, so the service is left alone and reported.
     Unknown {
-        /// What could not be resolved.
+        /// What could not be resolved: the reference, where it sits, and the [`Unresolved`]
+        /// reason.
         problems: Vec<String>,
     },
     /// Stale, but another service's rollout for the same change failed or is stuck: rolling
@@ -333,14 +568,37 @@ enum Judgement {
     Fresh,
     Stale {
         reason: String,
+        /// When a new deployment is certainly after every date that made it stale.
         fresh_after: DateTime<Utc>,
         rotating_since: Option<DateTime<Utc>>,
     },
-    Error(String),
+    Error(Unresolved),
 }
 
 fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The dates that make a reference stale, each with why; stale if any, fresh otherwise.
+struct Evidence(Vec<(DateTime<Utc>, String)>);
+
+impl Evidence {
+    fn judge(self, rotating_since: Option<DateTime<Utc>>) -> Judgement {
+        let Some(latest) = self.0.iter().map(|(t, _)| *t).max() else {
+            return Judgement::Fresh;
+        };
+        let reason = self
+            .0
+            .into_iter()
+            .map(|(_, why)| why)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Judgement::Stale {
+            reason,
+            fresh_after: latest + GRANULARITY,
+            rotating_since,
+        }
+    }
 }
 
 fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
@@ -350,129 +608,187 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
         VersionSelector::Stage(st) => st.as_str(),
     };
     let Some(version) = s.version_with(stage) else {
-        return Judgement::Error(format!("{}: no version carries stage {stage}", s.id.name));
+        return Judgement::Error(Unresolved::NoSuchStage {
+            secret: s.id.name.clone(),
+            stage: stage.to_string(),
+        });
     };
-    let follows_promotion = stage == AWSCURRENT || stage == AWSPREVIOUS;
-    let changed_after = s.last_changed.is_some_and(|u| d < u + GRANULARITY);
-    if !changed_after {
-        // L ≤ U always (creating a version is a change), so both rules say fresh.
+    // 1. Nothing changed after the deployment.
+    if !needs_version_dates(s.last_changed, Some(d)) {
         return Judgement::Fresh;
     }
-    let Some(created) = s.created.get(version).copied() else {
-        if follows_promotion {
-            // Rule 2 decides without the creation date.
-            return stale_by_change(s, stage, d);
-        }
-        return Judgement::Error(format!(
-            "{}: creation date of version {version} unknown",
-            s.id.name
-        ));
+    let created = match s.created.get(&s.id.name, "version creation dates") {
+        Ok(m) => m.get(version).copied(),
+        Err(e) => return Judgement::Error(e),
     };
-    if d < created + GRANULARITY {
-        return Judgement::Stale {
-            reason: format!(
+    let Some(created) = created else {
+        return Judgement::Error(Unresolved::MissingMetadata {
+            resource: s.id.name.clone(),
+            what: "creation date of the version it resolves",
+        });
+    };
+    let follows_rotation = stage == AWSCURRENT || stage == AWSPREVIOUS;
+    let mut evidence = Vec::new();
+    // 2. The version is newer than the deployment.
+    if after(d, created) {
+        evidence.push((
+            created,
+            format!(
                 "{stage} is version {version}, created {}, after the deployment ({})",
                 fmt_time(created),
                 fmt_time(d)
             ),
-            fresh_after: created + GRANULARITY,
-            rotating_since: pending_since(s, follows_promotion),
-        };
+        ));
     }
-    if follows_promotion {
-        return stale_by_change(s, stage, d);
+    // 3. An event dates the label's move.
+    if let Some(moved) = s.label_moves.get(stage).copied().filter(|m| after(d, *m)) {
+        evidence.push((
+            moved,
+            format!(
+                "{stage} moved to version {version} at {} (change event), after the deployment ({})",
+                fmt_time(moved),
+                fmt_time(d)
+            ),
+        ));
     }
-    if let Some(moved) = s.label_moves.get(stage).copied() {
-        if d < moved + GRANULARITY {
-            return Judgement::Stale {
-                reason: format!(
-                    "label {stage} moved to version {version} at {} (event), after the deployment ({})",
-                    fmt_time(moved),
-                    fmt_time(d)
-                ),
-                fresh_after: moved + GRANULARITY,
-                rotating_since: None,
-            };
+    // 2 and 3 for AWSPREVIOUS through AWSCURRENT: it moves whenever AWSCURRENT does, so at or
+    // after the creation of AWSCURRENT's version and at every dated move of AWSCURRENT.
+    if stage == AWSPREVIOUS {
+        let current = s.version_with(AWSCURRENT);
+        let current_created = current.and_then(|v| s.created_at(v));
+        let current_moved = s.label_moves.get(AWSCURRENT).copied();
+        for (at, how) in [
+            (
+                current_created,
+                "the version AWSCURRENT moved to was created",
+            ),
+            (current_moved, "AWSCURRENT moved (change event)"),
+        ] {
+            if let Some(at) = at.filter(|a| after(d, *a)) {
+                evidence.push((
+                    at,
+                    format!(
+                        "{how} at {}, after the deployment ({}), moving AWSPREVIOUS to version {version}",
+                        fmt_time(at),
+                        fmt_time(d)
+                    ),
+                ));
+            }
         }
     }
-    Judgement::Fresh
-}
-
-fn stale_by_change(s: &SmState, stage: &str, d: DateTime<Utc>) -> Judgement {
-    let u = s.last_changed.unwrap_or(d);
-    Judgement::Stale {
-        reason: format!(
-            "secret changed {}, after the deployment ({}); {stage} may have moved then",
-            fmt_time(u),
-            fmt_time(d)
-        ),
-        fresh_after: u + GRANULARITY,
-        rotating_since: pending_since(s, true),
+    // 4. A rotation completed after the deployment.
+    if let Some(rotated) = s.last_rotated.filter(|r| follows_rotation && after(d, *r)) {
+        evidence.push((
+            rotated,
+            format!(
+                "a rotation completed at {} (LastRotatedDate), after the deployment ({}), moving {stage} to version {version}",
+                fmt_time(rotated),
+                fmt_time(d)
+            ),
+        ));
     }
+    // 5. Otherwise fresh: whatever changed after the deployment is undated.
+    Evidence(evidence).judge(pending_since(s, follows_rotation))
 }
 
 /// When a rotation in progress started: an `AWSPENDING` version that is not also current.
-fn pending_since(s: &SmState, follows_promotion: bool) -> Option<DateTime<Utc>> {
-    if !follows_promotion {
+fn pending_since(s: &SmState, follows_rotation: bool) -> Option<DateTime<Utc>> {
+    if !follows_rotation {
         return None;
     }
     let pending = s.version_with(AWSPENDING)?;
     if Some(pending) == s.version_with(AWSCURRENT) {
         return None;
     }
-    s.created.get(pending).copied().or(s.last_changed)
+    s.created_at(pending).or(s.last_changed)
 }
 
 fn judge_ssm(sel: &ParamSelector, p: &SsmState, d: DateTime<Utc>) -> Judgement {
-    let (written, what) = match sel {
+    let name = &p.id.name;
+    let (written, what, moved) = match sel {
         ParamSelector::Version(_) => return Judgement::Pinned,
-        ParamSelector::Latest => (p.last_modified, format!("version {}", p.version)),
+        ParamSelector::Latest => (p.last_modified, format!("version {}", p.version), None),
         ParamSelector::Label(label) => {
-            let Some(history) = &p.history else {
-                return Judgement::Error(format!("{}: label history not fetched", p.name));
+            let moved = p.label_moves.get(label).copied().filter(|m| after(d, *m));
+            // 2. No version written after the deployment (and no event dating a move).
+            if moved.is_none() && !needs_label_history(p.last_modified, Some(d)) {
+                return Judgement::Fresh;
+            }
+            let labelled = match p.history.get(name, "label history") {
+                Ok(h) => h.iter().find(|v| v.labels.iter().any(|l| l == label)),
+                Err(e) if moved.is_none() => return Judgement::Error(e),
+                // The event alone says the label moved after the deployment.
+                Err(_) => None,
             };
-            let Some(v) = history.iter().find(|v| v.labels.iter().any(|l| l == label)) else {
-                return Judgement::Error(format!("{}: no version carries label {label}", p.name));
-            };
-            (
-                v.last_modified,
-                format!("version {} (label {label})", v.version),
-            )
+            match labelled {
+                Some(v) => (
+                    v.last_modified,
+                    format!("version {} (label {label})", v.version),
+                    moved.map(|m| (m, label)),
+                ),
+                None if moved.is_some() => {
+                    (None, format!("label {label}"), moved.map(|m| (m, label)))
+                }
+                None => {
+                    return Judgement::Error(Unresolved::NoSuchLabel {
+                        name: name.clone(),
+                        label: label.clone(),
+                    })
+                }
+            }
         }
     };
+    let mut evidence = Vec::new();
+    // 1. An event dates the label's move.
+    if let Some((m, label)) = moved {
+        evidence.push((
+            m,
+            format!(
+                "label {label} moved at {} (change event), after the deployment ({})",
+                fmt_time(m),
+                fmt_time(d)
+            ),
+        ));
+    }
     match written {
-        Some(w) if d < w + GRANULARITY => Judgement::Stale {
-            reason: format!(
+        Some(w) if after(d, w) => evidence.push((
+            w,
+            format!(
                 "{what} written {}, after the deployment ({})",
                 fmt_time(w),
                 fmt_time(d)
             ),
-            fresh_after: w + GRANULARITY,
-            rotating_since: None,
-        },
-        Some(_) => Judgement::Fresh,
-        None => Judgement::Error(format!("{}: no modification date", p.name)),
+        )),
+        Some(_) => {}
+        None if evidence.is_empty() => {
+            return Judgement::Error(Unresolved::MissingMetadata {
+                resource: format!("SSM parameter {name}"),
+                what: "modification date",
+            })
+        }
+        None => {}
     }
+    Evidence(evidence).judge(None)
 }
 
 fn judge(r: &ResolvedRef, d: DateTime<Utc>) -> Judgement {
     let reference = match &r.reference {
         Ok(x) => x,
-        Err(e) => return Judgement::Error(format!("{} ({}): {e}", r.text, r.site)),
+        Err(e) => return Judgement::Error(Unresolved::Unparsable(e.clone())),
     };
     let state = match &r.state {
         Ok(s) => s,
-        Err(e) => return Judgement::Error(format!("{} ({}): {e}", r.text, r.site)),
+        Err(e) => return Judgement::Error(e.clone()),
     };
     match (reference, state) {
         (SecretRef::SecretsManager(sm), RefState::SecretsManager(s)) => {
             judge_sm(&sm.selector, s, d)
         }
         (SecretRef::Parameter(p), RefState::Parameter(s)) => judge_ssm(&p.selector, s, d),
-        _ => Judgement::Error(format!(
-            "{}: reference and state disagree on the service",
-            r.text
-        )),
+        _ => Judgement::Error(Unresolved::MissingMetadata {
+            resource: r.text.clone(),
+            what: "a state of the same service as the reference",
+        }),
     }
 }
 
@@ -537,7 +853,7 @@ pub fn decide(
         }
         match j {
             Judgement::Pinned | Judgement::Fresh => {}
-            Judgement::Error(e) => problems.push(e),
+            Judgement::Error(e) => problems.push(format!("{} ({}): {e}", r.text, r.site)),
             Judgement::Stale {
                 reason,
                 fresh_after,

@@ -65,6 +65,9 @@ pub enum ChangeKind {
     ApiCall {
         /// `PutSecretValue`, `UpdateSecret` or `UpdateSecretVersionStage`.
         name: String,
+        /// For `UpdateSecretVersionStage` that moved a label to a version: the label
+        /// (`requestParameters.versionStage`).
+        moved_stage: Option<String>,
     },
     /// An SSM parameter changed.
     Parameter {
@@ -111,13 +114,10 @@ impl Changes {
     pub fn add(&mut self, parsed: &Parsed) -> bool {
         match parsed {
             Parsed::Change(c) => {
-                let moves = self.subjects.entry(c.secret.clone()).or_default();
-                if let (ChangeKind::LabelUpdated { label, .. }, Some(at)) = (&c.kind, c.at) {
-                    moves.push(LabelMove {
-                        label: label.clone(),
-                        at,
-                    });
-                }
+                self.subjects
+                    .entry(c.secret.clone())
+                    .or_default()
+                    .extend(c.label_moves());
                 true
             }
             Parsed::Resync => {
@@ -131,6 +131,44 @@ impl Changes {
     /// Whether nothing asks for work.
     pub fn is_empty(&self) -> bool {
         self.subjects.is_empty() && !self.resync
+    }
+}
+
+impl Change {
+    /// The labels this change moved, each with the event's time: the dates the staleness rule
+    /// cannot read from Secrets Manager's metadata ([`crate::decide::SmState::label_moves`]).
+    /// `Secret Label Updated` dates its label; `RotationSucceeded` dates `AWSCURRENT` and
+    /// `AWSPREVIOUS` (completing a rotation moves both); `UpdateSecretVersionStage` dates the label
+    /// it moved, and `AWSPREVIOUS` with `AWSCURRENT`. `PutSecretValue` and `UpdateSecret` date
+    /// nothing: a new version carries its own creation date, and an edit without a value (a
+    /// description, a KMS key) or a version staged `AWSPENDING` moves no label a task follows.
+    /// Empty without the event's time.
+    pub fn label_moves(&self) -> Vec<LabelMove> {
+        use crate::reference::{AWSCURRENT, AWSPENDING, AWSPREVIOUS};
+        let Some(at) = self.at else {
+            return Vec::new();
+        };
+        let labels: Vec<&str> = match &self.kind {
+            ChangeKind::LabelUpdated { label, .. } => vec![label.as_str()],
+            ChangeKind::RotationSucceeded => vec![AWSCURRENT, AWSPREVIOUS],
+            ChangeKind::ApiCall {
+                moved_stage: Some(stage),
+                ..
+            } if stage == AWSCURRENT => vec![AWSCURRENT, AWSPREVIOUS],
+            ChangeKind::ApiCall {
+                moved_stage: Some(stage),
+                ..
+            } => vec![stage.as_str()],
+            ChangeKind::ApiCall { .. } | ChangeKind::Parameter { .. } => Vec::new(),
+        };
+        labels
+            .into_iter()
+            .filter(|l| *l != AWSPENDING)
+            .map(|l| LabelMove {
+                label: l.to_string(),
+                at,
+            })
+            .collect()
     }
 }
 
@@ -286,10 +324,17 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
                     shape,
                     field: "responseElements.arn or requestParameters.secretId",
                 })?;
+            // A label moved only if it was moved *to* a version (a removal alone moves none).
+            let moved_stage = (name == "UpdateSecretVersionStage"
+                && text(d, &["requestParameters", "moveToVersionId"]).is_some())
+            .then(|| text(d, &["requestParameters", "versionStage"]))
+            .flatten()
+            .map(String::from);
             change(
                 Subject::Secret(id.to_string()),
                 ChangeKind::ApiCall {
                     name: name.to_string(),
+                    moved_stage,
                 },
             )
         }
@@ -386,7 +431,8 @@ mod tests {
         assert_eq!(
             c.kind,
             ChangeKind::ApiCall {
-                name: "PutSecretValue".into()
+                name: "PutSecretValue".into(),
+                moved_stage: None,
             }
         );
         let c = change(include_str!(
@@ -404,6 +450,67 @@ mod tests {
             c.secret,
             Subject::Secret("arn:aws:secretsmanager:us-west-2:012345678901:secret:app/db".into())
         );
+    }
+
+    #[test]
+    fn events_date_the_labels_they_moved() {
+        let at = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .expect("time")
+        };
+        let moves = |body: &str| -> Vec<(String, DateTime<Utc>)> {
+            change(body)
+                .label_moves()
+                .into_iter()
+                .map(|m| (m.label, m.at))
+                .collect()
+        };
+        let rotated = at("2026-11-02T03:14:07Z");
+        assert_eq!(
+            moves(include_str!(
+                "../tests/fixtures/events/rotation_succeeded.json"
+            )),
+            [
+                ("AWSCURRENT".to_string(), rotated),
+                ("AWSPREVIOUS".to_string(), rotated)
+            ]
+        );
+        let staged = at("2026-11-02T09:30:00Z");
+        assert_eq!(
+            moves(include_str!(
+                "../tests/fixtures/events/update_secret_version_stage_aRN.json"
+            )),
+            [
+                ("AWSCURRENT".to_string(), staged),
+                ("AWSPREVIOUS".to_string(), staged)
+            ]
+        );
+        assert_eq!(
+            moves(include_str!(
+                "../tests/fixtures/events/secret_label_updated.json"
+            )),
+            [("AWSCURRENT".to_string(), at("2024-02-06T16:43:48Z"))]
+        );
+        // A new version dates itself; staging AWSPENDING (a rotation's first step, all a failed
+        // rotation does) and removing a label move nothing a task follows.
+        assert!(moves(include_str!(
+            "../tests/fixtures/events/put_secret_value.json"
+        ))
+        .is_empty());
+        let custom = r#"{"source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","time":"2026-11-02T10:00:00Z","detail":{"eventName":"UpdateSecretVersionStage","requestParameters":{"secretId":"app/db","versionStage":"blue","moveToVersionId":"v1"}}}"#;
+        assert_eq!(
+            moves(custom),
+            [("blue".to_string(), at("2026-11-02T10:00:00Z"))]
+        );
+        for body in [
+            r#"{"source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","time":"2026-11-02T10:00:00Z","detail":{"eventName":"UpdateSecretVersionStage","requestParameters":{"secretId":"app/db","versionStage":"AWSPENDING","moveToVersionId":"v2"}}}"#,
+            r#"{"source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","time":"2026-11-02T10:00:00Z","detail":{"eventName":"UpdateSecretVersionStage","requestParameters":{"secretId":"app/db","versionStage":"blue","removeFromVersionId":"v1"}}}"#,
+            r#"{"source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","time":"2026-11-02T10:00:00Z","detail":{"eventName":"UpdateSecret","requestParameters":{"secretId":"app/db","description":"x"}}}"#,
+            r#"{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{"eventName":"RotationSucceeded","additionalEventData":{"SecretId":"app/db"}}}"#,
+        ] {
+            assert!(moves(body).is_empty(), "{body}");
+        }
     }
 
     #[test]

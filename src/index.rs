@@ -5,6 +5,12 @@
 //! immutable, so [`TaskDefCache`] describes each ARN once per process, however many services or
 //! scans share it. [`resolve`] then reads the metadata (never the value) of every secret the
 //! selected services reference, and [`Target`]s select services by exact secret identity.
+//!
+//! Only the scan can fail as a whole (listing clusters or services, describing services or task
+//! definitions). Resolving never does: a lookup that fails makes exactly the references that need
+//! it unresolved, with an [`Unresolved`] reason naming the call, the resource and what to grant,
+//! and every other reference is resolved as usual. Which metadata to fetch at all is the rule's
+//! call ([`needs_version_dates`], [`needs_label_history`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +20,15 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-use crate::aws::{all_pages, AwsError, AwsResult, Clients, ErrorKind, Service, TaskDefinition};
-use crate::decide::{RefState, ResolvedRef, SmState, SsmState};
+use crate::aws::{
+    all_pages, AwsError, AwsResult, Clients, ErrorKind, ParameterMeta, Service, TaskDefinition,
+};
+use crate::decide::{
+    needs_label_history, needs_version_dates, Fetched, RefState, ResolvedRef, SmState, SsmState,
+    Unresolved,
+};
 use crate::reference::{
-    canonical_param_name, parse_tag_value, parse_value_from, ParamSelector, RefError,
+    canonical_param_name, parse_at, parse_tag_value, Home, ParamSelector, ParameterId, RefError,
     SecretIdentity, SecretRef, SecretsManagerId, Site, SmRef, SsmRef,
 };
 
@@ -94,25 +105,37 @@ impl Entry {
 
     /// Whether one of its references names `target`.
     pub fn references(&self, target: &SecretIdentity, home_region: &str) -> bool {
+        let home = self.home(home_region);
         self.refs.iter().any(|(_, _, r)| match r {
-            Ok(r) => ref_names(r, target, home_region),
+            Ok(r) => ref_names(r, target, &home),
             Err(_) => false,
         })
     }
+
+    /// Where its tasks resolve references without an account or region: its own account and
+    /// region, from its ARN.
+    pub fn home(&self, default_region: &str) -> Home {
+        Home::of_arn(&self.service.arn, default_region)
+    }
 }
 
-/// Whether a reference names an identity: exact, by name or full ARN, never by prefix.
-pub fn ref_names(r: &SecretRef, target: &SecretIdentity, home: &str) -> bool {
+/// Whether a reference read at `home` names an identity: exact (partition, account, region and
+/// name), by name or full ARN, never by prefix.
+pub fn ref_names(r: &SecretRef, target: &SecretIdentity, home: &Home) -> bool {
     match (r, target) {
-        (SecretRef::SecretsManager(sm), SecretIdentity::SecretsManager(id)) => sm.names(id, home),
-        (SecretRef::Parameter(p), SecretIdentity::Parameter { region, name }) => {
-            p.region.as_deref().unwrap_or(home) == region && &p.name == name
+        (SecretRef::SecretsManager(sm), SecretIdentity::SecretsManager(id)) => {
+            sm.names_from(id, home)
+        }
+        (SecretRef::Parameter(p), SecretIdentity::Parameter(id)) => {
+            p.region.as_deref().unwrap_or(&home.region) == id.region
+                && home.foreign_account(p.account.as_deref()) == id.account
+                && p.name == id.name
         }
         (SecretRef::Named(n), SecretIdentity::SecretsManager(id)) => {
-            id.region == home && *n == id.name
+            id.region == home.region && home.owns(id.account.as_deref()) && *n == id.name
         }
-        (SecretRef::Named(n), SecretIdentity::Parameter { region, name }) => {
-            region == home && canonical_param_name(n) == *name
+        (SecretRef::Named(n), SecretIdentity::Parameter(id)) => {
+            id.region == home.region && id.account.is_none() && canonical_param_name(n) == id.name
         }
         _ => false,
     }
@@ -211,7 +234,7 @@ pub async fn scan(
                 refs.push((
                     raw.site.clone(),
                     raw.value.clone(),
-                    parse_value_from(&raw.value),
+                    parse_at(&raw.site, &raw.value),
                 ));
             }
         }
@@ -274,52 +297,60 @@ pub enum TargetError {
 }
 
 /// Resolves what a user or an event named into exact identities, through `DescribeSecret` for
-/// Secrets Manager (a name or partial ARN can only be matched exactly once resolved).
+/// Secrets Manager (a name or partial ARN can only be matched exactly once resolved). A bare
+/// name may be a secret and a parameter: one lookup failing does not hide what the other found.
 pub async fn resolve_target(clients: &Clients, given: &str) -> Result<Target, TargetError> {
     let parsed = crate::reference::parse_declared(given).map_err(|source| TargetError::Parse {
         given: given.to_string(),
         source,
     })?;
-    let home = clients.region.as_str();
+    let home = Home::region(&clients.region);
     let mut identities = Vec::new();
+    let mut failure: Option<AwsError> = None;
     match &parsed {
         SecretRef::SecretsManager(sm) => {
-            let region = sm.region.as_deref().unwrap_or(home);
+            let region = sm.region.as_deref().unwrap_or(&home.region);
             match clients
                 .secrets
                 .describe_secret(region, &sm.lookup_id())
                 .await
             {
-                Ok(meta) => identities.push(sm_identity(&meta.arn, &meta.name)?),
+                Ok(meta) => identities.push(sm_identity(&meta.arn, &meta.name, &home)?),
                 Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => failure = Some(e),
             }
         }
-        SecretRef::Parameter(p) => identities.push(SecretIdentity::Parameter {
-            region: p.region.clone().unwrap_or_else(|| home.to_string()),
-            name: p.name.clone(),
-        }),
+        SecretRef::Parameter(p) => identities.push(SecretIdentity::Parameter(ParameterId::new(
+            p.region.as_deref().unwrap_or(&home.region),
+            p.account.as_deref(),
+            &p.name,
+            &home,
+        ))),
         SecretRef::Named(n) => {
-            match clients.secrets.describe_secret(home, n).await {
-                Ok(meta) => identities.push(sm_identity(&meta.arn, &meta.name)?),
+            match clients.secrets.describe_secret(&home.region, n).await {
+                Ok(meta) => identities.push(sm_identity(&meta.arn, &meta.name, &home)?),
                 Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => failure = Some(e),
             }
             let name = canonical_param_name(n);
-            let found = clients
+            match clients
                 .parameters
-                .describe_parameters(home, std::slice::from_ref(&name))
-                .await?;
-            if found.iter().any(|p| p.name == name) {
-                identities.push(SecretIdentity::Parameter {
-                    region: home.to_string(),
-                    name,
-                });
+                .describe_parameters(&home.region, std::slice::from_ref(&name))
+                .await
+            {
+                Ok(found) if found.iter().any(|p| p.name == name) => identities.push(
+                    SecretIdentity::Parameter(ParameterId::new(&home.region, None, &name, &home)),
+                ),
+                Ok(_) => {}
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
     }
     if identities.is_empty() {
-        return Err(TargetError::NotFound(given.to_string()));
+        return Err(match failure {
+            Some(e) => e.into(),
+            None => TargetError::NotFound(given.to_string()),
+        });
     }
     Ok(Target {
         given: given.to_string(),
@@ -328,9 +359,9 @@ pub async fn resolve_target(clients: &Clients, given: &str) -> Result<Target, Ta
     })
 }
 
-fn sm_identity(arn: &str, name: &str) -> AwsResult<SecretIdentity> {
+fn sm_identity(arn: &str, name: &str, home: &Home) -> AwsResult<SecretIdentity> {
     SecretsManagerId::new(arn, name)
-        .map(SecretIdentity::SecretsManager)
+        .map(|id| SecretIdentity::SecretsManager(id.seen_from(home)))
         .map_err(|e| {
             AwsError::new(
                 "secretsmanager:DescribeSecret",
@@ -344,36 +375,51 @@ fn sm_identity(arn: &str, name: &str) -> AwsResult<SecretIdentity> {
 /// A lookup key: which call answers for a reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Lookup {
+    /// `DescribeSecret` in `region` by name or ARN (another account's ARN included: the
+    /// operator's credentials may read it if the secret's resource policy allows).
     Secret { region: String, id: String },
-    Parameter { region: String, name: String },
+    /// A parameter of the operator's account (`account` is `None`) or of another (not read).
+    Parameter {
+        region: String,
+        account: Option<String>,
+        name: String,
+    },
 }
 
+type States = HashMap<Lookup, Result<RefState, Unresolved>>;
+
 /// Reads the metadata behind every reference of `entries` and pairs each reference with it.
-/// Returns, per entry (same order), its resolved references.
+/// Returns, per entry (same order), its resolved references. It cannot fail: a lookup that fails
+/// leaves exactly the references that need it unresolved, each with the reason.
 pub async fn resolve(
     clients: &Clients,
     entries: &[Entry],
     concurrency: usize,
-) -> AwsResult<Vec<Vec<ResolvedRef>>> {
-    let home = clients.region.clone();
+) -> Vec<Vec<ResolvedRef>> {
     let concurrency = concurrency.max(1);
+    // Display is relative to the operator's home: the account and region of the services it scans.
+    let home = entries
+        .first()
+        .map(|e| e.home(&clients.region))
+        .unwrap_or_else(|| Home::region(&clients.region));
 
-    // Which lookups, and the oldest deployment depending on each (to know whether version
-    // creation dates are needed at all).
+    // Which lookups, and the oldest deployment depending on each: the rule says from that
+    // whether version dates or label histories are needed at all.
     let mut oldest: BTreeMap<Lookup, Option<DateTime<Utc>>> = BTreeMap::new();
-    let mut history_needed: HashSet<Lookup> = HashSet::new();
+    let mut label_refs: HashSet<Lookup> = HashSet::new();
     for e in entries {
         let d = e.deployed_at();
+        let entry_home = e.home(&clients.region);
         for (_, _, r) in &e.refs {
             let Ok(r) = r else { continue };
-            for (key, needs_history) in lookups_of(r, &home) {
+            for (key, is_label) in lookups_of(r, &entry_home) {
                 let slot = oldest.entry(key.clone()).or_insert(d);
                 *slot = match (*slot, d) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                if needs_history {
-                    history_needed.insert(key);
+                if is_label {
+                    label_refs.insert(key);
                 }
             }
         }
@@ -386,69 +432,133 @@ pub async fn resolve(
             Lookup::Parameter { .. } => None,
         })
         .collect();
-    let secret_states: Vec<(Lookup, Result<RefState, String>)> = stream::iter(secret_keys)
+    let home_ref = &home;
+    let mut states: States = stream::iter(secret_keys)
         .map(|(key, region, id, oldest)| async move {
-            let state = secret_state(clients, &region, &id, oldest).await?;
-            Ok::<_, AwsError>((key, state))
+            let state = secret_state(clients, &region, &id, oldest, home_ref).await;
+            (key, state)
         })
         .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
 
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for key in oldest.keys() {
-        if let Lookup::Parameter { region, name } = key {
-            by_region
+        match key {
+            Lookup::Parameter {
+                region,
+                account: None,
+                name,
+            } => by_region
                 .entry(region.clone())
                 .or_default()
-                .push(name.clone());
+                .push(name.clone()),
+            Lookup::Parameter {
+                region,
+                account: Some(account),
+                name,
+            } => {
+                states.insert(
+                    key.clone(),
+                    Err(Unresolved::ForeignParameter {
+                        name: name.clone(),
+                        account: account.clone(),
+                        region: region.clone(),
+                    }),
+                );
+            }
+            Lookup::Secret { .. } => {}
         }
     }
-    let mut param_states: HashMap<Lookup, Result<RefState, String>> = HashMap::new();
     for (region, names) in by_region {
         for batch in names.chunks(DESCRIBE_PARAMETERS_BATCH) {
-            let found = clients
-                .parameters
-                .describe_parameters(&region, batch)
-                .await?;
-            for name in batch {
+            for (name, found) in describe_parameters(clients, &region, batch, &home).await {
                 let key = Lookup::Parameter {
                     region: region.clone(),
+                    account: None,
                     name: name.clone(),
                 };
-                let state = match found.iter().find(|p| &p.name == name) {
-                    Some(p) => {
-                        let history = if history_needed.contains(&key) {
-                            Some(clients.parameters.parameter_history(&region, name).await?)
+                let state = match found {
+                    Ok(Some(p)) => {
+                        let wanted = label_refs.contains(&key)
+                            && needs_label_history(
+                                p.last_modified,
+                                oldest.get(&key).copied().flatten(),
+                            );
+                        let history = if wanted {
+                            match clients.parameters.parameter_history(&region, &name).await {
+                                Ok(h) => Fetched::Done(h),
+                                Err(e) => {
+                                    Fetched::Failed(unresolved(&e, &name, &region, &home, None))
+                                }
+                            }
                         } else {
-                            None
+                            Fetched::Skipped
                         };
                         Ok(RefState::Parameter(SsmState {
-                            region: region.clone(),
-                            name: name.clone(),
+                            id: ParameterId::new(&region, None, &name, &home),
                             last_modified: p.last_modified,
                             version: p.version,
                             history,
+                            label_moves: BTreeMap::new(),
                         }))
                     }
-                    None => Err(format!("SSM parameter {name} not found in {region}")),
+                    Ok(None) => Err(Unresolved::NotFound {
+                        call: "ssm:DescribeParameters",
+                        resource: format!("parameter {name}"),
+                        region: region.clone(),
+                    }),
+                    Err(e) => Err(e),
                 };
-                param_states.insert(key, state);
+                states.insert(key, state);
             }
         }
     }
 
-    let mut states: HashMap<Lookup, Result<RefState, String>> = secret_states.into_iter().collect();
-    states.extend(param_states);
-
-    Ok(entries
+    entries
         .iter()
-        .map(|e| pair_refs(e, &states, &home))
-        .collect())
+        .map(|e| pair_refs(e, &states, &e.home(&clients.region)))
+        .collect()
 }
 
-/// The lookups a reference needs, and whether each needs the label history.
-fn lookups_of(r: &SecretRef, home: &str) -> Vec<(Lookup, bool)> {
+/// `DescribeParameters` for a batch of names, each name with what was found for it. A failed
+/// batch is retried name by name (unless the failure is throttling or an unreachable endpoint,
+/// which would fail the same way), so that one name that the call refuses does not take the
+/// other forty-nine with it.
+async fn describe_parameters(
+    clients: &Clients,
+    region: &str,
+    batch: &[String],
+    home: &Home,
+) -> Vec<(String, Result<Option<ParameterMeta>, Unresolved>)> {
+    let pick = |found: &[ParameterMeta], name: &str| found.iter().find(|p| p.name == name).cloned();
+    match clients.parameters.describe_parameters(region, batch).await {
+        Ok(found) => batch
+            .iter()
+            .map(|n| (n.clone(), Ok(pick(&found, n))))
+            .collect(),
+        Err(e) if batch.len() > 1 && !e.is_retryable() => {
+            let mut out = Vec::with_capacity(batch.len());
+            for n in batch {
+                let one = clients
+                    .parameters
+                    .describe_parameters(region, std::slice::from_ref(n))
+                    .await
+                    .map(|found| pick(&found, n))
+                    .map_err(|e| unresolved(&e, n, region, home, None));
+                out.push((n.clone(), one));
+            }
+            out
+        }
+        Err(e) => batch
+            .iter()
+            .map(|n| (n.clone(), Err(unresolved(&e, n, region, home, None))))
+            .collect(),
+    }
+}
+
+/// The lookups a reference needs (read at `home`), and whether each is for a label reference.
+fn lookups_of(r: &SecretRef, home: &Home) -> Vec<(Lookup, bool)> {
     match r {
         SecretRef::SecretsManager(sm) => vec![(sm_lookup(sm, home), false)],
         SecretRef::Parameter(p) => {
@@ -458,35 +568,138 @@ fn lookups_of(r: &SecretRef, home: &str) -> Vec<(Lookup, bool)> {
             )]
         }
         SecretRef::Named(n) => vec![
-            (
-                Lookup::Secret {
-                    region: home.to_string(),
-                    id: n.clone(),
-                },
-                false,
-            ),
-            (
-                Lookup::Parameter {
-                    region: home.to_string(),
-                    name: canonical_param_name(n),
-                },
-                false,
-            ),
+            (named_secret(n, home), false),
+            (named_parameter(n, home), false),
         ],
     }
 }
 
-fn sm_lookup(sm: &SmRef, home: &str) -> Lookup {
+fn sm_lookup(sm: &SmRef, home: &Home) -> Lookup {
     Lookup::Secret {
-        region: sm.region.clone().unwrap_or_else(|| home.to_string()),
+        region: sm.region.clone().unwrap_or_else(|| home.region.clone()),
         id: sm.lookup_id(),
     }
 }
 
-fn ssm_lookup(p: &SsmRef, home: &str) -> Lookup {
+fn ssm_lookup(p: &SsmRef, home: &Home) -> Lookup {
     Lookup::Parameter {
-        region: p.region.clone().unwrap_or_else(|| home.to_string()),
+        region: p.region.clone().unwrap_or_else(|| home.region.clone()),
+        account: home.foreign_account(p.account.as_deref()),
         name: p.name.clone(),
+    }
+}
+
+fn named_secret(n: &str, home: &Home) -> Lookup {
+    Lookup::Secret {
+        region: home.region.clone(),
+        id: n.to_string(),
+    }
+}
+
+fn named_parameter(n: &str, home: &Home) -> Lookup {
+    Lookup::Parameter {
+        region: home.region.clone(),
+        account: None,
+        name: canonical_param_name(n),
+    }
+}
+
+/// The account an ARN names, if `id` is one.
+fn arn_account(id: &str) -> Option<&str> {
+    id.strip_prefix("arn:")
+        .and_then(|rest| rest.split(':').nth(3))
+        .filter(|a| !a.is_empty())
+}
+
+/// What a failed call means for the references that needed it: the call, the resource, and what
+/// to grant or fix. `owner` is the account the resource belongs to, when the reference says.
+fn unresolved(
+    e: &AwsError,
+    resource: &str,
+    region: &str,
+    home: &Home,
+    owner: Option<&str>,
+) -> Unresolved {
+    let call = e.operation;
+    let resource = resource.to_string();
+    let message = e.message.clone();
+    let elsewhere = region != home.region;
+    let kms = message.contains("KMS") || message.contains("kms:");
+    let bad_token = [
+        "security token",
+        "UnrecognizedClient",
+        "InvalidClientTokenId",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    match e.kind {
+        ErrorKind::NotFound => Unresolved::NotFound {
+            call,
+            resource,
+            region: region.to_string(),
+        },
+        ErrorKind::AccessDenied if bad_token && elsewhere => Unresolved::Region {
+            call,
+            resource,
+            region: region.to_string(),
+            message: format!("the operator's credentials were refused ({message})"),
+            fix: "the region is probably not enabled for this account (an opt-in region): enable it, or fix the region in the reference".into(),
+        },
+        _ if kms => Unresolved::Kms {
+            call,
+            resource,
+            message,
+        },
+        ErrorKind::AccessDenied => {
+            let foreign = home.foreign_account(owner);
+            let fix = match (call, foreign) {
+                (c, Some(account)) if c.starts_with("secretsmanager:") => format!(
+                    "the secret belongs to account {account}: its resource policy must allow the operator's role secretsmanager:DescribeSecret and secretsmanager:ListSecretVersionIds, and so must the operator's IAM policy; the KMS key policy is not involved in these metadata reads (only the tasks' execution role needs kms:Decrypt on the secret's key)"
+                ),
+                (c, None) if c.starts_with("secretsmanager:") => format!(
+                    "allow {c} on this secret in the operator's IAM policy; if it already does, an explicit deny in an SCP, a permissions boundary or the secret's resource policy refuses it"
+                ),
+                ("ssm:DescribeParameters", _) => "allow ssm:DescribeParameters (it takes Resource \"*\") in the operator's IAM policy; if it already does, an SCP or a permissions boundary denies it".into(),
+                ("ssm:GetParameterHistory", _) => format!(
+                    "allow ssm:GetParameterHistory on arn:{}:ssm:{region}:{}:parameter{} in the operator's IAM policy (needed only for name:label references; never kms:Decrypt); if it already does, an SCP or a permissions boundary denies it",
+                    home.partition,
+                    home.account.as_deref().unwrap_or("<account>"),
+                    if resource.starts_with('/') { resource.clone() } else { format!("/{resource}") },
+                ),
+                (c, _) => format!("allow {c} in the operator's IAM policy, or lift the SCP that denies it"),
+            };
+            Unresolved::Denied {
+                call,
+                resource,
+                message,
+                fix,
+            }
+        }
+        ErrorKind::Transient if elsewhere => Unresolved::Region {
+            call,
+            resource,
+            region: region.to_string(),
+            message: format!("could not be reached ({message})"),
+            fix: "check the region in the reference (a typo, or a region this partition does not have) and that it is enabled for this account".into(),
+        },
+        // Another region's endpoint that cannot be reached at all (no such region: DNS).
+        ErrorKind::Setup if elsewhere => Unresolved::Region {
+            call,
+            resource,
+            region: region.to_string(),
+            message: format!("could not be reached ({message})"),
+            fix: "check the region in the reference (a typo, or a region this partition does not have)".into(),
+        },
+        ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Setup => Unresolved::Unavailable {
+            call,
+            resource,
+            message,
+        },
+        ErrorKind::Other => Unresolved::Failed {
+            call,
+            resource,
+            message,
+        },
     }
 }
 
@@ -495,95 +708,90 @@ async fn secret_state(
     region: &str,
     id: &str,
     oldest_deployment: Option<DateTime<Utc>>,
-) -> AwsResult<Result<RefState, String>> {
-    let meta = match clients.secrets.describe_secret(region, id).await {
-        Ok(m) => m,
-        Err(e) if e.kind == ErrorKind::NotFound => {
-            return Ok(Err(format!("secret {id} not found in {region}")))
-        }
-        Err(e) if e.kind == ErrorKind::AccessDenied => return Ok(Err(e.to_string())),
-        Err(e) => return Err(e),
-    };
+    home: &Home,
+) -> Result<RefState, Unresolved> {
+    let owner = arn_account(id);
+    let meta = clients
+        .secrets
+        .describe_secret(region, id)
+        .await
+        .map_err(|e| unresolved(&e, id, region, home, owner))?;
     if let Some(when) = meta.deleted {
-        return Ok(Err(format!(
-            "secret {} is scheduled for deletion ({when})",
-            meta.name
-        )));
+        return Err(Unresolved::ScheduledForDeletion {
+            name: meta.name,
+            at: when.to_rfc3339(),
+        });
     }
-    let sm_id = match SecretsManagerId::new(&meta.arn, &meta.name) {
-        Ok(i) => i,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
+    let sm_id = SecretsManagerId::new(&meta.arn, &meta.name)
+        .map_err(Unresolved::Unparsable)?
+        .seen_from(home);
     let mut stages = BTreeMap::new();
     for (version, labels) in &meta.version_stages {
         for l in labels {
             stages.insert(l.clone(), version.clone());
         }
     }
-    // Creation dates matter only if some dependent deployment is older than the last change
-    // (see `decide`): skip the call otherwise.
-    let needed = match (meta.last_changed, oldest_deployment) {
-        (Some(u), Some(d)) => d < u + chrono::Duration::seconds(1),
-        _ => true,
-    };
-    let mut created = BTreeMap::new();
-    if needed {
+    let created = if needs_version_dates(meta.last_changed, oldest_deployment) {
         let arn = meta.arn.clone();
-        let versions = all_pages(|t| clients.secrets.list_secret_versions(region, &arn, t)).await?;
-        for v in versions {
-            if let Some(c) = v.created {
-                created.insert(v.id, c);
-            }
+        match all_pages(|t| clients.secrets.list_secret_versions(region, &arn, t)).await {
+            Ok(versions) => Fetched::Done(
+                versions
+                    .into_iter()
+                    .filter_map(|v| Some((v.id, v.created?)))
+                    .collect(),
+            ),
+            Err(e) => Fetched::Failed(unresolved(&e, &meta.arn, region, home, owner)),
         }
-    }
-    Ok(Ok(RefState::SecretsManager(SmState {
+    } else {
+        Fetched::Skipped
+    };
+    Ok(RefState::SecretsManager(SmState {
         id: sm_id,
         last_changed: meta.last_changed,
+        last_rotated: meta.last_rotated,
         stages,
         created,
         label_moves: BTreeMap::new(),
-    })))
+    }))
 }
 
-fn pair_refs(
-    e: &Entry,
-    states: &HashMap<Lookup, Result<RefState, String>>,
-    home: &str,
-) -> Vec<ResolvedRef> {
+fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
+    let looked_up = |key: &Lookup, resource: &str| -> Result<RefState, Unresolved> {
+        states.get(key).cloned().unwrap_or_else(|| {
+            Err(Unresolved::MissingMetadata {
+                resource: resource.to_string(),
+                what: "metadata (not looked up)",
+            })
+        })
+    };
     let mut out = Vec::new();
     for (site, text, parsed) in &e.refs {
+        let resolved = |reference: Result<SecretRef, RefError>, state| ResolvedRef {
+            site: site.clone(),
+            text: text.clone(),
+            reference,
+            state,
+        };
         let r = match parsed {
             Ok(r) => r,
             Err(err) => {
-                out.push(ResolvedRef {
-                    site: site.clone(),
-                    text: text.clone(),
-                    reference: Err(err.to_string()),
-                    state: Err("not parsed".into()),
-                });
+                out.push(resolved(
+                    Err(err.clone()),
+                    Err(Unresolved::Unparsable(err.clone())),
+                ));
                 continue;
             }
         };
-        let missing = || Err::<RefState, String>("not looked up".into());
         match r {
             SecretRef::Named(n) => {
                 // A tag name may be a secret, a parameter, or both; unresolved only if neither.
-                let sm = states
-                    .get(&Lookup::Secret {
-                        region: home.to_string(),
-                        id: n.clone(),
-                    })
-                    .cloned()
-                    .unwrap_or_else(missing);
-                let ssm = states
-                    .get(&Lookup::Parameter {
-                        region: home.to_string(),
-                        name: canonical_param_name(n),
-                    })
-                    .cloned()
-                    .unwrap_or_else(missing);
+                let sm = looked_up(&named_secret(n, home), n);
+                let ssm = looked_up(&named_parameter(n, home), n);
+                let not_found = |x: &Result<RefState, Unresolved>| {
+                    matches!(x, Err(Unresolved::NotFound { .. }))
+                };
                 let mut any = false;
-                if let Ok(state) = sm {
+                if let Ok(state) = &sm {
                     any = true;
                     let concrete = SecretRef::SecretsManager(SmRef {
                         partition: None,
@@ -593,14 +801,9 @@ fn pair_refs(
                         json_key: None,
                         selector: crate::reference::VersionSelector::Current,
                     });
-                    out.push(ResolvedRef {
-                        site: site.clone(),
-                        text: text.clone(),
-                        reference: Ok(concrete),
-                        state: Ok(state),
-                    });
+                    out.push(resolved(Ok(concrete), Ok(state.clone())));
                 }
-                if let Ok(state) = ssm {
+                if let Ok(state) = &ssm {
                     any = true;
                     let concrete = SecretRef::Parameter(SsmRef {
                         region: None,
@@ -608,42 +811,30 @@ fn pair_refs(
                         name: canonical_param_name(n),
                         selector: ParamSelector::Latest,
                     });
-                    out.push(ResolvedRef {
-                        site: site.clone(),
-                        text: text.clone(),
-                        reference: Ok(concrete),
-                        state: Ok(state),
-                    });
+                    out.push(resolved(Ok(concrete), Ok(state.clone())));
                 }
                 if !any {
-                    out.push(ResolvedRef {
-                        site: site.clone(),
-                        text: text.clone(),
-                        reference: Ok(r.clone()),
-                        state: Err(format!(
-                            "no Secrets Manager secret or SSM parameter named {n}"
-                        )),
-                    });
+                    // Neither exists, unless a lookup failed otherwise: then that failure is the
+                    // reason (a refusal may hide the one that exists).
+                    let reason = [sm, ssm]
+                        .into_iter()
+                        .filter(|x| !not_found(x))
+                        .find_map(Result::err)
+                        .unwrap_or_else(|| Unresolved::NeitherFound {
+                            name: n.clone(),
+                            region: home.region.clone(),
+                        });
+                    out.push(resolved(Ok(r.clone()), Err(reason)));
                 }
             }
-            SecretRef::SecretsManager(sm) => out.push(ResolvedRef {
-                site: site.clone(),
-                text: text.clone(),
-                reference: Ok(r.clone()),
-                state: states
-                    .get(&sm_lookup(sm, home))
-                    .cloned()
-                    .unwrap_or_else(missing),
-            }),
-            SecretRef::Parameter(p) => out.push(ResolvedRef {
-                site: site.clone(),
-                text: text.clone(),
-                reference: Ok(r.clone()),
-                state: states
-                    .get(&ssm_lookup(p, home))
-                    .cloned()
-                    .unwrap_or_else(missing),
-            }),
+            SecretRef::SecretsManager(sm) => out.push(resolved(
+                Ok(r.clone()),
+                looked_up(&sm_lookup(sm, home), &sm.lookup_id()),
+            )),
+            SecretRef::Parameter(p) => out.push(resolved(
+                Ok(r.clone()),
+                looked_up(&ssm_lookup(p, home), &p.name),
+            )),
         }
     }
     out

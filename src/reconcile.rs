@@ -21,7 +21,7 @@ use crate::deployment::Limits;
 use crate::event::{Changes, Subject};
 use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
 use crate::plan::{plan, ChangeSet, ServiceKey};
-use crate::reference::{canonical_param_name, SecretIdentity};
+use crate::reference::{canonical_param_name, ParameterId, SecretIdentity};
 use crate::rollout::{Outcome, Rollout};
 use crate::window::Windows;
 
@@ -495,12 +495,11 @@ impl Reconciler {
                 },
                 Subject::Parameter { region, name } => out.push(Target {
                     given: name.clone(),
-                    identities: vec![SecretIdentity::Parameter {
-                        region: region
-                            .clone()
-                            .unwrap_or_else(|| self.clients.region.clone()),
-                        name: canonical_param_name(name),
-                    }],
+                    identities: vec![SecretIdentity::Parameter(ParameterId::own(
+                        region.as_deref().unwrap_or(&self.clients.region),
+                        &canonical_param_name(name),
+                        &self.clients.region,
+                    ))],
                     label_moves: Vec::new(),
                 }),
             }
@@ -547,7 +546,7 @@ impl Reconciler {
                         .any(|id| e.references(id, home))
             })
             .collect();
-        let mut resolved = index::resolve(&self.clients, &entries, conc).await?;
+        let mut resolved = index::resolve(&self.clients, &entries, conc).await;
         apply_label_moves(&mut resolved, targets);
         let now = self.clock.now();
         let mut items: Vec<Item<'_>> = entries

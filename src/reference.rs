@@ -12,9 +12,16 @@
 //! | SSM parameter ARN | `arn:aws:ssm:eu-west-1:111122223333:parameter/app/db` |
 //! | SSM parameter name (same region only) | `/app/db`, `app/db`, `db_password` |
 //!
-//! A bare name in `valueFrom` is always an SSM parameter: that is how ECS reads it. A bare name in
-//! the `ecs-reloader/secrets` tag may be either, so [`parse_declared`] yields [`SecretRef::Named`],
+//! A bare name in `valueFrom` is always an SSM parameter: that is how ECS reads it. A
+//! `credentialsParameter` is always a Secrets Manager secret, by name or ARN (ECS reads private
+//! registry credentials from Secrets Manager only), hence [`parse_at`]. A bare name in the
+//! `ecs-reloader/secrets` tag may be either, so [`parse_declared`] yields [`SecretRef::Named`],
 //! which the index resolves against both services.
+//!
+//! **Identity** is partition + account + region + name ([`SecretIdentity`]): a bare name means the
+//! task's own account and region ([`Home`]), an ARN means exactly what it says, and two secrets of
+//! the same name in different accounts or regions are different secrets everywhere (matching,
+//! holds, canary gates).
 //!
 //! This module is pure: no I/O, no AWS types.
 
@@ -111,14 +118,21 @@ impl SmRef {
     }
 
     /// Whether this reference names the secret whose resolved identity is `id`, given the region
-    /// and account the reference is read in. Exact, never by prefix: `app/db` does not name
+    /// the reference is read in. Exact, never by prefix: `app/db` does not name
     /// `app/db-replica-AbCdEf`.
     pub fn names(&self, id: &SecretsManagerId, home_region: &str) -> bool {
-        let region = self.region.as_deref().unwrap_or(home_region);
+        self.names_from(id, &Home::region(home_region))
+    }
+
+    /// [`names`](Self::names), read from `home`: a reference without an account means home's
+    /// account, so a bare name never names another account's secret of the same name.
+    pub fn names_from(&self, id: &SecretsManagerId, home: &Home) -> bool {
+        let region = self.region.as_deref().unwrap_or(&home.region);
         if region != id.region {
             return false;
         }
-        if let (Some(a), Some(b)) = (&self.account, &id.account) {
+        let account = self.account.as_deref().or(home.account.as_deref());
+        if let (Some(a), Some(b)) = (account, &id.account) {
             if a != b {
                 return false;
             }
@@ -188,8 +202,87 @@ impl fmt::Display for SecretRef {
     }
 }
 
-/// The resolved identity of a Secrets Manager secret: its full ARN, split.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Where a task resolves references that name no account or region: the account and region of
+/// its service (ECS resolves a bare name there). The operator scans its own account and region, so
+/// this is also "home" for display: identities elsewhere are shown with their account and region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Home {
+    /// `aws`, `aws-cn`, `aws-us-gov`, …
+    pub partition: String,
+    /// The region.
+    pub region: String,
+    /// The account, when known (ECS ARNs always carry it).
+    pub account: Option<String>,
+}
+
+impl Home {
+    /// A home known only by its region.
+    pub fn region(region: &str) -> Home {
+        Home {
+            partition: partition_of(region).to_string(),
+            region: region.to_string(),
+            account: None,
+        }
+    }
+
+    /// The home of an ECS resource (a service, a cluster): its ARN's partition, region and
+    /// account; `fallback_region` when the ARN cannot be read.
+    pub fn of_arn(arn: &str, fallback_region: &str) -> Home {
+        match split_arn(arn) {
+            Ok(p) if !p.region.is_empty() => Home {
+                partition: p.partition.to_string(),
+                region: p.region.to_string(),
+                account: non_empty(p.account),
+            },
+            _ => Home::region(fallback_region),
+        }
+    }
+
+    /// Whether `account` is this home's account (an unknown account on either side counts as
+    /// home: nothing says otherwise).
+    pub fn owns(&self, account: Option<&str>) -> bool {
+        match (account, &self.account) {
+            (Some(a), Some(h)) => a == h,
+            _ => true,
+        }
+    }
+
+    /// The account as identities store it: `None` for home's own account.
+    pub fn foreign_account(&self, account: Option<&str>) -> Option<String> {
+        account.filter(|a| !self.owns(Some(a))).map(str::to_string)
+    }
+
+    /// How an identity in `region` / `account` is qualified for display: nothing at home, else
+    /// `[account region]` (or `[region]` for home's account elsewhere).
+    fn qualifier(&self, region: &str, account: Option<&str>) -> Option<String> {
+        let other_account = !self.owns(account);
+        match (other_account, region != self.region) {
+            (false, false) => None,
+            (false, true) => Some(format!("[{region}]")),
+            (true, _) => Some(format!("[{} {region}]", account.unwrap_or("?"))),
+        }
+    }
+}
+
+/// The partition a region belongs to (region names are unique across partitions).
+pub fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else if region.starts_with("us-iso-") {
+        "aws-iso"
+    } else if region.starts_with("us-isob-") {
+        "aws-iso-b"
+    } else {
+        "aws"
+    }
+}
+
+/// The resolved identity of a Secrets Manager secret: its full ARN, split. Two identities are
+/// the same secret exactly when their full ARNs are equal (the ARN carries partition, account,
+/// region and name); the display qualifier is not part of the identity.
+#[derive(Debug, Clone, Serialize)]
 pub struct SecretsManagerId {
     /// The full ARN, with the 6-character suffix.
     pub arn: String,
@@ -199,6 +292,37 @@ pub struct SecretsManagerId {
     pub region: String,
     /// The owning account, when the ARN carries one.
     pub account: Option<String>,
+    /// `[account region]` when it lives outside the operator's home (see [`Home`]): the display,
+    /// and every key built from it (holds, canary gates), then tells it from a home secret of the
+    /// same name.
+    #[serde(skip)]
+    pub qualifier: Option<String>,
+}
+
+impl PartialEq for SecretsManagerId {
+    fn eq(&self, other: &Self) -> bool {
+        self.arn == other.arn
+    }
+}
+
+impl Eq for SecretsManagerId {}
+
+impl std::hash::Hash for SecretsManagerId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.arn.hash(state);
+    }
+}
+
+impl PartialOrd for SecretsManagerId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SecretsManagerId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.arn.cmp(&other.arn)
+    }
 }
 
 impl SecretsManagerId {
@@ -216,7 +340,14 @@ impl SecretsManagerId {
             name: name.to_string(),
             region: parts.region.to_string(),
             account: non_empty(parts.account),
+            qualifier: None,
         })
+    }
+
+    /// The same identity, displayed as seen from `home`.
+    pub fn seen_from(mut self, home: &Home) -> Self {
+        self.qualifier = home.qualifier(&self.region, self.account.as_deref());
+        self
     }
 
     /// What follows `secret:` in the full ARN (`name-AbCdEf`).
@@ -225,27 +356,93 @@ impl SecretsManagerId {
     }
 }
 
+/// The identity of an SSM parameter: region, account and canonical name. The account is `None`
+/// for the operator's own account (so that an event, which names no account, and a reference by
+/// ARN with the home account are the same parameter) and `Some` only for another account's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParameterId {
+    /// The parameter's region.
+    pub region: String,
+    /// Another account's id; `None` for the operator's own.
+    pub account: Option<String>,
+    /// The canonical name (leading `/` for hierarchical names).
+    pub name: String,
+    /// `[account region]` / `[region]` outside home, for display (not part of the identity).
+    #[serde(skip)]
+    pub qualifier: Option<String>,
+}
+
+impl ParameterId {
+    /// The parameter `name` in `region` of the operator's own account, shown as seen from a home
+    /// in `home_region`.
+    pub fn own(region: &str, name: &str, home_region: &str) -> Self {
+        ParameterId::new(region, None, name, &Home::region(home_region))
+    }
+
+    /// The parameter `name` in `region` of `account` (normalised against `home`).
+    pub fn new(region: &str, account: Option<&str>, name: &str, home: &Home) -> Self {
+        let account = home.foreign_account(account);
+        ParameterId {
+            region: region.to_string(),
+            qualifier: home.qualifier(region, account.as_deref()),
+            account,
+            name: name.to_string(),
+        }
+    }
+
+    fn key(&self) -> (&str, Option<&str>, &str) {
+        (&self.region, self.account.as_deref(), &self.name)
+    }
+}
+
+impl PartialEq for ParameterId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for ParameterId {}
+
+impl std::hash::Hash for ParameterId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialOrd for ParameterId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ParameterId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
 /// The identity of anything ecs-reloader watches: what events and `--secret` resolve to, and
-/// what the index is keyed by.
+/// what the index is keyed by. Its display is the key of holds and canary gates: the bare name at
+/// home, qualified with account and region elsewhere, so that it is unique across them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "service", rename_all = "snake_case")]
 pub enum SecretIdentity {
     /// A Secrets Manager secret, by its full ARN.
     SecretsManager(SecretsManagerId),
-    /// An SSM parameter, by region and canonical name.
-    Parameter {
-        /// The parameter's region.
-        region: String,
-        /// The canonical name (leading `/` for hierarchical names).
-        name: String,
-    },
+    /// An SSM parameter, by region, account and canonical name.
+    Parameter(ParameterId),
 }
 
 impl fmt::Display for SecretIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretIdentity::SecretsManager(id) => f.write_str(&id.name),
-            SecretIdentity::Parameter { name, .. } => write!(f, "ssm:{name}"),
+        let (name, qualifier) = match self {
+            SecretIdentity::SecretsManager(id) => (id.name.clone(), &id.qualifier),
+            SecretIdentity::Parameter(p) => (format!("ssm:{}", p.name), &p.qualifier),
+        };
+        f.write_str(&name)?;
+        match qualifier {
+            Some(q) => write!(f, " {q}"),
+            None => Ok(()),
         }
     }
 }
@@ -269,6 +466,13 @@ pub enum RefError {
         input: String,
         /// What is wrong with it.
         why: &'static str,
+    },
+    /// `repositoryCredentials.credentialsParameter` naming something other than a Secrets
+    /// Manager secret: ECS reads registry credentials from Secrets Manager only.
+    #[error("repository credentials {input:?} must name a Secrets Manager secret (by name or ARN): ECS reads them from Secrets Manager only")]
+    NotASecret {
+        /// The offending input.
+        input: String,
     },
     /// An ARN of a service that cannot hold secrets for ECS.
     #[error("ARN {input:?} is for service {service:?}, not secretsmanager or ssm")]
@@ -345,6 +549,32 @@ pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
     } else {
         Ok(SecretRef::Parameter(parse_param_name(s, None, None)))
     }
+}
+
+/// Parses a reference as ECS reads it at `site`: `repositoryCredentials.credentialsParameter` is a
+/// Secrets Manager secret by name or ARN (never an SSM parameter); everything else as
+/// [`parse_value_from`].
+pub fn parse_at(site: &Site, input: &str) -> Result<SecretRef, RefError> {
+    if !matches!(site, Site::RepositoryCredentials { .. }) {
+        return parse_value_from(input);
+    }
+    let s = check_chars(input)?;
+    if s.starts_with("arn:") {
+        return match parse_arn(s)? {
+            r @ SecretRef::SecretsManager(_) => Ok(r),
+            _ => Err(RefError::NotASecret {
+                input: s.to_string(),
+            }),
+        };
+    }
+    Ok(SecretRef::SecretsManager(SmRef {
+        partition: None,
+        region: None,
+        account: None,
+        tail: s.to_string(),
+        json_key: None,
+        selector: VersionSelector::Current,
+    }))
 }
 
 /// Parses one entry of the `ecs-reloader/secrets` tag: an ARN, or a bare name that may be a
@@ -605,6 +835,100 @@ mod tests {
         assert!(!other_account.names(&db, "eu-west-1"));
     }
 
+    #[test]
+    fn repository_credentials_are_a_secret_by_name_or_arn() {
+        let site = Site::RepositoryCredentials {
+            container: "app".into(),
+        };
+        // A bare name is a Secrets Manager secret there, never an SSM parameter.
+        match parse_at(&site, "app/registry") {
+            Ok(SecretRef::SecretsManager(r)) => {
+                assert_eq!(r.lookup_id(), "app/registry");
+                assert_eq!(r.selector, VersionSelector::Current);
+                let id = SecretsManagerId::new(
+                    "arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/registry-AbCdEf",
+                    "app/registry",
+                )
+                .unwrap();
+                let home = Home::of_arn(
+                    "arn:aws:ecs:eu-west-1:111122223333:service/prod/api",
+                    "eu-west-1",
+                );
+                assert!(r.names_from(&id, &home));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_at(&site, ARN),
+            Ok(SecretRef::SecretsManager(_))
+        ));
+        assert!(matches!(
+            parse_at(&site, "arn:aws:ssm:eu-west-1:111122223333:parameter/creds"),
+            Err(RefError::NotASecret { .. })
+        ));
+        // Elsewhere a bare name stays an SSM parameter, as ECS reads it.
+        let secret = Site::Secret {
+            container: "app".into(),
+            name: "X".into(),
+        };
+        assert!(matches!(
+            parse_at(&secret, "app/registry"),
+            Ok(SecretRef::Parameter(_))
+        ));
+    }
+
+    #[test]
+    fn identity_is_partition_account_region_and_name() {
+        let home = Home::of_arn(
+            "arn:aws:ecs:eu-west-1:111122223333:service/prod/api",
+            "us-east-1",
+        );
+        assert_eq!(home.region, "eu-west-1");
+        assert_eq!(home.account.as_deref(), Some("111122223333"));
+        assert_eq!(home.partition, "aws");
+        assert_eq!(Home::region("cn-north-1").partition, "aws-cn");
+        // A bare name never names another account's secret of the same name.
+        let foreign = SecretsManagerId::new(
+            "arn:aws:secretsmanager:eu-west-1:999999999999:secret:app/db-XyZ123",
+            "app/db",
+        )
+        .unwrap();
+        let bare = SmRef {
+            partition: None,
+            region: None,
+            account: None,
+            tail: "app/db".into(),
+            json_key: None,
+            selector: VersionSelector::Current,
+        };
+        assert!(!bare.names_from(&foreign, &home));
+        assert!(sm(&foreign.arn).names_from(&foreign, &home));
+        // The display qualifier is not part of the identity.
+        let seen = foreign.clone().seen_from(&home);
+        assert_eq!(seen.qualifier.as_deref(), Some("[999999999999 eu-west-1]"));
+        assert_eq!(seen, foreign);
+        let mine = SecretsManagerId::new(ARN, "app/db")
+            .unwrap()
+            .seen_from(&home);
+        assert_eq!(mine.qualifier, None);
+        let other_region = SecretsManagerId::new(
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:app/db-AbCdEf",
+            "app/db",
+        )
+        .unwrap()
+        .seen_from(&home);
+        assert_eq!(
+            SecretIdentity::SecretsManager(other_region).to_string(),
+            "app/db [us-east-1]"
+        );
+        // Parameters: home's own account is `None`, whether named by ARN or not.
+        let by_arn = ParameterId::new("eu-west-1", Some("111122223333"), "/p", &home);
+        let by_name = ParameterId::own("eu-west-1", "/p", "eu-west-1");
+        assert_eq!(by_arn, by_name);
+        let theirs = ParameterId::new("eu-west-1", Some("999999999999"), "/p", &home);
+        assert_ne!(theirs, by_name);
+    }
+
     mod prop {
         use super::super::*;
         use proptest::prelude::*;
@@ -621,6 +945,8 @@ mod tests {
                 let _ = parse_value_from(&s);
                 let _ = parse_declared(&s);
                 let _ = parse_tag_value(&s);
+                let _ = parse_at(&Site::RepositoryCredentials { container: "c".into() }, &s);
+                let _ = Home::of_arn(&s, "eu-west-1");
             }
 
             #[test]

@@ -82,8 +82,19 @@ struct FakeSecret {
     arn: String,
     name: String,
     region: String,
+    account: String,
     last_changed: DateTime<Utc>,
+    last_rotated: Option<DateTime<Utc>>,
     versions: Vec<FakeVersion>,
+}
+
+/// A standing refusal: every call of `operation` whose resource contains `resource` fails.
+#[derive(Debug, Clone)]
+struct Refusal {
+    operation: &'static str,
+    resource: String,
+    kind: ErrorKind,
+    message: String,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +126,7 @@ struct World {
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
     faults: HashMap<&'static str, VecDeque<ErrorKind>>,
+    refusals: Vec<Refusal>,
     lost_answers: HashMap<&'static str, usize>,
     updates: Vec<UpdateRecord>,
     page_size: usize,
@@ -228,6 +240,18 @@ impl FakeAws {
         }
     }
 
+    /// Every call of `operation` about a resource containing `resource` fails with `kind` and
+    /// `message` (an IAM or resource-policy denial, a KMS refusal, a disabled region…), until
+    /// the end of the test.
+    pub fn refuse(&self, operation: &'static str, resource: &str, kind: ErrorKind, message: &str) {
+        self.w().refusals.push(Refusal {
+            operation,
+            resource: resource.to_string(),
+            kind,
+            message: message.to_string(),
+        });
+    }
+
     /// The next call of `operation` takes effect but its answer is lost (a transient error).
     pub fn lose_next_answer(&self, operation: &'static str) {
         *self.w().lost_answers.entry(operation).or_default() += 1;
@@ -273,6 +297,18 @@ impl FakeAws {
 
     /// Creates a secret in another region.
     pub fn create_secret_in(&self, region: &str, name: &str) -> String {
+        self.create_secret_in_account(ACCOUNT, region, name)
+    }
+
+    /// The account the fake plays (its ECS resources and its own secrets live there).
+    pub fn account(&self) -> &'static str {
+        ACCOUNT
+    }
+
+    /// Creates a secret in another account (readable with the operator's credentials, as a
+    /// resource policy allowing them would make it; [`refuse`](Self::refuse) plays one that
+    /// does not).
+    pub fn create_secret_in_account(&self, account: &str, region: &str, name: &str) -> String {
         let now = self.now();
         let mut w = self.w();
         let n = w.seq;
@@ -280,13 +316,15 @@ impl FakeAws {
             .chars()
             .map(|c| (b'A' + (c as u8 - b'0')) as char)
             .collect();
-        let arn = format!("arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{name}-{suffix}");
+        let arn = format!("arn:aws:secretsmanager:{region}:{account}:secret:{name}-{suffix}");
         let id = Self::next_id(&mut w, "v");
         w.secrets.push(FakeSecret {
             arn: arn.clone(),
             name: name.to_string(),
             region: region.to_string(),
+            account: account.to_string(),
             last_changed: now,
+            last_rotated: None,
             versions: vec![FakeVersion {
                 id,
                 created: now,
@@ -299,7 +337,7 @@ impl FakeAws {
     fn secret_mut<'a>(w: &'a mut World, name: &str) -> Option<&'a mut FakeSecret> {
         w.secrets
             .iter_mut()
-            .find(|s| s.name == name || s.arn == name)
+            .find(|s| (s.name == name && s.account == ACCOUNT) || s.arn == name)
     }
 
     /// `PutSecretValue` with `stages` (default `AWSCURRENT`): returns the new version id.
@@ -362,9 +400,46 @@ impl FakeAws {
         s.last_changed = now;
     }
 
-    /// A full rotation's first step: a new `AWSPENDING` version. Returns its id.
+    /// A full rotation's first step: a new `AWSPENDING` version. Returns its id. Alone, it is
+    /// what a failed rotation leaves behind.
     pub fn start_rotation(&self, name: &str) -> String {
         self.put_secret_value(name, &[AWSPENDING])
+    }
+
+    /// A rotation's last step and its completion: `AWSCURRENT` moves to the `AWSPENDING` version
+    /// (`AWSPREVIOUS` to the old one), `AWSPENDING` goes, and `LastRotatedDate` is set, as
+    /// Secrets Manager does when a rotation succeeds.
+    pub fn finish_rotation(&self, name: &str) {
+        let now = self.now();
+        let mut w = self.w();
+        let Some(s) = Self::secret_mut(&mut w, name) else {
+            return;
+        };
+        let Some(pending) = s
+            .versions
+            .iter()
+            .find(|v| v.stages.iter().any(|x| x == AWSPENDING))
+            .map(|v| v.id.clone())
+        else {
+            return;
+        };
+        Self::detach(s, AWSCURRENT);
+        Self::detach(s, AWSPENDING);
+        if let Some(v) = s.versions.iter_mut().find(|v| v.id == pending) {
+            v.stages.retain(|x| x != AWSPREVIOUS);
+            v.stages.push(AWSCURRENT.into());
+        }
+        s.last_changed = now;
+        s.last_rotated = Some(now);
+    }
+
+    /// A metadata-only edit (description, tags, KMS key, rotation schedule, replication): only
+    /// `LastChangedDate` moves.
+    pub fn edit_metadata(&self, name: &str) {
+        let now = self.now();
+        if let Some(s) = Self::secret_mut(&mut self.w(), name) {
+            s.last_changed = now;
+        }
     }
 
     /// The version id carrying `stage`.
@@ -381,8 +456,13 @@ impl FakeAws {
 
     /// `PutParameter` (creating or overwriting): returns the new version number.
     pub fn put_parameter(&self, name: &str) -> i64 {
+        self.put_parameter_in(&self.region.clone(), name)
+    }
+
+    /// `PutParameter` in another region.
+    pub fn put_parameter_in(&self, region: &str, name: &str) -> i64 {
         let now = self.now();
-        let key = (self.region.clone(), canonical_param_name(name));
+        let key = (region.to_string(), canonical_param_name(name));
         let mut w = self.w();
         let p = w.params.entry(key).or_insert(FakeParam { history: vec![] });
         let version = p.history.len() as i64 + 1;
@@ -392,6 +472,20 @@ impl FakeAws {
             labels: vec![],
         });
         version
+    }
+
+    /// `LabelParameterVersion`: moves `label` to `version` (the parameter's dates do not move).
+    pub fn label_parameter(&self, name: &str, version: i64, label: &str) {
+        let key = (self.region.clone(), canonical_param_name(name));
+        let mut w = self.w();
+        if let Some(p) = w.params.get_mut(&key) {
+            for v in &mut p.history {
+                v.labels.retain(|l| l != label);
+                if v.version == version {
+                    v.labels.push(label.to_string());
+                }
+            }
+        }
     }
 
     // ---- ECS --------------------------------------------------------------------------------
@@ -515,6 +609,18 @@ impl FakeAws {
         let now = self.now();
         let mut w = self.w();
         *w.calls.entry(operation).or_default() += 1;
+        if let Some(r) = w
+            .refusals
+            .iter()
+            .find(|r| r.operation == operation && resource.contains(&r.resource))
+        {
+            return Err(AwsError::new(
+                operation,
+                resource,
+                r.kind,
+                r.message.clone(),
+            ));
+        }
         if let Some(kind) = w.faults.get_mut(operation).and_then(|q| q.pop_front()) {
             if kind == ErrorKind::Throttled {
                 *w.throttled.entry(operation).or_default() += 1;
@@ -796,10 +902,11 @@ impl Secrets for FakeAws {
     async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta> {
         self.gate("secretsmanager:DescribeSecret", id)?;
         let w = self.w();
-        // Exact name, full ARN, or ARN without the suffix: never by prefix.
+        // Exact name (of the fake's own account), full ARN, or ARN without the suffix: never by
+        // prefix.
         let found = w.secrets.iter().find(|s| {
             s.region == region
-                && (s.name == id
+                && ((s.name == id && s.account == ACCOUNT)
                     || s.arn == id
                     || s.arn.rsplit_once('-').is_some_and(|(base, _)| {
                         base == id && base.ends_with(&format!(":secret:{}", s.name))
@@ -823,6 +930,7 @@ impl Secrets for FakeAws {
             arn: s.arn.clone(),
             name: s.name.clone(),
             last_changed: Some(truncate(s.last_changed)),
+            last_rotated: s.last_rotated.map(truncate),
             version_stages,
             deleted: None,
         })

@@ -241,8 +241,13 @@ pub struct SecretMeta {
     pub arn: String,
     /// Name.
     pub name: String,
-    /// `LastChangedDate`: the last modification of any kind, stage moves included.
+    /// `LastChangedDate`: the last modification of any kind, stage moves and metadata edits
+    /// included.
     pub last_changed: Option<DateTime<Utc>>,
+    /// `LastRotatedDate`: when a rotation last completed successfully (absent while rotation is
+    /// off). Secrets Manager sets it only at the end of a successful rotation, after its last step
+    /// moved `AWSCURRENT`, so it dates that move.
+    pub last_rotated: Option<DateTime<Utc>>,
     /// `VersionIdsToStages`.
     pub version_stages: BTreeMap<String, Vec<String>>,
     /// Set when the secret is scheduled for deletion.
@@ -271,7 +276,9 @@ pub struct ParameterMeta {
     pub version: i64,
 }
 
-/// One version from `GetParameterHistory`, values dropped.
+/// One version from `GetParameterHistory`, its value dropped in the adapter: the call returns
+/// every version's value (plain text for `String`, ciphertext for `SecureString`, since we never
+/// ask for decryption), and nothing of it is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParameterVersion {
     /// Version number.
@@ -325,7 +332,8 @@ pub trait Parameters: Send + Sync {
         region: &str,
         names: &[String],
     ) -> AwsResult<Vec<ParameterMeta>>;
-    /// `GetParameterHistory` without decryption, values dropped.
+    /// `GetParameterHistory` without decryption, values dropped on receipt. Only for `name:label`
+    /// references whose decision needs it ([`crate::decide::needs_label_history`]).
     async fn parameter_history(&self, region: &str, name: &str)
         -> AwsResult<Vec<ParameterVersion>>;
 }

@@ -693,6 +693,7 @@ impl Secrets for SdkSecrets {
             arn: out.arn().unwrap_or(id).to_string(),
             name: out.name().unwrap_or(id).to_string(),
             last_changed: to_chrono(out.last_changed_date()),
+            last_rotated: to_chrono(out.last_rotated_date()),
             version_stages,
             deleted: to_chrono(out.deleted_date()),
         })
@@ -811,12 +812,17 @@ impl Parameters for SdkParameters {
                 let out = client
                     .get_parameter_history()
                     .name(name)
+                    // Never decrypted: a SecureString's value stays ciphertext. A String's value
+                    // comes back in plain text whatever we ask, which is why this call is made
+                    // only for label references that need it.
                     .with_decryption(false)
+                    .max_results(50)
                     .set_next_token(next)
                     .send()
                     .await
                     .map_err(|e| map_err_at("ssm:GetParameterHistory", name, &place, e))?;
-                // Values are dropped here, never kept or logged.
+                // Values are dropped here, on receipt: only version, date and labels leave this
+                // function, and nothing of the answer is logged.
                 let items = out
                     .parameters()
                     .iter()

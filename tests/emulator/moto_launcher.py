@@ -1,10 +1,24 @@
-"""Start moto_server on a loopback port with two fixes that make Secrets Manager's metadata as
-truthful as the real service's (see ../shared/emulator-notes.md):
+"""Start moto_server on a loopback port with fixes that make Secrets Manager behave as the real
+service does where ecs-reloader depends on it (see ../shared/emulator-notes.md):
 
 1. ListSecretVersionIds reports each version's stored creation date, not the current time.
-2. UpdateSecretVersionStage updates the secret's LastChangedDate, as a stage move does in AWS.
+2. UpdateSecretVersionStage updates the secret's LastChangedDate, as a stage move does in AWS,
+   and moving AWSCURRENT makes that version the default one (moto kept the old default, so a
+   later PutSecretValue left two versions labelled AWSCURRENT).
 3. PutSecretValue moves only AWSCURRENT (and AWSPREVIOUS): moto replaced every label of the old
    current version with AWSPREVIOUS, dropping custom labels such as "blue".
+4. RotateSecret with a rotation Lambda plays the rotation's steps itself (moto would run the
+   Lambda in Docker): createSecret stages a new version AWSPENDING (or reuses the pending version
+   of the same ClientRequestToken, as a retried rotation does), finishSecret moves AWSCURRENT to
+   it, and only then is LastRotatedDate set, as AWS sets it only when a rotation completes
+   successfully. A Lambda whose function name ends in "-failing" fails after createSecret: the
+   version stays AWSPENDING, AWSCURRENT never moves and LastRotatedDate is untouched, which is
+   what a failed rotation leaves behind in AWS. RotateImmediately=false only changes the schedule.
+   A second rotation while another version is AWSPENDING is refused, as AWS refuses it.
+5. DescribeSecret and ListSecretVersionIds by the ARN of another account's secret are answered
+   from that account, if the secret's resource policy allows the caller's account the action,
+   and refused with AccessDeniedException otherwise (moto looked the ARN up in the caller's own
+   account and answered ResourceNotFoundException).
 
 Everything else is moto as released. Usage: python3 moto_launcher.py PORT
 """
@@ -13,8 +27,12 @@ import functools
 import json
 import sys
 import time
+import uuid
 
+from moto.core.exceptions import JsonRESTError
 from moto.secretsmanager import models as sm
+from moto.secretsmanager import responses as sm_responses
+from moto.secretsmanager.exceptions import InvalidRequestException
 
 
 def _patch_list_versions():
@@ -37,9 +55,16 @@ def _patch_stage_moves():
     original = sm.SecretsManagerBackend.update_secret_version_stage
 
     @functools.wraps(original)
-    def update_secret_version_stage(self, secret_id, *args, **kwargs):
-        result = original(self, secret_id, *args, **kwargs)
-        self.secrets[secret_id].last_changed_date = int(time.time())
+    def update_secret_version_stage(
+        self, secret_id, version_stage, remove_from_version_id=None, move_to_version_id=None
+    ):
+        result = original(
+            self, secret_id, version_stage, remove_from_version_id, move_to_version_id
+        )
+        secret = self.secrets[secret_id]
+        secret.last_changed_date = int(time.time())
+        if version_stage == "AWSCURRENT" and move_to_version_id:
+            secret.default_version_id = move_to_version_id
         return result
 
     sm.SecretsManagerBackend.update_secret_version_stage = update_secret_version_stage
@@ -50,14 +75,138 @@ def _patch_label_keeping():
         for old in self.versions.values():
             if "AWSPREVIOUS" in old["version_stages"]:
                 old["version_stages"].remove("AWSPREVIOUS")
-        if self.default_version_id:
-            old = self.versions[self.default_version_id]["version_stages"]
+        current = next(
+            (v for v, d in self.versions.items() if "AWSCURRENT" in d["version_stages"]),
+            self.default_version_id,
+        )
+        if current:
+            old = self.versions[current]["version_stages"]
             kept = [s for s in old if s != "AWSCURRENT"]
-            self.versions[self.default_version_id]["version_stages"] = kept + ["AWSPREVIOUS"]
+            self.versions[current]["version_stages"] = kept + ["AWSPREVIOUS"]
         self.versions[version_id] = secret_version
         self.default_version_id = version_id
 
     sm.FakeSecret.reset_default_version = reset_default_version
+
+
+def _patch_rotation():
+    original = sm.SecretsManagerBackend.rotate_secret
+
+    @functools.wraps(original)
+    def rotate_secret(
+        self,
+        secret_id,
+        client_request_token=None,
+        rotation_lambda_arn=None,
+        rotation_rules=None,
+        rotate_immediately=True,
+    ):
+        secret = self.secrets[secret_id] if self._is_valid_identifier(secret_id) else None
+        lambda_arn = rotation_lambda_arn or getattr(secret, "rotation_lambda_arn", None)
+        if (
+            secret is None
+            or not lambda_arn
+            or isinstance(secret, sm.ReplicaSecret)
+            or secret.is_deleted()
+        ):
+            return original(
+                self,
+                secret_id,
+                client_request_token,
+                rotation_lambda_arn,
+                rotation_rules,
+                rotate_immediately,
+            )
+        now = int(time.time())
+        secret.rotation_requested = True
+        secret.rotation_lambda_arn = lambda_arn
+        days = (rotation_rules or {}).get("AutomaticallyAfterDays")
+        if days:
+            secret.auto_rotate_after_days = days
+            secret.rotation_enabled = True
+            secret.next_rotation_date = now + int(days) * 86400
+        secret.last_changed_date = now
+        if not rotate_immediately:
+            return secret.to_short_dict()
+        pending = next(
+            (
+                v
+                for v, d in secret.versions.items()
+                if "AWSPENDING" in d["version_stages"] and "AWSCURRENT" not in d["version_stages"]
+            ),
+            None,
+        )
+        token = client_request_token or pending or str(uuid.uuid4())
+        if pending is not None and pending != token:
+            raise InvalidRequestException(
+                "A previous rotation isn't complete. That rotation will be reattempted."
+            )
+        if pending is None:
+            # createSecret: the new value, staged AWSPENDING.
+            self.put_secret_value(
+                secret_id, f"rotated-{uuid.uuid4()}", None, token, ["AWSPENDING"]
+            )
+        if lambda_arn.rsplit(":", 1)[-1].endswith("-failing"):
+            # setSecret or testSecret failed: nothing more happens.
+            return secret.to_short_dict(version_id=token)
+        # finishSecret: AWSCURRENT moves to the new version; the rotation has succeeded.
+        current = next(
+            v for v, d in secret.versions.items() if "AWSCURRENT" in d["version_stages"]
+        )
+        self.update_secret_version_stage(secret_id, "AWSCURRENT", current, token)
+        secret.versions[token]["version_stages"].remove("AWSPENDING")
+        secret.last_rotation_date = int(time.time())
+        return secret.to_short_dict(version_id=token)
+
+    sm.SecretsManagerBackend.rotate_secret = rotate_secret
+
+
+def _policy_allows(policy, account, action):
+    if not policy:
+        return False
+    doc = json.loads(policy) if isinstance(policy, str) else policy
+    statements = doc.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    for st in statements:
+        if st.get("Effect") != "Allow":
+            continue
+        principal = st.get("Principal", {})
+        principals = principal.get("AWS", []) if isinstance(principal, dict) else principal
+        if isinstance(principals, str):
+            principals = [principals]
+        actions = st.get("Action", [])
+        if isinstance(actions, str):
+            actions = [actions]
+        who = any(p == "*" or p == account or f":{account}:" in p for p in principals)
+        what = any(a in ("*", "secretsmanager:*", f"secretsmanager:{action}") for a in actions)
+        if who and what:
+            return True
+    return False
+
+
+def _patch_cross_account():
+    def backend(self):
+        own = sm.secretsmanager_backends[self.current_account][self.region]
+        action = self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
+        if action not in ("DescribeSecret", "ListSecretVersionIds"):
+            return own
+        secret_id = self._get_param("SecretId") or ""
+        parts = secret_id.split(":")
+        if len(parts) < 7 or parts[0] != "arn" or parts[4] in ("", self.current_account):
+            return own
+        owner = sm.secretsmanager_backends[parts[4]][parts[3]]
+        secret = owner.secrets[secret_id] if owner._is_valid_identifier(secret_id) else None
+        if secret is None or not _policy_allows(secret.policy, self.current_account, action):
+            raise JsonRESTError(
+                "AccessDeniedException",
+                f"User: arn:aws:sts::{self.current_account}:assumed-role/caller is not authorized"
+                f" to perform: secretsmanager:{action} on resource: {secret_id} because no"
+                f" resource-based policy allows the secretsmanager:{action} action",
+            )
+        return owner
+
+    sm_responses.SecretsManagerResponse.backend = property(backend)
 
 
 def main():
@@ -66,6 +215,8 @@ def main():
     _patch_list_versions()
     _patch_stage_moves()
     _patch_label_keeping()
+    _patch_rotation()
+    _patch_cross_account()
     from moto.server import main as serve
 
     serve(["-H", "127.0.0.1", "-p", sys.argv[1]])

@@ -1,6 +1,8 @@
 //! A small HTTP/1.1 proxy in front of the emulator that records every AWS call (by
 //! `X-Amz-Target`, with its body) and can inject the faults the emulator cannot: JSON-protocol
-//! throttling (HTTP 400 `ThrottlingException`), 5xx, latency and dropped connections.
+//! throttling (HTTP 400 `ThrottlingException`), 5xx, latency and dropped connections, and
+//! standing refusals of chosen calls on chosen resources (`AccessDeniedException` from IAM, an
+//! SCP or a resource policy), which moto's IAM enforcement cannot answer in JSON.
 //!
 //! Faults are decided by a seeded generator, so a failing run can be replayed.
 
@@ -41,6 +43,8 @@ pub enum Fault {
     Drop,
     /// Forwarded (it takes effect), then the connection closes before the answer.
     LoseAnswer,
+    /// Answered 400 with a standing refusal's error; not forwarded.
+    Refused,
 }
 
 impl Fault {
@@ -62,10 +66,21 @@ pub struct FaultPlan {
     pub seed: u64,
 }
 
+/// A standing refusal: calls whose target contains `target` and whose body contains `body` are
+/// answered with `error` (e.g. `AccessDeniedException`) and `message`.
+#[derive(Debug, Clone)]
+struct Refusal {
+    target: String,
+    body: String,
+    error: String,
+    message: String,
+}
+
 struct State {
     calls: Mutex<Vec<Call>>,
     plan: Mutex<FaultPlan>,
     rng: AtomicU64,
+    refusals: Mutex<Vec<Refusal>>,
 }
 
 /// The running proxy; stops on drop.
@@ -84,6 +99,7 @@ impl Proxy {
             calls: Mutex::default(),
             plan: Mutex::default(),
             rng: AtomicU64::new(1),
+            refusals: Mutex::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -105,6 +121,17 @@ impl Proxy {
     pub fn set_faults(&self, plan: FaultPlan) {
         self.state.rng.store(plan.seed.max(1), Ordering::Relaxed);
         *self.state.plan.lock().expect("plan") = plan;
+    }
+
+    /// From now on, answers every call whose `X-Amz-Target` contains `target` and whose body
+    /// contains `body` with HTTP 400 `error` (a JSON-protocol error, as AWS sends it).
+    pub fn refuse(&self, target: &str, body: &str, error: &str, message: &str) {
+        self.state.refusals.lock().expect("refusals").push(Refusal {
+            target: target.into(),
+            body: body.into(),
+            error: error.into(),
+            message: message.into(),
+        });
     }
 
     /// Every call so far.
@@ -186,9 +213,19 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).await?;
 
+        let body_text = String::from_utf8_lossy(&body).into_owned();
+        let refusal = state
+            .refusals
+            .lock()
+            .expect("refusals")
+            .iter()
+            .find(|r| target.contains(&r.target) && body_text.contains(&r.body))
+            .cloned();
         let plan = state.plan.lock().expect("plan").clone();
         let applies = !plan.only.is_empty() && target.contains(&plan.only);
-        let fault = if applies {
+        let fault = if refusal.is_some() {
+            Some(Fault::Refused)
+        } else if applies {
             let r = next_random(&state);
             if r < plan.throttle {
                 Some(Fault::Throttle)
@@ -206,13 +243,24 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
         };
         state.calls.lock().expect("calls").push(Call {
             target: target.clone(),
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: body_text,
             fault,
         });
         if applies && !plan.latency.is_zero() {
             tokio::time::sleep(plan.latency).await;
         }
         match fault {
+            Some(Fault::Refused) => {
+                let r = refusal.expect("a refusal");
+                let b = serde_json::json!({"__type": r.error, "message": r.message}).to_string();
+                let resp = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-errortype: {}\r\nx-amzn-requestid: proxy\r\nContent-Length: {}\r\n\r\n{b}",
+                    r.error,
+                    b.len()
+                );
+                w.write_all(resp.as_bytes()).await?;
+                continue;
+            }
             Some(Fault::Drop) => return Ok(()),
             Some(Fault::Throttle) => {
                 let b = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
