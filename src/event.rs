@@ -69,6 +69,12 @@ pub enum ChangeKind {
         /// (`requestParameters.versionStage`).
         moved_stage: Option<String>,
     },
+    /// SSM labels moved (`LabelParameterVersion`, as CloudTrail records it: the native
+    /// `Parameter Store Change` event does not say which labels).
+    ParameterLabels {
+        /// The labels now on the version.
+        labels: Vec<String>,
+    },
     /// An SSM parameter changed.
     Parameter {
         /// `Create`, `Update` or `LabelParameterVersion`.
@@ -84,6 +90,7 @@ impl ChangeKind {
             ChangeKind::LabelUpdated { .. } => "label_updated",
             ChangeKind::ApiCall { .. } => "api_call",
             ChangeKind::Parameter { .. } => "parameter_change",
+            ChangeKind::ParameterLabels { .. } => "parameter_labels",
         }
     }
 }
@@ -150,6 +157,7 @@ impl Change {
         };
         let labels: Vec<&str> = match &self.kind {
             ChangeKind::LabelUpdated { label, .. } => vec![label.as_str()],
+            ChangeKind::ParameterLabels { labels } => labels.iter().map(String::as_str).collect(),
             ChangeKind::RotationSucceeded => vec![AWSCURRENT, AWSPREVIOUS],
             ChangeKind::ApiCall {
                 moved_stage: Some(stage),
@@ -363,6 +371,51 @@ pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
                 },
             )
         }
+        ("aws.ssm", "AWS API Call via CloudTrail") => {
+            let shape = "SSM CloudTrail API call";
+            let name = text(d, &["eventName"]).ok_or(EventError::Missing {
+                shape,
+                field: "detail.eventName",
+            })?;
+            if name != "LabelParameterVersion" {
+                return Ok(Parsed::Ignored(format!(
+                    "SSM API call {name}: a Parameter Store Change event announces value changes"
+                )));
+            }
+            if let Some(code) = text(d, &["errorCode"]) {
+                return Ok(Parsed::Ignored(format!(
+                    "{name} failed ({code}): nothing changed"
+                )));
+            }
+            let param = text(d, &["requestParameters", "name"]).ok_or(EventError::Missing {
+                shape,
+                field: "requestParameters.name",
+            })?;
+            let labels: Vec<String> = d
+                .pointer("/requestParameters/labels")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str())
+                        .filter(|l| !l.trim().is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if labels.is_empty() {
+                return Err(EventError::Missing {
+                    shape,
+                    field: "requestParameters.labels",
+                });
+            }
+            change(
+                Subject::Parameter {
+                    region: env.region.clone(),
+                    name: param.to_string(),
+                },
+                ChangeKind::ParameterLabels { labels },
+            )
+        }
         ("aws.events", "Scheduled Event") => Ok(Parsed::Resync),
         (source, detail_type) => Err(EventError::Unsupported {
             event_source: source.to_string(),
@@ -547,6 +600,31 @@ mod tests {
         );
         let deleted = r#"{"source":"aws.ssm","detail-type":"Parameter Store Change","detail":{"name":"/x","operation":"Delete"}}"#;
         assert!(matches!(parse(deleted), Ok(Parsed::Ignored(_))));
+    }
+
+    #[test]
+    fn a_cloudtrail_label_parameter_version_dates_its_labels() {
+        let body = r#"{"source":"aws.ssm","detail-type":"AWS API Call via CloudTrail","time":"2026-11-02T10:00:00Z","region":"us-east-1","detail":{"eventName":"LabelParameterVersion","requestParameters":{"name":"/app/flag","parameterVersion":1,"labels":["prod"]},"responseElements":{"invalidLabels":[],"parameterVersion":1}}}"#;
+        let c = change(body);
+        assert_eq!(
+            c.secret,
+            Subject::Parameter {
+                region: Some("us-east-1".into()),
+                name: "/app/flag".into()
+            }
+        );
+        let moves = c.label_moves();
+        assert_eq!(moves.len(), 1);
+        assert_eq!(moves[0].label, "prod");
+        let failed = body.replace(
+            r#""eventName":"LabelParameterVersion","#,
+            r#""eventName":"LabelParameterVersion","errorCode":"ParameterVersionNotFound","#,
+        );
+        assert!(matches!(parse(&failed), Ok(Parsed::Ignored(_))));
+        let other = body.replace("LabelParameterVersion", "PutParameter");
+        assert!(matches!(parse(&other), Ok(Parsed::Ignored(_))));
+        let no_labels = body.replace(r#""labels":["prod"]"#, r#""labels":[]"#);
+        assert!(parse(&no_labels).is_err());
     }
 
     #[test]

@@ -25,19 +25,23 @@ use crate::reference::{canonical_param_name, ParameterId, SecretIdentity};
 use crate::rollout::{Outcome, Rollout};
 use crate::window::Windows;
 
-/// Gives the resolved Secrets Manager states the label moves that targets' events announced.
+/// Gives the resolved states the label moves that targets' events announced (Secrets Manager
+/// stages, SSM parameter labels).
 fn apply_label_moves(resolved: &mut [Vec<decide::ResolvedRef>], targets: &[Target]) {
     for t in targets.iter().filter(|t| !t.label_moves.is_empty()) {
         for refs in resolved.iter_mut() {
             for r in refs.iter_mut() {
-                if let Ok(RefState::SecretsManager(s)) = &mut r.state {
-                    let id = SecretIdentity::SecretsManager(s.id.clone());
-                    if t.identities.contains(&id) {
-                        for m in &t.label_moves {
-                            let slot = s.label_moves.entry(m.label.clone()).or_insert(m.at);
-                            *slot = (*slot).max(m.at);
-                        }
-                    }
+                let Ok(state) = &mut r.state else { continue };
+                if !t.identities.contains(&state.identity()) {
+                    continue;
+                }
+                let moves = match state {
+                    RefState::SecretsManager(s) => &mut s.label_moves,
+                    RefState::Parameter(p) => &mut p.label_moves,
+                };
+                for m in &t.label_moves {
+                    let slot = moves.entry(m.label.clone()).or_insert(m.at);
+                    *slot = (*slot).max(m.at);
                 }
             }
         }
@@ -500,7 +504,7 @@ impl Reconciler {
                         &canonical_param_name(name),
                         &self.clients.region,
                     ))],
-                    label_moves: Vec::new(),
+                    label_moves: label_moves.clone(),
                 }),
             }
         }

@@ -416,3 +416,70 @@ async fn an_event_dates_an_awscurrent_move_the_metadata_cannot() {
         with_event.services[0].decision
     );
 }
+
+/// An SSM label moved back to an older version changes no `LastModifiedDate`: only the
+/// CloudTrail `LabelParameterVersion` event, which names the labels, dates it; with it the
+/// `name:label` dependants roll, dependants of other labels do not.
+#[tokio::test(start_paused = true)]
+async fn a_cloudtrail_event_dates_an_ssm_label_moved_back() {
+    use ecs_reloader::event::{self, Changes};
+    use ecs_reloader::reconcile::{Mode, Request};
+    let (fake, clock) = world();
+    let v1 = fake.put_parameter("/app/flag");
+    let v2 = fake.put_parameter("/app/flag");
+    fake.label_parameter("/app/flag", v2, "prod");
+    fake.label_parameter("/app/flag", v2, "canary");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td_prod = fake.register_task_definition("p", &[(secret("FLAG"), "/app/flag:prod")]);
+    let td_canary = fake.register_task_definition("c", &[(secret("FLAG"), "/app/flag:canary")]);
+    fake.create_service("prod", "api", &td_prod, 1, &[]);
+    fake.create_service("prod", "probe", &td_canary, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.label_parameter("/app/flag", v1, "prod");
+    let moved_at = clock.now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let parts = ecs_reloader::driver::setup::assemble(
+        &ecs_reloader::config::Config::default(),
+        fake.clients(),
+        clock.clone(),
+        Arc::new(ecs_reloader::rollout::LogProgress),
+        Mode::Watch,
+    );
+    let dry = |changes: Changes| Request {
+        dry_run: true,
+        ..Request::changes(changes)
+    };
+    let mut resync = Changes::default();
+    resync.resync = true;
+    let pass = parts.reconciler.pass(&dry(resync)).await.expect("pass");
+    assert!(
+        pass.assessment
+            .services
+            .iter()
+            .all(|a| a.decision == Decision::InSync),
+        "a resync cannot see the move"
+    );
+
+    let body = serde_json::json!({
+        "source": "aws.ssm", "detail-type": "AWS API Call via CloudTrail",
+        "time": moved_at.to_rfc3339(), "region": "eu-west-1",
+        "detail": {"eventName": "LabelParameterVersion",
+            "requestParameters": {"name": "/app/flag", "parameterVersion": v1, "labels": ["prod"]}}
+    });
+    let mut changes = Changes::default();
+    assert!(changes.add(&event::parse(&body.to_string()).expect("parses")));
+    let pass = parts.reconciler.pass(&dry(changes)).await.expect("pass");
+    let decided: BTreeMap<String, &Decision> = pass
+        .assessment
+        .services
+        .iter()
+        .map(|a| (a.key.service.clone(), &a.decision))
+        .collect();
+    assert!(decided["api"].is_stale(), "{decided:?}");
+    assert_eq!(
+        *decided["probe"],
+        Decision::InSync,
+        "another label did not move"
+    );
+}
