@@ -450,8 +450,10 @@ async fn a_cloudtrail_event_dates_an_ssm_label_moved_back() {
         dry_run: true,
         ..Request::changes(changes)
     };
-    let mut resync = Changes::default();
-    resync.resync = true;
+    let resync = Changes {
+        resync: true,
+        ..Changes::default()
+    };
     let pass = parts.reconciler.pass(&dry(resync)).await.expect("pass");
     assert!(
         pass.assessment
