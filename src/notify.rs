@@ -16,7 +16,7 @@ use crate::decide::Decision;
 use crate::metrics::Metrics;
 use crate::plan::ServiceKey;
 use crate::reconcile::Pass;
-use crate::rollout::{LogProgress, Outcome, Phase, Progress};
+use crate::rollout::{LogProgress, Outcome, Phase, Progress, Proof};
 
 /// Detail-types of the outcome events.
 pub mod detail_type {
@@ -36,6 +36,9 @@ pub mod detail_type {
     pub const DEFERRED: &str = "Rollout Deferred";
     /// Stale, but notify-only: waits for a person's approval.
     pub const PENDING: &str = "Rollout Pending";
+    /// After a healthy rollout: whether every running task started after the change (and if
+    /// not, which did not).
+    pub const VERIFIED: &str = "Rollout Verified";
 }
 
 /// Logs, counts and publishes.
@@ -131,6 +134,30 @@ fn outcome_event(phase: &Phase) -> Option<(&'static str, &'static str)> {
 impl Progress for Notifier {
     fn update(&self, key: &ServiceKey, phase: &Phase) {
         LogProgress.update(key, phase);
+        if let Phase::Done(Outcome::Healthy {
+            deployment,
+            proof: Some(proof),
+        }) = phase
+        {
+            let (kind, verified) = match proof {
+                Proof::Verified { .. } => ("verified", Some(true)),
+                Proof::Older { .. } => ("unverified", Some(false)),
+                Proof::NoTasks | Proof::Unchecked { .. } => ("unchecked", None),
+            };
+            self.metrics.rollout(kind);
+            if verified.is_some() {
+                self.publish(
+                    detail_type::VERIFIED,
+                    json!({
+                        "cluster": key.cluster,
+                        "service": key.service,
+                        "deployment": deployment,
+                        "verified": verified,
+                        "proof": proof,
+                    }),
+                );
+            }
+        }
         let Some((detail_type, kind)) = outcome_event(phase) else {
             return;
         };

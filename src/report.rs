@@ -485,6 +485,7 @@ mod tests {
                     s.key.clone(),
                     Outcome::Healthy {
                         deployment: "ecs-svc/1".into(),
+                        proof: None,
                     },
                 )
             })

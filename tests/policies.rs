@@ -266,3 +266,57 @@ async fn notify_only_reports_pending_and_a_named_service_is_the_approval() {
     assert!(ending.ok, "{}", ending.message);
     assert_eq!(rolled(&w), ["prod/api", "prod/auto", "prod/worker"]);
 }
+
+/// After a healthy rollout, every running task must have started after the change: `verified`,
+/// or the tasks that did not are named, with a `Rollout Verified` event and a metric either way.
+#[tokio::test(start_paused = true)]
+async fn a_healthy_rollout_is_proved_task_by_task() {
+    let w = world(&[]).await;
+    // A task of worker's that ECS never stopped: it started before the rotation.
+    let before = w.clock.now() - chrono::Duration::seconds(8);
+    w.fake.add_lingering_task("prod", "worker", before);
+    let mut config = Config::default();
+    config.rollout.canary = false;
+    config.rollout.poll_interval = ecs_reloader::config::Dur(Duration::from_secs(5));
+    let bus = Arc::new(Recorder::default());
+    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), Some(bus.clone())));
+    let p = parts(&w, &config, notifier.clone());
+    let (ending, report) = run(&p, Options::default()).await;
+    assert!(ending.ok, "{}", ending.message);
+    let api = &decision(&report, "api")["outcome"];
+    assert_eq!(api["outcome"], "healthy", "{api}");
+    assert_eq!(api["proof"]["proof"], "verified", "{api}");
+    assert_eq!(api["proof"]["tasks"], 2, "{api}");
+    let worker = &decision(&report, "worker")["outcome"];
+    assert_eq!(worker["proof"]["proof"], "older", "{worker}");
+    let older = worker["proof"]["tasks"].as_array().expect("tasks");
+    assert_eq!(older.len(), 1, "{worker}");
+    assert!(
+        older[0].as_str().unwrap_or_default().contains("lingering"),
+        "{worker}"
+    );
+
+    notifier.flush().await;
+    let events = bus.0.lock().expect("lock").clone();
+    let verified: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|(t, _)| t == "Rollout Verified")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(verified.len(), 2, "{events:?}");
+    assert!(verified
+        .iter()
+        .any(|d| d["service"] == "api" && d["verified"] == true));
+    assert!(verified
+        .iter()
+        .any(|d| d["service"] == "worker" && d["verified"] == false));
+    let text = notifier.metrics().render(&Default::default());
+    assert!(
+        text.contains("ecs_reloader_rollouts_total{kind=\"verified\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ecs_reloader_rollouts_total{kind=\"unverified\"} 1"),
+        "{text}"
+    );
+}

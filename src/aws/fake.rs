@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use super::{
     AwsError, AwsResult, Clients, Controller, Deployment, DeploymentStatus, Ecs, ErrorKind, Page,
     ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, SecretMeta, SecretVersion,
-    Secrets, Service, TaskDefinition,
+    Secrets, Service, Task, TaskDefinition,
 };
 use crate::clock::Clock;
 use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPREVIOUS};
@@ -129,6 +129,9 @@ struct World {
     refusals: Vec<Refusal>,
     lost_answers: HashMap<&'static str, usize>,
     updates: Vec<UpdateRecord>,
+    /// Tasks that outlive their deployment, by (cluster, service): what a proof of rotation must
+    /// name.
+    lingering: HashMap<(String, String), Vec<Task>>,
     page_size: usize,
     seq: u64,
 }
@@ -587,6 +590,46 @@ impl FakeAws {
         }
     }
 
+    /// Keeps a task that started at `started_at` running in the service whatever its
+    /// deployments do (a task ECS failed to stop, say).
+    pub fn add_lingering_task(&self, cluster: &str, service: &str, started_at: DateTime<Utc>) {
+        let mut w = self.w();
+        let n = Self::next_id(&mut w, "lingering-");
+        let arn = format!("arn:aws:ecs:{}:{ACCOUNT}:task/{cluster}/{n}", self.region);
+        w.lingering
+            .entry((cluster.to_string(), service.to_string()))
+            .or_default()
+            .push(Task {
+                arn,
+                started_at: Some(started_at),
+            });
+    }
+
+    /// The running tasks of a service now: each deployment's running count, started a second
+    /// after the deployment was created, and the lingering ones.
+    fn tasks_of(&self, w: &World, cluster: &str, service: &str) -> Vec<Task> {
+        let now = self.now();
+        let mut out = Vec::new();
+        if let Some(s) = w.clusters.get(cluster).and_then(|c| c.get(service)) {
+            for d in view(s, now).deployments {
+                let id = d.id.rsplit('/').next().unwrap_or(&d.id).to_string();
+                for i in 0..d.running_count.max(0) {
+                    out.push(Task {
+                        arn: format!(
+                            "arn:aws:ecs:{}:{ACCOUNT}:task/{cluster}/{id}-{i}",
+                            self.region
+                        ),
+                        started_at: Some(d.created_at + chrono::Duration::seconds(1)),
+                    });
+                }
+            }
+        }
+        if let Some(l) = w.lingering.get(&(cluster.to_string(), service.to_string())) {
+            out.extend(l.iter().cloned());
+        }
+        out
+    }
+
     /// Deletes a service: `DescribeServices` no longer returns it (as after ECS's INACTIVE
     /// period).
     pub fn delete_service(&self, cluster: &str, name: &str) {
@@ -811,6 +854,46 @@ impl Ecs for FakeAws {
                 "ClientException: unknown task definition",
             )),
         }
+    }
+
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        self.gate("ecs:ListTasks", service)?;
+        let w = self.w();
+        let arns: Vec<String> = self
+            .tasks_of(&w, cluster_name(cluster), service)
+            .into_iter()
+            .map(|t| t.arn)
+            .collect();
+        Ok(Self::page(&w, &arns, next))
+    }
+
+    async fn describe_tasks(&self, cluster: &str, tasks: &[String]) -> AwsResult<Vec<Task>> {
+        self.gate("ecs:DescribeTasks", cluster)?;
+        if tasks.len() > 100 {
+            return Err(AwsError::new(
+                "ecs:DescribeTasks",
+                cluster,
+                ErrorKind::Other,
+                "InvalidParameterException: at most 100 tasks",
+            ));
+        }
+        let w = self.w();
+        let c = cluster_name(cluster);
+        let all: Vec<Task> = w
+            .clusters
+            .get(c)
+            .map(|svcs| {
+                svcs.keys()
+                    .flat_map(|name| self.tasks_of(&w, c, name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(all.into_iter().filter(|t| tasks.contains(&t.arn)).collect())
     }
 
     async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment> {

@@ -33,7 +33,8 @@ use governor::{middleware::NoOpMiddleware, Quota, RateLimiter};
 
 use super::{
     AwsError, AwsResult, Clients, Deployment, Ecs, ErrorKind, Page, ParameterMeta,
-    ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, TaskDefinition,
+    ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, Task,
+    TaskDefinition,
 };
 use crate::clock::Clock;
 
@@ -303,6 +304,30 @@ impl Ecs for GuardedEcs {
             arn,
             Some(&s.task_defs),
             || s.ecs.describe_task_definition(arn),
+        )
+        .await
+    }
+
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded("ecs:ListTasks", service, Some(&s.list), || {
+            s.ecs.list_tasks(cluster, service, next.clone())
+        })
+        .await
+    }
+
+    async fn describe_tasks(&self, cluster: &str, tasks: &[String]) -> AwsResult<Vec<Task>> {
+        let s = &self.0;
+        s.guarded(
+            "ecs:DescribeTasks",
+            cluster,
+            Some(&s.describe_services),
+            || s.ecs.describe_tasks(cluster, tasks),
         )
         .await
     }

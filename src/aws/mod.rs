@@ -289,6 +289,15 @@ pub struct ParameterVersion {
     pub labels: Vec<String>,
 }
 
+/// A running task, as `DescribeTasks` reports what ecs-reloader needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task ARN.
+    pub arn: String,
+    /// When it started (its containers resolved their secrets then); `None` while pending.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
 /// The ECS calls ecs-reloader makes.
 #[async_trait]
 pub trait Ecs: Send + Sync {
@@ -307,6 +316,15 @@ pub trait Ecs: Send + Sync {
     async fn describe_task_definition(&self, arn: &str) -> AwsResult<TaskDefinition>;
     /// `UpdateService(forceNewDeployment = true)`; returns the new primary deployment.
     async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment>;
+    /// One page of `ListTasks` of a service's running tasks.
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>>;
+    /// `DescribeTasks` for at most 100 tasks; missing ones are left out.
+    async fn describe_tasks(&self, cluster: &str, tasks: &[String]) -> AwsResult<Vec<Task>>;
 }
 
 /// The Secrets Manager calls ecs-reloader makes. `region` is where the secret lives.

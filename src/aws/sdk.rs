@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use super::{
     all_pages, AwsError, AwsResult, Clients, Controller, Deployment, DeploymentStatus, Ecs,
     ErrorKind, Page, ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, SecretMeta,
-    SecretVersion, Secrets, Service, TaskDefinition,
+    SecretVersion, Secrets, Service, Task, TaskDefinition,
 };
 use crate::reference::Site;
 
@@ -662,6 +662,50 @@ impl Ecs for SdkEcs {
                     "no primary deployment in the answer",
                 )
             })
+    }
+
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        let resource = format!("{cluster}/{service}");
+        let out = self
+            .client
+            .list_tasks()
+            .cluster(cluster)
+            .service_name(service)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| map_err_at("ecs:ListTasks", &resource, &self.place, e))?;
+        Ok(Page {
+            items: out.task_arns().to_vec(),
+            next: out.next_token().map(str::to_string),
+        })
+    }
+
+    async fn describe_tasks(&self, cluster: &str, tasks: &[String]) -> AwsResult<Vec<Task>> {
+        let out = self
+            .client
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(tasks.to_vec()))
+            .send()
+            .await
+            .map_err(|e| map_err_at("ecs:DescribeTasks", cluster, &self.place, e))?;
+        Ok(out
+            .tasks()
+            .iter()
+            .filter_map(|t| {
+                Some(Task {
+                    arn: t.task_arn()?.to_string(),
+                    started_at: to_chrono(t.started_at()),
+                })
+            })
+            .collect())
     }
 }
 

@@ -139,7 +139,7 @@ impl crate::rollout::Progress for TerminalProgress {
         let mut err = std::io::stderr().lock();
         if let Phase::Done(o) = phase {
             let detail = match o {
-                Outcome::Healthy { deployment } | Outcome::Triggered { deployment } => {
+                Outcome::Healthy { deployment, .. } | Outcome::Triggered { deployment } => {
                     format!(" ({deployment})")
                 }
                 other => format!(": {}", other.reason().unwrap_or_default()),

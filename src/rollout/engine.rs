@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use super::{Outcome, Phase, Progress, Rollout};
+use super::{Outcome, Phase, Progress, Proof, Rollout};
 use crate::aws::Clients;
 use crate::clock::Clock;
 use crate::deployment::{self, Verdict};
@@ -194,7 +194,65 @@ impl Engine {
                 deployment: deployment.id,
             };
         }
-        self.watch(key, &deployment.id).await
+        match self.watch(key, &deployment.id).await {
+            Outcome::Healthy { deployment, .. } => {
+                let proof = self.prove(change).await;
+                Outcome::Healthy {
+                    deployment,
+                    proof: Some(proof),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Checks that every running task of a healthy service started after the change it was
+    /// rolled for (`ListTasks` paged, `DescribeTasks` by 100, through the guard's buckets).
+    async fn prove(&self, change: &Change) -> Proof {
+        let key = &change.key;
+        let Some(changed) = change.fresh_from.map(|f| f - chrono::Duration::seconds(1)) else {
+            return Proof::Unchecked {
+                reason: "the change's time is unknown".into(),
+            };
+        };
+        let arns = match crate::aws::all_pages(|t| {
+            self.clients.ecs.list_tasks(&key.cluster, &key.service, t)
+        })
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                return Proof::Unchecked {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        if arns.is_empty() {
+            return Proof::NoTasks;
+        }
+        let mut older = Vec::new();
+        for batch in arns.chunks(100) {
+            match self.clients.ecs.describe_tasks(&key.cluster, batch).await {
+                Ok(tasks) => older.extend(
+                    tasks
+                        .into_iter()
+                        .filter(|t| t.started_at.is_some_and(|s| s < changed))
+                        .map(|t| t.arn),
+                ),
+                Err(e) => {
+                    return Proof::Unchecked {
+                        reason: e.to_string(),
+                    }
+                }
+            }
+        }
+        if older.is_empty() {
+            tracing::info!(service = %key, tasks = arns.len(), "verified: every running task started after the change");
+            Proof::Verified { tasks: arns.len() }
+        } else {
+            tracing::warn!(service = %key, older = ?older, "running tasks started before the change still hold the old value");
+            Proof::Older { tasks: older }
+        }
     }
 
     async fn watch(&self, key: &ServiceKey, deployment: &str) -> Outcome {
@@ -233,12 +291,14 @@ impl Engine {
                 Verdict::Healthy => {
                     return Outcome::Healthy {
                         deployment: deployment.to_string(),
+                        proof: None,
                     }
                 }
                 Verdict::Superseded { by } => {
                     tracing::info!(service = %key, deployment, by = %by, "superseded by a newer deployment");
                     return Outcome::Healthy {
                         deployment: deployment.to_string(),
+                        proof: None,
                     };
                 }
                 Verdict::Stuck { .. } => {

@@ -23,6 +23,9 @@ pub enum Outcome {
     Healthy {
         /// The deployment's id.
         deployment: String,
+        /// Whether every running task started after the change (see [`Proof`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        proof: Option<Proof>,
     },
     /// The rollout failed (the call failed, or the deployment did not become healthy).
     Failed {
@@ -85,6 +88,30 @@ impl Outcome {
             Outcome::Deferred { .. } => "deferred",
         }
     }
+}
+
+/// After a healthy rollout: did the new value reach every running task? A task that started
+/// before the change still holds the old value, whatever the deployment says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "proof", rename_all = "snake_case")]
+pub enum Proof {
+    /// Every running task started after the change.
+    Verified {
+        /// How many were looked at.
+        tasks: usize,
+    },
+    /// These running tasks started before the change.
+    Older {
+        /// Their ARNs.
+        tasks: Vec<String>,
+    },
+    /// The service runs no task (nothing to prove).
+    NoTasks,
+    /// The tasks could not be read (the reason says why); the rollout itself is healthy.
+    Unchecked {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Executes change sets.
