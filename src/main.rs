@@ -160,18 +160,7 @@ fn one_line(e: &anyhow::Error) -> String {
         return format!("{} ({})", aws.message, aws.operation);
     }
     // Some errors repeat their source in their own text: say each thing once.
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let text = cause
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    parts.join(": ")
+    ecs_reloader::aws::sdk::causes(e.as_ref())
 }
 
 /// A line on stderr; a closed stderr is no reason to panic (`eprintln!` would).

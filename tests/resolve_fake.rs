@@ -20,6 +20,17 @@ fn world() -> (FakeAws, Arc<dyn Clock>) {
     FakeAws::on_tokio_clock(REGION)
 }
 
+/// The parts every driver runs, over the fake, with the default configuration.
+fn parts(fake: &FakeAws, clock: &Arc<dyn Clock>) -> ecs_reloader::driver::setup::Parts {
+    ecs_reloader::driver::setup::assemble(
+        &ecs_reloader::config::Config::default(),
+        fake.clients(),
+        clock.clone(),
+        Arc::new(ecs_reloader::rollout::LogProgress),
+        ecs_reloader::reconcile::Mode::Watch,
+    )
+}
+
 fn secret(name: &str) -> Site {
     Site::Secret {
         container: "app".into(),
@@ -373,13 +384,7 @@ async fn an_event_dates_an_awscurrent_move_the_metadata_cannot() {
     let promoted_at = clock.now();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let parts = ecs_reloader::driver::setup::assemble(
-        &ecs_reloader::config::Config::default(),
-        fake.clients(),
-        clock.clone(),
-        Arc::new(ecs_reloader::rollout::LogProgress),
-        ecs_reloader::reconcile::Mode::Watch,
-    );
+    let parts = parts(&fake, &clock);
     let reconciler = &parts.reconciler;
     let scope = Scope::default();
     let resync = reconciler.assess(&scope, &[]).await.expect("assess");
@@ -423,7 +428,7 @@ async fn an_event_dates_an_awscurrent_move_the_metadata_cannot() {
 #[tokio::test(start_paused = true)]
 async fn a_cloudtrail_event_dates_an_ssm_label_moved_back() {
     use ecs_reloader::event::{self, Changes};
-    use ecs_reloader::reconcile::{Mode, Request};
+    use ecs_reloader::reconcile::Request;
     let (fake, clock) = world();
     let v1 = fake.put_parameter("/app/flag");
     let v2 = fake.put_parameter("/app/flag");
@@ -439,13 +444,7 @@ async fn a_cloudtrail_event_dates_an_ssm_label_moved_back() {
     let moved_at = clock.now();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let parts = ecs_reloader::driver::setup::assemble(
-        &ecs_reloader::config::Config::default(),
-        fake.clients(),
-        clock.clone(),
-        Arc::new(ecs_reloader::rollout::LogProgress),
-        Mode::Watch,
-    );
+    let parts = parts(&fake, &clock);
     let dry = |changes: Changes| Request {
         dry_run: true,
         ..Request::changes(changes)
