@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Every test: installs what the tests need into virtualenvs (the emulator, cfn-lint and pytest in
-# .venv; checkov in its own, .venv-tools), checks formatting and lints, then runs the unit,
-# property, simulation and emulator tests in Rust and the infra tests in Python.
+# Every test: installs what the tests need (into virtualenvs: the emulator, cfn-lint, pytest and
+# actionlint in .venv, checkov in its own, .venv-tools; Debian's docker.io, qemu-user-static and
+# arm64 C library; the arm64 Rust target), checks formatting and lints, then runs the unit,
+# property, simulation and emulator tests in Rust, builds the arm64 Lambda package (debug: the
+# cheapest build through every step), and runs the infra tests in Python: the templates, and the
+# binary, the arm64 package and the image run exactly as infra/, config/, the README and the
+# Dockerfile configure them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+timed() { local t=$SECONDS; "$@"; echo "[test.sh] $* : $((SECONDS - t)) s"; }
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
   -r tests/emulator/requirements.txt -r tests/infra/requirements.txt
@@ -16,8 +23,27 @@ fi
 export CHECKOV="$PWD/.venv-tools/bin/checkov"
 export AWS_EC2_METADATA_DISABLED=true
 
+# Docker (the image test), qemu and the arm64 C library (the arm64 smoke tests). The package
+# starts no daemon here: the image test starts its own dockerd and stops it by its pid.
+missing=()
+for p in docker.io qemu-user-static libc6-arm64-cross; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  timed as_root apt-get update -qq
+  timed as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The release binary carries no fake: outside tests the crate builds without `test-util`.
+if cargo tree -e normal,features -i ecs-reloader | grep -q 'feature "test-util"'; then
+  echo "the test-util feature (the in-memory fake) is on in a normal build" >&2
+  exit 1
+fi
 # Not --all-targets: that would also run the bench binaries (cargo bench runs those).
-cargo test
-python -m pytest tests/infra -q
+timed cargo test
+actionlint .github/workflows/*.yml
+# The arm64 Lambda package (and image binary), which the infra tests run under qemu.
+timed env ARCHS=arm64 PROFILE=dev bash scripts/package-lambda.sh
+timed python -m pytest tests/infra -q -rs

@@ -399,10 +399,11 @@ fn apply_env(
             if OTHER_VARS.contains(&var.as_str()) {
                 continue;
             }
-            return Err(ConfigError::Env {
-                var,
-                message: "names no configuration key".into(),
-            });
+            let message = match RENAMED_VARS.iter().find(|(old, _)| *old == var) {
+                Some((_, new)) => format!("names no configuration key; the setting is {new}"),
+                None => "names no configuration key".into(),
+            };
+            return Err(ConfigError::Env { var, message });
         };
         let value = env_value(&raw, &default).map_err(|message| ConfigError::Env {
             var: var.clone(),
@@ -439,6 +440,12 @@ const OTHER_VARS: &[&str] = &[
     "ECS_RELOADER_LOG",
     "ECS_RELOADER_LOG_FORMAT",
 ];
+
+/// Names that earlier versions (and their templates) used, with the one variable that sets the
+/// key now. Rejected, not aliased: one name per setting, so that a template and the loader can
+/// never disagree silently; the error says what to write instead.
+const RENAMED_VARS: &[(&str, &str)] =
+    &[("ECS_RELOADER_QUEUE_URL", "ECS_RELOADER_EVENTS_QUEUE_URL")];
 
 fn env_value(raw: &str, default: &toml::Value) -> Result<toml::Value, String> {
     let raw = raw.trim();
@@ -586,6 +593,26 @@ mod tests {
         assert!(
             err.to_string().contains("ECS_RELOADER_AWS_MAX_ATTEMPTS")
                 && err.to_string().contains("many"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_queue_url_has_one_variable_and_the_old_name_says_which() {
+        let c = Config::load(
+            None,
+            vec![(
+                "ECS_RELOADER_EVENTS_QUEUE_URL".into(),
+                "http://127.0.0.1:1/123456789012/q".into(),
+            )],
+        )
+        .expect("loads");
+        assert_eq!(c.events.queue_url, "http://127.0.0.1:1/123456789012/q");
+        let err = Config::load(None, vec![("ECS_RELOADER_QUEUE_URL".into(), "x".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ECS_RELOADER_QUEUE_URL") && err.contains("ECS_RELOADER_EVENTS_QUEUE_URL"),
             "{err}"
         );
     }

@@ -64,8 +64,9 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// The SQS queue EventBridge feeds (default: [events] queue_url).
-    #[arg(long, env = "ECS_RELOADER_QUEUE_URL")]
+    /// The SQS queue EventBridge feeds (default: [events] queue_url, which the variable
+    /// ECS_RELOADER_EVENTS_QUEUE_URL sets like any other key: one name, checked by the loader).
+    #[arg(long)]
     queue_url: Option<String>,
     /// Address of /healthz, /readyz and /metrics (default: [serve] listen).
     #[arg(long)]

@@ -2,6 +2,7 @@
 into the emulator's CloudFormation, grant least privilege, and their rules match real event
 shapes and nothing else."""
 
+import ast
 import copy
 import io
 import json
@@ -191,8 +192,12 @@ def test_deploys_into_the_emulator_as_a_fargate_service(aws):
     assert container["command"][0] == "serve"
     assert container["healthCheck"]["command"][:3] == ["CMD", "/ecs-reloader", "healthcheck"]
     env = {e["name"]: e["value"] for e in container["environment"]}
-    assert env["ECS_RELOADER_QUEUE_URL"] == outputs["QueueUrl"]
+    assert env["ECS_RELOADER_EVENTS_QUEUE_URL"] == outputs["QueueUrl"]
     assert env["ECS_RELOADER_SCOPE_CLUSTERS"] == "prod,staging"
+    assert container["readonlyRootFilesystem"] is True
+    attrs = aws("sqs").get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["VisibilityTimeout"])["Attributes"]
+    assert int(attrs["VisibilityTimeout"]) == 300, "serve extends visibility itself; a crash must not hide events long"
+    _check_no_parameter_history(aws, [resources["TaskRole"]])
 
 
 def test_deploys_into_the_emulator_as_a_lambda_function(aws):
@@ -216,3 +221,101 @@ def test_deploys_into_the_emulator_as_a_lambda_function(aws):
     assert mappings[0]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     rule = aws("events").describe_rule(Name=resources["ResyncRule"])
     assert rule["ScheduleExpression"] == "rate(5 minutes)"
+    # AWS's advice for SQS event sources: visibility timeout at least six times the function's.
+    attrs = aws("sqs").get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["VisibilityTimeout", "RedrivePolicy"])["Attributes"]
+    assert int(attrs["VisibilityTimeout"]) >= 6 * fn["Timeout"], (attrs, fn["Timeout"])
+    assert int(json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]) >= 5
+    assert fn["Architectures"] == ["x86_64"], "the default architecture never changes under an existing stack"
+    _check_no_parameter_history(aws, [resources["FunctionRole"]])
+
+
+def _role_statements(aws, role):
+    iam = aws("iam")
+    statements = []
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        statements += _document(doc)["Statement"]
+    for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+        p = iam.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]
+        doc = iam.get_policy_version(PolicyArn=p["Arn"], VersionId=p["DefaultVersionId"])["PolicyVersion"]["Document"]
+        statements += _document(doc)["Statement"]
+    return statements
+
+
+def _document(doc):
+    # The emulator returns a CloudFormation-made inline policy as the repr of a dict.
+    if isinstance(doc, dict):
+        return doc
+    try:
+        return json.loads(doc)
+    except json.JSONDecodeError:
+        return ast.literal_eval(doc)
+
+
+def _check_no_parameter_history(aws, roles):
+    for role in roles:
+        granted = [s for s in _role_statements(aws, role) if "ssm:GetParameterHistory" in _actions(s)]
+        assert granted == [], f"{role}: GetParameterHistory returns values; by default it is granted on nothing: {granted}"
+
+
+def test_parameter_history_is_granted_only_on_the_named_parameters(aws):
+    aws("ecs").create_cluster(clusterName="ops")
+    resources, _ = _deploy(
+        aws,
+        "reloader-labelled",
+        {
+            "Mode": "ecs",
+            "ManagedClusters": "prod",
+            "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ecs-reloader:1",
+            "OperatorCluster": "ops",
+            "Subnets": "subnet-0123456789abcdef0",
+            "SecurityGroups": "sg-0123456789abcdef0",
+            "LabelledParameterNames": "app/flags,team/*",
+        },
+    )
+    granted = [s for s in _role_statements(aws, resources["TaskRole"]) if "ssm:GetParameterHistory" in _actions(s)]
+    assert len(granted) == 1, granted
+    [stmt] = granted
+    assert _actions(stmt) == ["ssm:GetParameterHistory"]
+    assert stmt["Resource"] == ["arn:*:ssm:*:*:parameter/app/flags", "arn:*:ssm:*:*:parameter/team/*"], stmt
+    assert stmt["Condition"]["StringEquals"] == {"aws:ResourceAccount": "123456789012", "aws:RequestedRegion": "us-east-1"}
+
+
+def test_one_operator_replica_never_two(template):
+    # The emulator drops DeploymentConfiguration, so read it from the template.
+    props = template["Resources"]["Service"]["Properties"]
+    assert props["DesiredCount"] == 1
+    assert props["DeploymentConfiguration"]["MaximumPercent"] == 100, "an update must stop the old task first"
+    assert props["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0
+    scaling = [r for r in template["Resources"].values() if r["Type"].startswith("AWS::ApplicationAutoScaling::")]
+    assert scaling == [], "nothing may scale the operator past one task"
+
+
+def test_the_event_source_can_never_be_throttled(template):
+    fn = template["Resources"]["Function"]["Properties"]
+    esm = template["Resources"]["QueueSource"]["Properties"]
+    reserved, maximum = fn["ReservedConcurrentExecutions"], esm["ScalingConfig"]["MaximumConcurrency"]
+    assert 2 <= maximum < reserved, "the queue's invocations stay below the reserved concurrency, one slot left for the resync"
+    assert fn["Timeout"] <= 300, "a resync ends before the next one (every 5 minutes) starts"
+    invoke = template["Resources"]["ResyncInvokeConfig"]["Properties"]
+    assert invoke["FunctionName"] == {"Ref": "Function"} and invoke["MaximumRetryAttempts"] == 0
+    assert template["Parameters"]["MaxReceiveCount"]["MinValue"] >= 5
+
+
+def test_rollout_held_events_raise_the_alarm(template):
+    pattern = template["Resources"]["RolloutProblemsRule"]["Properties"]["EventPattern"]
+    for detail_type in ["Rollout Failed", "Rollout Halted", "Rollout Held"]:
+        event = {"version": "0", "id": "1", "detail-type": detail_type, "source": "ecs-reloader", "account": "123456789012",
+                 "time": "2026-11-24T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {"service": "prod/api"}}
+        assert EventPattern.load(json.dumps(pattern)).matches_event(event), detail_type
+    ok = {"version": "0", "id": "1", "detail-type": "Rollout Succeeded", "source": "ecs-reloader", "account": "123456789012",
+          "time": "2026-11-24T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}
+    assert not EventPattern.load(json.dumps(pattern)).matches_event(ok)
+
+
+def test_the_architecture_reaches_the_function_and_the_task(template):
+    assert template["Parameters"]["Architecture"]["AllowedValues"] == ["x86_64", "arm64"]
+    assert template["Parameters"]["Architecture"]["Default"] == "x86_64"
+    assert template["Resources"]["Function"]["Properties"]["Architectures"] == [{"Ref": "Architecture"}]
+    platform = template["Resources"]["TaskDefinition"]["Properties"]["RuntimePlatform"]
+    assert platform["CpuArchitecture"] == {"Fn::If": ["IsArm64", "ARM64", "X86_64"]}
