@@ -54,6 +54,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// The `serve` process.
     pub serve: ServeConfig,
+    /// The single-writer lease.
+    pub lease: LeaseConfig,
 }
 
 /// `[aws]`
@@ -216,11 +218,27 @@ pub struct ServeConfig {
     pub listen: String,
     /// On SIGTERM, how long in-flight work may run on to a safe point.
     pub shutdown_grace: Dur,
-    /// A DynamoDB table (partition key `lease`, a string) holding the single-writer lease, so
-    /// that two or more replicas can run: one acts, the others stand by. Empty: one replica.
-    pub lease_table: String,
-    /// The lease time: a dead leader is replaced within this plus a quarter of it.
-    pub lease_ttl: Dur,
+}
+
+/// `[lease]`: one writer among `serve` replicas or concurrent Lambda invocations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// A DynamoDB table (partition key `lease`, a string) holding the single-writer lease:
+    /// one `serve` replica (or Lambda invocation) acts, the others stand by. Empty: no lease (run
+    /// one replica, and a function with a reserved concurrency of one).
+    pub table: String,
+    /// The lease time: a dead holder is replaced within this plus a quarter of it.
+    pub ttl: Dur,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            table: String::new(),
+            ttl: Dur(Duration::from_secs(30)),
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -228,8 +246,6 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: "0.0.0.0:8080".into(),
             shutdown_grace: Dur(Duration::from_secs(20)),
-            lease_table: String::new(),
-            lease_ttl: Dur(Duration::from_secs(30)),
         }
     }
 }
@@ -342,8 +358,8 @@ impl Config {
         if let Err(e) = crate::window::Windows::parse(&r.windows) {
             return Err(invalid("rollout.windows", &e.to_string()));
         }
-        if self.serve.lease_ttl.0 < Duration::from_secs(4) {
-            return Err(invalid("serve.lease_ttl", "must be at least 4s"));
+        if self.lease.ttl.0 < Duration::from_secs(4) {
+            return Err(invalid("lease.ttl", "must be at least 4s"));
         }
         if r.poll_interval.0 < Duration::from_secs(1) {
             return Err(invalid("rollout.poll_interval", "must be at least 1s"));

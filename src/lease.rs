@@ -221,9 +221,14 @@ impl Keeper {
         }
     }
 
+    /// The lease time.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Keeps the lease until `stop` says so, then gives it up (so that a standby takes over at
     /// once rather than after the lease time).
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let every = self.ttl / 4;
         loop {
             self.step().await;
@@ -454,7 +459,7 @@ mod tests {
         let b = keeper(&store, &clock, "b");
         let la = a.leadership();
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(a.run(rx));
+        let running = tokio::spawn(async move { a.run(rx).await });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(la.is_leader());
         let _ = tx.send(true);

@@ -27,7 +27,14 @@ use crate::window::Windows;
 
 /// Gives the resolved states the label moves that targets' events announced (Secrets Manager
 /// stages, SSM parameter labels).
-fn apply_label_moves(resolved: &mut [Vec<decide::ResolvedRef>], targets: &[Target]) {
+/// A move dated after `latest` (now, plus the allowed clock skew) is dropped with a warning: an
+/// event cannot come from the future, and a date taken at its word would hold the service
+/// settling until then (or, moved to now, would roll it again at every pass).
+fn apply_label_moves(
+    resolved: &mut [Vec<decide::ResolvedRef>],
+    targets: &[Target],
+    latest: DateTime<Utc>,
+) {
     for t in targets.iter().filter(|t| !t.label_moves.is_empty()) {
         for refs in resolved.iter_mut() {
             for r in refs.iter_mut() {
@@ -40,6 +47,10 @@ fn apply_label_moves(resolved: &mut [Vec<decide::ResolvedRef>], targets: &[Targe
                     RefState::Parameter(p) => &mut p.label_moves,
                 };
                 for m in &t.label_moves {
+                    if m.at > latest {
+                        tracing::warn!(secret = %t.given, label = %m.label, at = %m.at, "an event dated in the future: its date is ignored");
+                        continue;
+                    }
                     let slot = moves.entry(m.label.clone()).or_insert(m.at);
                     *slot = (*slot).max(m.at);
                 }
@@ -551,8 +562,9 @@ impl Reconciler {
             })
             .collect();
         let mut resolved = index::resolve(&self.clients, &entries, conc).await;
-        apply_label_moves(&mut resolved, targets);
         let now = self.clock.now();
+        let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
+        apply_label_moves(&mut resolved, targets, now + skew);
         let mut items: Vec<Item<'_>> = entries
             .iter()
             .zip(&resolved)

@@ -77,8 +77,8 @@ async fn two_replicas_one_writer_and_a_takeover_without_duplicates() {
     let arns = aws.one_secret_world(&["app/db"], "prod", &services).await;
     let (queue, _, dlq) = aws.queue_with_dlq("changes", 5, 5).await;
     let env = [
-        ("ECS_RELOADER_SERVE_LEASE_TABLE", table.as_str()),
-        ("ECS_RELOADER_SERVE_LEASE_TTL", "4s"),
+        ("ECS_RELOADER_LEASE_TABLE", table.as_str()),
+        ("ECS_RELOADER_LEASE_TTL", "4s"),
         ("ECS_RELOADER_RESYNC_INTERVAL", "1h"),
         ("ECS_RELOADER_EVENTS_DEBOUNCE", "1s"),
         ("ECS_RELOADER_ROLLOUT_UPDATES_PER_SECOND", "1"),

@@ -31,6 +31,7 @@ use crate::clock::SystemClock;
 use crate::decide::Kind;
 use crate::driver::setup::Parts;
 use crate::event::{self, Changes, Parsed};
+use crate::lease::{DynamoStore, Keeper, Leadership, Role};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::ServiceKey;
@@ -117,6 +118,9 @@ pub struct Handler {
     /// later invocation.
     queue: Option<Arc<dyn Queue>>,
     stats: Arc<crate::aws::guard::Stats>,
+    /// The single-writer lease, when `[lease] table` names one: concurrent invocations take
+    /// turns.
+    keeper: Option<Arc<Keeper>>,
     /// What the metric documents have reported so far.
     sent: std::sync::Mutex<crate::emf::Sent>,
     /// Time kept back from the deadline for answering.
@@ -163,6 +167,7 @@ impl Handler {
             notifier,
             queue,
             stats: parts.stats,
+            keeper: None,
             sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
         }
@@ -178,6 +183,13 @@ impl Handler {
         for doc in crate::emf::documents(&text, &mut sent, now) {
             println!("{doc}");
         }
+    }
+
+    /// Takes turns with concurrent invocations through `keeper` (whose leadership the parts'
+    /// engine must have been assembled with).
+    pub fn with_lease(mut self, keeper: Arc<Keeper>) -> Self {
+        self.keeper = Some(keeper);
+        self
     }
 
     /// Hands the events of a change that must wait to a later invocation: each distinct body is
@@ -223,10 +235,86 @@ impl Handler {
             .to_std()
             .unwrap_or_default()
             .saturating_sub(self.margin);
-        let answer = self.dispatched(payload, budget).await;
+        let answer = match self.keeper.clone() {
+            None => self.dispatched(payload, budget).await,
+            Some(keeper) => self.in_turn(keeper, payload, budget).await,
+        };
         self.notifier.flush().await;
         self.emit_metrics();
         answer
+    }
+
+    /// Runs the invocation holding the lease (renewed while it works, given up after), or, when
+    /// another invocation holds it, hands its changes on.
+    async fn in_turn(
+        &self,
+        keeper: Arc<Keeper>,
+        payload: Value,
+        budget: Duration,
+    ) -> Result<Value, InvocationError> {
+        if let Role::Standby { leader } = keeper.step().await {
+            tracing::info!(leader = ?leader, "another invocation holds the lease: handing this one's changes on");
+            return self.not_my_turn(payload, keeper.ttl()).await;
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let renewing = {
+            let keeper = keeper.clone();
+            tokio::spawn(async move { keeper.run(stopped).await })
+        };
+        let answer = self.dispatched(payload, budget).await;
+        let _ = stop.send(true);
+        let _ = renewing.await;
+        answer
+    }
+
+    /// What an invocation that does not hold the lease does: change events go back to the queue,
+    /// delayed by the lease time (a new message, so no receive count grows); a scheduled resync
+    /// is left to the next schedule; unusable records are still reported.
+    async fn not_my_turn(&self, payload: Value, after: Duration) -> Result<Value, InvocationError> {
+        match dispatch(payload)? {
+            Payload::Event(v) => {
+                let body = v.to_string();
+                match event::parse_value(v).map_err(PayloadError::from)? {
+                    Parsed::Change(_) => {
+                        if self.queue.is_none() || !self.defer(&[body], after).await.is_empty() {
+                            return Err(InvocationError::Deferral);
+                        }
+                        Ok(json!({ "deferred": "another invocation holds the lease" }))
+                    }
+                    Parsed::Resync | Parsed::Ignored(_) => {
+                        Ok(json!({ "skipped": "another invocation holds the lease" }))
+                    }
+                }
+            }
+            Payload::SqsBatch(records) => {
+                let mut failures = Vec::new();
+                let mut changes = Vec::new();
+                for r in records {
+                    match event::parse(&r.body) {
+                        Ok(Parsed::Change(_)) => changes.push((r.message_id, r.body)),
+                        Ok(_) => {}
+                        Err(_) => failures.push(r.message_id),
+                    }
+                }
+                let bodies: Vec<String> = changes.iter().map(|(_, b)| b.clone()).collect();
+                let not_handed = if self.queue.is_some() {
+                    self.defer(&bodies, after).await
+                } else {
+                    bodies
+                };
+                failures.extend(
+                    changes
+                        .into_iter()
+                        .filter(|(_, b)| not_handed.contains(b))
+                        .map(|(id, _)| id),
+                );
+                let items: Vec<Value> = failures
+                    .into_iter()
+                    .map(|id| json!({ "itemIdentifier": id }))
+                    .collect();
+                Ok(json!({ "batchItemFailures": items }))
+            }
+        }
     }
 
     async fn dispatched(&self, payload: Value, budget: Duration) -> Result<Value, InvocationError> {
@@ -350,16 +438,34 @@ pub async fn run(
     lambda_environment(|k| std::env::var(k).ok())?;
     let sdk = crate::driver::setup::sdk(config, aws).await?;
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
-    let parts = crate::driver::setup::assemble(
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+    let keeper = (!config.lease.table.is_empty()).then(|| {
+        let store = Arc::new(DynamoStore::new(&sdk.config, &config.lease.table, "serve"));
+        Arc::new(Keeper::new(
+            store,
+            clock.clone(),
+            config.lease.ttl.0,
+            crate::driver::serve::replica_name(),
+        ))
+    });
+    let leadership = keeper
+        .as_ref()
+        .map_or_else(Leadership::sole, |k| k.leadership());
+    let parts = crate::driver::setup::assemble_with(
         config,
         sdk.clients,
-        Arc::new(SystemClock),
+        clock,
         notifier.clone(),
         Mode::FireAndForget,
+        leadership,
     );
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
-    let handler = Arc::new(Handler::new(parts, notifier, queue));
+    let mut handler = Handler::new(parts, notifier, queue);
+    if let Some(k) = keeper {
+        handler = handler.with_lease(k);
+    }
+    let handler = Arc::new(handler);
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
         let handler = handler.clone();
         async move {

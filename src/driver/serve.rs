@@ -633,23 +633,18 @@ pub async fn run(
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
     let (tx, rx) = watch::channel(false);
-    let (leadership, keeper) = if config.serve.lease_table.is_empty() {
+    let (leadership, keeper) = if config.lease.table.is_empty() {
         (Leadership::sole(), None)
     } else {
-        let store = Arc::new(DynamoStore::new(
-            &sdk.config,
-            &config.serve.lease_table,
-            "serve",
-        ));
-        let keeper = Keeper::new(
-            store,
-            clock.clone(),
-            config.serve.lease_ttl.0,
-            replica_name(),
-        );
+        let store = Arc::new(DynamoStore::new(&sdk.config, &config.lease.table, "serve"));
+        let keeper = Keeper::new(store, clock.clone(), config.lease.ttl.0, replica_name());
         let leadership = keeper.leadership();
-        tracing::info!(table = %config.serve.lease_table, me = leadership.me(), "competing for the lease");
-        (leadership, Some(tokio::spawn(keeper.run(rx.clone()))))
+        tracing::info!(table = %config.lease.table, me = leadership.me(), "competing for the lease");
+        let stop = rx.clone();
+        (
+            leadership,
+            Some(tokio::spawn(async move { keeper.run(stop).await })),
+        )
     };
     let parts = setup::assemble_with(
         &config,
@@ -677,7 +672,7 @@ pub async fn run(
 
 /// This replica's name in the lease: the host (an ECS task's hostname is unique), the process
 /// and a random part, so that a restarted process is a new holder.
-fn replica_name() -> String {
+pub(crate) fn replica_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
