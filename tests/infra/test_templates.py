@@ -18,7 +18,13 @@ from conftest import ROOT
 
 TEMPLATE = ROOT / "infra/ecs-reloader.yaml"
 EVENTS = ROOT / "tests/fixtures/events"
-CHANGE_RULES = ["RotationSucceededRule", "SecretLabelUpdatedRule", "SecretApiCallRule", "ParameterStoreChangeRule"]
+CHANGE_RULES = [
+    "RotationSucceededRule",
+    "SecretLabelUpdatedRule",
+    "SecretApiCallRule",
+    "ParameterStoreChangeRule",
+    "ParameterLabelsRule",
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +118,7 @@ def _matching_rules(template, event):
         ("update_secret_version_stage_aRN.json", ["SecretApiCallRule"]),
         ("update_secret_partial_arn.json", ["SecretApiCallRule"]),
         ("parameter_store_change.json", ["ParameterStoreChangeRule"]),
+        ("label_parameter_version.json", ["ParameterLabelsRule"]),
         ("put_secret_value_failed.json", []),
         ("scheduled.json", []),
     ],
@@ -281,14 +288,27 @@ def test_parameter_history_is_granted_only_on_the_named_parameters(aws):
     assert stmt["Condition"]["StringEquals"] == {"aws:ResourceAccount": "123456789012", "aws:RequestedRegion": "us-east-1"}
 
 
-def test_one_operator_replica_never_two(template):
+def test_two_operator_replicas_share_one_lease(template):
     # The emulator drops DeploymentConfiguration, so read it from the template.
     props = template["Resources"]["Service"]["Properties"]
-    assert props["DesiredCount"] == 1
-    assert props["DeploymentConfiguration"]["MaximumPercent"] == 100, "an update must stop the old task first"
-    assert props["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0
-    scaling = [r for r in template["Resources"].values() if r["Type"].startswith("AWS::ApplicationAutoScaling::")]
-    assert scaling == [], "nothing may scale the operator past one task"
+    assert props["DesiredCount"] == 2
+    env = {
+        e["Name"]: e["Value"]
+        for e in template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["ECS_RELOADER_LEASE_TABLE"] == {"Ref": "LeaseTable"}, "two replicas need the lease"
+    fn_env = template["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+    assert fn_env["ECS_RELOADER_LEASE_TABLE"] == {"Ref": "LeaseTable"}, "concurrent invocations take turns"
+    assert fn_env["ECS_RELOADER_EVENTS_QUEUE_URL"] == {"Ref": "ChangeQueue"}, "waiting changes are handed on"
+    table = template["Resources"]["LeaseTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "lease", "KeyType": "HASH"}]
+    statements = template["Resources"]["OperatorPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    [lease] = [s for s in statements if any(a.startswith("dynamodb:") for a in _actions(s))]
+    assert sorted(_actions(lease)) == ["dynamodb:GetItem", "dynamodb:PutItem"]
+    assert lease["Resource"] == {"Fn::GetAtt": ["LeaseTable", "Arn"]}, "only the lease table"
+    [queue] = [s for s in statements if "sqs:SendMessage" in _actions(s)]
+    assert queue["Resource"] == {"Fn::GetAtt": ["ChangeQueue", "Arn"]}, "only its own queue"
 
 
 def test_the_event_source_can_never_be_throttled(template):
