@@ -398,6 +398,11 @@ pub struct Finding {
     /// The secret's identity, which holds and gates are keyed by.
     #[serde(skip)]
     pub identity: Option<SecretIdentity>,
+    /// A deployment created at or after this carries what made it stale: the rule's own
+    /// evidence (a version's creation, a dated label move, a rotation), plus the granularity.
+    /// What the engine checks right before rolling, in case someone deployed since the plan.
+    #[serde(skip)]
+    pub fresh_after: Option<DateTime<Utc>>,
     /// Where the service references it.
     pub site: String,
     /// Why it is stale.
@@ -793,13 +798,16 @@ fn judge(r: &ResolvedRef, d: DateTime<Utc>) -> Judgement {
 }
 
 impl RefState {
-    /// When what this state describes last changed (the secret's `LastChangedDate`, the
-    /// parameter's `LastModifiedDate`).
+    /// When what this state describes last changed: the secret's `LastChangedDate`, the
+    /// parameter's `LastModifiedDate`, or a label move an event dated later (moving an SSM label
+    /// changes no date the metadata shows). The holds and gates test "deployed after the change"
+    /// against it.
     pub fn changed_at(&self) -> Option<DateTime<Utc>> {
-        match self {
-            RefState::SecretsManager(s) => s.last_changed,
-            RefState::Parameter(p) => p.last_modified,
-        }
+        let (date, moves) = match self {
+            RefState::SecretsManager(s) => (s.last_changed, &s.label_moves),
+            RefState::Parameter(p) => (p.last_modified, &p.label_moves),
+        };
+        date.into_iter().chain(moves.values().copied()).max()
     }
 }
 
@@ -863,6 +871,7 @@ pub fn decide(
                 findings.push(Finding {
                     secret: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
                     identity,
+                    fresh_after: Some(fresh_after),
                     site: r.site.to_string(),
                     reason,
                 });

@@ -89,19 +89,15 @@ impl ChangeSet {
     }
 }
 
-/// The first moment a deployment carries every change behind `findings`.
-fn fresh_from(item: &Item<'_>, findings: &[Finding]) -> Option<DateTime<Utc>> {
-    let mut latest: Option<DateTime<Utc>> = None;
-    for f in findings {
-        let id = f.identity.as_ref()?;
-        let changed = item
-            .secrets
-            .iter()
-            .find(|s| &s.secret == id)
-            .and_then(|s| s.changed_at)?;
-        latest = Some(latest.map_or(changed, |l| l.max(changed)));
-    }
-    latest.map(crate::decide::fresh_from)
+/// The first moment a deployment carries every change behind `findings`: the latest of the
+/// rule's own evidence times (`None` when one is unknown).
+fn fresh_from(findings: &[Finding]) -> Option<DateTime<Utc>> {
+    findings
+        .iter()
+        .map(|f| f.fresh_after)
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()
 }
 
 /// Orders the stale services of a pass into a change set: by wave (see
@@ -114,7 +110,7 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
                 key: ServiceKey::of(i.service),
                 wave: i.wave,
                 findings: findings.clone(),
-                fresh_from: fresh_from(i, findings),
+                fresh_from: fresh_from(findings),
             }),
             _ => None,
         })

@@ -427,6 +427,7 @@ mod tests {
         Finding {
             secret: secret.into(),
             identity: None,
+            fresh_after: None,
             site: "app: secret DB".into(),
             reason: LONG.into(),
         }

@@ -37,6 +37,10 @@ use super::{
     TaskDefinition,
 };
 use crate::clock::Clock;
+use crate::lease::Leadership;
+
+/// Why an `UpdateService` was not sent: the replica no longer holds the single-writer lease.
+pub const LOST_LEASE: &str = "this replica no longer holds the lease: the leader decides it";
 
 /// Client-side rates and the retry policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -186,6 +190,7 @@ struct Shared {
     limits: Limits,
     stats: Arc<Stats>,
     clock: Arc<dyn Clock>,
+    leadership: Arc<Leadership>,
 }
 
 impl Shared {
@@ -240,6 +245,18 @@ impl Shared {
 /// Wraps clients in the guard. `clock` is the wall clock used to tell whether an ambiguous
 /// `UpdateService` took effect.
 pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Clients, Arc<Stats>) {
+    guard_with(clients, limits, clock, Leadership::sole())
+}
+
+/// [`guard`], for a replica that may call `UpdateService` only while `leadership` says it leads:
+/// checked after the rate limiter's wait and before every attempt, the last moments before a
+/// call leaves (a wait for a token, or a backoff, can outlast a lease).
+pub fn guard_with(
+    clients: Clients,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+    leadership: Arc<Leadership>,
+) -> (Clients, Arc<Stats>) {
     let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {
         ecs: clients.ecs,
@@ -252,6 +269,7 @@ pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Client
         limits,
         stats: stats.clone(),
         clock,
+        leadership,
     });
     let guarded = Clients {
         ecs: Arc::new(GuardedEcs(shared.clone())),
@@ -337,6 +355,14 @@ impl Ecs for GuardedEcs {
         let started = s.clock.now() - chrono::Duration::seconds(1);
         let attempt = || async {
             s.update.take().await;
+            if !s.leadership.is_leader() {
+                return Err(AwsError::new(
+                    "ecs:UpdateService",
+                    format!("{cluster}/{service}"),
+                    ErrorKind::Other,
+                    LOST_LEASE,
+                ));
+            }
             s.stats.record("ecs:UpdateService", |st| st.calls += 1);
             match s.ecs.force_new_deployment(cluster, service).await {
                 Ok(d) => Ok(d),

@@ -400,6 +400,7 @@ mod tests {
                 findings: vec![Finding {
                     secret: s.to_string(),
                     identity: Some(s.clone()),
+                    fresh_after: Some(t(301)),
                     site: "container api".into(),
                     reason: "changed".into(),
                 }],

@@ -121,7 +121,8 @@ pub fn assemble_with(
     mode: Mode,
     leadership: Arc<Leadership>,
 ) -> Parts {
-    let (guarded, stats) = guard::guard(clients, limits(config), clock.clone());
+    let (guarded, stats) =
+        guard::guard_with(clients, limits(config), clock.clone(), leadership.clone());
     let rollout = Arc::new(EngineRollout::new(
         Engine::new(
             guarded.clone(),

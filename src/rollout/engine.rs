@@ -175,6 +175,11 @@ impl Engine {
             .await
         {
             Ok(d) => d,
+            Err(_) if !self.leadership.is_leader() => {
+                return Outcome::Deferred {
+                    reason: crate::aws::guard::LOST_LEASE.into(),
+                }
+            }
             Err(e) => {
                 tracing::error!(service = %key, error = %e, "UpdateService failed");
                 return Outcome::Failed {
