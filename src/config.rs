@@ -778,6 +778,37 @@ mod tests {
     }
 
     #[test]
+    fn pacing_keys_load_and_a_bad_one_is_named() {
+        let f = file("[pacing]\ndescribe_services_per_second = 5.0\ndescribe_service_burst = 9\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("describe_service_burst") && err.contains("line 3"),
+            "{err}"
+        );
+        let f = file("[pacing]\ndescribe_services_per_second = 5.0\nrecovery = \"30s\"\n");
+        let env = vec![(
+            "ECS_RELOADER_PACING_DESCRIBE_TASK_DEFINITION_BURST".to_string(),
+            "7".to_string(),
+        )];
+        let c = Config::load(Some(&f.0), env).expect("loads");
+        assert_eq!(c.pacing.describe_services_per_second, 5.0);
+        assert_eq!(c.pacing.describe_task_definition_burst, 7);
+        assert_eq!(c.pacing.recovery, Dur(Duration::from_secs(30)));
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_PACING_LIST_TASKS_BURST".into(), "0".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pacing.list_tasks_burst"), "{err}");
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_PACING_THROTTLE_FACTOR".into(), "1.5".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pacing.throttle_factor"), "{err}");
+    }
+
+    #[test]
     fn out_of_range_values_name_the_key() {
         let err = Config::load(
             None,
