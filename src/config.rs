@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::guard::{Kind, Limits};
+
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "ECS_RELOADER_";
 
@@ -42,6 +44,8 @@ pub struct Config {
     pub aws: AwsConfig,
     /// What to manage.
     pub scope: ScopeConfig,
+    /// How fast each kind of AWS read call goes.
+    pub pacing: PacingConfig,
     /// The staleness rule.
     pub decide: DecideConfig,
     /// How rollouts are paced and watched.
@@ -88,7 +92,8 @@ pub struct ScopeConfig {
     pub clusters: Vec<String>,
     /// AWS calls in flight while scanning.
     pub scan_concurrency: usize,
-    /// Describe/List calls per second, per kind (ECS refills 20/s, shared by the account).
+    /// If above 0, caps every read kind's rate (`[pacing]`) at this many calls per second; 0:
+    /// no cap. Kept for configurations written when it was the only read setting.
     pub reads_per_second: f64,
 }
 
@@ -97,8 +102,160 @@ impl Default for ScopeConfig {
         ScopeConfig {
             clusters: vec![],
             scan_concurrency: 8,
-            reads_per_second: 10.0,
+            reads_per_second: 0.0,
         }
+    }
+}
+
+/// `[pacing]`: each AWS read call kind's bucket, and how pacing yields to throttling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacingConfig {
+    /// `ecs:ListClusters` calls per second (the bucket's refill).
+    pub list_clusters_per_second: f64,
+    /// `ecs:ListClusters` burst (the bucket's capacity).
+    pub list_clusters_burst: u32,
+    /// `ecs:ListServices` calls per second (the bucket's refill).
+    pub list_services_per_second: f64,
+    /// `ecs:ListServices` burst (the bucket's capacity).
+    pub list_services_burst: u32,
+    /// `ecs:DescribeServices` calls per second (the bucket's refill).
+    pub describe_services_per_second: f64,
+    /// `ecs:DescribeServices` burst (the bucket's capacity).
+    pub describe_services_burst: u32,
+    /// `ecs:DescribeTaskDefinition` calls per second (the bucket's refill).
+    pub describe_task_definition_per_second: f64,
+    /// `ecs:DescribeTaskDefinition` burst (the bucket's capacity).
+    pub describe_task_definition_burst: u32,
+    /// `ecs:ListTasks` calls per second (the bucket's refill).
+    pub list_tasks_per_second: f64,
+    /// `ecs:ListTasks` burst (the bucket's capacity).
+    pub list_tasks_burst: u32,
+    /// `ecs:DescribeTasks` calls per second (the bucket's refill).
+    pub describe_tasks_per_second: f64,
+    /// `ecs:DescribeTasks` burst (the bucket's capacity).
+    pub describe_tasks_burst: u32,
+    /// `secretsmanager:DescribeSecret` calls per second (the bucket's refill).
+    pub describe_secret_per_second: f64,
+    /// `secretsmanager:DescribeSecret` burst (the bucket's capacity).
+    pub describe_secret_burst: u32,
+    /// `secretsmanager:ListSecretVersionIds` calls per second (the bucket's refill).
+    pub list_secret_version_ids_per_second: f64,
+    /// `secretsmanager:ListSecretVersionIds` burst (the bucket's capacity).
+    pub list_secret_version_ids_burst: u32,
+    /// `ssm:DescribeParameters` calls per second (the bucket's refill).
+    pub describe_parameters_per_second: f64,
+    /// `ssm:DescribeParameters` burst (the bucket's capacity).
+    pub describe_parameters_burst: u32,
+    /// `ssm:GetParameterHistory` calls per second (the bucket's refill).
+    pub get_parameter_history_per_second: f64,
+    /// `ssm:GetParameterHistory` burst (the bucket's capacity).
+    pub get_parameter_history_burst: u32,
+    /// On a `ThrottlingException`, that call kind's rate is multiplied by this.
+    pub throttle_factor: f64,
+    /// A call kind's rate never drops below this fraction of its configured rate.
+    pub floor_fraction: f64,
+    /// While calls succeed, a throttled kind's rate climbs back by its whole configured rate
+    /// over this long.
+    pub recovery: Dur,
+}
+
+impl Default for PacingConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        PacingConfig {
+            list_clusters_per_second: l.pace(Kind::ListClusters).per_second,
+            list_clusters_burst: l.pace(Kind::ListClusters).burst,
+            list_services_per_second: l.pace(Kind::ListServices).per_second,
+            list_services_burst: l.pace(Kind::ListServices).burst,
+            describe_services_per_second: l.pace(Kind::DescribeServices).per_second,
+            describe_services_burst: l.pace(Kind::DescribeServices).burst,
+            describe_task_definition_per_second: l.pace(Kind::DescribeTaskDefinition).per_second,
+            describe_task_definition_burst: l.pace(Kind::DescribeTaskDefinition).burst,
+            list_tasks_per_second: l.pace(Kind::ListTasks).per_second,
+            list_tasks_burst: l.pace(Kind::ListTasks).burst,
+            describe_tasks_per_second: l.pace(Kind::DescribeTasks).per_second,
+            describe_tasks_burst: l.pace(Kind::DescribeTasks).burst,
+            describe_secret_per_second: l.pace(Kind::DescribeSecret).per_second,
+            describe_secret_burst: l.pace(Kind::DescribeSecret).burst,
+            list_secret_version_ids_per_second: l.pace(Kind::ListSecretVersionIds).per_second,
+            list_secret_version_ids_burst: l.pace(Kind::ListSecretVersionIds).burst,
+            describe_parameters_per_second: l.pace(Kind::DescribeParameters).per_second,
+            describe_parameters_burst: l.pace(Kind::DescribeParameters).burst,
+            get_parameter_history_per_second: l.pace(Kind::GetParameterHistory).per_second,
+            get_parameter_history_burst: l.pace(Kind::GetParameterHistory).burst,
+            throttle_factor: l.throttle_factor,
+            floor_fraction: l.floor_fraction,
+            recovery: Dur(l.recovery),
+        }
+    }
+}
+
+impl PacingConfig {
+    /// Each read kind with its rate, burst and key name.
+    pub fn kinds(&self) -> [(Kind, f64, u32, &'static str); 10] {
+        [
+            (
+                Kind::ListClusters,
+                self.list_clusters_per_second,
+                self.list_clusters_burst,
+                "list_clusters",
+            ),
+            (
+                Kind::ListServices,
+                self.list_services_per_second,
+                self.list_services_burst,
+                "list_services",
+            ),
+            (
+                Kind::DescribeServices,
+                self.describe_services_per_second,
+                self.describe_services_burst,
+                "describe_services",
+            ),
+            (
+                Kind::DescribeTaskDefinition,
+                self.describe_task_definition_per_second,
+                self.describe_task_definition_burst,
+                "describe_task_definition",
+            ),
+            (
+                Kind::ListTasks,
+                self.list_tasks_per_second,
+                self.list_tasks_burst,
+                "list_tasks",
+            ),
+            (
+                Kind::DescribeTasks,
+                self.describe_tasks_per_second,
+                self.describe_tasks_burst,
+                "describe_tasks",
+            ),
+            (
+                Kind::DescribeSecret,
+                self.describe_secret_per_second,
+                self.describe_secret_burst,
+                "describe_secret",
+            ),
+            (
+                Kind::ListSecretVersionIds,
+                self.list_secret_version_ids_per_second,
+                self.list_secret_version_ids_burst,
+                "list_secret_version_ids",
+            ),
+            (
+                Kind::DescribeParameters,
+                self.describe_parameters_per_second,
+                self.describe_parameters_burst,
+                "describe_parameters",
+            ),
+            (
+                Kind::GetParameterHistory,
+                self.get_parameter_history_per_second,
+                self.get_parameter_history_burst,
+                "get_parameter_history",
+            ),
+        ]
     }
 }
 
@@ -339,11 +496,41 @@ impl Config {
         if self.scope.scan_concurrency == 0 {
             return Err(invalid("scope.scan_concurrency", "must be at least 1"));
         }
-        if !(self.scope.reads_per_second > 0.0 && self.scope.reads_per_second.is_finite()) {
+        if !(self.scope.reads_per_second >= 0.0 && self.scope.reads_per_second.is_finite()) {
             return Err(invalid(
                 "scope.reads_per_second",
-                "must be a positive number",
+                "must be 0 (no cap) or a positive number",
             ));
+        }
+        let p = &self.pacing;
+        for (_, rate, burst, key) in p.kinds() {
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(invalid(
+                    &format!("pacing.{key}_per_second"),
+                    "must be a positive number",
+                ));
+            }
+            if burst == 0 {
+                return Err(invalid(
+                    &format!("pacing.{key}_burst"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if !(p.throttle_factor > 0.0 && p.throttle_factor < 1.0) {
+            return Err(invalid(
+                "pacing.throttle_factor",
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if !(p.floor_fraction > 0.0 && p.floor_fraction <= 1.0) {
+            return Err(invalid(
+                "pacing.floor_fraction",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if p.recovery.0 < Duration::from_secs(1) {
+            return Err(invalid("pacing.recovery", "must be at least 1s"));
         }
         let r = &self.rollout;
         if !(r.updates_per_second > 0.0 && r.updates_per_second.is_finite()) {
@@ -631,6 +818,37 @@ mod tests {
             err.contains("ECS_RELOADER_QUEUE_URL") && err.contains("ECS_RELOADER_EVENTS_QUEUE_URL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn pacing_keys_load_and_a_bad_one_is_named() {
+        let f = file("[pacing]\ndescribe_services_per_second = 5.0\ndescribe_service_burst = 9\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("describe_service_burst") && err.contains("line 3"),
+            "{err}"
+        );
+        let f = file("[pacing]\ndescribe_services_per_second = 5.0\nrecovery = \"30s\"\n");
+        let env = vec![(
+            "ECS_RELOADER_PACING_DESCRIBE_TASK_DEFINITION_BURST".to_string(),
+            "7".to_string(),
+        )];
+        let c = Config::load(Some(&f.0), env).expect("loads");
+        assert_eq!(c.pacing.describe_services_per_second, 5.0);
+        assert_eq!(c.pacing.describe_task_definition_burst, 7);
+        assert_eq!(c.pacing.recovery, Dur(Duration::from_secs(30)));
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_PACING_LIST_TASKS_BURST".into(), "0".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pacing.list_tasks_burst"), "{err}");
+        let err = Config::load(
+            None,
+            vec![("ECS_RELOADER_PACING_THROTTLE_FACTOR".into(), "1.5".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pacing.throttle_factor"), "{err}");
     }
 
     #[test]

@@ -54,6 +54,29 @@ struct BucketState {
     spec: Bucket,
     tokens: f64,
     at: DateTime<Utc>,
+    /// The share of every refill that another client of the account takes (0: none).
+    other_share: f64,
+}
+
+/// One call that reached the fake: its operation, when, and whether it was throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRecord {
+    /// e.g. `ecs:DescribeServices`.
+    pub operation: &'static str,
+    /// When (fake clock).
+    pub at: DateTime<Utc>,
+    /// Answered with a throttling error.
+    pub throttled: bool,
+}
+
+impl BucketState {
+    /// Adds what was refilled since the last look, less the other client's share.
+    fn refill_to(&mut self, now: DateTime<Utc>) {
+        let elapsed = (now - self.at).num_milliseconds().max(0) as f64 / 1000.0;
+        let ours = elapsed * self.spec.refill * (1.0 - self.other_share);
+        self.tokens = (self.tokens + ours).min(self.spec.burst);
+        self.at = now;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +148,7 @@ struct World {
     calls: BTreeMap<&'static str, u64>,
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
+    call_log: Vec<CallRecord>,
     faults: HashMap<&'static str, VecDeque<ErrorKind>>,
     refusals: Vec<Refusal>,
     lost_answers: HashMap<&'static str, usize>,
@@ -198,8 +222,25 @@ impl FakeAws {
                 spec,
                 tokens: spec.burst,
                 at,
+                other_share: 0.0,
             },
         );
+    }
+
+    /// Another client of the account draws on `operation`'s bucket, taking `share` (0 to 1) of
+    /// every refill from now on; 0 stops it. The bucket's level is brought up to now first.
+    pub fn share_bucket(&self, operation: &str, share: f64) {
+        let now = self.now();
+        let mut w = self.w();
+        if let Some(b) = w.buckets.get_mut(operation) {
+            b.refill_to(now);
+            b.other_share = share.clamp(0.0, 1.0);
+        }
+    }
+
+    /// Every call that reached the fake, in order, with its time and whether it was throttled.
+    pub fn call_log(&self) -> Vec<CallRecord> {
+        self.w().call_log.clone()
     }
 
     /// ECS's documented buckets for the calls ecs-reloader makes.
@@ -671,11 +712,14 @@ impl FakeAws {
             return Err(AwsError::new(operation, resource, kind, "injected fault"));
         }
         if let Some(b) = w.buckets.get_mut(operation) {
-            let elapsed = (now - b.at).num_milliseconds().max(0) as f64 / 1000.0;
-            b.tokens = (b.tokens + elapsed * b.spec.refill).min(b.spec.burst);
-            b.at = now;
+            b.refill_to(now);
             if b.tokens < 1.0 {
                 *w.throttled.entry(operation).or_default() += 1;
+                w.call_log.push(CallRecord {
+                    operation,
+                    at: now,
+                    throttled: true,
+                });
                 return Err(AwsError::new(
                     operation,
                     resource,
@@ -685,6 +729,11 @@ impl FakeAws {
             }
             b.tokens -= 1.0;
         }
+        w.call_log.push(CallRecord {
+            operation,
+            at: now,
+            throttled: false,
+        });
         Ok(())
     }
 

@@ -2,10 +2,13 @@
 //! own throttling, and retries with jittered exponential backoff (`backon`) for throttled and
 //! transient errors, so that a throttle never surfaces as a failed rollout.
 //!
-//! ECS throttles per account and region with token buckets (UpdateService: burst 50, refill 5/s;
-//! DescribeServices and ListServices: burst 100, refill 20/s; DescribeTaskDefinition: burst 50,
-//! refill 20/s). Our buckets default well below them (see [`Limits`]), because other tools in the
-//! account draw from the same buckets.
+//! ECS throttles per account and region with a token bucket per API action (UpdateService:
+//! burst 50, refill 5/s; DescribeServices and ListServices: burst 100, refill 20/s;
+//! DescribeTaskDefinition and ListClusters: burst 50, refill 20/s). Our read buckets default to
+//! exactly those shapes, so that a scan alone on the account goes as fast as ECS allows; other
+//! tools draw from the same buckets, so a throttle makes that call kind yield (its rate is cut
+//! multiplicatively, then climbs back additively while calls succeed), the way the SDK's
+//! adaptive retry mode does. `UpdateService` stays at 1/s with no burst: it changes production.
 //!
 //! **`UpdateService` is not idempotent**: a retry after a lost answer would force a second
 //! deployment. The SDK's own retries are off for that call (see `sdk.rs`), throttling is retried
@@ -42,18 +45,101 @@ use crate::lease::Leadership;
 /// Why an `UpdateService` was not sent: the replica no longer holds the single-writer lease.
 pub const LOST_LEASE: &str = "this replica no longer holds the lease: the leader decides it";
 
-/// Client-side rates and the retry policy.
+/// A call kind: one ECS (or Secrets Manager, SSM) API action, paced by its own bucket, as ECS
+/// throttles each action with its own bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `ecs:ListClusters`
+    ListClusters,
+    /// `ecs:ListServices`
+    ListServices,
+    /// `ecs:DescribeServices`
+    DescribeServices,
+    /// `ecs:DescribeTaskDefinition`
+    DescribeTaskDefinition,
+    /// `ecs:ListTasks`
+    ListTasks,
+    /// `ecs:DescribeTasks`
+    DescribeTasks,
+    /// `ecs:UpdateService`
+    UpdateService,
+    /// `secretsmanager:DescribeSecret`
+    DescribeSecret,
+    /// `secretsmanager:ListSecretVersionIds`
+    ListSecretVersionIds,
+    /// `ssm:DescribeParameters`
+    DescribeParameters,
+    /// `ssm:GetParameterHistory`
+    GetParameterHistory,
+}
+
+impl Kind {
+    /// Every kind, in index order.
+    pub const ALL: [Kind; 11] = [
+        Kind::ListClusters,
+        Kind::ListServices,
+        Kind::DescribeServices,
+        Kind::DescribeTaskDefinition,
+        Kind::ListTasks,
+        Kind::DescribeTasks,
+        Kind::UpdateService,
+        Kind::DescribeSecret,
+        Kind::ListSecretVersionIds,
+        Kind::DescribeParameters,
+        Kind::GetParameterHistory,
+    ];
+
+    /// The operation's name, as in stats and metrics (`ecs:DescribeServices`).
+    pub fn operation(self) -> &'static str {
+        match self {
+            Kind::ListClusters => "ecs:ListClusters",
+            Kind::ListServices => "ecs:ListServices",
+            Kind::DescribeServices => "ecs:DescribeServices",
+            Kind::DescribeTaskDefinition => "ecs:DescribeTaskDefinition",
+            Kind::ListTasks => "ecs:ListTasks",
+            Kind::DescribeTasks => "ecs:DescribeTasks",
+            Kind::UpdateService => "ecs:UpdateService",
+            Kind::DescribeSecret => "secretsmanager:DescribeSecret",
+            Kind::ListSecretVersionIds => "secretsmanager:ListSecretVersionIds",
+            Kind::DescribeParameters => "ssm:DescribeParameters",
+            Kind::GetParameterHistory => "ssm:GetParameterHistory",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One kind's bucket: sustained rate and burst, as ECS documents its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Refill, calls per second.
+    pub per_second: f64,
+    /// Capacity: calls allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Pace {
+    /// A bucket of `burst`, refilled at `per_second`.
+    pub const fn new(per_second: f64, burst: u32) -> Pace {
+        Pace { per_second, burst }
+    }
+}
+
+/// Client-side rates, how they adapt to throttling, and the retry policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// `UpdateService` calls per second (ECS refills 5/s).
-    pub updates_per_second: f64,
-    /// `UpdateService` burst (ECS allows 50). 1 by default: `updates_per_second` then holds in
-    /// every window, not just on average.
-    pub update_burst: u32,
-    /// Describe/List calls per second, each kind (ECS refills 20/s).
-    pub reads_per_second: f64,
-    /// Describe/List burst (ECS allows 50–100).
-    pub read_burst: u32,
+    /// Each kind's bucket, indexed by [`Kind`] (see [`Limits::pace`]).
+    paces: [Pace; Kind::ALL.len()],
+    /// On a `ThrottlingException` a kind's rate is multiplied by this (0 < f < 1): someone else
+    /// is drawing on the same bucket, so we yield.
+    pub throttle_factor: f64,
+    /// A kind's rate never drops below this fraction of its configured rate.
+    pub floor_fraction: f64,
+    /// While calls succeed, a throttled kind's rate climbs back additively, by its full
+    /// configured rate over this long.
+    pub recovery: Duration,
     /// First backoff delay.
     pub min_backoff: Duration,
     /// Longest backoff delay.
@@ -62,13 +148,46 @@ pub struct Limits {
     pub max_retries: usize,
 }
 
+impl Limits {
+    /// The bucket of `kind`.
+    pub fn pace(&self, kind: Kind) -> Pace {
+        self.paces[kind.index()]
+    }
+
+    /// These limits with `kind` paced by `pace`.
+    pub fn with(mut self, kind: Kind, pace: Pace) -> Limits {
+        self.paces[kind.index()] = pace;
+        self
+    }
+}
+
 impl Default for Limits {
+    /// ECS's documented buckets (the account's whole allowance: adaptation yields to other
+    /// clients), except `UpdateService`: 1/s with no burst, because it changes production.
+    /// Secrets Manager and SSM document no bucket shape for these calls; their defaults stay
+    /// well under the documented rates.
     fn default() -> Self {
+        let mut paces = [Pace::new(20.0, 100); Kind::ALL.len()];
+        for (kind, pace) in [
+            (Kind::ListClusters, Pace::new(20.0, 50)),
+            (Kind::ListServices, Pace::new(20.0, 100)),
+            (Kind::DescribeServices, Pace::new(20.0, 100)),
+            (Kind::DescribeTaskDefinition, Pace::new(20.0, 50)),
+            (Kind::ListTasks, Pace::new(20.0, 100)),
+            (Kind::DescribeTasks, Pace::new(20.0, 100)),
+            (Kind::UpdateService, Pace::new(1.0, 1)),
+            (Kind::DescribeSecret, Pace::new(50.0, 50)),
+            (Kind::ListSecretVersionIds, Pace::new(20.0, 20)),
+            (Kind::DescribeParameters, Pace::new(10.0, 10)),
+            (Kind::GetParameterHistory, Pace::new(10.0, 10)),
+        ] {
+            paces[kind.index()] = pace;
+        }
         Limits {
-            updates_per_second: 1.0,
-            update_burst: 1,
-            reads_per_second: 10.0,
-            read_burst: 20,
+            paces,
+            throttle_factor: 0.5,
+            floor_fraction: 0.05,
+            recovery: Duration::from_secs(10),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(20),
             max_retries: 12,
@@ -150,6 +269,8 @@ impl GovernorClock for TokioTime {
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioTime, NoOpMiddleware<Duration>>;
 
+/// ECS's bucket shape on our side (governor), so that by itself we never send more than the
+/// bucket allows in any window.
 struct Bucket {
     limiter: Limiter,
     clock: TokioTime,
@@ -171,6 +292,11 @@ impl Bucket {
         }
     }
 
+    /// Takes every token there is.
+    fn drain(&self) {
+        while self.limiter.check().is_ok() {}
+    }
+
     /// Waits for a token (on tokio's clock, not governor's own timer).
     async fn take(&self) {
         while let Err(not_until) = self.limiter.check() {
@@ -179,14 +305,127 @@ impl Bucket {
     }
 }
 
+/// One kind's pacing: its bucket, and below it, once ECS has throttled the kind (someone else
+/// draws on the same bucket), an adaptive rate in the manner of the SDK's adaptive retry mode:
+/// cut multiplicatively on each throttle, raised additively while calls succeed, until it is
+/// back at the bucket's rate and the bucket alone paces again.
+///
+/// The adaptive rate is a plain spacing of calls, written here rather than with governor because
+/// governor's quota is fixed when the limiter is built: rebuilding it at every change would hand
+/// out a fresh token each time, i.e. calls the rate does not allow.
+struct Paced {
+    op: &'static str,
+    bucket: Bucket,
+    ceiling: f64,
+    floor: f64,
+    factor: f64,
+    /// Calls per second gained per second of success.
+    climb: f64,
+    adapt: Mutex<Adapt>,
+}
+
+struct Adapt {
+    /// `None` while not throttled lately: the bucket alone paces.
+    rate: Option<f64>,
+    /// The earliest moment of the next call at `rate`.
+    next: tokio::time::Instant,
+    /// When `rate` last changed.
+    changed: tokio::time::Instant,
+    /// Bumped by each cut, so that the throttles of calls sent before a cut (at the old rate)
+    /// do not cut again: one cut per episode, not one per call in flight.
+    epoch: u64,
+}
+
+impl Paced {
+    fn new(op: &'static str, pace: Pace, limits: &Limits) -> Paced {
+        let ceiling = pace.per_second.max(0.001);
+        let now = tokio::time::Instant::now();
+        Paced {
+            op,
+            bucket: Bucket::new(ceiling, pace.burst),
+            ceiling,
+            floor: (ceiling * limits.floor_fraction).clamp(0.001, ceiling),
+            factor: limits.throttle_factor.clamp(0.01, 0.99),
+            climb: ceiling / limits.recovery.as_secs_f64().max(0.001),
+            adapt: Mutex::new(Adapt {
+                rate: None,
+                next: now,
+                changed: now,
+                epoch: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Adapt> {
+        self.adapt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the adaptive rate's slot, then for a token; returns the epoch the call is sent in.
+    async fn take(&self) -> u64 {
+        let (slot, epoch) = {
+            let mut st = self.state();
+            let epoch = st.epoch;
+            match st.rate {
+                None => (None, epoch),
+                Some(rate) => {
+                    let slot = st.next.max(tokio::time::Instant::now());
+                    st.next = slot + Duration::from_secs_f64(1.0 / rate);
+                    (Some(slot), epoch)
+                }
+            }
+        };
+        if let Some(slot) = slot {
+            tokio::time::sleep_until(slot).await;
+        }
+        self.bucket.take().await;
+        epoch
+    }
+
+    /// ECS throttled a call sent in `epoch`: yield.
+    fn throttled(&self, epoch: u64) {
+        // ECS's bucket is empty: so is ours from now on. Else, once the rate has climbed back,
+        // ours would still hold the tokens it saved while we went slowly, and spend them in a
+        // burst that ECS's bucket, drained by the other client, refuses.
+        self.bucket.drain();
+        let mut st = self.state();
+        if st.epoch != epoch {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let rate = (st.rate.unwrap_or(self.ceiling) * self.factor).max(self.floor);
+        st.rate = Some(rate);
+        st.epoch += 1;
+        st.changed = now;
+        // The bucket is empty now: the next call waits a whole interval at the new rate.
+        st.next = st.next.max(now + Duration::from_secs_f64(1.0 / rate));
+        tracing::debug!(
+            operation = self.op,
+            rate,
+            "throttled: pacing this call kind slower"
+        );
+    }
+
+    /// A call succeeded: climb back toward the bucket's rate.
+    fn succeeded(&self) {
+        let mut st = self.state();
+        let Some(rate) = st.rate else { return };
+        let now = tokio::time::Instant::now();
+        let rate = rate + self.climb * (now - st.changed).as_secs_f64();
+        st.changed = now;
+        st.rate = (rate < self.ceiling).then_some(rate);
+    }
+
+    /// The adaptive rate (calls per second), or `None` when the bucket alone paces.
+    fn rate(&self) -> Option<f64> {
+        self.state().rate
+    }
+}
+
 struct Shared {
     ecs: Arc<dyn Ecs>,
     secrets: Arc<dyn Secrets>,
     parameters: Arc<dyn Parameters>,
-    update: Bucket,
-    describe_services: Bucket,
-    list: Bucket,
-    task_defs: Bucket,
+    paced: Vec<Paced>,
     limits: Limits,
     stats: Arc<Stats>,
     clock: Arc<dyn Clock>,
@@ -202,31 +441,39 @@ impl Shared {
             .with_jitter()
     }
 
-    /// Runs `call` (after taking a token from `bucket`, if any), retrying retryable errors.
-    async fn guarded<T, F, Fut>(
-        &self,
-        op: &'static str,
-        resource: &str,
-        bucket: Option<&Bucket>,
-        call: F,
-    ) -> AwsResult<T>
+    fn paced(&self, kind: Kind) -> &Paced {
+        &self.paced[kind.index()]
+    }
+
+    /// One attempt of `call`, paced as `kind`: the pacing learns from its outcome.
+    async fn attempt<T, Fut>(&self, kind: Kind, call: Fut) -> AwsResult<T>
+    where
+        Fut: std::future::Future<Output = AwsResult<T>>,
+    {
+        let paced = self.paced(kind);
+        let op = kind.operation();
+        let epoch = paced.take().await;
+        self.stats.record(op, |s| s.calls += 1);
+        let r = call.await;
+        match &r {
+            Err(e) if e.kind == ErrorKind::Throttled => {
+                self.stats.record(op, |s| s.throttled += 1);
+                paced.throttled(epoch);
+            }
+            Err(_) => {}
+            Ok(_) => paced.succeeded(),
+        }
+        r
+    }
+
+    /// Runs `call` paced as `kind`, retrying retryable errors.
+    async fn guarded<T, F, Fut>(&self, kind: Kind, resource: &str, call: F) -> AwsResult<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = AwsResult<T>>,
     {
-        let attempt = || async {
-            if let Some(b) = bucket {
-                b.take().await;
-            }
-            self.stats.record(op, |s| s.calls += 1);
-            let r = call().await;
-            if let Err(e) = &r {
-                if e.kind == ErrorKind::Throttled {
-                    self.stats.record(op, |s| s.throttled += 1);
-                }
-            }
-            r
-        };
+        let op = kind.operation();
+        let attempt = || self.attempt(kind, call());
         let started = tokio::time::Instant::now();
         let mut failed = 0;
         attempt
@@ -242,6 +489,17 @@ impl Shared {
     }
 }
 
+/// The adaptive rate of each kind that ECS has throttled lately (calls per second); a kind that
+/// is absent is paced by its bucket alone.
+pub struct Pacing(Arc<Shared>);
+
+impl Pacing {
+    /// The adaptive rate of `kind`, if throttling has slowed it.
+    pub fn rate(&self, kind: Kind) -> Option<f64> {
+        self.0.paced(kind).rate()
+    }
+}
+
 /// Wraps clients in the guard. `clock` is the wall clock used to tell whether an ambiguous
 /// `UpdateService` took effect.
 pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Clients, Arc<Stats>) {
@@ -249,23 +507,42 @@ pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Client
 }
 
 /// [`guard`], for a replica that may call `UpdateService` only while `leadership` says it leads:
-/// checked after the rate limiter's wait and before every attempt, the last moments before a
-/// call leaves (a wait for a token, or a backoff, can outlast a lease).
+/// checked after the pacing wait and before every attempt, the last moments before a call leaves
+/// (a wait for a token, or a backoff, can outlast a lease).
 pub fn guard_with(
     clients: Clients,
     limits: Limits,
     clock: Arc<dyn Clock>,
     leadership: Arc<Leadership>,
 ) -> (Clients, Arc<Stats>) {
+    let (guarded, stats, _) = guard_full(clients, limits, clock, leadership);
+    (guarded, stats)
+}
+
+/// [`guard`], with a view of the adaptive pacing (for tests and benchmarks).
+pub fn guard_with_pacing(
+    clients: Clients,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+) -> (Clients, Arc<Stats>, Pacing) {
+    guard_full(clients, limits, clock, Leadership::sole())
+}
+
+fn guard_full(
+    clients: Clients,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+    leadership: Arc<Leadership>,
+) -> (Clients, Arc<Stats>, Pacing) {
     let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {
         ecs: clients.ecs,
         secrets: clients.secrets,
         parameters: clients.parameters,
-        update: Bucket::new(limits.updates_per_second, limits.update_burst),
-        describe_services: Bucket::new(limits.reads_per_second, limits.read_burst),
-        list: Bucket::new(limits.reads_per_second, limits.read_burst),
-        task_defs: Bucket::new(limits.reads_per_second, limits.read_burst),
+        paced: Kind::ALL
+            .iter()
+            .map(|k| Paced::new(k.operation(), limits.pace(*k), &limits))
+            .collect(),
         limits,
         stats: stats.clone(),
         clock,
@@ -274,10 +551,10 @@ pub fn guard_with(
     let guarded = Clients {
         ecs: Arc::new(GuardedEcs(shared.clone())),
         secrets: Arc::new(GuardedSecrets(shared.clone())),
-        parameters: Arc::new(GuardedParameters(shared)),
+        parameters: Arc::new(GuardedParameters(shared.clone())),
         region: clients.region,
     };
-    (guarded, stats)
+    (guarded, stats, Pacing(shared))
 }
 
 struct GuardedEcs(Arc<Shared>);
@@ -286,7 +563,7 @@ struct GuardedEcs(Arc<Shared>);
 impl Ecs for GuardedEcs {
     async fn list_clusters(&self, next: Option<String>) -> AwsResult<Page<String>> {
         let s = &self.0;
-        s.guarded("ecs:ListClusters", "-", Some(&s.list), || {
+        s.guarded(Kind::ListClusters, "-", || {
             s.ecs.list_clusters(next.clone())
         })
         .await
@@ -294,7 +571,7 @@ impl Ecs for GuardedEcs {
 
     async fn list_services(&self, cluster: &str, next: Option<String>) -> AwsResult<Page<String>> {
         let s = &self.0;
-        s.guarded("ecs:ListServices", cluster, Some(&s.list), || {
+        s.guarded(Kind::ListServices, cluster, || {
             s.ecs.list_services(cluster, next.clone())
         })
         .await
@@ -306,23 +583,17 @@ impl Ecs for GuardedEcs {
         services: &[String],
     ) -> AwsResult<Vec<Service>> {
         let s = &self.0;
-        s.guarded(
-            "ecs:DescribeServices",
-            cluster,
-            Some(&s.describe_services),
-            || s.ecs.describe_services(cluster, services),
-        )
+        s.guarded(Kind::DescribeServices, cluster, || {
+            s.ecs.describe_services(cluster, services)
+        })
         .await
     }
 
     async fn describe_task_definition(&self, arn: &str) -> AwsResult<TaskDefinition> {
         let s = &self.0;
-        s.guarded(
-            "ecs:DescribeTaskDefinition",
-            arn,
-            Some(&s.task_defs),
-            || s.ecs.describe_task_definition(arn),
-        )
+        s.guarded(Kind::DescribeTaskDefinition, arn, || {
+            s.ecs.describe_task_definition(arn)
+        })
         .await
     }
 
@@ -333,7 +604,7 @@ impl Ecs for GuardedEcs {
         next: Option<String>,
     ) -> AwsResult<Page<String>> {
         let s = &self.0;
-        s.guarded("ecs:ListTasks", service, Some(&s.list), || {
+        s.guarded(Kind::ListTasks, service, || {
             s.ecs.list_tasks(cluster, service, next.clone())
         })
         .await
@@ -341,12 +612,9 @@ impl Ecs for GuardedEcs {
 
     async fn describe_tasks(&self, cluster: &str, tasks: &[String]) -> AwsResult<Vec<Task>> {
         let s = &self.0;
-        s.guarded(
-            "ecs:DescribeTasks",
-            cluster,
-            Some(&s.describe_services),
-            || s.ecs.describe_tasks(cluster, tasks),
-        )
+        s.guarded(Kind::DescribeTasks, cluster, || {
+            s.ecs.describe_tasks(cluster, tasks)
+        })
         .await
     }
 
@@ -354,22 +622,20 @@ impl Ecs for GuardedEcs {
         let s = &self.0;
         let started = s.clock.now() - chrono::Duration::seconds(1);
         let attempt = || async {
-            s.update.take().await;
-            if !s.leadership.is_leader() {
-                return Err(AwsError::new(
-                    "ecs:UpdateService",
-                    format!("{cluster}/{service}"),
-                    ErrorKind::Other,
-                    LOST_LEASE,
-                ));
-            }
-            s.stats.record("ecs:UpdateService", |st| st.calls += 1);
-            match s.ecs.force_new_deployment(cluster, service).await {
-                Ok(d) => Ok(d),
-                Err(e) if e.kind == ErrorKind::Throttled => {
-                    s.stats.record("ecs:UpdateService", |st| st.throttled += 1);
-                    Err(e)
+            // The lease is looked at after the pacing wait, right before the call leaves.
+            let call = async {
+                if !s.leadership.is_leader() {
+                    return Err(AwsError::new(
+                        "ecs:UpdateService",
+                        format!("{cluster}/{service}"),
+                        ErrorKind::Other,
+                        LOST_LEASE,
+                    ));
                 }
+                s.ecs.force_new_deployment(cluster, service).await
+            };
+            match s.attempt(Kind::UpdateService, call).await {
+                Ok(d) => Ok(d),
                 Err(e) if e.kind == ErrorKind::Transient => {
                     // The request may have been executed and only its answer lost.
                     match self.took_effect(cluster, service, started).await {
@@ -422,7 +688,7 @@ struct GuardedSecrets(Arc<Shared>);
 impl Secrets for GuardedSecrets {
     async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta> {
         let s = &self.0;
-        s.guarded("secretsmanager:DescribeSecret", id, None, || {
+        s.guarded(Kind::DescribeSecret, id, || {
             s.secrets.describe_secret(region, id)
         })
         .await
@@ -435,7 +701,7 @@ impl Secrets for GuardedSecrets {
         next: Option<String>,
     ) -> AwsResult<Page<SecretVersion>> {
         let s = &self.0;
-        s.guarded("secretsmanager:ListSecretVersionIds", arn, None, || {
+        s.guarded(Kind::ListSecretVersionIds, arn, || {
             s.secrets.list_secret_versions(region, arn, next.clone())
         })
         .await
@@ -452,7 +718,7 @@ impl Parameters for GuardedParameters {
         names: &[String],
     ) -> AwsResult<Vec<ParameterMeta>> {
         let s = &self.0;
-        s.guarded("ssm:DescribeParameters", &names.join(","), None, || {
+        s.guarded(Kind::DescribeParameters, &names.join(","), || {
             s.parameters.describe_parameters(region, names)
         })
         .await
@@ -464,7 +730,7 @@ impl Parameters for GuardedParameters {
         name: &str,
     ) -> AwsResult<Vec<ParameterVersion>> {
         let s = &self.0;
-        s.guarded("ssm:GetParameterHistory", name, None, || {
+        s.guarded(Kind::GetParameterHistory, name, || {
             s.parameters.parameter_history(region, name)
         })
         .await
@@ -588,11 +854,7 @@ mod tests {
         for i in 0..10 {
             fake.create_service("c", &format!("s{i}"), "td", 1, &[]);
         }
-        let limits = Limits {
-            updates_per_second: 2.0,
-            update_burst: 1,
-            ..Limits::default()
-        };
+        let limits = Limits::default().with(Kind::UpdateService, Pace::new(2.0, 1));
         let (clients, _) = guard(fake.clients(), limits, clock);
         for i in 0..10 {
             clients
@@ -624,11 +886,7 @@ mod tests {
                 refill: 0.5,
             },
         );
-        let limits = Limits {
-            updates_per_second: 50.0,
-            update_burst: 50,
-            ..Limits::default()
-        };
+        let limits = Limits::default().with(Kind::UpdateService, Pace::new(50.0, 50));
         let (clients, stats) = guard(fake.clients(), limits, clock);
         for i in 0..20 {
             clients

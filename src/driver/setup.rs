@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::aws::guard::{self, Limits, Stats};
+use crate::aws::guard::{self, Kind, Limits, Pace, Stats};
 use crate::aws::queue::{Bus, SdkBus};
 use crate::aws::sdk::{self, RetryMode, SdkSettings, SdkSetupError};
 use crate::aws::Clients;
@@ -34,13 +34,23 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
     }
 }
 
-/// The guard's limits.
-fn limits(config: &Config) -> Limits {
-    Limits {
-        updates_per_second: config.rollout.updates_per_second,
-        reads_per_second: config.scope.reads_per_second,
-        ..Limits::default()
+/// The guard's limits: each read kind's bucket from `[pacing]` (capped by `[scope]
+/// reads_per_second` when set), `UpdateService` at `[rollout] updates_per_second` with no burst.
+pub fn limits(config: &Config) -> Limits {
+    let p = &config.pacing;
+    let cap = config.scope.reads_per_second;
+    let mut limits = Limits::default().with(
+        Kind::UpdateService,
+        Pace::new(config.rollout.updates_per_second, 1),
+    );
+    for (kind, rate, burst, _) in p.kinds() {
+        let rate = if cap > 0.0 { rate.min(cap) } else { rate };
+        limits = limits.with(kind, Pace::new(rate, burst));
     }
+    limits.throttle_factor = p.throttle_factor;
+    limits.floor_fraction = p.floor_fraction;
+    limits.recovery = p.recovery.0;
+    limits
 }
 
 fn deployment_limits(config: &Config) -> deployment::Limits {
