@@ -155,6 +155,7 @@ fn one_line(e: &anyhow::Error) -> String {
         match c.downcast_ref::<ReconcileError>()? {
             ReconcileError::Aws(a) => Some(a),
             ReconcileError::Target(t) => target(t),
+            ReconcileError::NoSuchService(_) => None,
         }
     });
     if let Some(aws) = aws.filter(|a| a.kind == ErrorKind::Setup) {

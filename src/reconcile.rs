@@ -68,18 +68,35 @@ pub enum ReconcileError {
     /// A secret named by the caller could not be resolved.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// `--service` named no service in scope that references a secret.
+    #[error("--service {0}: no service in scope has that name (CLUSTER/SERVICE, a name, or a service ARN), or it references no secret")]
+    NoSuchService(String),
 }
 
-/// `--service` arguments: `CLUSTER/SERVICE`, or a bare name in any cluster.
+/// `--service` arguments: a service ARN, `CLUSTER/SERVICE`, or a bare name in any cluster.
 struct ServiceFilter<'a>(&'a [String]);
 
 impl ServiceFilter<'_> {
+    fn matches(f: &str, s: &Service) -> bool {
+        if f.starts_with("arn:") {
+            return f == s.arn;
+        }
+        match f.split_once('/') {
+            Some((c, n)) => c == s.cluster_name() && n == s.name,
+            None => f == s.name,
+        }
+    }
+
     fn admits(&self, s: &Service) -> bool {
-        self.0.is_empty()
-            || self.0.iter().any(|f| match f.split_once('/') {
-                Some((c, n)) => c == s.cluster_name() && n == s.name,
-                None => *f == s.name,
-            })
+        self.0.is_empty() || self.0.iter().any(|f| Self::matches(f, s))
+    }
+
+    /// The first filter no service matched: a typo must not pass for "nothing to do".
+    fn unmatched<'s>(&self, services: impl Iterator<Item = &'s Service> + Clone) -> Option<String> {
+        self.0
+            .iter()
+            .find(|f| !services.clone().any(|s| Self::matches(f, s)))
+            .cloned()
     }
 }
 
@@ -548,6 +565,9 @@ impl Reconciler {
     ) -> Result<Assessment, ReconcileError> {
         let conc = self.settings.scan_concurrency;
         let inventory = index::scan(&self.clients, &self.cache, scope, conc).await?;
+        if let Some(f) = services.unmatched(inventory.entries.iter().map(|e| &e.service)) {
+            return Err(ReconcileError::NoSuchService(f));
+        }
         let home = self.clients.region.as_str();
         let entries: Vec<_> = inventory
             .entries
@@ -585,9 +605,13 @@ impl Reconciler {
         items.sort_by_key(Item::order);
         decide::hold_failed(&mut items, now, &self.settings.limits);
         decide::apply_policy(&mut items, now, policies);
-        if self.settings.mode == Mode::FireAndForget {
-            decide::gate(&mut items, self.settings.canary, now, &self.settings.limits);
-        }
+        decide::gate(
+            &mut items,
+            self.settings.canary,
+            self.settings.mode == Mode::Watch,
+            now,
+            &self.settings.limits,
+        );
         let change_set = plan(&items);
         let decisions: BTreeMap<ServiceKey, Decision> = items
             .into_iter()

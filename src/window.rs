@@ -135,19 +135,37 @@ impl Window {
     }
 
     /// A local wall-clock time as an instant: a time in a spring-forward gap is taken when the
-    /// clock jumps past it, an ambiguous one at its first occurrence.
+    /// clock jumps past the gap (the first valid local time after it), an ambiguous one at its
+    /// first occurrence.
     fn instant(&self, date: NaiveDate, time: NaiveTime) -> Option<DateTime<Utc>> {
         let local = date.and_time(time);
-        for shift in 0..=4 {
-            let t = local + Duration::minutes(30 * shift);
+        // Gaps are at most a few hours; a minute's steps find their end exactly.
+        for minutes in 0..=240 {
+            let t = local + Duration::minutes(minutes);
             match self.zone.from_local_datetime(&t) {
                 LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => {
-                    return Some(x.with_timezone(&Utc))
+                    let x = x.with_timezone(&Utc);
+                    // Within the gap, the jump's moment: the valid time's own minute boundary.
+                    return Some(if minutes == 0 {
+                        x
+                    } else {
+                        x - Duration::seconds(x.timestamp().rem_euclid(60))
+                    });
                 }
                 LocalResult::None => continue,
             }
         }
         None
+    }
+
+    /// The window's written length (past midnight when the end is not after the start).
+    fn length(&self) -> Duration {
+        let d = self.end - self.start;
+        if d > Duration::zero() {
+            d
+        } else {
+            d + Duration::days(1)
+        }
     }
 
     /// The occurrences (start, end) whose start falls on a local date near `now`.
@@ -168,6 +186,13 @@ impl Window {
                 date + Duration::days(1)
             };
             let end = self.instant(end_date, self.end)?;
+            // A window (or its end) inside a spring-forward gap would be empty: it keeps its
+            // written length from when the clock jumps instead.
+            let end = if end > start {
+                end
+            } else {
+                start + self.length()
+            };
             Some((start, end))
         })
     }

@@ -260,11 +260,32 @@ struct ChangeProgress {
 
 /// The canary and wave gates for drivers that cannot wait (see the module documentation).
 /// `items` must be in plan order ([`Item::order`]); `canary` is `[rollout] canary`.
-pub fn gate(items: &mut [Item<'_>], canary: bool, now: DateTime<Utc>, limits: &Limits) {
+///
+/// With `watching` (the engine waits for health within the pass, and rolls the stale services of
+/// the change set wave by wave itself), only the wave barrier applies, and only to what the
+/// change set does not hold: an earlier-wave dependant that waits (settling, outside its window,
+/// pending approval, held) or is rolling keeps the later waves back.
+pub fn gate(
+    items: &mut [Item<'_>],
+    canary: bool,
+    watching: bool,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) {
+    let canary = canary && !watching;
     let mut changes: BTreeMap<SecretIdentity, ChangeProgress> = BTreeMap::new();
     for item in items.iter() {
         let pending: Vec<&SecretIdentity> = match &item.decision {
-            Decision::Stale { findings } | Decision::Settling { findings, .. } => findings
+            Decision::Stale { findings } if !watching => findings
+                .iter()
+                .filter_map(|f| f.identity.as_ref())
+                .collect(),
+            // Waiting dependants hold their wave open: a service outside its window or waiting
+            // for approval must not see a later wave roll first.
+            Decision::Settling { findings, .. }
+            | Decision::Scheduled { findings, .. }
+            | Decision::Pending { findings, .. }
+            | Decision::Held { findings, .. } => findings
                 .iter()
                 .filter_map(|f| f.identity.as_ref())
                 .collect(),
@@ -423,7 +444,7 @@ mod tests {
     fn gated<'a>(svcs: &[&'a Service], s: &SecretIdentity, canary: bool) -> Vec<Item<'a>> {
         let mut items: Vec<Item<'a>> = svcs.iter().map(|x| item(x, s)).collect();
         items.sort_by_key(Item::order);
-        gate(&mut items, canary, t(1000), &Limits::default());
+        gate(&mut items, canary, false, t(1000), &Limits::default());
         items
     }
 
