@@ -770,7 +770,7 @@ def scenario_readme(emu):
                 cmd = confined([str(BIN)] + argv[1:])
             elif argv[:2] == ["cargo", "install"]:
                 # The install path, without a release build: the debug profile this suite built.
-                cmd = argv + ["--debug", "--root", str(scratch / "install"), "--offline"]
+                cmd = argv + ["--debug", "--root", str(scratch / "install"), "--offline", "--target-dir", str(TARGET)]
             elif argv[0] == "scripts/package-lambda.sh":
                 # The cheapest build through every step of the script (the suite's own arm64 build).
                 assigns.update(ARCHS=os.environ.get("ARCHS", "arm64"), PROFILE="dev")
