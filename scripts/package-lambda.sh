@@ -13,8 +13,10 @@ ARCHS=${ARCHS:-x86_64 arm64}
 PROFILE=${PROFILE:-release}
 GLIBC_MAX=2.34
 
-python3 -m pip install --quiet --disable-pip-version-check ziglang
-command -v cargo-zigbuild >/dev/null || cargo install --locked cargo-zigbuild
+# Both from PyPI as prebuilt wheels (seconds, where `cargo install cargo-zigbuild` compiles for
+# minutes); their scripts directory goes first on PATH, so cargo finds this cargo-zigbuild.
+python3 -m pip install --quiet --disable-pip-version-check ziglang==0.17.1 cargo-zigbuild==0.24.0
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 target_dir=${CARGO_TARGET_DIR:-target}
 profile_dir=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 

@@ -43,7 +43,8 @@ if cargo tree -e normal,features -i ecs-reloader | grep -q 'feature "test-util"'
 fi
 # Not --all-targets: that would also run the bench binaries (cargo bench runs those).
 timed cargo test
-actionlint .github/workflows/*.yml
+# actionlint lands in Python's scripts directory (pyenv's shims may not know it yet).
+"$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/actionlint" .github/workflows/*.yml
 # The arm64 Lambda package (and image binary), which the infra tests run under qemu.
 timed env ARCHS=arm64 PROFILE=dev bash scripts/package-lambda.sh
 timed python -m pytest tests/infra -q -rs

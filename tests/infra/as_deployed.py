@@ -29,7 +29,6 @@ image's USER: a write anywhere fails it.
   when no Docker daemon can start here.
 """
 
-import base64
 import http.server
 import json
 import os
@@ -430,6 +429,10 @@ def base_env(extra):
 def run_serve(emu, world, argv, env, addr, queue_url, healthcheck=None, name="serve", cwd="/"):
     """Starts `serve`, waits for readiness, runs the health check, rolls one rotation announced
     on the default bus (when `queue_url` is the template's queue), stops it with SIGTERM."""
+    if healthcheck:
+        # A health check that cannot fail proves nothing: with nothing listening it must not pass.
+        hc = subprocess.run(confined(healthcheck), env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
+        assert hc.returncode != 0, f"{name}: the health check passed with no operator running"
     p = spawn(confined(argv), env, name, cwd=cwd)
     host, port = addr.rsplit(":", 1)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -662,12 +665,12 @@ def readme_lines():
 
 
 def fake_aws_cli(emu, bindir):
-    """`aws` for the README's two AWS CLI lines (the CLI is not installed here): the same
-    arguments, carried out with boto3 against the emulator."""
+    """`aws` for the README's AWS CLI lines (the CLI is not installed here): the same
+    arguments, carried out with boto3 against the emulator, for the three subcommands used."""
     script = bindir / "aws"
     script.write_text(
         f"""#!{sys.executable}
-import sys, boto3
+import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from as_deployed import aws_cli
 sys.exit(aws_cli(sys.argv[1:]))
@@ -767,7 +770,7 @@ def scenario_readme(emu):
                 cmd = confined([str(BIN)] + argv[1:])
             elif argv[:2] == ["cargo", "install"]:
                 # The install path, without a release build: the debug profile this suite built.
-                cmd = argv + ["--debug", "--root", str(scratch / "install"), "--offline"]
+                cmd = argv + ["--debug", "--root", str(scratch / "install"), "--offline", "--target-dir", str(TARGET)]
             elif argv[0] == "scripts/package-lambda.sh":
                 # The cheapest build through every step of the script (the suite's own arm64 build).
                 assigns.update(ARCHS=os.environ.get("ARCHS", "arm64"), PROFILE="dev")
@@ -823,6 +826,8 @@ def main():
         scenario_image = None
     enter_sandbox()
     assert BIN.exists(), f"{BIN} is missing: `cargo build` (or `cargo test`) builds it"
+    probe = subprocess.run(confined(["sh", "-c", f"touch /tmp/ecs-reloader-probe-{os.getpid()} || touch {ROOT}/probe"]), capture_output=True)
+    assert probe.returncode != 0, "the confinement lets a process write: every file system must be read-only"
     status = 0
     for name in which:
         emu = Emulator()

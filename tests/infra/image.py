@@ -132,7 +132,11 @@ def docker_build(daemon, platform, binary, base, tag):
         "-t", tag, str(ad.ROOT),
     )
     [img] = json.loads(daemon.docker("image", "inspect", tag).stdout)
-    ad.log(f"built {tag} ({platform}) in {time.time() - t0:.1f} s: {img['Size'] / 1e6:.1f} MB, user {img['Config']['User']}")
+    [base_img] = json.loads(daemon.docker("image", "inspect", base).stdout)
+    ad.log(
+        f"built {tag} ({platform}) in {time.time() - t0:.1f} s: {img['Size'] / 1e6:.1f} MB "
+        f"(binary {Path(binary).stat().st_size / 1e6:.1f} MB, base {base_img['Size'] / 1e6:.1f} MB), user {img['Config']['User']}"
+    )
     return img
 
 
@@ -160,8 +164,11 @@ def run_image(daemon, emu):
     [c] = td["containerDefinitions"]
     queue_url = ad.queue_of(emu, resources)
 
-    build_base(daemon, "linux/amd64", needed_libs(ad.BIN, "/"), "ecs-reloader-test/base:amd64")
-    img = docker_build(daemon, "linux/amd64", ad.BIN, "ecs-reloader-test/base:amd64", "ecs-reloader:test")
+    # The suite's debug binary; IMAGE_BINARIES=release takes scripts/package-lambda.sh's release
+    # binary instead, for the image size in BENCHMARKS.md.
+    binary = ad.ROOT / "target/dist/linux-amd64/ecs-reloader" if os.environ.get("IMAGE_BINARIES") == "release" else ad.BIN
+    build_base(daemon, "linux/amd64", needed_libs(binary, "/"), "ecs-reloader-test/base:amd64")
+    img = docker_build(daemon, "linux/amd64", binary, "ecs-reloader-test/base:amd64", "ecs-reloader:test")
     assert img["Config"]["User"] == "65532:65532", img["Config"]["User"]
     assert img["Config"]["Healthcheck"]["Test"][1:] == c["healthCheck"]["command"][1:], "the image's HEALTHCHECK is the template's"
 
