@@ -264,10 +264,12 @@ impl Keeper {
     }
 }
 
-/// The lease in memory, for tests of replicas in one process.
+/// The lease in memory, for tests of replicas in one process (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Default)]
 pub struct MemoryStore(Mutex<Option<Record>>);
 
+#[cfg(any(test, feature = "test-util"))]
 #[async_trait]
 impl LeaseStore for MemoryStore {
     async fn read(&self) -> AwsResult<Option<Record>> {

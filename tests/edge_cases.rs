@@ -66,8 +66,43 @@ async fn an_ssm_label_moved_back_is_rolled() {
     }
 }
 
+/// A label moved back, which only its event can tell, on a service outside its window: the
+/// Lambda hands the event on (delayed, at most 15 minutes at a time), so that the pass inside the
+/// window still knows the move and rolls it.
 #[tokio::test(start_paused = true)]
 async fn a_label_moved_back_outside_the_window_rolls_when_it_opens() {
+    use ecs_reloader::aws::queue::{Message, Queue};
+    use ecs_reloader::aws::AwsResult;
+    use ecs_reloader::driver::lambda::Handler;
+    use ecs_reloader::metrics::Metrics;
+    use ecs_reloader::notify::Notifier;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Sent(Mutex<Vec<(String, Duration)>>);
+    #[async_trait::async_trait]
+    impl Queue for Sent {
+        async fn receive(&self, _: i32, _: Duration) -> AwsResult<Vec<Message>> {
+            Ok(Vec::new())
+        }
+        async fn delete(&self, _: &str) -> AwsResult<()> {
+            Ok(())
+        }
+        async fn extend(&self, _: &str, _: Duration) -> AwsResult<()> {
+            Ok(())
+        }
+        async fn depth(&self) -> AwsResult<u64> {
+            Ok(0)
+        }
+        async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((body.to_string(), delay));
+            Ok(())
+        }
+    }
+
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1"); // Thursday 00:00 UTC
     let arn = fake.create_secret("app/staged");
     let first = fake.put_secret_value("app/staged", &["blue"]);
@@ -88,26 +123,61 @@ async fn a_label_moved_back_outside_the_window_rolls_when_it_opens() {
         .now()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     sleep(S5).await;
-    let p = parts(&fake, &clock, Mode::Watch);
-    let c = changes(
-        serde_json::json!({"version": "0", "id": "l", "detail-type": "Secret Label Updated",
+
+    let queue = Arc::new(Sent::default());
+    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), None));
+    let parts = assemble(
+        &Config::default(),
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        Mode::FireAndForget,
+    );
+    let h = Handler::new(parts, notifier, Some(queue.clone()));
+    let moved = serde_json::json!({"version": "0", "id": "l", "detail-type": "Secret Label Updated",
         "source": "aws.secretsmanager", "time": at, "region": "eu-west-1", "resources": [arn],
-        "detail": {"name": "app/staged", "labelUpdated": "blue", "versionId": first}}),
+        "detail": {"name": "app/staged", "labelUpdated": "blue", "versionId": first}});
+    let deadline = |c: &Arc<dyn Clock>| c.now() + chrono::Duration::seconds(60);
+    let r = h.handle(moved, deadline(&clock)).await.expect("answers");
+    assert_eq!(r["decisions"]["scheduled"], 1, "{r}");
+    let mut carried = queue.0.lock().expect("lock").clone();
+    assert_eq!(carried.len(), 1, "handed on: {carried:?}");
+    assert_eq!(
+        carried[0].1,
+        Duration::from_secs(15 * 60),
+        "at most 15 minutes at a time"
     );
-    let pass = p.reconciler.pass(&Request::changes(c)).await.expect("pass");
-    assert_eq!(pass.assessment.services[0].decision.label(), "scheduled");
-    let after = pass.requeue_after.expect("requeue");
-    assert!(
-        after > Duration::from_secs(15 * 60),
-        "serve deletes, the Lambda does not defer"
-    );
-    sleep(after + Duration::from_secs(1)).await; // the window opens: a resync
-    p.reconciler.pass(&Request::all()).await.expect("pass");
+    // Delivered every 15 minutes until the window opens (Saturday 02:00, 50 h on).
+    let mut deliveries = 0;
+    while fake.rollouts_of("prod", "api") == 0 {
+        assert!(deliveries < 250, "never rolled");
+        let (body, delay) = carried.pop().expect("the change is carried forward");
+        sleep(delay).await;
+        queue.0.lock().expect("lock").clear();
+        let batch =
+            serde_json::json!({"Records": [{"messageId": format!("m{deliveries}"), "body": body}]});
+        let r = h.handle(batch, deadline(&clock)).await.expect("answers");
+        assert_eq!(r, serde_json::json!({"batchItemFailures": []}));
+        carried = queue.0.lock().expect("lock").clone();
+        deliveries += 1;
+    }
     assert_eq!(
         fake.rollouts_of("prod", "api"),
         1,
-        "the label move was forgotten"
+        "rolled once, inside the window"
     );
+    let at = fake.updates()[0].at;
+    assert!(
+        at >= "2026-01-03T02:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .expect("t")
+            && at
+                < "2026-01-03T04:00:00Z"
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .expect("t"),
+        "inside the window: {at}"
+    );
+    assert!(carried.is_empty(), "done: nothing carried any more");
 }
 
 #[tokio::test(start_paused = true)]

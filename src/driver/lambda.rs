@@ -127,11 +127,13 @@ pub struct Handler {
     margin: Duration,
 }
 
-/// How long a pass's change must wait, when a delayed message can carry it (SQS delays at most
-/// 15 minutes); a longer wait (a maintenance window) is the scheduled resync's.
+/// How long to delay a change that must wait before it is decided again: its wait, but at most
+/// the 15 minutes SQS can delay a message. A longer wait (a maintenance window tomorrow) is
+/// carried forward 15 minutes at a time, so that what only the event can tell (a label moved
+/// back) is still known when the window opens.
 fn deferrable(pass: &Pass) -> Option<Duration> {
     pass.requeue_after
-        .filter(|d| *d <= Duration::from_secs(15 * 60))
+        .map(|d| d.min(Duration::from_secs(15 * 60)))
 }
 
 /// What one pass did, as the invocation answers it.

@@ -554,13 +554,7 @@ impl Server {
         let after = match result {
             Ok(pass) => {
                 self.notifier.after_pass(&pass);
-                // A wait longer than the resync period (a maintenance window tomorrow) is the
-                // resync's: it wakes when the window opens. Holding messages that long only ages
-                // them toward SQS's 12-hour visibility limit.
-                match pass
-                    .requeue_after
-                    .filter(|d| *d <= self.settings.resync_interval)
-                {
+                match pass.requeue_after {
                     None => {
                         if let Some(queue) = &self.queue {
                             for m in &batch.messages {
@@ -568,6 +562,17 @@ impl Server {
                             }
                         }
                         return;
+                    }
+                    // A wait longer than the resync period (a maintenance window tomorrow):
+                    // holding the messages that long would age them toward SQS's 12-hour
+                    // visibility limit, so they are handed on as new messages, delayed (at most
+                    // 15 minutes at a time), and what only their events tell (a label moved
+                    // back) is still known when the wait ends.
+                    Some(after) if after > self.settings.resync_interval => {
+                        if self.hand_on(&batch, after).await {
+                            return;
+                        }
+                        self.settings.resync_interval
                     }
                     Some(after) => {
                         tracing::info!(
@@ -586,6 +591,38 @@ impl Server {
         let mut waiting = self.waiting.lock().await;
         waiting.push((Instant::now() + after, batch));
         self.metrics().waiting.set(waiting.len() as i64);
+    }
+
+    /// Sends a batch's change events again, delayed, and deletes the originals; `false` (and
+    /// nothing deleted) when a send failed, so the batch waits in place instead.
+    async fn hand_on(&self, batch: &Batch, after: Duration) -> bool {
+        let Some(queue) = &self.queue else {
+            return false;
+        };
+        let delay = after.min(Duration::from_secs(15 * 60));
+        let mut bodies: Vec<&String> = batch
+            .messages
+            .iter()
+            .filter(|m| matches!(event::parse(&m.body), Ok(Parsed::Change(_))))
+            .map(|m| &m.body)
+            .collect();
+        bodies.sort();
+        bodies.dedup();
+        for body in bodies {
+            if let Err(e) = queue.send(body, delay).await {
+                tracing::warn!(error = %e, "could not hand a waiting change on; keeping it hidden");
+                return false;
+            }
+        }
+        tracing::info!(
+            after_s = after.as_secs(),
+            delay_s = delay.as_secs(),
+            "a long wait: the change is handed on as a delayed message"
+        );
+        for m in &batch.messages {
+            self.delete(queue.as_ref(), m).await;
+        }
+        true
     }
 
     async fn delete(&self, queue: &dyn Queue, m: &Message) {

@@ -424,10 +424,21 @@ impl Rollout for EngineRollout {
         let mut rest = ChangeSet { changes }.waves_owned();
         if engine.settings.canary && engine.settings.wait {
             if let Some(first_wave) = rest.first_mut() {
-                if !first_wave.is_empty() {
+                // A canary that turns out not to need a rollout (skipped or deferred when looked
+                // at again) proves nothing: the next service becomes the canary.
+                while !first_wave.is_empty() && halt.reason().is_none() {
                     let canary = first_wave.remove(0);
-                    tracing::info!(service = %canary.key, "rolling the canary alone");
+                    let key = canary.key.clone();
+                    tracing::info!(service = %key, "rolling the canary alone");
                     engine.roll_group(vec![canary], &halt, &outcomes).await;
+                    let proved = outcomes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .any(|(k, o)| *k == key && matches!(o, Outcome::Healthy { .. }));
+                    if proved {
+                        break;
+                    }
                 }
             }
         }
