@@ -21,15 +21,17 @@ impl Clock for SystemClock {
 
 /// A clock that starts at `base` and advances with tokio's clock, which tests can pause and
 /// advance: wall-clock timestamps and `tokio::time::sleep` then agree.
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     base: DateTime<Utc>,
     start: tokio::time::Instant,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl TokioClock {
     /// A clock reading `base` now.
-    pub fn starting_at(base: DateTime<Utc>) -> Self {
+    pub(crate) fn starting_at(base: DateTime<Utc>) -> Self {
         TokioClock {
             base,
             start: tokio::time::Instant::now(),
@@ -37,6 +39,7 @@ impl TokioClock {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
         let elapsed = chrono::Duration::from_std(self.start.elapsed()).unwrap_or_default();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::aws::guard::{Kind, Limits};
 
 /// The prefix of environment overrides.
-pub const ENV_PREFIX: &str = "ECS_RELOADER_";
+pub(crate) const ENV_PREFIX: &str = "ECS_RELOADER_";
 
 /// A duration written like `"90s"`, `"15m"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,11 +570,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// The documented defaults as TOML.
-    pub fn defaults_toml() -> String {
-        toml::to_string(&Config::default()).unwrap_or_default()
     }
 }
 

@@ -104,7 +104,7 @@ use crate::reference::{
 };
 
 /// Tag that opts a service out when set to `false`.
-pub const TAG_ENABLED: &str = "ecs-reloader/enabled";
+pub(crate) const TAG_ENABLED: &str = "ecs-reloader/enabled";
 
 /// Tunables of the rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ fn after(d: DateTime<Utc>, date: DateTime<Utc>) -> bool {
 /// (`ListSecretVersionIds`): only if the secret changed after some dependant's deployment
 /// (clause 1). The predicate only grows towards older deployments, so the oldest dependant's
 /// deployment answers for all of them. Unknown dates need them.
-pub fn needs_version_dates(
+pub(crate) fn needs_version_dates(
     last_changed: Option<DateTime<Utc>>,
     oldest_deployment: Option<DateTime<Utc>>,
 ) -> bool {
@@ -149,7 +149,7 @@ pub fn needs_version_dates(
 /// Whether deciding the `name:label` dependants of a parameter needs its label history
 /// (`GetParameterHistory`, which returns values as well): only if a version was written after
 /// some dependant's deployment (SSM clause 2); the oldest dependant's deployment answers for all.
-pub fn needs_label_history(
+pub(crate) fn needs_label_history(
     last_modified: Option<DateTime<Utc>>,
     oldest_deployment: Option<DateTime<Utc>>,
 ) -> bool {
@@ -331,7 +331,7 @@ pub struct SmState {
 
 impl SmState {
     /// The version carrying `stage`.
-    pub fn version_with(&self, stage: &str) -> Option<&str> {
+    pub(crate) fn version_with(&self, stage: &str) -> Option<&str> {
         self.stages.get(stage).map(String::as_str)
     }
 
@@ -552,17 +552,6 @@ impl Decision {
     /// Whether the service should be rolled now.
     pub fn is_stale(&self) -> bool {
         matches!(self, Decision::Stale { .. })
-    }
-
-    /// Whether the service needs nothing, now or later.
-    pub fn is_settled(&self) -> bool {
-        matches!(
-            self,
-            Decision::InSync
-                | Decision::Pinned
-                | Decision::OptedOut { .. }
-                | Decision::Skipped { .. }
-        )
     }
 }
 
@@ -802,7 +791,7 @@ impl RefState {
     /// parameter's `LastModifiedDate`, or a label move an event dated later (moving an SSM label
     /// changes no date the metadata shows). The holds and gates test "deployed after the change"
     /// against it.
-    pub fn changed_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn changed_at(&self) -> Option<DateTime<Utc>> {
         let (date, moves) = match self {
             RefState::SecretsManager(s) => (s.last_changed, &s.label_moves),
             RefState::Parameter(p) => (p.last_modified, &p.label_moves),
@@ -935,10 +924,10 @@ pub fn decide(
 }
 
 mod fleet;
-pub use fleet::{
-    apply_policy, deployed_after, fresh_from, gate, hold_failed, wave_of, Item, Policies,
-    SecretChange, TAG_NOTIFY_ONLY, TAG_WAVE,
-};
+#[cfg(test)]
+pub(crate) use fleet::TAG_WAVE;
+pub(crate) use fleet::{apply_policy, hold_failed};
+pub use fleet::{fresh_from, gate, Item, Policies, SecretChange};
 
 #[cfg(test)]
 mod tests;

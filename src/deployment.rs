@@ -54,19 +54,6 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Whether the deployment's tasks run and nothing more will happen to it.
-    pub fn is_done_and_healthy(&self) -> bool {
-        matches!(self, Verdict::Healthy | Verdict::Superseded { .. })
-    }
-
-    /// Whether it went wrong (failed, rolled back or stuck).
-    pub fn is_bad(&self) -> bool {
-        matches!(
-            self,
-            Verdict::Failed { .. } | Verdict::RolledBack { .. } | Verdict::Stuck { .. }
-        )
-    }
-
     /// Why it went wrong, for reports; `None` when it did not.
     pub fn problem(&self, deployment: &str) -> Option<String> {
         match self {
@@ -119,7 +106,7 @@ fn rollback_reason(d: &Deployment) -> String {
 }
 
 /// Reads deployment `id` of `service` at `now`.
-pub fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Limits) -> Verdict {
+pub(crate) fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Limits) -> Verdict {
     let primary = service.primary();
     let Some(ours) = service.deployments.iter().find(|d| d.id == id) else {
         return match primary {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 /// The CloudWatch namespace of every metric.
-pub const NAMESPACE: &str = "ecs-reloader";
+pub(crate) const NAMESPACE: &str = "ecs-reloader";
 
 /// A series' labels, which are its dimensions.
 type Labels = Vec<(String, String)>;

@@ -150,7 +150,7 @@ impl Change {
     /// nothing: a new version carries its own creation date, and an edit without a value (a
     /// description, a KMS key) or a version staged `AWSPENDING` moves no label a task follows.
     /// Empty without the event's time.
-    pub fn label_moves(&self) -> Vec<LabelMove> {
+    pub(crate) fn label_moves(&self) -> Vec<LabelMove> {
         use crate::reference::{AWSCURRENT, AWSPENDING, AWSPREVIOUS};
         let Some(at) = self.at else {
             return Vec::new();
@@ -246,7 +246,7 @@ pub fn parse(body: &str) -> Result<Parsed, EventError> {
 }
 
 /// Parses an event given as a JSON value.
-pub fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
+pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
     let env: Envelope =
         serde_json::from_value(value).map_err(|e| EventError::NotAnEvent(e.to_string()))?;
     let at = env

@@ -33,9 +33,9 @@ use crate::reference::{
 };
 
 /// Tag declaring extra references (space-separated) for secrets a task definition does not show.
-pub const TAG_SECRETS: &str = "ecs-reloader/secrets";
+pub(crate) const TAG_SECRETS: &str = "ecs-reloader/secrets";
 /// `DescribeServices` takes at most this many services per call.
-pub const DESCRIBE_SERVICES_BATCH: usize = 10;
+pub(crate) const DESCRIBE_SERVICES_BATCH: usize = 10;
 /// `DescribeParameters`' name filter takes at most this many values.
 const DESCRIBE_PARAMETERS_BATCH: usize = 50;
 
@@ -88,25 +88,36 @@ impl TaskDefCache {
     }
 }
 
+/// One reference as a service's task definition (or tag) writes it.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Where it sits.
+    pub site: Site,
+    /// The text as written.
+    pub text: String,
+    /// What it parses to.
+    pub parsed: Result<SecretRef, RefError>,
+}
+
 /// A service with its parsed references.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The service as described.
     pub service: Service,
     /// Every reference: where, the text, and the parse result.
-    pub refs: Vec<(Site, String, Result<SecretRef, RefError>)>,
+    pub refs: Vec<Written>,
 }
 
 impl Entry {
     /// The deployment time new tasks are judged against.
-    pub fn deployed_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn deployed_at(&self) -> Option<DateTime<Utc>> {
         self.service.primary().map(|d| d.created_at)
     }
 
     /// Whether one of its references names `target`.
     pub fn references(&self, target: &SecretIdentity, home_region: &str) -> bool {
         let home = self.home(home_region);
-        self.refs.iter().any(|(_, _, r)| match r {
+        self.refs.iter().any(|w| match &w.parsed {
             Ok(r) => ref_names(r, target, &home),
             Err(_) => false,
         })
@@ -121,7 +132,7 @@ impl Entry {
 
 /// Whether a reference read at `home` names an identity: exact (partition, account, region and
 /// name), by name or full ARN, never by prefix.
-pub fn ref_names(r: &SecretRef, target: &SecretIdentity, home: &Home) -> bool {
+pub(crate) fn ref_names(r: &SecretRef, target: &SecretIdentity, home: &Home) -> bool {
     match (r, target) {
         (SecretRef::SecretsManager(sm), SecretIdentity::SecretsManager(id)) => {
             sm.names_from(id, home)
@@ -228,19 +239,23 @@ pub async fn scan(
         ..Default::default()
     };
     for service in services {
-        let mut refs: Vec<(Site, String, Result<SecretRef, RefError>)> = Vec::new();
+        let mut refs: Vec<Written> = Vec::new();
         if let Some(def) = defs.get(&revision_of(&service)) {
             for raw in &def.refs {
-                refs.push((
-                    raw.site.clone(),
-                    raw.value.clone(),
-                    parse_at(&raw.site, &raw.value),
-                ));
+                refs.push(Written {
+                    site: raw.site.clone(),
+                    text: raw.value.clone(),
+                    parsed: parse_at(&raw.site, &raw.value),
+                });
             }
         }
         if let Some(tag) = service.tags.get(TAG_SECRETS) {
             for (text, parsed) in parse_tag_value(tag) {
-                refs.push((Site::ServiceTag, text, parsed));
+                refs.push(Written {
+                    site: Site::ServiceTag,
+                    text,
+                    parsed,
+                });
             }
         }
         if refs.is_empty() {
@@ -299,7 +314,7 @@ pub enum TargetError {
 /// Resolves what a user or an event named into exact identities, through `DescribeSecret` for
 /// Secrets Manager (a name or partial ARN can only be matched exactly once resolved). A bare
 /// name may be a secret and a parameter: one lookup failing does not hide what the other found.
-pub async fn resolve_target(clients: &Clients, given: &str) -> Result<Target, TargetError> {
+pub(crate) async fn resolve_target(clients: &Clients, given: &str) -> Result<Target, TargetError> {
     let parsed = crate::reference::parse_declared(given).map_err(|source| TargetError::Parse {
         given: given.to_string(),
         source,
@@ -410,7 +425,7 @@ pub async fn resolve(
     for e in entries {
         let d = e.deployed_at();
         let entry_home = e.home(&clients.region);
-        for (_, _, r) in &e.refs {
+        for r in e.refs.iter().map(|w| &w.parsed) {
             let Ok(r) = r else { continue };
             for (key, is_label) in lookups_of(r, &entry_home) {
                 let slot = oldest.entry(key.clone()).or_insert(d);
@@ -765,7 +780,7 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
         })
     };
     let mut out = Vec::new();
-    for (site, text, parsed) in &e.refs {
+    for Written { site, text, parsed } in &e.refs {
         let resolved = |reference: Result<SecretRef, RefError>, state| ResolvedRef {
             site: site.clone(),
             text: text.clone(),

@@ -68,7 +68,7 @@ pub struct Leadership {
 
 impl Leadership {
     /// A replica that never competes: always the leader (one replica, no lease configured).
-    pub fn sole() -> Arc<Self> {
+    pub(crate) fn sole() -> Arc<Self> {
         Arc::new(Leadership {
             me: "sole".into(),
             trusted_until: Mutex::new(None),
@@ -85,7 +85,7 @@ impl Leadership {
     }
 
     /// Whether this replica may act now.
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         match *self.trusted_until.lock().unwrap_or_else(|p| p.into_inner()) {
             // No lease configured.
             None => true,
@@ -222,7 +222,7 @@ impl Keeper {
     }
 
     /// The lease time.
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 

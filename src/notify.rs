@@ -21,24 +21,24 @@ use crate::rollout::{LogProgress, Outcome, Phase, Progress, Proof};
 /// Detail-types of the outcome events.
 pub mod detail_type {
     /// `UpdateService` succeeded.
-    pub const STARTED: &str = "Rollout Started";
+    pub(crate) const STARTED: &str = "Rollout Started";
     /// The new deployment is healthy (or was triggered, when not watched).
-    pub const SUCCEEDED: &str = "Rollout Succeeded";
+    pub(crate) const SUCCEEDED: &str = "Rollout Succeeded";
     /// The rollout failed.
-    pub const FAILED: &str = "Rollout Failed";
+    pub(crate) const FAILED: &str = "Rollout Failed";
     /// Not started: an earlier rollout of the change set failed.
-    pub const HALTED: &str = "Rollout Halted";
+    pub(crate) const HALTED: &str = "Rollout Halted";
     /// Stale, but held: another dependant's rollout after the same change went wrong.
-    pub const HELD: &str = "Rollout Held";
+    pub(crate) const HELD: &str = "Rollout Held";
     /// Not started: the service no longer needed it when its turn came.
-    pub const SKIPPED: &str = "Rollout Skipped";
+    pub(crate) const SKIPPED: &str = "Rollout Skipped";
     /// Not started: someone else's deployment was in progress when its turn came.
-    pub const DEFERRED: &str = "Rollout Deferred";
+    pub(crate) const DEFERRED: &str = "Rollout Deferred";
     /// Stale, but notify-only: waits for a person's approval.
-    pub const PENDING: &str = "Rollout Pending";
+    pub(crate) const PENDING: &str = "Rollout Pending";
     /// After a healthy rollout: whether every running task started after the change (and if
     /// not, which did not).
-    pub const VERIFIED: &str = "Rollout Verified";
+    pub(crate) const VERIFIED: &str = "Rollout Verified";
 }
 
 /// Logs, counts and publishes.

@@ -65,7 +65,7 @@ impl ChangeSet {
     }
 
     /// The changes grouped by wave, lowest first, owned.
-    pub fn waves_owned(self) -> Vec<Vec<Change>> {
+    pub(crate) fn waves_owned(self) -> Vec<Vec<Change>> {
         let mut out: Vec<Vec<Change>> = Vec::new();
         for c in self.changes {
             match out.last_mut() {

@@ -142,7 +142,7 @@ pub struct Assessment {
 
 impl Assessment {
     /// The earliest moment a settling service should be decided again, if any has one.
-    pub fn next_settle(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_settle(&self) -> Option<DateTime<Utc>> {
         self.services
             .iter()
             .filter_map(|a| match &a.decision {
@@ -498,7 +498,10 @@ impl Reconciler {
 
     /// Resolves secret names given by a person into targets; one that does not exist is an
     /// error.
-    pub async fn resolve_targets(&self, given: &[String]) -> Result<Vec<Target>, ReconcileError> {
+    pub(crate) async fn resolve_targets(
+        &self,
+        given: &[String],
+    ) -> Result<Vec<Target>, ReconcileError> {
         let mut out = Vec::with_capacity(given.len());
         for g in given {
             out.push(resolve_target(&self.clients, g).await?);

@@ -82,7 +82,7 @@ impl VersionSelector {
 /// The staging label Secrets Manager (and ECS by default) treats as the live value.
 pub const AWSCURRENT: &str = "AWSCURRENT";
 /// The staging label Secrets Manager moves to the replaced version on every promotion.
-pub const AWSPREVIOUS: &str = "AWSPREVIOUS";
+pub(crate) const AWSPREVIOUS: &str = "AWSPREVIOUS";
 /// The staging label a rotation gives the new version until it is promoted.
 pub const AWSPENDING: &str = "AWSPENDING";
 
@@ -108,7 +108,7 @@ pub struct SmRef {
 
 impl SmRef {
     /// The identifier to hand to `DescribeSecret`: the ARN without ECS's extra fields, or the name.
-    pub fn lookup_id(&self) -> String {
+    pub(crate) fn lookup_id(&self) -> String {
         match (&self.partition, &self.region, &self.account) {
             (Some(p), Some(r), Some(a)) => {
                 format!("arn:{p}:secretsmanager:{r}:{a}:secret:{}", self.tail)
@@ -126,7 +126,7 @@ impl SmRef {
 
     /// [`names`](Self::names), read from `home`: a reference without an account means home's
     /// account, so a bare name never names another account's secret of the same name.
-    pub fn names_from(&self, id: &SecretsManagerId, home: &Home) -> bool {
+    pub(crate) fn names_from(&self, id: &SecretsManagerId, home: &Home) -> bool {
         let region = self.region.as_deref().unwrap_or(&home.region);
         if region != id.region {
             return false;
@@ -227,7 +227,7 @@ impl Home {
 
     /// The home of an ECS resource (a service, a cluster): its ARN's partition, region and
     /// account; `fallback_region` when the ARN cannot be read.
-    pub fn of_arn(arn: &str, fallback_region: &str) -> Home {
+    pub(crate) fn of_arn(arn: &str, fallback_region: &str) -> Home {
         match split_arn(arn) {
             Ok(p) if !p.region.is_empty() => Home {
                 partition: p.partition.to_string(),
@@ -240,7 +240,7 @@ impl Home {
 
     /// Whether `account` is this home's account (an unknown account on either side counts as
     /// home: nothing says otherwise).
-    pub fn owns(&self, account: Option<&str>) -> bool {
+    pub(crate) fn owns(&self, account: Option<&str>) -> bool {
         match (account, &self.account) {
             (Some(a), Some(h)) => a == h,
             _ => true,
@@ -248,7 +248,7 @@ impl Home {
     }
 
     /// The account as identities store it: `None` for home's own account.
-    pub fn foreign_account(&self, account: Option<&str>) -> Option<String> {
+    pub(crate) fn foreign_account(&self, account: Option<&str>) -> Option<String> {
         account.filter(|a| !self.owns(Some(a))).map(str::to_string)
     }
 
@@ -265,7 +265,7 @@ impl Home {
 }
 
 /// The partition a region belongs to (region names are unique across partitions).
-pub fn partition_of(region: &str) -> &'static str {
+pub(crate) fn partition_of(region: &str) -> &'static str {
     if region.starts_with("cn-") {
         "aws-cn"
     } else if region.starts_with("us-gov-") {
@@ -345,13 +345,13 @@ impl SecretsManagerId {
     }
 
     /// The same identity, displayed as seen from `home`.
-    pub fn seen_from(mut self, home: &Home) -> Self {
+    pub(crate) fn seen_from(mut self, home: &Home) -> Self {
         self.qualifier = home.qualifier(&self.region, self.account.as_deref());
         self
     }
 
     /// What follows `secret:` in the full ARN (`name-AbCdEf`).
-    pub fn arn_tail(&self) -> Option<&str> {
+    pub(crate) fn arn_tail(&self) -> Option<&str> {
         self.arn.split_once(":secret:").map(|(_, t)| t)
     }
 }
@@ -554,7 +554,7 @@ pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
 /// Parses a reference as ECS reads it at `site`: `repositoryCredentials.credentialsParameter` is a
 /// Secrets Manager secret by name or ARN (never an SSM parameter); everything else as
 /// [`parse_value_from`].
-pub fn parse_at(site: &Site, input: &str) -> Result<SecretRef, RefError> {
+pub(crate) fn parse_at(site: &Site, input: &str) -> Result<SecretRef, RefError> {
     if !matches!(site, Site::RepositoryCredentials { .. }) {
         return parse_value_from(input);
     }
@@ -688,7 +688,7 @@ fn parse_param_name(raw: &str, region: Option<String>, account: Option<String>) 
 }
 
 /// The canonical form of a parameter name: hierarchical names start with exactly one `/`.
-pub fn canonical_param_name(name: &str) -> String {
+pub(crate) fn canonical_param_name(name: &str) -> String {
     if name.contains('/') && !name.starts_with('/') {
         format!("/{name}")
     } else {

@@ -134,7 +134,7 @@ pub enum Layout {
 
 impl Layout {
     /// `Terminal` when stdout is one (at its width), `Lines` otherwise.
-    pub fn for_stdout() -> Layout {
+    pub(crate) fn for_stdout() -> Layout {
         use std::io::IsTerminal;
         if !std::io::stdout().is_terminal() {
             return Layout::Lines;
@@ -182,17 +182,17 @@ impl<'a> Report<'a> {
     }
 
     /// The JSON document.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
     /// The table, laid out for wherever stdout goes.
-    pub fn to_table(&self) -> String {
+    pub(crate) fn to_table(&self) -> String {
         self.to_table_as(Layout::for_stdout())
     }
 
     /// The table in a given layout.
-    pub fn to_table_as(&self, layout: Layout) -> String {
+    pub(crate) fn to_table_as(&self, layout: Layout) -> String {
         let terminal = matches!(layout, Layout::Terminal { .. });
         let mut header = vec!["CLUSTER", "SERVICE", "DECISION", "ACTION", "SECRETS"];
         if !terminal {

@@ -18,7 +18,7 @@ use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Ti
 use chrono_tz::Tz;
 
 /// The service tag that overrides `[rollout] windows` for one service.
-pub const TAG_WINDOW: &str = "ecs-reloader/window";
+pub(crate) const TAG_WINDOW: &str = "ecs-reloader/window";
 
 /// Why a window could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,7 +221,7 @@ impl Windows {
     }
 
     /// Parses a service's tag value: one window, or `any`.
-    pub fn parse_tag(text: &str) -> Result<Windows, WindowError> {
+    pub(crate) fn parse_tag(text: &str) -> Result<Windows, WindowError> {
         if text.trim().eq_ignore_ascii_case("any") {
             return Ok(Windows::any());
         }
@@ -229,7 +229,7 @@ impl Windows {
     }
 
     /// Whether there is no restriction.
-    pub fn is_any(&self) -> bool {
+    pub(crate) fn is_any(&self) -> bool {
         self.0.is_empty()
     }
 

@@ -296,8 +296,9 @@ async fn throttling_slows_but_loses_nothing() {
     let (ending, report) = s.reconcile().await;
     assert!(
         ending.ok,
-        "throttling is never a failure: {}",
-        ending.message
+        "throttling is never a failure: {}\n{report:#}\n{:?}",
+        ending.message,
+        s.fake.updates()
     );
     assert_eq!(s.fake.updates().len(), 20);
     assert!(

@@ -43,7 +43,7 @@ use crate::clock::Clock;
 use crate::lease::Leadership;
 
 /// Why an `UpdateService` was not sent: the replica no longer holds the single-writer lease.
-pub const LOST_LEASE: &str = "this replica no longer holds the lease: the leader decides it";
+pub(crate) const LOST_LEASE: &str = "this replica no longer holds the lease: the leader decides it";
 
 /// A call kind: one ECS (or Secrets Manager, SSM) API action, paced by its own bucket, as ECS
 /// throttles each action with its own bucket.
@@ -75,7 +75,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in index order.
-    pub const ALL: [Kind; 11] = [
+    pub(crate) const ALL: [Kind; 11] = [
         Kind::ListClusters,
         Kind::ListServices,
         Kind::DescribeServices,
@@ -509,7 +509,7 @@ pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Client
 /// [`guard`], for a replica that may call `UpdateService` only while `leadership` says it leads:
 /// checked after the pacing wait and before every attempt, the last moments before a call leaves
 /// (a wait for a token, or a backoff, can outlast a lease).
-pub fn guard_with(
+pub(crate) fn guard_with(
     clients: Clients,
     limits: Limits,
     clock: Arc<dyn Clock>,

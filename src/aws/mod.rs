@@ -78,7 +78,7 @@ impl AwsError {
     }
 
     /// Whether retrying the same call may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
     }
 }
@@ -114,7 +114,7 @@ pub enum DeploymentStatus {
 impl DeploymentStatus {
     /// From ECS's string; anything unknown is read as `Active` (present, not the one new tasks
     /// start from), which makes the service look busy rather than healthy.
-    pub fn from_ecs(s: &str) -> Self {
+    pub(crate) fn from_ecs(s: &str) -> Self {
         match s {
             "PRIMARY" => DeploymentStatus::Primary,
             "INACTIVE" => DeploymentStatus::Inactive,
@@ -138,7 +138,7 @@ pub enum RolloutState {
 
 impl RolloutState {
     /// From ECS's string; an unknown state is read as in progress (never as healthy).
-    pub fn from_ecs(s: &str) -> Self {
+    pub(crate) fn from_ecs(s: &str) -> Self {
         match s {
             "COMPLETED" => RolloutState::Completed,
             "FAILED" => RolloutState::Failed,
@@ -172,7 +172,7 @@ pub struct Deployment {
 
 impl Deployment {
     /// Whether this is the deployment new tasks are started from.
-    pub fn is_primary(&self) -> bool {
+    pub(crate) fn is_primary(&self) -> bool {
         self.status == DeploymentStatus::Primary
     }
 }
@@ -358,7 +358,7 @@ pub trait Parameters: Send + Sync {
 
 /// Drains a paginated call: `call(token)` until the token runs out. An empty token ends the
 /// listing as an absent one does (moto sends `""`).
-pub async fn all_pages<T, F, Fut>(mut call: F) -> AwsResult<Vec<T>>
+pub(crate) async fn all_pages<T, F, Fut>(mut call: F) -> AwsResult<Vec<T>>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: std::future::Future<Output = AwsResult<Page<T>>>,

@@ -173,7 +173,7 @@ impl SdkBus {
 }
 
 /// The `source` of ecs-reloader's outcome events.
-pub const EVENT_SOURCE: &str = "ecs-reloader";
+pub(crate) const EVENT_SOURCE: &str = "ecs-reloader";
 
 #[async_trait]
 impl Bus for SdkBus {

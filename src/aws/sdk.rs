@@ -137,7 +137,7 @@ pub async fn load(settings: &SdkSettings) -> SdkConfig {
 }
 
 /// The three clients over an already loaded configuration.
-pub fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
+pub(crate) fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
     let region = config
         .region()
         .map(|r| r.to_string())

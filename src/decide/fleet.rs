@@ -35,7 +35,7 @@ use crate::reference::SecretIdentity;
 use crate::window::{Opening, Windows, TAG_WINDOW};
 
 /// Tag that makes a service notify-only (`true`) or not (`false`), whatever the configuration.
-pub const TAG_NOTIFY_ONLY: &str = "ecs-reloader/notify-only";
+pub(crate) const TAG_NOTIFY_ONLY: &str = "ecs-reloader/notify-only";
 
 /// When and whether stale services may roll without a person.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub struct Policies {
 
 /// Applies notify-only and maintenance windows to stale services (see the module
 /// documentation). A tag that cannot be read makes its stale service `unknown`.
-pub fn apply_policy(items: &mut [Item<'_>], now: DateTime<Utc>, policies: &Policies) {
+pub(crate) fn apply_policy(items: &mut [Item<'_>], now: DateTime<Utc>, policies: &Policies) {
     for item in items.iter_mut() {
         let Decision::Stale { findings } = &mut item.decision else {
             continue;
@@ -100,10 +100,10 @@ pub fn apply_policy(items: &mut [Item<'_>], now: DateTime<Utc>, policies: &Polic
 }
 
 /// Tag that orders services into waves.
-pub const TAG_WAVE: &str = "ecs-reloader/wave";
+pub(crate) const TAG_WAVE: &str = "ecs-reloader/wave";
 
 /// The wave a service declares (default 0).
-pub fn wave_of(s: &Service) -> Result<i64, String> {
+pub(crate) fn wave_of(s: &Service) -> Result<i64, String> {
     match s.tags.get(TAG_WAVE) {
         None => Ok(0),
         Some(v) => v
@@ -116,7 +116,7 @@ pub fn wave_of(s: &Service) -> Result<i64, String> {
 /// Whether a deployment created at `deployed` started after a change at `changed`: the
 /// complement of the rule's "stale" (whole-second dates, ties count as before). An unknown
 /// change time is never "after".
-pub fn deployed_after(deployed: DateTime<Utc>, changed: Option<DateTime<Utc>>) -> bool {
+pub(crate) fn deployed_after(deployed: DateTime<Utc>, changed: Option<DateTime<Utc>>) -> bool {
     changed.is_some_and(|c| deployed >= fresh_from(c))
 }
 
@@ -198,7 +198,7 @@ fn carries_only_secrets(service: &Service, failed: &Deployment) -> bool {
 /// Holds stale services whose change already broke another dependant's rollout (see the module
 /// documentation). The hold lifts when the broken service is healthy again or the secret changes
 /// again (the failure then predates the new change).
-pub fn hold_failed(items: &mut [Item<'_>], now: DateTime<Utc>, limits: &Limits) {
+pub(crate) fn hold_failed(items: &mut [Item<'_>], now: DateTime<Utc>, limits: &Limits) {
     let mut failing: BTreeMap<SecretIdentity, (ServiceKey, String)> = BTreeMap::new();
     for item in items.iter() {
         let Some((dep, verdict)) = deployment::current(item.service, now, limits) else {

@@ -94,7 +94,7 @@ pub struct Status {
 
 impl Status {
     /// Why `serve` is not ready, or `None` when it is.
-    pub fn not_ready(&self) -> Option<String> {
+    pub(crate) fn not_ready(&self) -> Option<String> {
         if self.standby().is_some() {
             return None;
         }
@@ -224,7 +224,7 @@ impl Server {
 
     /// A replica that acts only while `leadership` says it leads (its parts must have been
     /// assembled with the same).
-    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+    pub(crate) fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
         self.leadership = leadership;
         self
     }
@@ -239,7 +239,7 @@ impl Server {
     }
 
     /// The HTTP endpoints on `addr`, serving until `shutdown` says so.
-    pub async fn bind_http(
+    pub(crate) async fn bind_http(
         &self,
         addr: SocketAddr,
         mut shutdown: watch::Receiver<bool>,

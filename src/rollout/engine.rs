@@ -86,7 +86,7 @@ impl Engine {
     }
 
     /// Rolls only while `leadership` says this replica leads (see [`crate::lease`]).
-    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+    pub(crate) fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
         self.leadership = leadership;
         self
     }
@@ -116,6 +116,13 @@ impl Engine {
             Ok(_) => return skipped("the service no longer exists".into()),
             Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
                 return skipped(format!("the service no longer exists ({e})"))
+            }
+            // Still throttled (or unreachable) after the guard's retries: the look is a check on
+            // a plan that is seconds old, not a reason to leave a stale service stale; roll as
+            // planned (a throttle never surfaces as a failure or a skipped rollout).
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(service = %key, error = %e, "could not describe it again before rolling; rolling as planned");
+                return None;
             }
             Err(e) => {
                 return Some(Outcome::Deferred {

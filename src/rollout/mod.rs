@@ -54,7 +54,7 @@ pub enum Outcome {
 impl Outcome {
     /// Whether this counts as a success (the service carries the change, or no longer needs
     /// to).
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         matches!(
             self,
             Outcome::Triggered { .. } | Outcome::Healthy { .. } | Outcome::Skipped { .. }
@@ -62,7 +62,7 @@ impl Outcome {
     }
 
     /// Whether it went wrong (failed, or halted by a failure).
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         matches!(self, Outcome::Failed { .. } | Outcome::Halted { .. })
     }
 
