@@ -71,37 +71,10 @@ async fn an_ssm_label_moved_back_is_rolled() {
 /// window still knows the move and rolls it.
 #[tokio::test(start_paused = true)]
 async fn a_label_moved_back_outside_the_window_rolls_when_it_opens() {
-    use ecs_reloader::aws::queue::{Message, Queue};
-    use ecs_reloader::aws::AwsResult;
+    use ecs_reloader::aws::fake::SentQueue;
     use ecs_reloader::driver::lambda::Handler;
     use ecs_reloader::metrics::Metrics;
     use ecs_reloader::notify::Notifier;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Sent(Mutex<Vec<(String, Duration)>>);
-    #[async_trait::async_trait]
-    impl Queue for Sent {
-        async fn receive(&self, _: i32, _: Duration) -> AwsResult<Vec<Message>> {
-            Ok(Vec::new())
-        }
-        async fn delete(&self, _: &str) -> AwsResult<()> {
-            Ok(())
-        }
-        async fn extend(&self, _: &str, _: Duration) -> AwsResult<()> {
-            Ok(())
-        }
-        async fn depth(&self) -> AwsResult<u64> {
-            Ok(0)
-        }
-        async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((body.to_string(), delay));
-            Ok(())
-        }
-    }
 
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1"); // Thursday 00:00 UTC
     let arn = fake.create_secret("app/staged");
@@ -124,7 +97,7 @@ async fn a_label_moved_back_outside_the_window_rolls_when_it_opens() {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     sleep(S5).await;
 
-    let queue = Arc::new(Sent::default());
+    let queue = Arc::new(SentQueue::default());
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), None));
     let parts = assemble(
         &Config::default(),
@@ -140,7 +113,7 @@ async fn a_label_moved_back_outside_the_window_rolls_when_it_opens() {
     let deadline = |c: &Arc<dyn Clock>| c.now() + chrono::Duration::seconds(60);
     let r = h.handle(moved, deadline(&clock)).await.expect("answers");
     assert_eq!(r["decisions"]["scheduled"], 1, "{r}");
-    let mut carried = queue.0.lock().expect("lock").clone();
+    let mut carried = queue.sent();
     assert_eq!(carried.len(), 1, "handed on: {carried:?}");
     assert_eq!(
         carried[0].1,
@@ -153,12 +126,12 @@ async fn a_label_moved_back_outside_the_window_rolls_when_it_opens() {
         assert!(deliveries < 250, "never rolled");
         let (body, delay) = carried.pop().expect("the change is carried forward");
         sleep(delay).await;
-        queue.0.lock().expect("lock").clear();
+        queue.clear();
         let batch =
             serde_json::json!({"Records": [{"messageId": format!("m{deliveries}"), "body": body}]});
         let r = h.handle(batch, deadline(&clock)).await.expect("answers");
         assert_eq!(r, serde_json::json!({"batchItemFailures": []}));
-        carried = queue.0.lock().expect("lock").clone();
+        carried = queue.sent();
         deliveries += 1;
     }
     assert_eq!(

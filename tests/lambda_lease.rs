@@ -2,13 +2,10 @@
 //! lease held hands its changes back to the queue (delayed, as new messages) and rolls nothing;
 //! once the lease is free, the next invocation rolls them, once. Over the fake, paused time.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use ecs_reloader::aws::fake::FakeAws;
-use ecs_reloader::aws::queue::{Message, Queue};
-use ecs_reloader::aws::AwsResult;
+use ecs_reloader::aws::fake::{FakeAws, SentQueue};
 use ecs_reloader::clock::Clock;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::lambda::Handler;
@@ -20,39 +17,12 @@ use ecs_reloader::reconcile::Mode;
 use ecs_reloader::reference::Site;
 use serde_json::{json, Value};
 
-/// Records what is sent back to the queue.
-#[derive(Default)]
-struct Sent(Mutex<Vec<(String, Duration)>>);
-
-#[async_trait]
-impl Queue for Sent {
-    async fn receive(&self, _: i32, _: Duration) -> AwsResult<Vec<Message>> {
-        Ok(Vec::new())
-    }
-    async fn delete(&self, _: &str) -> AwsResult<()> {
-        Ok(())
-    }
-    async fn extend(&self, _: &str, _: Duration) -> AwsResult<()> {
-        Ok(())
-    }
-    async fn depth(&self) -> AwsResult<u64> {
-        Ok(0)
-    }
-    async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((body.to_string(), delay));
-        Ok(())
-    }
-}
-
 fn handler(
     fake: &FakeAws,
     clock: &Arc<dyn Clock>,
     store: &Arc<MemoryStore>,
     me: &str,
-    queue: Arc<Sent>,
+    queue: Arc<SentQueue>,
 ) -> Handler {
     let keeper = Arc::new(Keeper::new(
         store.clone(),
@@ -99,7 +69,7 @@ async fn an_invocation_without_the_lease_hands_its_changes_on_and_rolls_nothing(
     );
     assert_eq!(other.step().await, Role::Leader { term: 1 });
 
-    let queue = Arc::new(Sent::default());
+    let queue = Arc::new(SentQueue::default());
     let h = handler(&fake, &clock, &store, "me", queue.clone());
     let mut event: Value =
         serde_json::from_str(include_str!("fixtures/events/rotation_succeeded.json"))
@@ -115,7 +85,7 @@ async fn an_invocation_without_the_lease_hands_its_changes_on_and_rolls_nothing(
     let r = h.handle(batch.clone(), deadline).await.expect("answers");
     assert_eq!(r, json!({"batchItemFailures": [{"itemIdentifier": "bad"}]}));
     assert!(fake.updates().is_empty(), "not its turn: nothing rolled");
-    let sent = queue.0.lock().expect("lock").clone();
+    let sent = queue.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(
         sent[0].1,

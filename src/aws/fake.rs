@@ -1148,3 +1148,43 @@ impl Parameters for FakeAws {
         }
     }
 }
+
+/// A queue that records what is sent to it and receives nothing: where a test sees the changes
+/// a Lambda invocation hands on to later ones.
+#[derive(Default)]
+pub struct SentQueue(Mutex<Vec<(String, Duration)>>);
+
+impl SentQueue {
+    /// What was sent so far: (body, delay).
+    pub fn sent(&self) -> Vec<(String, Duration)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets what was sent.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+#[async_trait]
+impl super::queue::Queue for SentQueue {
+    async fn receive(&self, _: i32, _: Duration) -> AwsResult<Vec<super::queue::Message>> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> AwsResult<()> {
+        Ok(())
+    }
+    async fn extend(&self, _: &str, _: Duration) -> AwsResult<()> {
+        Ok(())
+    }
+    async fn depth(&self) -> AwsResult<u64> {
+        Ok(0)
+    }
+    async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((body.to_string(), delay));
+        Ok(())
+    }
+}
