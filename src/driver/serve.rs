@@ -88,6 +88,8 @@ pub struct Status {
     queue_ok: AtomicBool,
     /// Another replica leads: this one is ready as a standby.
     standby: Mutex<Option<String>>,
+    /// This replica leads (always, without a lease).
+    leading: AtomicBool,
     queue_problem: Mutex<Option<String>>,
     last_logged: Mutex<Option<String>>,
 }
@@ -97,6 +99,9 @@ impl Status {
     pub(crate) fn not_ready(&self) -> Option<String> {
         if self.standby().is_some() {
             return None;
+        }
+        if !self.leading.load(Ordering::SeqCst) {
+            return Some("the lease table has not said who leads yet".into());
         }
         if !self.index_built.load(Ordering::SeqCst) {
             return Some("the startup resync has not finished".into());
@@ -296,6 +301,7 @@ impl Server {
             }
             let leading = self.leadership.is_leader();
             self.metrics().leader.set(i64::from(leading));
+            self.status.leading.store(leading, Ordering::SeqCst);
             if leading != was_leading {
                 was_leading = leading;
                 if leading {
@@ -313,8 +319,9 @@ impl Server {
                     crate::lease::Role::Standby { leader } => leader,
                     crate::lease::Role::Leader { .. } => None,
                 };
-                self.status
-                    .set_standby(Some(leader.unwrap_or_else(|| "unknown yet".into())));
+                // Ready as a standby only once another replica is known to lead: before the
+                // lease table has answered, this replica may be about to lead and is not ready.
+                self.status.set_standby(leader);
                 self.status.log_change();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
