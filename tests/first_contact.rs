@@ -553,32 +553,14 @@ async fn colour_only_at_a_terminal_and_never_with_no_color() {
     assert!(!plain.contains('\u{1b}'), "NO_COLOR:\n{plain}");
 }
 
-/// SDK clients for the emulator in `region`.
-async fn clients_in(url: &str, region: &'static str) -> Aws {
-    let creds = aws_sdk_ecs::config::Credentials::new("test", "test", None, None, "tests");
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(url)
-        .region(aws_config::Region::new(region))
-        .credentials_provider(creds)
-        .load()
-        .await;
-    Aws {
-        ecs: aws_sdk_ecs::Client::new(&conf),
-        sm: aws_sdk_secretsmanager::Client::new(&conf),
-        ssm: aws_sdk_ssm::Client::new(&conf),
-        sqs: aws_sdk_sqs::Client::new(&conf),
-        events: aws_sdk_eventbridge::Client::new(&conf),
-    }
-}
-
 /// `--profile` picks the shared-config profile's credentials and region, `--region` wins over
 /// it, and the table a person reads keeps each reason whole.
 #[tokio::test]
 async fn region_and_profile_flags_and_whole_reasons() {
     let emu = Emulator::start();
     let url = emu.url();
-    let west = clients_in(&url, "eu-west-1").await;
-    let east = clients_in(&url, "us-east-1").await;
+    let west = Aws::connect_in(&url, "eu-west-1").await;
+    let east = Aws::connect_in(&url, "us-east-1").await;
     west.one_secret_world(&["app/db"], "west", &[("api", 0)])
         .await;
     east.one_secret_world(&["app/db"], "east", &[("api", 0), ("worker", 0)])

@@ -86,10 +86,15 @@ pub struct Aws {
 
 impl Aws {
     pub async fn connect(url: &str) -> Aws {
+        Aws::connect_in(url, REGION).await
+    }
+
+    /// Clients for the emulator in another region.
+    pub async fn connect_in(url: &str, region: &'static str) -> Aws {
         let creds = aws_sdk_ecs::config::Credentials::new("test", "test", None, None, "tests");
         let conf = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(url)
-            .region(Region::new(REGION))
+            .region(Region::new(region))
             .credentials_provider(creds)
             .load()
             .await;
