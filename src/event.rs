@@ -17,6 +17,15 @@
 //!
 //! and, for the Lambda's periodic resync, `Scheduled Event` from `aws.events`.
 //!
+//! ECS's own events keep the watch cache ([`crate::watch`]) fresh; they change no secret and
+//! roll nothing ([`Parsed::Service`]):
+//!
+//! 5. `ECS Deployment State Change` from `aws.ecs` (sent when a deployment starts, also a
+//!    service's first): the service ARN in `resources[0]`;
+//! 6. `AWS API Call via CloudTrail` from `aws.ecs` for `CreateService`, `UpdateService`,
+//!    `DeleteService` (`responseElements.service`), and `TagResource` / `UntagResource` on a
+//!    service (`requestParameters.resourceArn`: the tag can declare references).
+//!
 //! Events of a known source that announce nothing relevant (another API call, a deleted
 //! parameter, a failed call) are [`Parsed::Ignored`] and can be deleted; anything else is an
 //! [`EventError`]: a poison message, left for the dead-letter queue.
@@ -114,6 +123,8 @@ pub struct Changes {
     pub subjects: std::collections::BTreeMap<Subject, Vec<LabelMove>>,
     /// A scheduled event asked for a full resync.
     pub resync: bool,
+    /// Services ECS's events named, to refresh in the watch cache.
+    pub services: std::collections::BTreeSet<ServiceHint>,
 }
 
 impl Changes {
@@ -131,13 +142,22 @@ impl Changes {
                 self.resync = true;
                 true
             }
+            Parsed::Service(h) => {
+                self.services.insert(h.clone());
+                true
+            }
             Parsed::Ignored(_) => false,
         }
     }
 
     /// Whether nothing asks for work.
     pub fn is_empty(&self) -> bool {
-        self.subjects.is_empty() && !self.resync
+        self.subjects.is_empty() && !self.resync && self.services.is_empty()
+    }
+
+    /// Whether something may need a rollout (ECS's events alone only refresh the watch cache).
+    pub fn may_roll(&self) -> bool {
+        !self.subjects.is_empty() || self.resync
     }
 }
 
@@ -180,11 +200,38 @@ impl Change {
     }
 }
 
+/// A service ECS's events say changed: its deployment, its tags, or whether it exists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceHint {
+    /// Its cluster (name or ARN).
+    pub cluster: String,
+    /// Its ARN.
+    pub service: String,
+}
+
+impl ServiceHint {
+    /// From a service ARN of the long form (`service/CLUSTER/NAME`), which names its cluster.
+    fn of_arn(arn: &str, cluster: Option<&str>) -> Option<ServiceHint> {
+        let (_, resource) = arn.split_once(":service/")?;
+        let cluster = match (resource.split_once('/'), cluster) {
+            (_, Some(c)) if !c.is_empty() => c.to_string(),
+            (Some((c, _)), _) if !c.is_empty() => c.to_string(),
+            _ => return None,
+        };
+        Some(ServiceHint {
+            cluster,
+            service: arn.to_string(),
+        })
+    }
+}
+
 /// The outcome of parsing one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// A change to act on.
     Change(Change),
+    /// ECS says a service changed: refresh its entry in the watch cache.
+    Service(ServiceHint),
     /// A scheduled event: run a full resync.
     Resync,
     /// Well-formed, but nothing to do; the text says why.
@@ -417,6 +464,47 @@ pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError
             )
         }
         ("aws.events", "Scheduled Event") => Ok(Parsed::Resync),
+        ("aws.ecs", "ECS Deployment State Change") => {
+            let arn = env.resources.first().map(String::as_str).unwrap_or("");
+            if arn.is_empty() {
+                return Err(EventError::Missing {
+                    shape: "ECS Deployment State Change",
+                    field: "resources[0]",
+                });
+            }
+            Ok(match ServiceHint::of_arn(arn, None) {
+                Some(h) => Parsed::Service(h),
+                None => Parsed::Ignored(format!(
+                    "{arn} is not a service ARN that names its cluster"
+                )),
+            })
+        }
+        ("aws.ecs", "AWS API Call via CloudTrail") => {
+            let name = text(d, &["eventName"]).unwrap_or("");
+            if let Some(code) = text(d, &["errorCode"]) {
+                return Ok(Parsed::Ignored(format!("{name} failed ({code})")));
+            }
+            let (arn, cluster) = match name {
+                "CreateService" | "UpdateService" | "DeleteService" => (
+                    text(d, &["responseElements", "service", "serviceArn"]),
+                    text(d, &["responseElements", "service", "clusterArn"]),
+                ),
+                "TagResource" | "UntagResource" => {
+                    (text(d, &["requestParameters", "resourceArn"]), None)
+                }
+                other => return Ok(Parsed::Ignored(format!("ECS call {other} changes no service's references"))),
+            };
+            let Some(arn) = arn else {
+                return Err(EventError::Missing {
+                    shape: "ECS CloudTrail",
+                    field: "responseElements.service.serviceArn or requestParameters.resourceArn",
+                });
+            };
+            Ok(match ServiceHint::of_arn(arn, cluster) {
+                Some(h) => Parsed::Service(h),
+                None => Parsed::Ignored(format!("{arn} is not a service ARN that names its cluster")),
+            })
+        }
         (source, detail_type) => Err(EventError::Unsupported {
             event_source: source.to_string(),
             detail_type: detail_type.to_string(),
@@ -429,6 +517,43 @@ mod tests {
     use super::*;
 
     const ARN: &str = "arn:aws:secretsmanager:us-west-2:012345678901:secret:app/db-a1b2c3";
+
+    #[test]
+    fn ecs_events_name_the_service_to_refresh() {
+        let svc = "arn:aws:ecs:us-west-2:012345678901:service/prod/api";
+        let hint = ServiceHint {
+            cluster: "prod".into(),
+            service: svc.into(),
+        };
+        let deployment = format!(
+            r#"{{"source":"aws.ecs","detail-type":"ECS Deployment State Change","resources":["{svc}"],"detail":{{"eventType":"INFO","eventName":"SERVICE_DEPLOYMENT_IN_PROGRESS","deploymentId":"ecs-svc/1","reason":"ECS deployment ecs-svc/1 in progress."}}}}"#
+        );
+        assert_eq!(parse(&deployment), Ok(Parsed::Service(hint.clone())));
+        let deleted = format!(
+            r#"{{"source":"aws.ecs","detail-type":"AWS API Call via CloudTrail","detail":{{"eventName":"DeleteService","requestParameters":{{"cluster":"prod","service":"api"}},"responseElements":{{"service":{{"serviceArn":"{svc}","clusterArn":"arn:aws:ecs:us-west-2:012345678901:cluster/prod"}}}}}}}}"#
+        );
+        match parse(&deleted) {
+            Ok(Parsed::Service(h)) => assert_eq!(h.service, svc),
+            other => panic!("{other:?}"),
+        }
+        let tagged = format!(
+            r#"{{"source":"aws.ecs","detail-type":"AWS API Call via CloudTrail","detail":{{"eventName":"TagResource","requestParameters":{{"resourceArn":"{svc}","tags":[{{"key":"ecs-reloader/secrets","value":"app/db"}}]}},"responseElements":{{}}}}}}"#
+        );
+        assert_eq!(parse(&tagged), Ok(Parsed::Service(hint)));
+        // A tag on a cluster or task definition, a failed call, another call: nothing to refresh.
+        for body in [
+            r#"{"source":"aws.ecs","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"TagResource","requestParameters":{"resourceArn":"arn:aws:ecs:us-west-2:012345678901:cluster/prod"}}}"#,
+            r#"{"source":"aws.ecs","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"DeleteService","errorCode":"AccessDeniedException"}}"#,
+            r#"{"source":"aws.ecs","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"RunTask"}}"#,
+        ] {
+            assert!(matches!(parse(body), Ok(Parsed::Ignored(_))), "{body}");
+        }
+        // A deployment event without its service is unusable.
+        assert!(parse(r#"{"source":"aws.ecs","detail-type":"ECS Deployment State Change","detail":{}}"#).is_err());
+        let mut changes = Changes::default();
+        assert!(changes.add(&parse(&deployment).expect("parses")));
+        assert!(!changes.is_empty() && !changes.may_roll());
+    }
 
     fn change(body: &str) -> Change {
         match parse(body) {

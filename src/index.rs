@@ -168,6 +168,9 @@ pub struct Inventory {
     pub without_secrets: usize,
     /// Clusters scanned.
     pub clusters: Vec<String>,
+    /// ARNs of the services that reference none (for the watch cache: a service that stopped
+    /// referencing secrets leaves it).
+    pub(crate) plain: Vec<String>,
 }
 
 /// Scans the scope. `concurrency` bounds the calls in flight.
@@ -201,24 +204,7 @@ pub async fn scan(
                 .map(<[String]>::to_vec)
                 .collect();
             stream::iter(batches)
-                .map(|batch| {
-                    let c = c.clone();
-                    async move {
-                        let services = {
-                            let _p = permits.acquire().await.map_err(closed)?;
-                            clients.ecs.describe_services(&c, &batch).await?
-                        };
-                        let revisions: HashSet<String> = services.iter().map(revision_of).collect();
-                        let defs = futures::future::try_join_all(revisions.into_iter().map(
-                            |arn| async move {
-                                let _p = permits.acquire().await.map_err(closed)?;
-                                cache.get(clients, &arn).await.map(|d| (arn, d))
-                            },
-                        ))
-                        .await?;
-                        Ok::<_, AwsError>((services, defs))
-                    }
-                })
+                .map(|batch| describe_batch(clients, cache, permits, c.clone(), batch))
                 .buffer_unordered(concurrency)
                 .try_collect::<Vec<_>>()
                 .await
@@ -226,9 +212,83 @@ pub async fn scan(
         .buffer_unordered(concurrency)
         .try_collect()
         .await?;
+    Ok(inventory(clusters, per_cluster.into_iter().flatten()))
+}
+
+/// Describes named services (a change's candidates from the watch cache), ten at a time per
+/// cluster, with the revisions not yet cached. Returns what it found as an inventory, and the
+/// ARNs that were asked for and are gone (deleted, or `INACTIVE`).
+pub(crate) async fn describe(
+    clients: &Clients,
+    cache: &TaskDefCache,
+    by_cluster: &BTreeMap<String, Vec<String>>,
+    concurrency: usize,
+) -> AwsResult<(Inventory, Vec<String>)> {
+    let concurrency = concurrency.max(1);
+    let permits = tokio::sync::Semaphore::new(concurrency);
+    let permits = &permits;
+    let batches: Vec<(String, Vec<String>)> = by_cluster
+        .iter()
+        .flat_map(|(c, arns)| {
+            arns.chunks(DESCRIBE_SERVICES_BATCH)
+                .map(move |b| (c.clone(), b.to_vec()))
+        })
+        .collect();
+    let described: Vec<DescribedBatch> = stream::iter(batches)
+        .map(|(c, batch)| describe_batch(clients, cache, permits, c, batch))
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    let mut found: HashSet<String> = HashSet::new();
+    let described: Vec<DescribedBatch> = described
+        .into_iter()
+        .map(|(services, defs)| {
+            let services: Vec<Service> = services
+                .into_iter()
+                .filter(|s| s.status != "INACTIVE")
+                .collect();
+            found.extend(services.iter().map(|s| s.arn.clone()));
+            (services, defs)
+        })
+        .collect();
+    let gone = by_cluster
+        .values()
+        .flatten()
+        .filter(|a| !found.contains(*a))
+        .cloned()
+        .collect();
+    Ok((
+        inventory(by_cluster.keys().cloned().collect(), described),
+        gone,
+    ))
+}
+
+/// One `DescribeServices` call and, at once, the batch's revisions not yet cached.
+async fn describe_batch(
+    clients: &Clients,
+    cache: &TaskDefCache,
+    permits: &tokio::sync::Semaphore,
+    cluster: String,
+    batch: Vec<String>,
+) -> AwsResult<DescribedBatch> {
+    let services = {
+        let _p = permits.acquire().await.map_err(closed)?;
+        clients.ecs.describe_services(&cluster, &batch).await?
+    };
+    let revisions: HashSet<String> = services.iter().map(revision_of).collect();
+    let defs = futures::future::try_join_all(revisions.into_iter().map(|arn| async move {
+        let _p = permits.acquire().await.map_err(closed)?;
+        cache.get(clients, &arn).await.map(|d| (arn, d))
+    }))
+    .await?;
+    Ok((services, defs))
+}
+
+/// Services with their revisions' references, in a stable order.
+fn inventory(clusters: Vec<String>, described: impl IntoIterator<Item = DescribedBatch>) -> Inventory {
     let mut services: Vec<Service> = Vec::new();
     let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
-    for (batch, batch_defs) in per_cluster.into_iter().flatten() {
+    for (batch, batch_defs) in described {
         services.extend(batch);
         defs.extend(batch_defs);
     }
@@ -260,11 +320,12 @@ pub async fn scan(
         }
         if refs.is_empty() {
             inv.without_secrets += 1;
+            inv.plain.push(service.arn);
         } else {
             inv.entries.push(Entry { service, refs });
         }
     }
-    Ok(inv)
+    inv
 }
 
 /// One `DescribeServices` batch with the revisions it brought in.

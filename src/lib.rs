@@ -52,3 +52,4 @@ pub mod reference;
 pub mod report;
 pub mod rollout;
 pub mod window;
+pub(crate) mod watch;

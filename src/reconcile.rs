@@ -18,11 +18,12 @@ use crate::aws::{AwsError, Clients, Service};
 use crate::clock::Clock;
 use crate::decide::{self, decide, Decision, Item, Kind, Policies, Policy, RefState, SecretChange};
 use crate::deployment::Limits;
-use crate::event::{Changes, Subject};
+use crate::event::{Changes, ServiceHint, Subject};
 use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
 use crate::plan::{plan, ChangeSet, ServiceKey};
 use crate::reference::{canonical_param_name, ParameterId, SecretIdentity};
 use crate::rollout::{Outcome, Rollout};
+use crate::watch::Watch;
 use crate::window::Windows;
 
 /// Gives the resolved states the label moves that targets' events announced (Secrets Manager
@@ -365,6 +366,9 @@ impl Default for Settings {
 pub struct Reconciler {
     clients: Clients,
     cache: Arc<TaskDefCache>,
+    /// Where each secret's dependants are (see [`crate::watch`]): filled by full scans of the
+    /// default scope, kept fresh by ECS's events, consulted by change passes.
+    watch: Watch,
     clock: Arc<dyn Clock>,
     rollout: Arc<dyn Rollout>,
     settings: Settings,
@@ -381,6 +385,7 @@ impl Reconciler {
         Reconciler {
             clients,
             cache: Arc::new(TaskDefCache::new()),
+            watch: Watch::default(),
             clock,
             rollout,
             settings,
@@ -402,9 +407,63 @@ impl Reconciler {
         &self.settings
     }
 
+    /// How many services the watch cache holds, once a full scan has filled it.
+    pub fn watched(&self) -> Option<usize> {
+        self.watch.is_built().then(|| self.watch.len())
+    }
+
+    /// Brings the watch cache's entries of services ECS's events named up to date (their
+    /// deployments or tags changed, or they were created or deleted). Nothing is decided: the
+    /// entries only say where a later change must look. Before the first full scan there is
+    /// nothing to refresh (that scan will see them); a failure is logged and left to the resync.
+    async fn refresh(&self, hints: &std::collections::BTreeSet<ServiceHint>) {
+        if hints.is_empty() || !self.watch.is_built() {
+            return;
+        }
+        let in_scope = |cluster: &str| {
+            self.settings.clusters.is_empty()
+                || self
+                    .settings
+                    .clusters
+                    .iter()
+                    .any(|c| c == cluster || c.rsplit('/').next() == cluster.rsplit('/').next())
+        };
+        let mut by_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for h in hints.iter().filter(|h| in_scope(&h.cluster)) {
+            by_cluster
+                .entry(h.cluster.clone())
+                .or_default()
+                .push(h.service.clone());
+        }
+        if by_cluster.is_empty() {
+            return;
+        }
+        let conc = self.settings.scan_concurrency;
+        match index::describe(&self.clients, &self.cache, &by_cluster, conc).await {
+            Ok((inv, mut gone)) => {
+                gone.extend(inv.plain.iter().cloned());
+                tracing::debug!(
+                    services = inv.entries.len(),
+                    gone = gone.len(),
+                    "watch cache refreshed from ECS events"
+                );
+                self.watch.observe(&inv.entries, &gone, &self.clients.region);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh the watch cache from ECS events; the next resync will")
+            }
+        }
+    }
+
     /// Runs one pass.
     pub async fn pass(&self, req: &Request) -> Result<Pass, ReconcileError> {
         let started = tokio::time::Instant::now();
+        if let Selection::Changes(c) = &req.selection {
+            self.refresh(&c.services).await;
+            if c.subjects.is_empty() && !c.resync {
+                return Ok(Pass::empty(self.clock.now()));
+            }
+        }
         let targets = match &req.selection {
             Selection::All => Vec::new(),
             Selection::Changes(c) if c.resync => Vec::new(),
@@ -567,7 +626,7 @@ impl Reconciler {
         policies: &Policies,
     ) -> Result<Assessment, ReconcileError> {
         let conc = self.settings.scan_concurrency;
-        let inventory = index::scan(&self.clients, &self.cache, scope, conc).await?;
+        let inventory = self.inventory(scope, targets, services).await?;
         if let Some(f) = services.unmatched(inventory.entries.iter().map(|e| &e.service)) {
             return Err(ReconcileError::NoSuchService(f));
         }
@@ -650,6 +709,43 @@ impl Reconciler {
             without_secrets: inventory.without_secrets,
             change_set,
         })
+    }
+
+    /// The services to decide: with targets, and the watch cache filled for this scope, only the
+    /// candidates it names, described afresh; else a scan of the scope (which, of the default
+    /// scope, fills the cache).
+    async fn inventory(
+        &self,
+        scope: &Scope,
+        targets: &[Target],
+        services: &ServiceFilter<'_>,
+    ) -> Result<index::Inventory, ReconcileError> {
+        let conc = self.settings.scan_concurrency;
+        let region = self.clients.region.as_str();
+        let default_scope = scope.clusters == self.settings.clusters;
+        // `--service` must tell a typo from a service that is not a candidate: it scans.
+        if default_scope && !targets.is_empty() && services.0.is_empty() {
+            if let Some(candidates) = self
+                .watch
+                .candidates(targets.iter().flat_map(|t| &t.identities))
+            {
+                let (inv, mut gone) =
+                    index::describe(&self.clients, &self.cache, &candidates, conc).await?;
+                gone.extend(inv.plain.iter().cloned());
+                self.watch.observe(&inv.entries, &gone, region);
+                tracing::debug!(
+                    candidates = candidates.values().map(Vec::len).sum::<usize>(),
+                    "described the watch cache's candidates"
+                );
+                return Ok(inv);
+            }
+        }
+        let scan = default_scope.then(|| self.watch.begin_scan());
+        let inv = index::scan(&self.clients, &self.cache, scope, conc).await?;
+        if let Some(scan) = scan {
+            scan.finish(&inv.entries, region);
+        }
+        Ok(inv)
     }
 
     /// Like [`assess`](Self::assess), but waits out settles that end within `max_wait` (a change

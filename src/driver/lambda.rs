@@ -283,7 +283,7 @@ impl Handler {
                         }
                         Ok(json!({ "deferred": "another invocation holds the lease" }))
                     }
-                    Parsed::Resync | Parsed::Ignored(_) => {
+                    Parsed::Resync | Parsed::Service(_) | Parsed::Ignored(_) => {
                         Ok(json!({ "skipped": "another invocation holds the lease" }))
                     }
                 }
@@ -410,6 +410,7 @@ impl Handler {
         let kind = match parsed {
             Parsed::Change(c) => c.kind.label(),
             Parsed::Resync => "scheduled",
+            Parsed::Service(_) => "ecs_service",
             Parsed::Ignored(_) => "ignored",
         };
         self.notifier.metrics().event(kind);

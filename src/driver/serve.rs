@@ -489,6 +489,7 @@ impl Server {
                     let kind = match &parsed {
                         Parsed::Change(c) => c.kind.label(),
                         Parsed::Resync => "scheduled",
+                        Parsed::Service(_) => "ecs_service",
                         Parsed::Ignored(_) => "ignored",
                     };
                     self.metrics().event(kind);

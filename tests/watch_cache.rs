@@ -1,0 +1,245 @@
+//! The watch cache over the in-memory fake: a change event costs its dependants, and the cache
+//! stays fresh through ECS's events, with the resync as the safety net.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecs_reloader::aws::fake::FakeAws;
+use ecs_reloader::config::Config;
+use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::event::{self, Changes};
+use ecs_reloader::reconcile::{Mode, Request};
+use ecs_reloader::reference::Site;
+use ecs_reloader::rollout::LogProgress;
+
+const READS: [&str; 4] = [
+    "ecs:ListClusters",
+    "ecs:ListServices",
+    "ecs:DescribeServices",
+    "ecs:DescribeTaskDefinition",
+];
+
+fn setup() -> (FakeAws, Parts) {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let parts = setup::assemble(
+        &Config::default(),
+        fake.clients(),
+        clock,
+        Arc::new(LogProgress),
+        Mode::Watch,
+    );
+    (fake, parts)
+}
+
+fn secret() -> Site {
+    Site::Secret {
+        container: "app".into(),
+        name: "S".into(),
+    }
+}
+
+/// What a batch of EventBridge events hands to a pass.
+fn changes(bodies: &[String]) -> Changes {
+    let mut c = Changes::default();
+    for b in bodies {
+        assert!(c.add(&event::parse(b).expect("a usable event")), "{b}");
+    }
+    c
+}
+
+fn rotated(arn: &str) -> String {
+    format!(
+        r#"{{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{{"eventName":"RotationSucceeded","additionalEventData":{{"SecretId":"{arn}"}}}}}}"#
+    )
+}
+
+fn deployment_started(fake: &FakeAws, cluster: &str, service: &str) -> String {
+    let arn = fake.service(cluster, service).expect("exists").arn;
+    format!(
+        r#"{{"source":"aws.ecs","detail-type":"ECS Deployment State Change","resources":["{arn}"],"detail":{{"eventType":"INFO","eventName":"SERVICE_DEPLOYMENT_IN_PROGRESS","deploymentId":"ecs-svc/9"}}}}"#
+    )
+}
+
+/// ECS reads from the `from`-th logged call up to the first `UpdateService` after it.
+fn reads_before_first_update(fake: &FakeAws, from: usize) -> usize {
+    fake.call_log()
+        .into_iter()
+        .skip(from)
+        .take_while(|c| c.operation != "ecs:UpdateService")
+        .filter(|c| READS.contains(&c.operation))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_costs_its_three_dependants_not_a_scan_of_a_thousand_services() {
+    let (fake, r) = setup();
+    fake.use_ecs_buckets();
+    let shared = fake.create_secret("app/shared");
+    let others: Vec<String> = (0..20)
+        .map(|i| fake.create_secret(&format!("app/other-{i}")))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td_shared = fake.register_task_definition("shared", &[(secret(), shared.as_str())]);
+    let tds: Vec<String> = others
+        .iter()
+        .enumerate()
+        .map(|(i, o)| fake.register_task_definition(&format!("f{i}"), &[(secret(), o.as_str())]))
+        .collect();
+    // 1,010 services in 10 clusters; three (in three clusters) use the shared secret.
+    for c in 0..10 {
+        for s in 0..101 {
+            let td = if s == 50 && c < 3 {
+                &td_shared
+            } else {
+                &tds[(c * 101 + s) % tds.len()]
+            };
+            fake.create_service(&format!("c{c}"), &format!("s{s:03}"), td, 1, &[]);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The startup resync fills the cache.
+    let startup = r.reconciler.pass(&Request::all()).await.expect("resync");
+    assert!(startup.outcomes.is_empty(), "nothing was stale");
+    assert_eq!(r.reconciler.watched(), Some(1010));
+    let scan_reads: u64 = READS.iter().map(|op| fake.calls(op)).sum();
+
+    fake.put_secret_value("app/shared", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mark = fake.call_log().len();
+    let pass = r
+        .reconciler
+        .pass(&Request::changes(changes(&[rotated(&shared)])))
+        .await
+        .expect("pass");
+    let rolled: Vec<String> = fake.updates().iter().map(|u| u.service.clone()).collect();
+    assert_eq!(
+        {
+            let mut r = rolled.clone();
+            r.sort();
+            r
+        },
+        ["c0/s050", "c1/s050", "c2/s050"],
+        "exactly the dependants"
+    );
+    assert_eq!(pass.failed().count(), 0);
+    let reads = reads_before_first_update(&fake, mark);
+    println!("scan: {scan_reads} ECS reads; the event: {reads} before its first UpdateService");
+    assert!(
+        reads <= 6,
+        "{reads} ECS reads before the first UpdateService (a scan took {scan_reads})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_starts_referencing_a_secret_is_rolled_for_a_later_change() {
+    let (fake, r) = setup();
+    let db = fake.create_secret("app/db");
+    let other = fake.create_secret("app/other");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td_db = fake.register_task_definition("db", &[(secret(), db.as_str())]);
+    let td_other = fake.register_task_definition("other", &[(secret(), other.as_str())]);
+    fake.create_service("prod", "api", &td_db, 1, &[]);
+    fake.create_service("prod", "late", &td_other, 1, &[]);
+    fake.create_service("prod", "tagged", &td_other, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler.pass(&Request::all()).await.expect("resync");
+    assert_eq!(r.reconciler.watched(), Some(3));
+
+    // After the resync, `late` deploys a revision that references app/db, and `tagged` declares
+    // it in its tag; ECS's events say so.
+    let td_late = fake.register_task_definition(
+        "late",
+        &[(secret(), db.as_str()), (secret(), other.as_str())],
+    );
+    fake.create_service("prod", "late", &td_late, 1, &[]);
+    fake.edit_service("prod", "tagged", |s| {
+        s.tags
+            .insert("ecs-reloader/secrets".into(), "app/db".into());
+    });
+    let tag_event = format!(
+        r#"{{"source":"aws.ecs","detail-type":"AWS API Call via CloudTrail","detail":{{"eventName":"TagResource","requestParameters":{{"resourceArn":"{}"}}}}}}"#,
+        fake.service("prod", "tagged").expect("exists").arn
+    );
+    let hints = changes(&[deployment_started(&fake, "prod", "late"), tag_event]);
+    let refreshed = r
+        .reconciler
+        .pass(&Request::changes(hints))
+        .await
+        .expect("refresh");
+    assert!(
+        refreshed.assessment.services.is_empty() && fake.updates().is_empty(),
+        "ECS's events only refresh the cache: nothing is decided or rolled"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler
+        .pass(&Request::changes(changes(&[rotated(&db)])))
+        .await
+        .expect("pass");
+    for s in ["api", "late", "tagged"] {
+        assert_eq!(fake.rollouts_of("prod", s), 1, "{s}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_ecs_events_the_resync_is_the_safety_net() {
+    let (fake, r) = setup();
+    let db = fake.create_secret("app/db");
+    let other = fake.create_secret("app/other");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td_db = fake.register_task_definition("db", &[(secret(), db.as_str())]);
+    let td_other = fake.register_task_definition("other", &[(secret(), other.as_str())]);
+    fake.create_service("prod", "api", &td_db, 1, &[]);
+    fake.create_service("prod", "late", &td_other, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler.pass(&Request::all()).await.expect("resync");
+
+    // `late` starts referencing app/db, and its event is lost.
+    let td_late = fake.register_task_definition("late", &[(secret(), db.as_str())]);
+    fake.create_service("prod", "late", &td_late, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler
+        .pass(&Request::changes(changes(&[rotated(&db)])))
+        .await
+        .expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+    assert_eq!(
+        fake.rollouts_of("prod", "late"),
+        0,
+        "the cache did not know `late` depends on app/db"
+    );
+    // The next resync sees it stale and rolls it, once.
+    r.reconciler.pass(&Request::all()).await.expect("resync");
+    assert_eq!(fake.rollouts_of("prod", "late"), 1);
+    assert_eq!(fake.rollouts_of("prod", "api"), 1, "api was rolled already");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_candidate_deleted_since_the_resync_is_dropped_and_the_rest_roll() {
+    let (fake, r) = setup();
+    let db = fake.create_secret("app/db");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("db", &[(secret(), db.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    fake.create_service("prod", "gone", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler.pass(&Request::all()).await.expect("resync");
+    assert_eq!(r.reconciler.watched(), Some(2));
+
+    fake.delete_service("prod", "gone");
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pass = r
+        .reconciler
+        .pass(&Request::changes(changes(&[rotated(&db)])))
+        .await
+        .expect("a deleted candidate fails nothing");
+    assert_eq!(pass.failed().count(), 0);
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+    assert_eq!(r.reconciler.watched(), Some(1), "the deleted service left");
+}
