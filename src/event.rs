@@ -474,9 +474,9 @@ pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError
             }
             Ok(match ServiceHint::of_arn(arn, None) {
                 Some(h) => Parsed::Service(h),
-                None => Parsed::Ignored(format!(
-                    "{arn} is not a service ARN that names its cluster"
-                )),
+                None => {
+                    Parsed::Ignored(format!("{arn} is not a service ARN that names its cluster"))
+                }
             })
         }
         ("aws.ecs", "AWS API Call via CloudTrail") => {
@@ -492,7 +492,11 @@ pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError
                 "TagResource" | "UntagResource" => {
                     (text(d, &["requestParameters", "resourceArn"]), None)
                 }
-                other => return Ok(Parsed::Ignored(format!("ECS call {other} changes no service's references"))),
+                other => {
+                    return Ok(Parsed::Ignored(format!(
+                        "ECS call {other} changes no service's references"
+                    )))
+                }
             };
             let Some(arn) = arn else {
                 return Err(EventError::Missing {
@@ -502,7 +506,9 @@ pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError
             };
             Ok(match ServiceHint::of_arn(arn, cluster) {
                 Some(h) => Parsed::Service(h),
-                None => Parsed::Ignored(format!("{arn} is not a service ARN that names its cluster")),
+                None => {
+                    Parsed::Ignored(format!("{arn} is not a service ARN that names its cluster"))
+                }
             })
         }
         (source, detail_type) => Err(EventError::Unsupported {
@@ -549,7 +555,10 @@ mod tests {
             assert!(matches!(parse(body), Ok(Parsed::Ignored(_))), "{body}");
         }
         // A deployment event without its service is unusable.
-        assert!(parse(r#"{"source":"aws.ecs","detail-type":"ECS Deployment State Change","detail":{}}"#).is_err());
+        assert!(parse(
+            r#"{"source":"aws.ecs","detail-type":"ECS Deployment State Change","detail":{}}"#
+        )
+        .is_err());
         let mut changes = Changes::default();
         assert!(changes.add(&parse(&deployment).expect("parses")));
         assert!(!changes.is_empty() && !changes.may_roll());

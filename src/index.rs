@@ -285,7 +285,10 @@ async fn describe_batch(
 }
 
 /// Services with their revisions' references, in a stable order.
-fn inventory(clusters: Vec<String>, described: impl IntoIterator<Item = DescribedBatch>) -> Inventory {
+fn inventory(
+    clusters: Vec<String>,
+    described: impl IntoIterator<Item = DescribedBatch>,
+) -> Inventory {
     let mut services: Vec<Service> = Vec::new();
     let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
     for (batch, batch_defs) in described {

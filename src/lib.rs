@@ -51,5 +51,5 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
-pub mod window;
 pub(crate) mod watch;
+pub mod window;

@@ -447,7 +447,8 @@ impl Reconciler {
                     gone = gone.len(),
                     "watch cache refreshed from ECS events"
                 );
-                self.watch.observe(&inv.entries, &gone, &self.clients.region);
+                self.watch
+                    .observe(&inv.entries, &gone, &self.clients.region);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not refresh the watch cache from ECS events; the next resync will")

@@ -73,7 +73,10 @@ impl State {
     fn put(&mut self, arn: Arc<str>, w: Watched) {
         self.remove(&arn);
         for k in &w.keys {
-            self.by_key.entry(k.clone()).or_default().insert(arn.clone());
+            self.by_key
+                .entry(k.clone())
+                .or_default()
+                .insert(arn.clone());
         }
         self.services.insert(arn, w);
     }
@@ -354,7 +357,10 @@ mod tests {
     #[test]
     fn a_name_a_partial_arn_and_a_full_arn_all_lead_to_the_service() {
         let w = Watch::default();
-        assert!(w.candidates([&sm(ARN, "app/db")]).is_none(), "not built yet");
+        assert!(
+            w.candidates([&sm(ARN, "app/db")]).is_none(),
+            "not built yet"
+        );
         w.begin_scan().finish(
             &[
                 entry("c1", "by-name", &["app/db"]),

@@ -140,6 +140,8 @@ pub struct UpdateRecord {
 
 #[derive(Default)]
 struct World {
+    /// A round trip's time on `DescribeServices` and `UpdateService` (zero: answered at once).
+    latency: Duration,
     clusters: BTreeMap<String, BTreeMap<String, FakeService>>,
     task_defs: HashMap<String, Vec<RawRef>>,
     families: HashMap<String, u32>,
@@ -211,6 +213,19 @@ impl FakeAws {
     /// Page size for every listing (AWS uses up to 100; small pages test the paging loop).
     pub fn set_page_size(&self, n: usize) {
         self.w().page_size = n.max(1);
+    }
+
+    /// Makes `DescribeServices` and `UpdateService` take this long (tokio time), as a network
+    /// round trip does: other tasks run meanwhile, so races between them become possible.
+    pub fn set_latency(&self, latency: Duration) {
+        self.w().latency = latency;
+    }
+
+    async fn round_trip(&self) {
+        let latency = self.w().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
     }
 
     /// Throttle `operation` (e.g. `ecs:UpdateService`) with a token bucket, full at start.
@@ -862,6 +877,7 @@ impl Ecs for FakeAws {
         cluster: &str,
         services: &[String],
     ) -> AwsResult<Vec<Service>> {
+        self.round_trip().await;
         self.gate("ecs:DescribeServices", cluster)?;
         if services.len() > 10 {
             return Err(AwsError::new(
@@ -946,6 +962,7 @@ impl Ecs for FakeAws {
     }
 
     async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment> {
+        self.round_trip().await;
         let resource = format!("{}/{service}", cluster_name(cluster));
         self.gate("ecs:UpdateService", &resource)?;
         let now = self.now();
@@ -1185,6 +1202,145 @@ impl super::queue::Queue for SentQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((body.to_string(), delay));
+        Ok(())
+    }
+}
+
+/// An in-memory SQS queue on tokio's clock: what a test pushes is received, hidden for the
+/// visibility timeout (extended by heartbeats), and gone once deleted; sends are delayed. At
+/// most `per_receive` messages come back from one receive, so a test can make a burst arrive in
+/// separate batches.
+pub struct MemoryQueue {
+    state: Mutex<MemoryQueueState>,
+    per_receive: usize,
+    visibility: Duration,
+}
+
+#[derive(Default)]
+struct MemoryQueueState {
+    next: u64,
+    /// id → (body, visible from, receive count, current receipt).
+    messages: BTreeMap<u64, (String, tokio::time::Instant, u32, String)>,
+    deleted: u64,
+}
+
+impl MemoryQueue {
+    /// A queue returning at most `per_receive` messages per receive, with a 30-second default
+    /// visibility.
+    pub fn new(per_receive: usize) -> Self {
+        MemoryQueue {
+            state: Mutex::new(MemoryQueueState::default()),
+            per_receive: per_receive.max(1),
+            visibility: Duration::from_secs(30),
+        }
+    }
+
+    fn s(&self) -> MutexGuard<'_, MemoryQueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enqueues a body, visible now.
+    pub fn push(&self, body: &str) {
+        self.push_at(body, tokio::time::Instant::now());
+    }
+
+    fn push_at(&self, body: &str, at: tokio::time::Instant) {
+        let mut s = self.s();
+        s.next += 1;
+        let id = s.next;
+        s.messages
+            .insert(id, (body.to_string(), at, 0, String::new()));
+    }
+
+    /// Messages not yet deleted (visible or not).
+    pub fn len(&self) -> usize {
+        self.s().messages.len()
+    }
+
+    /// Whether every message was deleted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many deletes succeeded.
+    pub fn deleted(&self) -> u64 {
+        self.s().deleted
+    }
+}
+
+#[async_trait]
+impl super::queue::Queue for MemoryQueue {
+    async fn receive(&self, max: i32, wait: Duration) -> AwsResult<Vec<super::queue::Message>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = tokio::time::Instant::now();
+            let out: Vec<super::queue::Message> = {
+                let mut s = self.s();
+                let n = self
+                    .per_receive
+                    .min(usize::try_from(max).unwrap_or(1).max(1));
+                let mut out = Vec::new();
+                let next = s.next;
+                for (id, (body, visible, count, receipt)) in s.messages.iter_mut() {
+                    if out.len() >= n {
+                        break;
+                    }
+                    if *visible > now {
+                        continue;
+                    }
+                    *count += 1;
+                    *visible = now + self.visibility;
+                    *receipt = format!("{id}-{count}-{next}");
+                    out.push(super::queue::Message {
+                        id: id.to_string(),
+                        receipt: receipt.clone(),
+                        body: body.clone(),
+                        receive_count: *count,
+                        sent_at: None,
+                    });
+                }
+                out
+            };
+            if !out.is_empty() || now >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
+        }
+    }
+    async fn delete(&self, receipt: &str) -> AwsResult<()> {
+        let mut s = self.s();
+        let id = s
+            .messages
+            .iter()
+            .find(|(_, m)| m.3 == receipt)
+            .map(|(id, _)| *id);
+        match id {
+            Some(id) => {
+                s.messages.remove(&id);
+                s.deleted += 1;
+                Ok(())
+            }
+            None => Err(AwsError::new(
+                "sqs:DeleteMessage",
+                receipt,
+                ErrorKind::Other,
+                "ReceiptHandleIsInvalid",
+            )),
+        }
+    }
+    async fn extend(&self, receipt: &str, visibility: Duration) -> AwsResult<()> {
+        let now = tokio::time::Instant::now();
+        let mut s = self.s();
+        if let Some(m) = s.messages.values_mut().find(|m| m.3 == receipt) {
+            m.1 = now + visibility;
+        }
+        Ok(())
+    }
+    async fn depth(&self) -> AwsResult<u64> {
+        Ok(self.len() as u64)
+    }
+    async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
+        self.push_at(body, tokio::time::Instant::now() + delay);
         Ok(())
     }
 }

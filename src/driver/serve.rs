@@ -21,8 +21,13 @@
 //!   the dead-letter queue. A restart lets them reappear once, and they are decided afresh.
 //! - **Startup resyncs.** A restart rolls only what is stale, never what a previous run rolled.
 //!
-//! Work runs one pass at a time; a long rollout delays the next pass (not its messages, which
-//! wait in the queue).
+//! - **Work runs side by side.** Receiving, deciding and watching are concurrent: each batch of
+//!   messages is its own pass, so an event that arrives while another change set's rollouts are
+//!   watched is decided and rolled at once, and resyncs keep their schedule. The rollout
+//!   engine's limits (global, per cluster) hold across all of them, and a service that one change
+//!   set is rolling is rolled by no other meanwhile: the second waits, looks again, finds it
+//!   fresh and coalesces. Halts stay per change set. At most [`MAX_PASSES`] passes run at once;
+//!   beyond that, messages wait in the queue.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,6 +53,18 @@ use crate::lease::{DynamoStore, Keeper, Leadership};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::reconcile::{Mode, Pass, ReconcileError, Reconciler, Request};
+
+/// Passes in flight at once (event batches, due changes and a resync): beyond this, messages
+/// wait in the queue. Rollouts are bounded separately, by `[rollout] max_concurrent`.
+pub const MAX_PASSES: usize = 32;
+
+/// What a finished piece of work tells the loop.
+enum Done {
+    /// A resync, and when the next is due.
+    Resync(Duration),
+    /// A batch of messages.
+    Batch,
+}
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]
@@ -96,7 +113,7 @@ pub struct Status {
 
 impl Status {
     /// Why `serve` is not ready, or `None` when it is.
-    pub(crate) fn not_ready(&self) -> Option<String> {
+    pub fn not_ready(&self) -> Option<String> {
         if self.standby().is_some() {
             return None;
         }
@@ -289,40 +306,50 @@ impl Server {
 
     /// [`run`](Self::run), with the shutdown as a watch channel (true: stop).
     pub async fn run_until(self, mut stop: watch::Receiver<bool>) {
-        if self.queue.is_none() {
+        let this = Arc::new(self);
+        if this.queue.is_none() {
             tracing::warn!("no queue configured: only periodic resyncs will run");
         }
-        self.status.log_change();
+        this.status.log_change();
         let mut was_leading = false;
-        let mut next_resync = Instant::now();
+        // `None` while a resync runs.
+        let mut next_resync = Some(Instant::now());
+        let mut work: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
         loop {
             if *stop.borrow() {
                 break;
             }
-            let leading = self.leadership.is_leader();
-            self.metrics().leader.set(i64::from(leading));
-            self.status.leading.store(leading, Ordering::SeqCst);
+            while let Some(done) = work.try_join_next() {
+                if let Ok(Done::Resync(after)) = done {
+                    next_resync = Some(Instant::now() + after);
+                }
+            }
+            let leading = this.leadership.is_leader();
+            this.metrics().leader.set(i64::from(leading));
+            this.status.leading.store(leading, Ordering::SeqCst);
             if leading != was_leading {
                 was_leading = leading;
                 if leading {
                     // Whatever the last leader left undone, a resync finds.
                     tracing::info!("leading: resyncing, then hearing events");
-                    self.status.set_standby(None);
-                    next_resync = Instant::now();
+                    this.status.set_standby(None);
+                    if next_resync.is_some() {
+                        next_resync = Some(Instant::now());
+                    }
                 } else {
-                    self.stand_down().await;
+                    this.stand_down().await;
                 }
-                self.status.log_change();
+                this.status.log_change();
             }
             if !leading {
-                let leader = match self.leadership.role() {
+                let leader = match this.leadership.role() {
                     crate::lease::Role::Standby { leader } => leader,
                     crate::lease::Role::Leader { .. } => None,
                 };
                 // Ready as a standby only once another replica is known to lead: before the
                 // lease table has answered, this replica may be about to lead and is not ready.
-                self.status.set_standby(leader);
-                self.status.log_change();
+                this.status.set_standby(leader);
+                this.status.log_change();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.wait_for(|v| *v) => break,
@@ -330,58 +357,113 @@ impl Server {
                 continue;
             }
             let now = Instant::now();
-            if now >= next_resync {
-                let first = !self.status.index_built.load(Ordering::SeqCst);
-                if first {
+            if next_resync.is_some_and(|at| now >= at) {
+                if !this.status.index_built.load(Ordering::SeqCst) {
+                    // The startup resync runs alone: it fills the watch cache every event's
+                    // pass then uses, and events wait in the queue meanwhile.
                     tracing::info!("startup resync");
+                    let Some(after) = this.with_grace(this.resync(), &mut stop).await else {
+                        break;
+                    };
+                    if *stop.borrow() {
+                        break;
+                    }
+                    this.status.set_index_built();
+                    next_resync = Some(Instant::now() + after);
+                } else {
+                    next_resync = None;
+                    let s = this.clone();
+                    work.spawn(async move { Done::Resync(s.resync().await) });
                 }
-                let Some(after) = self.with_grace(self.resync(), &mut stop).await else {
-                    break;
-                };
-                if first && !*stop.borrow() {
-                    self.status.set_index_built();
-                }
-                next_resync = Instant::now() + after;
                 continue;
             }
-            if let Some(batch) = self.due(now).await {
-                self.with_grace(self.work(batch), &mut stop).await;
+            if work.len() >= MAX_PASSES {
+                tokio::select! {
+                    done = work.join_next() => {
+                        if let Some(Ok(Done::Resync(after))) = done {
+                            next_resync = Some(Instant::now() + after);
+                        }
+                    }
+                    _ = stop.wait_for(|v| *v) => break,
+                }
                 continue;
             }
-            let wake = match self.next_due().await {
-                Some(due) => due.min(next_resync),
-                None => next_resync,
-            };
-            let Some(queue) = self.queue.clone() else {
+            if let Some(batch) = this.due(now).await {
+                let s = this.clone();
+                work.spawn(async move {
+                    s.work(batch).await;
+                    Done::Batch
+                });
+                continue;
+            }
+            let wake = [this.next_due().await, next_resync]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + this.settings.long_poll);
+            let Some(queue) = this.queue.clone() else {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake.min(now + Duration::from_secs(1))) => {}
                     _ = stop.wait_for(|v| *v) => break,
                 }
                 continue;
             };
-            let wait = self.settings.long_poll.min(wake - now);
+            let wait = this
+                .settings
+                .long_poll
+                .min(wake.saturating_duration_since(now));
             let received = tokio::select! {
                 r = queue.receive(10, wait) => r,
                 _ = stop.wait_for(|v| *v) => break,
             };
             match received {
                 Ok(messages) => {
-                    self.status.set_queue(None);
+                    this.status.set_queue(None);
                     if !messages.is_empty() {
-                        self.metrics().busy.inc();
-                        self.with_grace(self.handle(queue.as_ref(), messages), &mut stop)
-                            .await;
-                        self.metrics().busy.dec();
+                        // Busy from the first message to the end of its pass, without a gap a
+                        // watcher of the gauge could mistake for "done".
+                        this.metrics().busy.inc();
+                        match this.gather(queue.as_ref(), messages).await {
+                            Some(batch) => {
+                                let s = this.clone();
+                                work.spawn(async move {
+                                    s.work(batch).await;
+                                    s.metrics().busy.dec();
+                                    Done::Batch
+                                });
+                            }
+                            None => {
+                                this.metrics().busy.dec();
+                            }
+                        }
                     }
                 }
                 Err(e) => {
-                    self.status.set_queue(Some(e.to_string()));
+                    this.status.set_queue(Some(e.to_string()));
                     tracing::warn!(error = %e, "cannot receive from the queue; retrying in 5 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = stop.wait_for(|v| *v) => break,
                     }
                 }
+            }
+        }
+        if !work.is_empty() {
+            tracing::info!(
+                passes = work.len(),
+                grace_s = this.settings.shutdown_grace.as_secs(),
+                "shutting down: letting in-flight work reach a safe point"
+            );
+            let drained = tokio::time::timeout(this.settings.shutdown_grace, async {
+                while work.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    "in-flight work cut short; its messages will reappear and be decided again"
+                );
+                work.abort_all();
+                while work.join_next().await.is_some() {}
             }
         }
         tracing::info!("stopped");
@@ -460,8 +542,9 @@ impl Server {
         self.waiting.lock().await.iter().map(|(due, _)| *due).min()
     }
 
-    /// One batch of messages, with everything that arrives within the debounce window.
-    async fn handle(&self, queue: &dyn Queue, first: Vec<Message>) {
+    /// One batch of messages, with everything that arrives within the debounce window; `None`
+    /// when none of them asks for work (each was deleted or left for the dead-letter queue).
+    async fn gather(&self, queue: &dyn Queue, first: Vec<Message>) -> Option<Batch> {
         let received_at = Instant::now();
         let mut batch = first;
         let deadline = received_at + self.settings.debounce;
@@ -515,16 +598,15 @@ impl Server {
             }
         }
         if work.is_empty() {
-            return;
+            return None;
         }
         let heartbeat = self.heartbeat(&work);
-        self.work(Batch {
+        Some(Batch {
             messages: work,
             changes,
             received_at,
             heartbeat,
         })
-        .await;
     }
 
     /// Keeps the messages hidden while their change is worked on or waits.

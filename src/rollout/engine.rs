@@ -58,13 +58,20 @@ impl Default for Settings {
     }
 }
 
-/// The engine.
+/// The engine. Its limits hold across every change set it runs at once (`serve` runs several):
+/// one global semaphore, one per cluster, and one lock per service.
 pub struct Engine {
     clients: Clients,
     settings: Settings,
     progress: Arc<dyn Progress>,
     clock: Arc<dyn Clock>,
     leadership: Arc<Leadership>,
+    global: Arc<Semaphore>,
+    per_cluster: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// A service's rollout in flight, so that another change set's rollout of it waits for it
+    /// and then, looking again, finds it fresh: the two changes coalesce into one rollout (as
+    /// kube-runtime's scheduler runs one reconcile per object at a time).
+    services: Mutex<HashMap<ServiceKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -77,6 +84,9 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Engine {
+            global: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            per_cluster: Mutex::new(HashMap::new()),
+            services: Mutex::new(HashMap::new()),
             clients,
             settings,
             progress,
@@ -330,6 +340,14 @@ impl Engine {
         }
     }
 
+    /// The lock of a service's rollouts.
+    fn service_lock(&self, key: &ServiceKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the locks nobody holds or waits for.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(key.clone()).or_default().clone()
+    }
+
     /// Rolls a group concurrently within the limits; stops starting new ones once `halt` is set.
     async fn roll_group(
         self: &Arc<Self>,
@@ -337,20 +355,27 @@ impl Engine {
         halt: &Arc<HaltFlag>,
         outcomes: &Arc<Mutex<Vec<(ServiceKey, Outcome)>>>,
     ) {
-        let global = Arc::new(Semaphore::new(self.settings.max_concurrent.max(1)));
-        let mut per_cluster: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         for change in group {
             let cluster_sem = self.settings.max_concurrent_per_cluster.map(|n| {
-                per_cluster
+                self.per_cluster
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
                     .entry(change.key.cluster.clone())
                     .or_insert_with(|| Arc::new(Semaphore::new(n.max(1))))
                     .clone()
             });
-            let (engine, global, halt, outcomes) =
-                (self.clone(), global.clone(), halt.clone(), outcomes.clone());
+            let service = self.service_lock(&change.key);
+            let (engine, global, halt, outcomes) = (
+                self.clone(),
+                self.global.clone(),
+                halt.clone(),
+                outcomes.clone(),
+            );
             tasks.spawn(async move {
-                // The cluster's slot first, so that waiting on a busy cluster holds no global slot.
+                // The service first (another change set may be rolling it: this one then finds it
+                // fresh), then the cluster's slot, so that waiting holds no global slot.
+                let _s = service.lock().await;
                 let _c = match &cluster_sem {
                     Some(s) => s.clone().acquire_owned().await.ok(),
                     None => None,
