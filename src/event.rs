@@ -559,6 +559,25 @@ mod tests {
             r#"{"source":"aws.ecs","detail-type":"ECS Deployment State Change","detail":{}}"#
         )
         .is_err());
+        // The fixtures the infra rules are tested against parse the same way.
+        for body in [
+            include_str!("../tests/fixtures/events/ecs_deployment_in_progress.json"),
+            include_str!("../tests/fixtures/events/ecs_delete_service.json"),
+            include_str!("../tests/fixtures/events/ecs_tag_resource.json"),
+        ] {
+            assert_eq!(
+                parse(body),
+                Ok(Parsed::Service(ServiceHint {
+                    cluster: if body.contains("clusterArn") {
+                        "arn:aws:ecs:us-west-2:012345678901:cluster/prod".into()
+                    } else {
+                        "prod".into()
+                    },
+                    service: "arn:aws:ecs:us-west-2:012345678901:service/prod/api".into(),
+                })),
+                "{body}"
+            );
+        }
         let mut changes = Changes::default();
         assert!(changes.add(&parse(&deployment).expect("parses")));
         assert!(!changes.is_empty() && !changes.may_roll());

@@ -24,6 +24,8 @@ CHANGE_RULES = [
     "SecretApiCallRule",
     "ParameterStoreChangeRule",
     "ParameterLabelsRule",
+    "EcsDeploymentRule",
+    "EcsServiceApiCallRule",
 ]
 
 
@@ -119,6 +121,9 @@ def _matching_rules(template, event):
         ("update_secret_partial_arn.json", ["SecretApiCallRule"]),
         ("parameter_store_change.json", ["ParameterStoreChangeRule"]),
         ("label_parameter_version.json", ["ParameterLabelsRule"]),
+        ("ecs_deployment_in_progress.json", ["EcsDeploymentRule"]),
+        ("ecs_delete_service.json", ["EcsServiceApiCallRule"]),
+        ("ecs_tag_resource.json", ["EcsServiceApiCallRule"]),
         ("put_secret_value_failed.json", []),
         ("scheduled.json", []),
     ],
@@ -137,7 +142,13 @@ def test_rules_ignore_unrelated_events(template):
     s3 = _event("scheduled.json", source="aws.s3", **{"detail-type": "Object Created"})
     impostor = copy.deepcopy(_event("secret_label_updated.json"))
     impostor["source"] = "my.app"
-    for e in [get_value, rotation_started, deleted, s3, impostor]:
+    completed = _event("ecs_deployment_in_progress.json")
+    completed["detail"]["eventName"] = "SERVICE_DEPLOYMENT_COMPLETED"
+    run_task = _event("ecs_delete_service.json")
+    run_task["detail"]["eventName"] = "RunTask"
+    failed_delete = _event("ecs_delete_service.json")
+    failed_delete["detail"]["errorCode"] = "AccessDeniedException"
+    for e in [get_value, rotation_started, deleted, s3, impostor, completed, run_task, failed_delete]:
         assert _matching_rules(template, e) == [], e
 
 
