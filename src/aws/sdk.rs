@@ -126,7 +126,8 @@ pub async fn load(settings: &SdkSettings) -> SdkConfig {
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry)
-        .timeout_config(timeouts);
+        .timeout_config(timeouts)
+        .http_client(shared_https_client());
     if let Some(p) = &settings.profile {
         loader = loader.profile_name(p);
     }
@@ -134,6 +135,25 @@ pub async fn load(settings: &SdkSettings) -> SdkConfig {
         loader = loader.region(Region::new(r.clone()));
     }
     loader.load().await
+}
+
+/// One HTTPS client for every SDK client and credential provider of the process. Left to
+/// itself, each SDK client builds its own default one: its own connection pool, and its own TLS
+/// configuration with the system's root certificates parsed again. This is the SDK's default
+/// client (rustls with aws-lc, the proxy from the environment), built once.
+fn shared_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            conn.set_sleep_impl(c.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
 }
 
 /// The three clients over an already loaded configuration.
