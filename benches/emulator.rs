@@ -128,12 +128,17 @@ async fn scan_speed() {
 }
 
 async fn event_latency() {
-    let (n, runs) = (200usize, 25usize);
-    println!("\n4. Event latency: `serve` with a warm cache, debounce 0, {n} services; event on the queue -> first UpdateService");
+    // 1,015 services in 10 clusters; each secret is used by three of them (three task
+    // definitions, one service each).
+    let (n, c, runs) = (1015usize, 10usize, 25usize);
+    let k = n / 3;
+    println!("\n4. Event latency: `serve` with a warm watch cache, debounce 0, {n} services in {c} clusters, each secret used by 3; event on the queue -> first UpdateService");
     let emu = Emulator::start();
     let proxy = Proxy::start(emu.port).await;
     let aws = Aws::connect(&emu.url()).await;
-    let secrets = world(&aws, n, 4, 50, runs).await;
+    let built = Instant::now();
+    let secrets = world(&aws, n, c, k, k).await;
+    println!("   (world built in {:.1} s)", built.elapsed().as_secs_f64());
     let (queue, _, _) = aws.queue_with_dlq("latency", 30, 5).await;
     let serve = Serve::start(
         &proxy.url(),
@@ -145,11 +150,13 @@ async fn event_latency() {
     );
     serve.ready().await;
     let mut samples = Vec::new();
+    let mut reads = Vec::new();
     for (i, arn) in secrets.iter().enumerate().take(runs) {
         aws.rotate(&format!("bench/secret-{i:04}")).await;
         // Past the whole-second ambiguity, so that no settle wait is measured.
         tokio::time::sleep(Duration::from_millis(2200)).await;
         let before = proxy.updated_services().len();
+        let mark = proxy.calls().len();
         let body = serde_json::json!({"source": "aws.secretsmanager", "detail-type": "AWS Service Event via CloudTrail",
             "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": arn}}}).to_string();
         let t0 = Instant::now();
@@ -161,6 +168,15 @@ async fn event_latency() {
         )
         .await;
         samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        reads.push(
+            proxy
+                .calls()
+                .iter()
+                .skip(mark)
+                .take_while(|call| call.operation() != "UpdateService")
+                .filter(|call| call.target.starts_with("AmazonEC2ContainerService"))
+                .count() as f64,
+        );
         wait_for("the queue to drain", Duration::from_secs(60), || async {
             aws.queue_total(&queue).await == 0
         })
@@ -170,6 +186,11 @@ async fn event_latency() {
         "   p50 {:.0} ms, p99 {:.0} ms (n = {runs}; includes SQS long-poll delivery in moto)",
         percentile(samples.clone(), 0.5),
         percentile(samples, 0.99)
+    );
+    println!(
+        "   ECS reads before the first UpdateService: median {:.0}, max {:.0}",
+        median(reads.clone()),
+        reads.iter().copied().fold(0.0, f64::max)
     );
 }
 

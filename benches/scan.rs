@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use ecs_reloader::aws::fake::FakeAws;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::event::{self, Changes};
 use ecs_reloader::index::Scope;
-use ecs_reloader::reconcile::Mode;
+use ecs_reloader::reconcile::{Mode, Request};
 use ecs_reloader::reference::Site;
 use ecs_reloader::rollout::LogProgress;
 
@@ -277,6 +278,78 @@ fn bucket_floor_ratio(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// What one rotation event costs with a warm watch cache, against the scan every event cost
+/// before: S services, three of which (in three clusters) use the rotated secret.
+fn event_cost(rt: &tokio::runtime::Runtime) {
+    println!("\n8. Event cost: a rotation of a secret three services use; ECS's token buckets in the fake; the pass after a startup resync");
+    for (services, clusters) in [(1_015usize, 10usize), (10_000, 20)] {
+        let w = World {
+            services,
+            clusters,
+            task_defs: 400,
+            secrets: 100,
+        };
+        rt.block_on(async {
+            let (fake, parts) = build(&w);
+            let hot = fake.create_secret("app/hot");
+            let td_hot = fake.register_task_definition(
+                "td-hot",
+                &[(
+                    Site::Secret {
+                        container: "app".into(),
+                        name: "S".into(),
+                    },
+                    hot.as_str(),
+                )],
+            );
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            populate(&fake, &w);
+            for c in 0..3 {
+                fake.create_service(&format!("cluster-{c:02}"), "hot", &td_hot, 1, &[]);
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            fake.use_ecs_buckets();
+            let r = &parts.reconciler;
+            r.pass(&Request::all()).await.expect("startup resync");
+            let all_clusters: Vec<String> = (0..clusters).map(|c| format!("cluster-{c:02}")).collect();
+            let body = format!(
+                r#"{{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{{"eventName":"RotationSucceeded","additionalEventData":{{"SecretId":"{hot}"}}}}}}"#
+            );
+            for (label, scan) in [("watch cache", false), ("a scan per event (before)", true)] {
+                fake.put_secret_value("app/hot", &[]);
+                // Past the ECS buckets' refill after the last pass, and the whole-second tie.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let mut changes = Changes::default();
+                changes.add(&event::parse(&body).expect("event"));
+                let mut req = Request::changes(changes);
+                if scan {
+                    // Naming the clusters leaves the default scope: the cache is not used.
+                    req.clusters = all_clusters.clone();
+                }
+                let mark = fake.call_log().len();
+                let updates = fake.updates().len();
+                let t0 = r.clock().now();
+                let pass = r.pass(&req).await.expect("pass");
+                assert_eq!(pass.failed().count(), 0);
+                let first = fake.updates().get(updates).map(|u| u.at).expect("rolled");
+                let reads = fake
+                    .call_log()
+                    .into_iter()
+                    .skip(mark)
+                    .take_while(|c| c.operation != "ecs:UpdateService")
+                    .filter(|c| c.operation.starts_with("ecs:"))
+                    .count();
+                println!(
+                    "    S = {services:>6}, {label:<26}: {reads:>4} ECS reads before the first UpdateService, reached after {:>7.3} s (simulated)",
+                    (first - t0).num_milliseconds() as f64 / 1000.0
+                );
+                // Let the three rollouts finish before the next round.
+                tokio::time::sleep(Duration::from_secs(120)).await;
+            }
+        });
+    }
+}
+
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
@@ -294,10 +367,15 @@ fn main() {
         .start_paused(true)
         .build()
         .expect("runtime");
-    println!("Scan benchmarks (cargo bench --bench scan)");
+    println!("Scan benchmarks (cargo bench --bench scan [event])");
+    if std::env::args().nth(1).as_deref() == Some("event") {
+        event_cost(&rt);
+        return;
+    }
     api_efficiency(&rt);
     throttling_model(&rt);
     bucket_floor_ratio(&rt);
+    event_cost(&rt);
     if let Some(kib) = peak_rss_kib() {
         println!("\n   peak RSS of this bench process (fake AWS with 10,000 services + the reconciler): {:.1} MiB", kib as f64 / 1024.0);
     }

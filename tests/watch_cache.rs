@@ -243,3 +243,51 @@ async fn a_candidate_deleted_since_the_resync_is_dropped_and_the_rest_roll() {
     assert_eq!(fake.rollouts_of("prod", "api"), 1);
     assert_eq!(r.reconciler.watched(), Some(1), "the deleted service left");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_lambda_keeps_the_cache_between_invocations() {
+    use ecs_reloader::driver::lambda::Handler;
+    use ecs_reloader::metrics::Metrics;
+    use ecs_reloader::notify::Notifier;
+
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let db = fake.create_secret("app/db");
+    let other = fake.create_secret("app/other");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td_db = fake.register_task_definition("db", &[(secret(), db.as_str())]);
+    let td_other = fake.register_task_definition("other", &[(secret(), other.as_str())]);
+    for c in 0..5 {
+        for s in 0..20 {
+            let td = if s == 0 { &td_db } else { &td_other };
+            fake.create_service(&format!("c{c}"), &format!("s{s:02}"), td, 1, &[]);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut config = Config::default();
+    config.rollout.canary = false;
+    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), None));
+    let parts = setup::assemble(
+        &config,
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        Mode::FireAndForget,
+    );
+    let h = Handler::new(parts, notifier, None);
+    let deadline = || clock.now() + chrono::Duration::seconds(60);
+    let scheduled =
+        serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    h.handle(scheduled, deadline()).await.expect("resync");
+    let listed = fake.calls("ecs:ListServices");
+
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let event: serde_json::Value = serde_json::from_str(&rotated(&db)).expect("json");
+    h.handle(event, deadline()).await.expect("event");
+    assert_eq!(fake.updates().len(), 5, "the five dependants");
+    assert_eq!(
+        fake.calls("ecs:ListServices"),
+        listed,
+        "the warm invocation listed nothing: the cache from the resync said where to look"
+    );
+}
