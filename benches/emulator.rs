@@ -239,10 +239,93 @@ async fn footprint() {
     );
 }
 
+/// The least time ECS's buckets allow for the calls that reached the emulator, each kind
+/// draining side by side, when `share` of every refill goes to another client.
+fn proxy_floor(proxy: &Proxy, share: f64) -> f64 {
+    [
+        ("ListClusters", 50.0, 20.0),
+        ("ListServices", 100.0, 20.0),
+        ("DescribeServices", 100.0, 20.0),
+        ("DescribeTaskDefinition", 50.0, 20.0),
+    ]
+    .iter()
+    .map(|(op, burst, refill)| {
+        ((proxy.count(op) as f64 - burst) / (refill * (1.0 - share))).max(0.0)
+    })
+    .fold(0.0, f64::max)
+}
+
+async fn bucket_floor() {
+    let (s, c, t, k) = (2000, 20, 400, 100);
+    println!("\n6b. Bucket floor through a proxy enforcing ECS's buckets in front of moto: S = {s}, C = {c}, T = {t}, K = {k}; cold `ecs-reloader plan` (defaults) and the sequential boto3 script");
+    let emu = Emulator::start();
+    let proxy = Proxy::start(emu.port).await;
+    let aws = Aws::connect(&emu.url()).await;
+    world(&aws, s, c, t, k).await;
+    let clusters: Vec<String> = (0..c).map(|i| format!("cluster-{i:02}")).collect();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/baseline_scan.py");
+    for (label, share) in [
+        ("alone on the account", 0.0),
+        ("another client takes half of every refill", 0.5),
+    ] {
+        // Buckets refill between runs, as an account's do between scans.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        proxy.reset();
+        proxy.enforce_ecs_buckets(share);
+        let t0 = Instant::now();
+        let run = run_binary(&proxy.url(), &["plan", "--output", "json"], &[]).await;
+        let took = t0.elapsed().as_secs_f64();
+        let floor = proxy_floor(&proxy, share);
+        let throttled: usize = ["ListServices", "DescribeServices", "DescribeTaskDefinition"]
+            .iter()
+            .map(|op| proxy.throttled(op))
+            .sum();
+        println!(
+            "   ecs-reloader plan, {label}: {took:.2} s, floor {floor:.2} s, ratio {:.3}; exit {}; throttled by the proxy {throttled}",
+            took / floor.max(0.001),
+            run.code
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        proxy.reset();
+        proxy.enforce_ecs_buckets(share);
+        let t0 = Instant::now();
+        let out = Command::new(python())
+            .arg(&script)
+            .args(&clusters)
+            .env("AWS_ENDPOINT_URL", proxy.url())
+            .env("AWS_REGION", support::REGION)
+            .env("AWS_DEFAULT_REGION", support::REGION)
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .output()
+            .expect("baseline runs");
+        let took = t0.elapsed().as_secs_f64();
+        let floor = proxy_floor(&proxy, share);
+        let throttled: usize = ["ListServices", "DescribeServices", "DescribeTaskDefinition"]
+            .iter()
+            .map(|op| proxy.throttled(op))
+            .sum();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .last()
+            .unwrap_or("")
+            .chars()
+            .take(160)
+            .collect::<String>();
+        println!(
+            "   sequential boto3 (its default retries), {label}: {took:.2} s, floor {floor:.2} s, ratio {:.3}; exit {}; throttled by the proxy {throttled}{}",
+            took / floor.max(0.001),
+            out.status.code().unwrap_or(-1),
+            if out.status.success() { String::new() } else { format!("; {last}") }
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    println!("Emulator benchmarks (cargo bench --bench emulator [scan|latency|footprint])");
+    println!("Emulator benchmarks (cargo bench --bench emulator [scan|latency|footprint|buckets])");
     if only.as_deref().is_none_or(|o| o == "scan") {
         scan_speed().await;
     }
@@ -251,5 +334,8 @@ async fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "footprint") {
         footprint().await;
+    }
+    if only.as_deref().is_none_or(|o| o == "buckets") {
+        bucket_floor().await;
     }
 }

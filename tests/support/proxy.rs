@@ -76,11 +76,40 @@ struct Refusal {
     message: String,
 }
 
+/// A token bucket the proxy enforces for one operation, as ECS does per account and region:
+/// full at the start, refilled continuously; an empty bucket answers `ThrottlingException`.
+/// `other_share` of every refill goes to another client of the account.
+#[derive(Debug, Clone)]
+struct Bucket {
+    burst: f64,
+    refill: f64,
+    other_share: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens =
+            (self.tokens + elapsed * self.refill * (1.0 - self.other_share)).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct State {
     calls: Mutex<Vec<Call>>,
     plan: Mutex<FaultPlan>,
     rng: AtomicU64,
     refusals: Mutex<Vec<Refusal>>,
+    buckets: Mutex<std::collections::HashMap<String, Bucket>>,
 }
 
 /// The running proxy; stops on drop.
@@ -100,6 +129,7 @@ impl Proxy {
             plan: Mutex::default(),
             rng: AtomicU64::new(1),
             refusals: Mutex::default(),
+            buckets: Mutex::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -121,6 +151,40 @@ impl Proxy {
     pub fn set_faults(&self, plan: FaultPlan) {
         self.state.rng.store(plan.seed.max(1), Ordering::Relaxed);
         *self.state.plan.lock().expect("plan") = plan;
+    }
+
+    /// Enforces ECS's documented buckets (ListServices and DescribeServices burst 100, refill 20/s;
+    /// DescribeTaskDefinition burst 50, refill 20/s; ListClusters burst 50, refill 20/s),
+    /// full from now, with `other_share` of every refill taken by another client.
+    pub fn enforce_ecs_buckets(&self, other_share: f64) {
+        let now = std::time::Instant::now();
+        let mut b = self.state.buckets.lock().expect("buckets");
+        b.clear();
+        for (op, burst, refill) in [
+            ("ListClusters", 50.0, 20.0),
+            ("ListServices", 100.0, 20.0),
+            ("DescribeServices", 100.0, 20.0),
+            ("DescribeTaskDefinition", 50.0, 20.0),
+        ] {
+            b.insert(
+                op.to_string(),
+                Bucket {
+                    burst,
+                    refill,
+                    other_share,
+                    tokens: burst,
+                    at: now,
+                },
+            );
+        }
+    }
+
+    /// How many calls of an operation the proxy throttled.
+    pub fn throttled(&self, operation: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.operation() == operation && c.fault == Some(Fault::Throttle))
+            .count()
     }
 
     /// From now on, answers every call whose `X-Amz-Target` contains `target` and whose body
@@ -223,8 +287,17 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
             .cloned();
         let plan = state.plan.lock().expect("plan").clone();
         let applies = !plan.only.is_empty() && target.contains(&plan.only);
+        let operation = target.rsplit('.').next().unwrap_or(&target).to_string();
+        let bucket_empty = state
+            .buckets
+            .lock()
+            .expect("buckets")
+            .get_mut(&operation)
+            .is_some_and(|b| !b.take());
         let fault = if refusal.is_some() {
             Some(Fault::Refused)
+        } else if bucket_empty {
+            Some(Fault::Throttle)
         } else if applies {
             let r = next_random(&state);
             if r < plan.throttle {
