@@ -386,8 +386,9 @@ pub struct ResolvedRef {
     pub text: String,
     /// The parsed reference (concrete: never [`SecretRef::Named`]) or the parse error.
     pub reference: Result<SecretRef, RefError>,
-    /// The state it resolved to, or why it could not be read.
-    pub state: Result<RefState, Unresolved>,
+    /// The state it resolved to, or why it could not be read. Shared: every reference to one
+    /// secret points at the same state (ten thousand services may share a hundred secrets).
+    pub state: Result<std::sync::Arc<RefState>, Unresolved>,
 }
 
 /// Why a single reference makes its service stale (or would, for an opted-out service).
@@ -770,7 +771,7 @@ fn judge(r: &ResolvedRef, d: DateTime<Utc>) -> Judgement {
         Ok(x) => x,
         Err(e) => return Judgement::Error(Unresolved::Unparsable(e.clone())),
     };
-    let state = match &r.state {
+    let state: &RefState = match &r.state {
         Ok(s) => s,
         Err(e) => return Judgement::Error(e.clone()),
     };
@@ -856,7 +857,7 @@ pub fn decide(
                 fresh_after,
                 rotating_since,
             } => {
-                let identity = r.state.as_ref().ok().map(RefState::identity);
+                let identity = r.state.as_ref().ok().map(|s| s.identity());
                 findings.push(Finding {
                     secret: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
                     identity,

@@ -302,7 +302,10 @@ fn inventory(
         ..Default::default()
     };
     for service in services {
-        let mut refs: Vec<Written> = Vec::new();
+        let mut refs: Vec<Written> = Vec::with_capacity(
+            defs.get(&revision_of(&service)).map_or(0, |d| d.refs.len())
+                + usize::from(service.tags.contains_key(TAG_SECRETS)),
+        );
         if let Some(def) = defs.get(&revision_of(&service)) {
             for raw in &def.refs {
                 refs.push(Written {
@@ -465,7 +468,7 @@ enum Lookup {
     },
 }
 
-type States = HashMap<Lookup, Result<RefState, Unresolved>>;
+type States = HashMap<Lookup, Result<Arc<RefState>, Unresolved>>;
 
 /// Reads the metadata behind every reference of `entries` and pairs each reference with it.
 /// Returns, per entry (same order), its resolved references. It cannot fail: a lookup that fails
@@ -515,7 +518,7 @@ pub async fn resolve(
     let mut states: States = stream::iter(secret_keys)
         .map(|(key, region, id, oldest)| async move {
             let state = secret_state(clients, &region, &id, oldest, home_ref).await;
-            (key, state)
+            (key, state.map(Arc::new))
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -589,7 +592,7 @@ pub async fn resolve(
                     }),
                     Err(e) => Err(e),
                 };
-                states.insert(key, state);
+                states.insert(key, state.map(Arc::new));
             }
         }
     }
@@ -835,7 +838,7 @@ async fn secret_state(
 }
 
 fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
-    let looked_up = |key: &Lookup, resource: &str| -> Result<RefState, Unresolved> {
+    let looked_up = |key: &Lookup, resource: &str| -> Result<Arc<RefState>, Unresolved> {
         states.get(key).cloned().unwrap_or_else(|| {
             Err(Unresolved::MissingMetadata {
                 resource: resource.to_string(),
@@ -843,7 +846,9 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
             })
         })
     };
-    let mut out = Vec::new();
+    // Sized exactly: a vector grown by `push` starts at four, and ten thousand services have one
+    // or two references each.
+    let mut out = Vec::with_capacity(e.refs.len());
     for Written { site, text, parsed } in &e.refs {
         let resolved = |reference: Result<SecretRef, RefError>, state| ResolvedRef {
             site: site.clone(),
@@ -866,7 +871,7 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
                 // A tag name may be a secret, a parameter, or both; unresolved only if neither.
                 let sm = looked_up(&named_secret(n, home), n);
                 let ssm = looked_up(&named_parameter(n, home), n);
-                let not_found = |x: &Result<RefState, Unresolved>| {
+                let not_found = |x: &Result<Arc<RefState>, Unresolved>| {
                     matches!(x, Err(Unresolved::NotFound { .. }))
                 };
                 let mut any = false;

@@ -43,6 +43,8 @@ fn apply_label_moves(
                 if !t.identities.contains(&state.identity()) {
                     continue;
                 }
+                // Copied on write: the state is shared by every reference to the secret.
+                let state = Arc::make_mut(state);
                 let moves = match state {
                     RefState::SecretsManager(s) => &mut s.label_moves,
                     RefState::Parameter(p) => &mut p.label_moves,

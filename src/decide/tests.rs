@@ -180,7 +180,7 @@ fn resolved(value_from: &str, state: RefState) -> ResolvedRef {
         },
         text: value_from.into(),
         reference: parse_value_from(value_from),
-        state: Ok(state),
+        state: Ok(std::sync::Arc::new(state)),
     }
 }
 
@@ -836,8 +836,10 @@ fn an_event_dates_a_custom_label_moved_back() {
         "the metadata alone cannot date the move"
     );
     let mut hinted = r;
-    if let Ok(RefState::SecretsManager(s)) = &mut hinted.state {
-        s.label_moves.insert("blue".into(), t(500));
+    if let Ok(state) = &mut hinted.state {
+        if let RefState::SecretsManager(s) = std::sync::Arc::make_mut(state) {
+            s.label_moves.insert("blue".into(), t(500));
+        }
     }
     assert!(decide_at(&service(t(400)), std::slice::from_ref(&hinted), t(1000)).is_stale());
     // After the rollout, the same (duplicate, late) event changes nothing.

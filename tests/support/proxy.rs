@@ -134,6 +134,9 @@ impl Proxy {
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
+                // Small writes go out at once: a sequential client would otherwise wait out
+                // delayed acknowledgements on every call.
+                let _ = sock.set_nodelay(true);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let _ = serve(sock, upstream, st).await;
@@ -358,6 +361,7 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
 
         // Forward on a fresh connection that the emulator closes after answering.
         let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
+        up.set_nodelay(true)?;
         let mut req = Vec::new();
         for l in &head {
             let lower = l.to_ascii_lowercase();
