@@ -650,6 +650,8 @@ impl Reconciler {
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
         apply_label_moves(&mut resolved, targets, now + skew);
+        let mut interned: std::collections::HashMap<SecretIdentity, Arc<SecretIdentity>> =
+            std::collections::HashMap::new();
         let mut items: Vec<Item<'_>> = entries
             .iter()
             .zip(&resolved)
@@ -659,7 +661,10 @@ impl Reconciler {
                     .iter()
                     .filter_map(|r| r.state.as_ref().ok())
                     .map(|s| SecretChange {
-                        secret: s.identity(),
+                        secret: interned
+                            .entry(s.identity())
+                            .or_insert_with_key(|k| Arc::new(k.clone()))
+                            .clone(),
                         changed_at: s.changed_at(),
                     })
                     .collect();

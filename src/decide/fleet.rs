@@ -128,8 +128,8 @@ pub fn fresh_from(changed: DateTime<Utc>) -> DateTime<Utc> {
 /// A secret a service resolves, and when it last changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecretChange {
-    /// Which secret or parameter.
-    pub secret: SecretIdentity,
+    /// Which secret or parameter (shared: a fleet has far fewer secrets than references).
+    pub secret: std::sync::Arc<SecretIdentity>,
     /// When what the service resolves last changed, as the rule dates it.
     pub changed_at: Option<DateTime<Utc>>,
 }
@@ -213,7 +213,7 @@ pub(crate) fn hold_failed(items: &mut [Item<'_>], now: DateTime<Utc>, limits: &L
         for s in &item.secrets {
             if deployed_after(dep.created_at, s.changed_at) {
                 failing
-                    .entry(s.secret.clone())
+                    .entry((*s.secret).clone())
                     .or_insert_with(|| (item.key(), problem.clone()));
             }
         }
@@ -305,7 +305,7 @@ pub fn gate(
             if !deployed_after(dep.created_at, s.changed_at) {
                 continue;
             }
-            let p = changes.entry(s.secret.clone()).or_default();
+            let p = changes.entry((*s.secret).clone()).or_default();
             match verdict {
                 Verdict::Healthy | Verdict::Superseded { .. } => p.passed = true,
                 Verdict::InProgress => {
@@ -430,7 +430,7 @@ mod tests {
         Item::new(
             svc,
             vec![SecretChange {
-                secret: s.clone(),
+                secret: std::sync::Arc::new(s.clone()),
                 changed_at: Some(t(300)),
             }],
             decision,

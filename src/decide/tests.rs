@@ -789,7 +789,7 @@ fn holds_and_gates_are_keyed_by_account_and_region() {
     let other = service(t(200));
     let change = |id: &SecretIdentity| {
         vec![SecretChange {
-            secret: id.clone(),
+            secret: std::sync::Arc::new(id.clone()),
             changed_at: Some(t(300)),
         }]
     };
