@@ -230,6 +230,39 @@ async fn footprint() {
         kib("VmHWM:") / 1024.0,
         kib("VmRSS:") / 1024.0
     );
+    drop(serve);
+    drop(emu);
+
+    // A cold `plan` of 2,000 services (C = 20, T = 400, K = 100), its peak RSS as GNU time
+    // reports it (the process ends, so /proc cannot be read after it).
+    let (s, c, t, k) = (2000, 20, 400, 100);
+    let emu = Emulator::start();
+    let aws = Aws::connect(&emu.url()).await;
+    world(&aws, s, c, t, k).await;
+    let out = tokio::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(env!("CARGO_BIN_EXE_ecs-reloader"))
+        .args(["plan", "--output", "json"])
+        .env("AWS_ENDPOINT_URL", emu.url())
+        .env("AWS_REGION", support::REGION)
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .await
+        .expect("GNU time (apt-get install time) runs the plan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let kib: f64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "   cold `plan` of {s} services (default pacing): peak RSS {:.1} MiB; exit {}",
+        kib / 1024.0,
+        out.status.code().unwrap_or(-1)
+    );
+
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_ecs-reloader"));
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     println!(
