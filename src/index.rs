@@ -234,8 +234,15 @@ pub(crate) async fn describe(
                 .map(move |b| (c.clone(), b.to_vec()))
         })
         .collect();
+    // A cluster deleted since the cache named it: its services are gone, and the rest of the
+    // change goes on.
     let described: Vec<DescribedBatch> = stream::iter(batches)
-        .map(|(c, batch)| describe_batch(clients, cache, permits, c, batch))
+        .map(|(c, batch)| async move {
+            match describe_batch(clients, cache, permits, c, batch).await {
+                Err(e) if e.kind == ErrorKind::NotFound => Ok((Vec::new(), Vec::new())),
+                other => other,
+            }
+        })
         .buffer_unordered(concurrency)
         .try_collect()
         .await?;

@@ -345,6 +345,10 @@ pub struct Settings {
     pub windows: Windows,
     /// `[rollout] notify_only`.
     pub notify_only: bool,
+    /// A watch cache no full scan has replaced for this long is not trusted: a change pass scans
+    /// instead (and so refills it). Covers a Lambda execution environment that never gets the
+    /// scheduled resync, and a `serve` whose resyncs keep failing.
+    pub watch_max_age: Duration,
 }
 
 impl Default for Settings {
@@ -360,6 +364,7 @@ impl Default for Settings {
             settle_recheck: Duration::from_secs(30),
             windows: Windows::any(),
             notify_only: false,
+            watch_max_age: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -441,6 +446,7 @@ impl Reconciler {
             return;
         }
         let conc = self.settings.scan_concurrency;
+        let stamp = self.watch.reserve();
         match index::describe(&self.clients, &self.cache, &by_cluster, conc).await {
             Ok((inv, mut gone)) => {
                 gone.extend(inv.plain.iter().cloned());
@@ -450,7 +456,7 @@ impl Reconciler {
                     "watch cache refreshed from ECS events"
                 );
                 self.watch
-                    .observe(&inv.entries, &gone, &self.clients.region);
+                    .observe(stamp, &inv.entries, &gone, &self.clients.region);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not refresh the watch cache from ECS events; the next resync will")
@@ -634,7 +640,7 @@ impl Reconciler {
             return Err(ReconcileError::NoSuchService(f));
         }
         let home = self.clients.region.as_str();
-        let entries: Vec<_> = inventory
+        let mut entries: Vec<_> = inventory
             .entries
             .into_iter()
             .filter(|e| services.admits(&e.service))
@@ -647,6 +653,11 @@ impl Reconciler {
             })
             .collect();
         let mut resolved = index::resolve(&self.clients, &entries, conc).await;
+        // Paired with their states now: only the services are needed from here on, and a
+        // resync of ten thousand services holds a few megabytes of written references.
+        for e in &mut entries {
+            e.refs = Vec::new();
+        }
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
         apply_label_moves(&mut resolved, targets, now + skew);
@@ -733,14 +744,16 @@ impl Reconciler {
         let default_scope = scope.clusters == self.settings.clusters;
         // `--service` must tell a typo from a service that is not a candidate: it scans.
         if default_scope && !targets.is_empty() && services.0.is_empty() {
+            let max_age = self.settings.watch_max_age;
             if let Some(candidates) = self
                 .watch
-                .candidates(targets.iter().flat_map(|t| &t.identities))
+                .candidates(targets.iter().flat_map(|t| &t.identities), max_age)
             {
+                let stamp = self.watch.reserve();
                 let (inv, mut gone) =
                     index::describe(&self.clients, &self.cache, &candidates, conc).await?;
                 gone.extend(inv.plain.iter().cloned());
-                self.watch.observe(&inv.entries, &gone, region);
+                self.watch.observe(stamp, &inv.entries, &gone, region);
                 tracing::debug!(
                     candidates = candidates.values().map(Vec::len).sum::<usize>(),
                     "described the watch cache's candidates"

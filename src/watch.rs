@@ -24,6 +24,8 @@ use crate::reference::{canonical_param_name, Home, SecretIdentity, SecretRef};
 struct Watched {
     cluster: Arc<str>,
     keys: Vec<Arc<str>>,
+    /// The epoch of the look it comes from: an older look never overwrites it.
+    seen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +40,8 @@ struct State {
     epoch: u64,
     /// The epoch the applied scan began at.
     applied: u64,
+    /// When the applied scan finished.
+    applied_at: Option<tokio::time::Instant>,
     /// Scans running, by the epoch they began at.
     running: BTreeSet<u64>,
     /// What single refreshes saw while a scan ran, by service ARN (`None`: gone), with its
@@ -81,7 +85,7 @@ impl State {
         self.services.insert(arn, w);
     }
 
-    fn watched(&mut self, e: &Entry, default_region: &str) -> Watched {
+    fn watched(&mut self, e: &Entry, default_region: &str, seen: u64) -> Watched {
         let home = e.home(default_region);
         let mut keys: Vec<String> = e
             .refs
@@ -94,6 +98,7 @@ impl State {
         Watched {
             cluster: self.intern(e.service.cluster_name()),
             keys: keys.iter().map(|k| self.intern(k)).collect(),
+            seen,
         }
     }
 }
@@ -124,7 +129,7 @@ impl Scan<'_> {
         }
         let mut fresh: Vec<(Arc<str>, Watched)> = Vec::with_capacity(entries.len());
         for e in entries {
-            let w = s.watched(e, default_region);
+            let w = s.watched(e, default_region, self.began);
             let arn = s.intern(&e.service.arn);
             fresh.push((arn, w));
         }
@@ -149,6 +154,7 @@ impl Scan<'_> {
             }
         }
         s.applied = began;
+        s.applied_at = Some(tokio::time::Instant::now());
         s.built = true;
         let used: HashSet<Arc<str>> = s
             .services
@@ -188,6 +194,14 @@ impl Watch {
         self.state().services.len()
     }
 
+    /// The epoch of a look about to be taken (a `DescribeServices` for a refresh or a change):
+    /// what it finds is as new as this, however late it is observed.
+    pub(crate) fn reserve(&self) -> u64 {
+        let mut s = self.state();
+        s.epoch += 1;
+        s.epoch
+    }
+
     /// A full scan of the default scope begins.
     pub(crate) fn begin_scan(&self) -> Scan<'_> {
         let mut s = self.state();
@@ -199,14 +213,27 @@ impl Watch {
 
     /// Single services seen afresh: `entries` as described (a service that references no secret
     /// any more has no refs and leaves the cache), `gone` deleted or no longer in scope.
-    pub(crate) fn observe(&self, entries: &[Entry], gone: &[String], default_region: &str) {
+    ///
+    /// `stamp` is the epoch [`reserve`](Self::reserve)d before the look: a service the cache
+    /// knows from a later look keeps that.
+    pub(crate) fn observe(
+        &self,
+        stamp: u64,
+        entries: &[Entry],
+        gone: &[String],
+        default_region: &str,
+    ) {
         let mut s = self.state();
-        s.epoch += 1;
-        let stamp = s.epoch;
         let scanning = !s.running.is_empty();
         for e in entries {
+            if s.services
+                .get(e.service.arn.as_str())
+                .is_some_and(|w| w.seen > stamp)
+            {
+                continue;
+            }
             let arn = s.intern(&e.service.arn);
-            let w = (!e.refs.is_empty()).then(|| s.watched(e, default_region));
+            let w = (!e.refs.is_empty()).then(|| s.watched(e, default_region, stamp));
             match &w {
                 Some(w) => s.put(arn.clone(), w.clone()),
                 None => s.remove(&arn),
@@ -216,6 +243,9 @@ impl Watch {
             }
         }
         for g in gone {
+            if s.services.get(g.as_str()).is_some_and(|w| w.seen > stamp) {
+                continue;
+            }
             s.remove(g.as_str());
             if scanning {
                 let arn = s.intern(g);
@@ -225,13 +255,14 @@ impl Watch {
     }
 
     /// The services that may resolve one of `identities`, by cluster; `None` until a scan has
-    /// filled the cache.
+    /// filled the cache, or when no scan has replaced it for `max_age`.
     pub(crate) fn candidates<'a>(
         &self,
         identities: impl IntoIterator<Item = &'a SecretIdentity>,
+        max_age: std::time::Duration,
     ) -> Option<Candidates> {
         let s = self.state();
-        if !s.built {
+        if !s.built || s.applied_at.is_none_or(|at| at.elapsed() > max_age) {
             return None;
         }
         let mut out: Candidates = BTreeMap::new();
@@ -353,12 +384,44 @@ mod tests {
     }
 
     const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbCdEf";
+    const AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    #[test]
+    fn an_older_look_does_not_overwrite_a_newer_one() {
+        let w = Watch::default();
+        w.begin_scan().finish(&[], "us-east-1");
+        // A pass reserves its look, then a refresh sees the service referencing app/db.
+        let old = w.reserve();
+        w.observe(
+            w.reserve(),
+            &[entry("c1", "x", &["app/db"])],
+            &[],
+            "us-east-1",
+        );
+        // The pass's look, from before the change, arrives late.
+        w.observe(old, &[entry("c1", "x", &["app/other"])], &[], "us-east-1");
+        let c = w.candidates([&sm(ARN, "app/db")], AGE).expect("built");
+        assert_eq!(c.values().flatten().count(), 1, "{c:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_no_scan_replaced_for_too_long_is_not_trusted() {
+        let w = Watch::default();
+        w.begin_scan()
+            .finish(&[entry("c1", "x", &["app/db"])], "us-east-1");
+        assert!(w.candidates([&sm(ARN, "app/db")], AGE).is_some());
+        tokio::time::sleep(AGE + std::time::Duration::from_secs(1)).await;
+        assert!(
+            w.candidates([&sm(ARN, "app/db")], AGE).is_none(),
+            "too old: scan"
+        );
+    }
 
     #[test]
     fn a_name_a_partial_arn_and_a_full_arn_all_lead_to_the_service() {
         let w = Watch::default();
         assert!(
-            w.candidates([&sm(ARN, "app/db")]).is_none(),
+            w.candidates([&sm(ARN, "app/db")], AGE).is_none(),
             "not built yet"
         );
         w.begin_scan().finish(
@@ -374,7 +437,7 @@ mod tests {
             ],
             "us-east-1",
         );
-        let c = w.candidates([&sm(ARN, "app/db")]).expect("built");
+        let c = w.candidates([&sm(ARN, "app/db")], AGE).expect("built");
         let names: Vec<String> = c.values().flatten().cloned().collect();
         assert_eq!(names.len(), 3, "{c:?}");
         assert!(!names.iter().any(|n| n.ends_with("/other")));
@@ -386,16 +449,26 @@ mod tests {
         w.begin_scan().finish(&[], "us-east-1");
         let scan = w.begin_scan();
         // While the scan runs, the service starts referencing the secret.
-        w.observe(&[entry("c1", "late", &["app/db"])], &[], "us-east-1");
+        w.observe(
+            w.reserve(),
+            &[entry("c1", "late", &["app/db"])],
+            &[],
+            "us-east-1",
+        );
         // The scan saw it before the change.
         scan.finish(&[entry("c1", "late", &[])], "us-east-1");
-        let c = w.candidates([&sm(ARN, "app/db")]).expect("built");
+        let c = w.candidates([&sm(ARN, "app/db")], AGE).expect("built");
         assert_eq!(c.values().flatten().count(), 1, "{c:?}");
         // A later scan decides again.
         w.begin_scan().finish(&[], "us-east-1");
         assert_eq!(w.len(), 0);
         // A failed scan changes nothing and leaves nothing behind.
-        w.observe(&[entry("c1", "x", &["app/db"])], &[], "us-east-1");
+        w.observe(
+            w.reserve(),
+            &[entry("c1", "x", &["app/db"])],
+            &[],
+            "us-east-1",
+        );
         drop(w.begin_scan());
         assert_eq!(w.len(), 1);
         assert!(w.state().touched.is_empty());
@@ -407,10 +480,10 @@ mod tests {
         let e = entry("c1", "gone", &["app/db"]);
         let arn = e.service.arn.clone();
         w.begin_scan().finish(&[e], "us-east-1");
-        w.observe(&[], &[arn], "us-east-1");
+        w.observe(w.reserve(), &[], &[arn], "us-east-1");
         assert_eq!(w.len(), 0);
         assert!(w
-            .candidates([&sm(ARN, "app/db")])
+            .candidates([&sm(ARN, "app/db")], AGE)
             .expect("built")
             .is_empty());
     }

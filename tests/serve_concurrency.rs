@@ -204,6 +204,71 @@ async fn shutdown_leaves_unfinished_messages_to_reappear() {
     running.stop().await;
     assert_eq!(queue.len(), 1, "the unfinished change's message stays");
     assert_eq!(queue.deleted(), 0);
+    // Nothing keeps it hidden any more: once the last extension's visibility runs out, it is
+    // received again.
+    tokio::time::sleep(Config::default().events.visibility_timeout.0 + Duration::from_secs(1))
+        .await;
+    let again = queue.receive(10, Duration::ZERO).await.expect("receive");
+    assert_eq!(again.len(), 1, "the message reappears for the next replica");
+    assert_eq!(again[0].receive_count, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_during_a_slow_canary_does_not_roll_past_it() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let a = fake.create_secret("app/a");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("a", &[(secret(), a.as_str())]);
+    for s in ["api", "web", "worker"] {
+        fake.create_service("prod", s, &td, 1, &[]);
+    }
+    // Whichever service is the canary fails, after five minutes.
+    for s in ["api", "web", "worker"] {
+        fake.set_behaviour("prod", s, Behaviour::Fail(Duration::from_secs(300), 3));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let queue = Arc::new(MemoryQueue::new(10));
+    let mut config = Config::default();
+    config.events.debounce = Dur(Duration::ZERO);
+    config.rollout.poll_interval = Dur(Duration::from_secs(5));
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Arc::new(Notifier::new(metrics.clone(), None));
+    let parts = setup::assemble(
+        &config,
+        fake.clients(),
+        clock,
+        notifier.clone(),
+        Mode::Watch,
+    );
+    let mut settings = Settings::from_config(&config);
+    // A resync every minute: several run while the canary is watched.
+    settings.resync_interval = Duration::from_secs(60);
+    let server = Server::new(
+        parts,
+        Some(queue.clone() as Arc<dyn Queue>),
+        notifier,
+        settings,
+    );
+    let status = server.status();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.run_until(rx));
+    while status.not_ready().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    fake.put_secret_value("app/a", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    queue.push(&rotated(&a));
+    // Past the canary's failure and a few resyncs after it.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let rolled: Vec<String> = fake.updates().iter().map(|u| u.service.clone()).collect();
+    assert_eq!(
+        rolled.len(),
+        1,
+        "only the canary was rolled; the resyncs running beside it waited for it, then held the rest: {rolled:?}"
+    );
+    let _ = stop.send(true);
+    let _ = serving.await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -291,3 +291,33 @@ async fn a_warm_lambda_keeps_the_cache_between_invocations() {
         "the warm invocation listed nothing: the cache from the resync said where to look"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_candidate_whose_cluster_was_deleted_fails_nothing() {
+    let (fake, r) = setup();
+    let db = fake.create_secret("app/db");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("db", &[(secret(), db.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    fake.create_service("preview-42", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler.pass(&Request::all()).await.expect("resync");
+    assert_eq!(r.reconciler.watched(), Some(2));
+
+    // The preview environment is torn down; its events are late or lost.
+    fake.delete_cluster("preview-42");
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pass = r
+        .reconciler
+        .pass(&Request::changes(changes(&[rotated(&db)])))
+        .await
+        .expect("ClusterNotFoundException for one candidate fails nothing");
+    assert_eq!(pass.failed().count(), 0);
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+    assert_eq!(
+        r.reconciler.watched(),
+        Some(1),
+        "the deleted cluster's service left"
+    );
+}

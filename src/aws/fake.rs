@@ -686,6 +686,11 @@ impl FakeAws {
         out
     }
 
+    /// Deletes a cluster and its services: calls naming it fail with `ClusterNotFoundException`.
+    pub fn delete_cluster(&self, cluster: &str) {
+        self.w().clusters.remove(cluster);
+    }
+
     /// Deletes a service: `DescribeServices` no longer returns it (as after ECS's INACTIVE
     /// period).
     pub fn delete_service(&self, cluster: &str, name: &str) {

@@ -262,9 +262,11 @@ struct ChangeProgress {
 /// `items` must be in plan order ([`Item::order`]); `canary` is `[rollout] canary`.
 ///
 /// With `watching` (the engine waits for health within the pass, and rolls the stale services of
-/// the change set wave by wave itself), only the wave barrier applies, and only to what the
-/// change set does not hold: an earlier-wave dependant that waits (settling, outside its window,
-/// pending approval, held) or is rolling keeps the later waves back.
+/// the change set wave by wave itself), the wave barrier applies only to what the change set does
+/// not hold: an earlier-wave dependant that waits (settling, outside its window, pending
+/// approval, held) or is rolling keeps the later waves back. And a dependant rolling for the
+/// change before any has proved healthy is a canary in flight (another pass's, in `serve`,
+/// where passes run side by side): the others wait for it, so that it still guards them.
 pub fn gate(
     items: &mut [Item<'_>],
     canary: bool,
@@ -272,7 +274,9 @@ pub fn gate(
     now: DateTime<Utc>,
     limits: &Limits,
 ) {
-    let canary = canary && !watching;
+    // Choosing a canary is the engine's business when it watches; waiting for one in flight is
+    // everyone's.
+    let choose = canary && !watching;
     let mut changes: BTreeMap<SecretIdentity, ChangeProgress> = BTreeMap::new();
     for item in items.iter() {
         let pending: Vec<&SecretIdentity> = match &item.decision {
@@ -344,6 +348,9 @@ pub fn gate(
                     f.secret
                 ));
                 break;
+            }
+            if !choose {
+                continue;
             }
             let chosen = p.canary.get_or_insert_with(|| me.clone());
             if *chosen != me {

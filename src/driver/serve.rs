@@ -320,8 +320,17 @@ impl Server {
                 break;
             }
             while let Some(done) = work.try_join_next() {
-                if let Ok(Done::Resync(after)) = done {
-                    next_resync = Some(Instant::now() + after);
+                match done {
+                    Ok(Done::Resync(after)) => next_resync = Some(Instant::now() + after),
+                    Ok(Done::Batch) => {}
+                    Err(e) => {
+                        // A panicked pass: its messages reappear. If it was the resync, the next
+                        // one must still come.
+                        tracing::error!(error = %e, "a pass ended abnormally");
+                        if next_resync.is_none() {
+                            next_resync = Some(Instant::now() + this.settings.retry_after);
+                        }
+                    }
                 }
             }
             let leading = this.leadership.is_leader();
@@ -342,6 +351,11 @@ impl Server {
                 this.status.log_change();
             }
             if !leading {
+                // A pass that was running when the lease was lost may have parked its change
+                // after the stand-down: let it go too.
+                if !this.waiting.lock().await.is_empty() {
+                    this.stand_down().await;
+                }
                 let leader = match this.leadership.role() {
                     crate::lease::Role::Standby { leader } => leader,
                     crate::lease::Role::Leader { .. } => None,
@@ -424,6 +438,13 @@ impl Server {
                         // watcher of the gauge could mistake for "done".
                         this.metrics().busy.inc();
                         match this.gather(queue.as_ref(), messages).await {
+                            // ECS's events only refresh the watch cache (a `DescribeServices`
+                            // per ten services): done at once, before anything else is received,
+                            // so that a change right behind them finds the cache up to date.
+                            Some(batch) if !batch.changes.may_roll() => {
+                                this.work(batch).await;
+                                this.metrics().busy.dec();
+                            }
                             Some(batch) => {
                                 let s = this.clone();
                                 work.spawn(async move {
@@ -678,6 +699,13 @@ impl Server {
                 self.settings.retry_after
             }
         };
+        if !self.leadership.is_leader() {
+            // Lost the lease meanwhile (the pass ran beside the loop that stood down): what is
+            // left is the leader's. Dropping the batch stops its heartbeat, so its messages
+            // reappear for the leader.
+            tracing::info!("no longer leading: leaving the change to the leader");
+            return;
+        }
         let mut waiting = self.waiting.lock().await;
         waiting.push((Instant::now() + after, batch));
         self.metrics().waiting.set(waiting.len() as i64);
