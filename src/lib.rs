@@ -30,6 +30,7 @@
 //! | [`notify`] | outcome events and rollout metrics |
 //! | [`aws`] | the AWS traits, the SDK implementation and (feature `test-util`) the in-memory fake |
 //! | [`config`] | TOML + `ECS_RELOADER_*` configuration |
+//! | [`targets`] | the accounts and regions managed, one reconciler each; routing changes among them |
 //! | [`clock`] | wall-clock time, pausable in tests |
 //! | [`metrics`] | Prometheus metrics of `serve` |
 //! | [`driver`] | the CLI, `serve` and the Lambda handler, and wiring the parts from configuration |
@@ -51,4 +52,5 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
+pub mod targets;
 pub mod window;
