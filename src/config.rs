@@ -107,7 +107,9 @@ impl<'de> Deserialize<'de> for RoleArn {
             && parts[3].is_empty()
             && parts[4].len() == 12
             && parts[4].chars().all(|c| c.is_ascii_digit())
-            && parts[5].strip_prefix("role/").is_some_and(|n| !n.is_empty());
+            && parts[5]
+                .strip_prefix("role/")
+                .is_some_and(|n| !n.is_empty());
         if !ok {
             return Err(serde::de::Error::custom(format!(
                 "{s:?} is not an IAM role ARN like \"arn:aws:iam::111122223333:role/ecs-reloader-target\""
@@ -1004,6 +1006,48 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("pacing.throttle_factor"), "{err}");
+    }
+
+    #[test]
+    fn targets_load_and_bad_ones_name_the_key_and_line() {
+        let f = file(
+            "[aws]\nregion = \"us-east-1\"\n\n[[targets]]\nregions = [\"us-east-1\", \"eu-west-1\"]\n\n[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/ecs-reloader-target\"\nexternal_id = \"org-1\"\nclusters = [\"prod\"]\n",
+        );
+        let c = Config::load(Some(&f.0), vec![]).expect("loads");
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[0].role_arn, None);
+        assert_eq!(
+            c.targets[1].role_arn.as_ref().map(RoleArn::account),
+            Some("111122223333")
+        );
+        assert_eq!(
+            c.targets[1].session_name.0, "ecs-reloader",
+            "the default names us"
+        );
+        for (text, key, line, says) in [
+            ("[[targets]]\nrole_arn = \"arn:aws:iam::1111:role/x\"\n", "role_arn", "line 2", "not an IAM role ARN"),
+            ("[[targets]]\nregions = [\"us-east-1\"]\n\n[[targets]]\nregions = [\"Europe\"]\n", "regions", "line 5", "not a region name"),
+            ("[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/x\"\nsession_name = \"a b\"\n", "session_name", "line 3", "not a role session name"),
+            ("[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/x\"\nexternal_id = \"x\"\n", "external_id", "line 3", "not an external ID"),
+            ("[[targets]]\nrole_ARN = \"arn:aws:iam::111122223333:role/x\"\n", "role_ARN", "line 2", "unknown field"),
+        ] {
+            let f = file(text);
+            let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(line) && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+        let f = file("[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/a\"\nregions = [\"eu-west-1\"]\n\n[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/b\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("targets[2]")
+                && err.contains("account 111122223333 in region eu-west-1 is already targets[1]"),
+            "{err}"
+        );
+        let f = file("[[targets]]\nexternal_id = \"org-1\"\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(err.contains("targets[1].external_id"), "{err}");
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl Notifier {
                 _ => continue,
             };
             self.metrics.rollout(kind);
-            self.metrics.target_rollout(&a.key.account, &a.key.region, kind);
+            self.metrics
+                .target_rollout(&a.key.account, &a.key.region, kind);
             tracing::warn!(service = %a.key, reason, "{kind}");
             let secrets: Vec<&str> = findings.iter().map(|f| f.secret.as_str()).collect();
             self.publish(

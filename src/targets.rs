@@ -126,7 +126,12 @@ impl Member {
 
 /// Whether a target of `target_account` (empty: unknown) in `target_region` may own something
 /// of `account` in `region` (an unknown side counts as a match: nothing says otherwise).
-fn owns(target_account: &str, target_region: &str, account: Option<&str>, region: Option<&str>) -> bool {
+fn owns(
+    target_account: &str,
+    target_region: &str,
+    account: Option<&str>,
+    region: Option<&str>,
+) -> bool {
     let account_ok = match account {
         Some(a) => target_account.is_empty() || target_account == a,
         None => true,
@@ -268,7 +273,8 @@ impl Fleet {
         if changes.resync {
             return self.members.iter().map(|_| Some(req.clone())).collect();
         }
-        let mut per_member: Vec<Changes> = self.members.iter().map(|_| Changes::default()).collect();
+        let mut per_member: Vec<Changes> =
+            self.members.iter().map(|_| Changes::default()).collect();
         for (subject, moves) in &changes.subjects {
             let origins: Vec<Origin> = changes
                 .origins
@@ -276,8 +282,14 @@ impl Fleet {
                 .map(|o| o.iter().cloned().collect())
                 .unwrap_or_else(|| vec![Origin::default()]);
             let add = |c: &mut Changes, s: Subject| {
-                c.subjects.entry(s.clone()).or_default().extend(moves.iter().cloned());
-                c.origins.entry(s).or_default().extend(origins.iter().cloned());
+                c.subjects
+                    .entry(s.clone())
+                    .or_default()
+                    .extend(moves.iter().cloned());
+                c.origins
+                    .entry(s)
+                    .or_default()
+                    .extend(origins.iter().cloned());
             };
             match subject {
                 Subject::Secret(id) => {
@@ -457,6 +469,9 @@ mod tests {
         assert!(owns(a, r, Some(a), None));
         assert!(!owns(a, r, Some("444455556666"), Some(r)));
         assert!(!owns(a, r, Some(a), Some("us-east-1")));
-        assert!(owns("", r, Some("444455556666"), Some(r)), "own credentials: account unknown");
+        assert!(
+            owns("", r, Some("444455556666"), Some(r)),
+            "own credentials: account unknown"
+        );
     }
 }

@@ -89,7 +89,8 @@ iam.create_role(RoleName="{ROLE}", AssumeRolePolicyDocument=json.dumps(doc))
 
 /// A configuration file with these targets (account, external ID).
 fn config(targets: &[(&str, &str)], extra: &str) -> tempfile::Path {
-    let mut text = String::from("[aws]\nregion = \"us-east-1\"\n\n[scope]\nclusters = [\"prod\"]\n\n");
+    let mut text =
+        String::from("[aws]\nregion = \"us-east-1\"\n\n[scope]\nclusters = [\"prod\"]\n\n");
     for (account, external_id) in targets {
         text.push_str(&format!(
             "[[targets]]\nrole_arn = \"{}\"\nexternal_id = \"{external_id}\"\nsession_name = \"ecs-reloader\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n\n",
@@ -252,13 +253,22 @@ async fn the_plan_lists_every_target_and_a_rotation_rolls_its_dependants_in_ever
         .iter()
         .map(|t| {
             assert!(t.get("problem").is_none(), "{t}");
-            format!("{} {}", t["account"].as_str().unwrap_or("?"), t["region"].as_str().unwrap_or("?"))
+            format!(
+                "{} {}",
+                t["account"].as_str().unwrap_or("?"),
+                t["region"].as_str().unwrap_or("?")
+            )
         })
         .collect();
     targets.sort();
     assert_eq!(
         targets,
-        [format!("{A} {WEST}"), format!("{A} {REGION}"), format!("{B} {WEST}"), format!("{B} {REGION}")]
+        [
+            format!("{A} {WEST}"),
+            format!("{A} {REGION}"),
+            format!("{B} {WEST}"),
+            format!("{B} {REGION}")
+        ]
     );
     let mut listed: Vec<String> = report["services"]
         .as_array()
@@ -290,7 +300,17 @@ async fn the_plan_lists_every_target_and_a_rotation_rolls_its_dependants_in_ever
     // --account / --region keep only those targets; one that names none is an error.
     let one = run_binary(
         &url,
-        &["plan", "--config", cfg.as_str(), "--output", "json", "--account", B, "--region", WEST],
+        &[
+            "plan",
+            "--config",
+            cfg.as_str(),
+            "--output",
+            "json",
+            "--account",
+            B,
+            "--region",
+            WEST,
+        ],
         &[],
     )
     .await;
@@ -302,9 +322,24 @@ async fn the_plan_lists_every_target_and_a_rotation_rolls_its_dependants_in_ever
         .map(|s| s["key"]["service"].as_str().unwrap_or("?").to_string())
         .collect();
     assert_eq!(services, ["b-west-uses"]);
-    let typo = run_binary(&url, &["plan", "--config", cfg.as_str(), "--account", "999999999999"], &[]).await;
+    let typo = run_binary(
+        &url,
+        &[
+            "plan",
+            "--config",
+            cfg.as_str(),
+            "--account",
+            "999999999999",
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(typo.code, 2);
-    assert!(typo.stderr.contains("--account 999999999999"), "{}", typo.stderr);
+    assert!(
+        typo.stderr.contains("--account 999999999999"),
+        "{}",
+        typo.stderr
+    );
 
     // serve: idle and in sync first, so that only the event can roll anything.
     let serve = Serve::start(
@@ -326,16 +361,22 @@ async fn the_plan_lists_every_target_and_a_rotation_rolls_its_dependants_in_ever
         "detail": {"name": "app/db", "labelUpdated": "AWSCURRENT"}
     });
     aws.send(&queue, &event.to_string()).await;
-    wait_for("the dependants in both accounts and regions to roll", Duration::from_secs(60), || async {
-        world.rolled().await.len() >= DEPENDANTS.len()
-    })
+    wait_for(
+        "the dependants in both accounts and regions to roll",
+        Duration::from_secs(60),
+        || async { world.rolled().await.len() >= DEPENDANTS.len() },
+    )
     .await;
     wait_for("the queue to drain", Duration::from_secs(60), || async {
         aws.queue_total(&queue).await == 0
     })
     .await;
     serve.idle().await;
-    assert_eq!(world.rolled().await, expected(&DEPENDANTS), "exactly the dependants of A's us-east-1 app/db");
+    assert_eq!(
+        world.rolled().await,
+        expected(&DEPENDANTS),
+        "exactly the dependants of A's us-east-1 app/db"
+    );
 
     // Once: the same event again rolls nothing more, and each target counted one rollout.
     let rolled_to: Vec<String> = {
@@ -346,24 +387,38 @@ async fn the_plan_lists_every_target_and_a_rotation_rolls_its_dependants_in_ever
         v
     };
     aws.send(&queue, &event.to_string()).await;
-    wait_for("the duplicate to be handled", Duration::from_secs(60), || async {
-        aws.queue_total(&queue).await == 0
-    })
+    wait_for(
+        "the duplicate to be handled",
+        Duration::from_secs(60),
+        || async { aws.queue_total(&queue).await == 0 },
+    )
     .await;
     serve.idle().await;
     for ((a, r, n), before) in DEPENDANTS.iter().zip(&rolled_to) {
-        assert_eq!(&world.clients[&(*a, *r)].deployment_id("prod", n).await, before, "{a} {r} {n} rolled twice");
+        assert_eq!(
+            &world.clients[&(*a, *r)].deployment_id("prod", n).await,
+            before,
+            "{a} {r} {n} rolled twice"
+        );
     }
     assert_eq!(world.rolled().await, expected(&DEPENDANTS));
     let (_, metrics) = serve.get("/metrics").await.expect("metrics");
     for (a, r, _) in DEPENDANTS {
         assert_eq!(
-            sample(&metrics, "ecs_reloader_target_rollouts_total", &[("account", a), ("region", r), ("kind", "started")]),
+            sample(
+                &metrics,
+                "ecs_reloader_target_rollouts_total",
+                &[("account", a), ("region", r), ("kind", "started")]
+            ),
             Some(1.0),
             "{a} {r}:\n{metrics}"
         );
         assert_eq!(
-            sample(&metrics, "ecs_reloader_target_up", &[("account", a), ("region", r)]),
+            sample(
+                &metrics,
+                "ecs_reloader_target_up",
+                &[("account", a), ("region", r)]
+            ),
             Some(1.0),
             "{a} {r}:\n{metrics}"
         );
@@ -383,8 +438,17 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
     let cfg = config(&[(A, EXTERNAL_ID), (B, "wrong-id"), (C, EXTERNAL_ID)], "");
     world.rotate().await;
 
-    let plan = run_binary(&url, &["plan", "--config", cfg.as_str(), "--output", "json"], &[]).await;
-    assert_eq!(plan.code, 1, "a plan that misses targets says so: {}", plan.stderr);
+    let plan = run_binary(
+        &url,
+        &["plan", "--config", cfg.as_str(), "--output", "json"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        plan.code, 1,
+        "a plan that misses targets says so: {}",
+        plan.stderr
+    );
     let report = plan.json();
     let problems: BTreeMap<String, String> = report["targets"]
         .as_array()
@@ -399,11 +463,19 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
         .collect();
     assert_eq!(
         problems.keys().cloned().collect::<Vec<_>>(),
-        [format!("{B} {WEST}"), format!("{B} {REGION}"), format!("{C} {WEST}"), format!("{C} {REGION}")],
+        [
+            format!("{B} {WEST}"),
+            format!("{B} {REGION}"),
+            format!("{C} {WEST}"),
+            format!("{C} {REGION}")
+        ],
         "{report}"
     );
     for p in problems.values() {
-        assert!(p.contains("sts:AssumeRole") || p.contains("cannot assume"), "{p}");
+        assert!(
+            p.contains("sts:AssumeRole") || p.contains("cannot assume"),
+            "{p}"
+        );
     }
     assert!(problems[&format!("{B} {REGION}")].contains(&role_arn(B)));
     assert_eq!(report["targets"].as_array().map(Vec::len), Some(6));
@@ -411,7 +483,9 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
     let run = run_binary(&url, &["reconcile", "--config", cfg.as_str()], &[]).await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains(&format!("UNREACHABLE target {B} {REGION}")) && run.stdout.contains(&role_arn(B)),
+        run.stdout
+            .contains(&format!("UNREACHABLE target {B} {REGION}"))
+            && run.stdout.contains(&role_arn(B)),
         "{}",
         run.stdout
     );
@@ -421,8 +495,112 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
         run.stdout
     );
     // A's dependants rolled, in both regions; B's, behind the refused role, did not.
-    assert_eq!(
-        world.rolled().await,
-        expected(&[(A, REGION, "a-east-uses"), (A, WEST, "a-west-uses")])
+    let a_only = expected(&[(A, REGION, "a-east-uses"), (A, WEST, "a-west-uses")]);
+    assert_eq!(world.rolled().await, a_only);
+
+    // serve says so too: a metric per target, and outcome events naming account and region
+    // (caught from the operator's default bus by a rule into a queue).
+    let aws = Aws::connect(&url).await;
+    let (outcomes, outcomes_arn, _) = aws.queue_with_dlq("outcomes", 30, 5).await;
+    aws.events
+        .put_rule()
+        .name("outcomes")
+        .event_pattern(r#"{"source": ["ecs-reloader"]}"#)
+        .send()
+        .await
+        .expect("rule");
+    aws.events
+        .put_targets()
+        .rule("outcomes")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(outcomes_arn)
+                .build()
+                .expect("target"),
+        )
+        .send()
+        .await
+        .expect("targets");
+    world.rotate().await;
+    let serve = Serve::start(
+        &url,
+        &["--config", cfg.as_str()],
+        &[("ECS_RELOADER_NOTIFY_EVENT_BUS", "default")],
+    );
+    serve.ready().await;
+    wait_for(
+        "serve's first pass to report every target",
+        Duration::from_secs(60),
+        || async {
+            let Some((_, m)) = serve.get("/metrics").await else {
+                return false;
+            };
+            [B, C].iter().all(|a| {
+                [REGION, WEST].iter().all(|r| {
+                    sample(
+                        &m,
+                        "ecs_reloader_target_up",
+                        &[("account", a), ("region", r)],
+                    ) == Some(0.0)
+                })
+            }) && [REGION, WEST].iter().all(|r| {
+                sample(
+                    &m,
+                    "ecs_reloader_target_up",
+                    &[("account", A), ("region", r)],
+                ) == Some(1.0)
+            })
+        },
+    )
+    .await;
+    let (_, metrics) = serve.get("/metrics").await.expect("metrics");
+    assert!(
+        sample(
+            &metrics,
+            "ecs_reloader_target_failures_total",
+            &[("account", C), ("region", WEST)]
+        ) >= Some(1.0),
+        "{metrics}"
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+    wait_for("the outcome events", Duration::from_secs(60), || {
+        let (seen, aws, outcomes) = (seen.clone(), aws.clone(), outcomes.clone());
+        async move {
+            let got = aws
+                .sqs
+                .receive_message()
+                .queue_url(&outcomes)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            let mut seen = seen.lock().expect("lock");
+            for m in got.messages() {
+                let e: serde_json::Value =
+                    serde_json::from_str(m.body().unwrap_or("{}")).expect("json");
+                let d = &e["detail"];
+                seen.push((
+                    e["detail-type"].as_str().unwrap_or("?").to_string(),
+                    d["account"].as_str().unwrap_or("?").to_string(),
+                    d["region"].as_str().unwrap_or("?").to_string(),
+                ));
+            }
+            let has = |t: &str, a: &str, r: &str| {
+                seen.iter()
+                    .any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == (t, a, r))
+            };
+            has("Target Unreachable", B, REGION)
+                && has("Target Unreachable", C, WEST)
+                && has("Rollout Started", A, REGION)
+                && has("Rollout Started", A, WEST)
+        }
+    })
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        !seen.iter().any(|s| s.0 == "Rollout Started" && s.1 != A),
+        "only A's services roll: {seen:?}"
     );
 }

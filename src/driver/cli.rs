@@ -6,9 +6,9 @@ use std::io::Write;
 
 use crate::plan::ServiceKey;
 use crate::reconcile::{Pass, ReconcileError, Request, Selection};
-use crate::targets::Passes;
 use crate::report::Report;
 use crate::rollout::Outcome;
+use crate::targets::Passes;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::ServiceKey;
 use crate::reconcile::{Mode, Pass, ReconcileError, Request};
-use crate::targets::Fleet;
 use crate::rollout::Outcome;
+use crate::targets::Fleet;
 
 /// One SQS record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,11 @@ impl Handler {
     /// A handler over parts assembled in [`Mode::FireAndForget`](crate::reconcile::Mode), whose
     /// progress is `notifier`.
     pub fn new(parts: Parts, notifier: Arc<Notifier>, queue: Option<Arc<dyn Queue>>) -> Self {
-        Self::over(Fleet::single(parts.reconciler, parts.stats), notifier, queue)
+        Self::over(
+            Fleet::single(parts.reconciler, parts.stats),
+            notifier,
+            queue,
+        )
     }
 
     /// A handler over every target of `fleet` (assembled in

@@ -261,17 +261,32 @@ pub fn select_targets(
         .map(|s| {
             format!(
                 "{} {}",
-                if s.account.is_empty() { "(own account)" } else { &s.account },
-                if s.region.is_empty() { "(default region)" } else { &s.region }
+                if s.account.is_empty() {
+                    "(own account)"
+                } else {
+                    &s.account
+                },
+                if s.region.is_empty() {
+                    "(default region)"
+                } else {
+                    &s.region
+                }
             )
         })
         .collect::<Vec<_>>()
         .join(", ");
     for (flag, values, field) in [
-        ("--account", accounts, (|s: &TargetSpec| s.account.clone()) as fn(&TargetSpec) -> String),
+        (
+            "--account",
+            accounts,
+            (|s: &TargetSpec| s.account.clone()) as fn(&TargetSpec) -> String,
+        ),
         ("--region", regions, |s: &TargetSpec| s.region.clone()),
     ] {
-        if let Some(v) = values.iter().find(|v| !specs.iter().any(|s| field(s) == **v)) {
+        if let Some(v) = values
+            .iter()
+            .find(|v| !specs.iter().any(|s| field(s) == **v))
+        {
             return Err(NoSuchTarget {
                 flag,
                 value: v.clone(),
