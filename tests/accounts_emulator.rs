@@ -604,3 +604,56 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
         "only A's services roll: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_routes_an_event_from_the_secrets_account_to_every_target() {
+    use support::lambda_api::{Answer, RuntimeApi};
+    let emu = Emulator::start();
+    let url = emu.url();
+    target_role(&url, A, EXTERNAL_ID);
+    target_role(&url, B, EXTERNAL_ID);
+    let world = World::build(&url, &[A, B]).await;
+    let cfg = config(&[(A, EXTERNAL_ID), (B, EXTERNAL_ID)], "");
+    let api = RuntimeApi::start().await;
+    let _child = support::start_bootstrap(&url, &api, &[("ECS_RELOADER_CONFIG", cfg.as_str())]);
+    world.rotate().await;
+    // Delivered to the function directly, as EventBridge does: from account A, by name only.
+    let event = serde_json::json!({
+        "version": "0", "id": "e-2", "source": "aws.secretsmanager",
+        "detail-type": "Secret Label Updated", "account": A, "region": REGION,
+        "time": chrono::Utc::now().to_rfc3339(), "resources": [],
+        "detail": {"name": "app/db", "labelUpdated": "AWSCURRENT"}
+    });
+    for round in 0..2 {
+        match api
+            .answer(&api.invoke(&event), Duration::from_secs(60))
+            .await
+        {
+            Answer::Response(_) => {}
+            Answer::Error(e) => panic!("invocation {round} failed: {e}"),
+        }
+        // Rolled once, in both accounts and regions; the same event again rolls nothing more.
+        assert_eq!(world.rolled().await, expected(&DEPENDANTS), "round {round}");
+    }
+    let after: Vec<String> = {
+        let mut v = Vec::new();
+        for (a, r, n) in DEPENDANTS {
+            v.push(world.clients[&(a, r)].deployment_id("prod", n).await);
+        }
+        v
+    };
+    match api
+        .answer(&api.invoke(&event), Duration::from_secs(60))
+        .await
+    {
+        Answer::Response(_) => {}
+        Answer::Error(e) => panic!("invocation failed: {e}"),
+    }
+    for ((a, r, n), before) in DEPENDANTS.iter().zip(&after) {
+        assert_eq!(
+            &world.clients[&(*a, *r)].deployment_id("prod", n).await,
+            before,
+            "{a} {r} {n} rolled twice"
+        );
+    }
+}

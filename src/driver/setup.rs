@@ -350,8 +350,9 @@ pub fn assemble_fleet(
     clock: Arc<dyn Clock>,
     progress: Arc<dyn Progress>,
     mode: Mode,
-    leadership: Arc<Leadership>,
+    leadership: Option<Arc<Leadership>>,
 ) -> Fleet {
+    let leadership = leadership.unwrap_or_else(Leadership::sole);
     let guarded: Vec<(TargetSpec, Clients, Arc<Stats>)> = targets
         .into_iter()
         .map(|(spec, clients)| {
@@ -427,7 +428,6 @@ pub async fn fleet(
     accounts: &[String],
     regions: &[String],
 ) -> Result<Fleet, FleetSetupError> {
-    let leadership = leadership.unwrap_or_else(Leadership::sole);
     let specs = select_targets(target_specs(config), accounts, regions)?;
     let targets = target_clients(sdk, specs).await?;
     Ok(assemble_fleet(

@@ -666,6 +666,13 @@ PLACEHOLDERS = {
     "subnet-…,subnet-…": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
     "sg-…": "sg-0123456789abcdef0",
     "arn:aws:sns:…": f"arn:aws:sns:{REGION}:{ACCOUNT}:alarms",
+    # Running it for an organisation. The stand-in deploys both templates into this one account;
+    # the member's central bus is another account's, so that its rules never forward this
+    # account's events back to itself.
+    "<organization-id>": "o-exampleorgid",
+    "<operator-role-arn>": f"arn:aws:iam::{ACCOUNT}:role/ecs-reloader-operator",
+    "<external-id>": "example-external-id",
+    "<central-account>": "210987654321",
 }
 
 

@@ -101,6 +101,10 @@ def test_the_central_bus_accepts_only_the_organisation_or_listed_accounts(centra
     [stmt] = assume["Properties"]["PolicyDocument"]["Statement"]
     assert _actions(stmt) == ["sts:AssumeRole"]
     assert stmt["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${MemberRoleName}"}, "the member role name only"
+    pattern = res["RolloutProblemsRule"]["Properties"]["EventPattern"]
+    unreachable = {"version": "0", "id": "1", "detail-type": "Target Unreachable", "source": "ecs-reloader", "account": OPERATOR_ACCOUNT,
+                   "time": "2026-11-24T00:00:00Z", "region": REGION, "resources": [], "detail": {"account": MEMBERS[0], "region": REGION}}
+    assert EventPattern.load(json.dumps(pattern)).matches_event(unreachable), "the alarm counts unreachable targets"
     # Without the organisation parameters, the central template is what it was: no policy, no role.
     assert central["Parameters"]["MemberRoleName"]["Default"] == ""
     assert central["Parameters"]["OrganizationId"]["Default"] == ""
@@ -207,3 +211,15 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
                 bodies.append(json.loads(m["Body"]))
                 sqs.delete_message(QueueUrl=central_out["QueueUrl"], ReceiptHandle=m["ReceiptHandle"])
         assert [b["detail"]["additionalEventData"]["SecretId"] for b in bodies] == [e["detail"]["additionalEventData"]["SecretId"]], bodies
+
+    # Another region of a member account (a StackSet's second instance): the forwarding rules
+    # only; the role, being global, comes from RoleRegion's instance.
+    builder = sts.assume_role(RoleArn=f"arn:aws:iam::{MEMBERS[0]}:role/stackset-execution", RoleSessionName="deploy")["Credentials"]
+    res, out = _deploy(
+        _client(endpoint, "cloudformation", builder, region="eu-west-1"),
+        "ecs-reloader-member",
+        MEMBER,
+        {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod"},
+    )
+    assert "TargetRole" not in res and "TargetRoleArn" not in out
+    assert all(rule in res for rule in CHANGE_RULES)
