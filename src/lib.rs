@@ -7,6 +7,9 @@
 //! ```text
 //! driver (CLI | serve | Lambda)         its own I/O only: arguments and the terminal; the queue,
 //!   │                                   heartbeats and acknowledgements; the Runtime API
+//!   └─ Fleet::pass(Request)             every target (account, region) side by side, changes
+//!      │                                routed by account and region; one target's failure is
+//!      │                                recorded in Pass::targets, the others go on
 //!   └─ Reconciler::pass(Request) → Pass { decisions, outcomes, requeue_after }
 //!       ├─ index      clusters → services → task definitions (cached by ARN) → references
 //!       ├─ decide     pure: (service, resolved secret metadata, now) → Decision;

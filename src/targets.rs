@@ -293,9 +293,28 @@ impl Fleet {
             };
             match subject {
                 Subject::Secret(id) => {
-                    for pinned in self.pin_secret(id, &origins).await {
+                    let pinned = self.pin_secret(id, &origins).await;
+                    // A name the envelope does not place in one account (no `account`) may have
+                    // resolved to several accounts' secrets: their dependants are decided on
+                    // metadata alone, without the event's label moves, which belong to one.
+                    let accounts: BTreeSet<Option<(String, String)>> =
+                        pinned.iter().map(|p| arn_place(p)).collect();
+                    let moves = if accounts.len() > 1 {
+                        &[][..]
+                    } else {
+                        &moves[..]
+                    };
+                    for p in pinned {
                         for c in per_member.iter_mut() {
-                            add(c, Subject::Secret(pinned.clone()));
+                            let s = Subject::Secret(p.clone());
+                            c.subjects
+                                .entry(s.clone())
+                                .or_default()
+                                .extend(moves.iter().cloned());
+                            c.origins
+                                .entry(s)
+                                .or_default()
+                                .extend(origins.iter().cloned());
                         }
                     }
                 }
