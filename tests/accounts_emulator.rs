@@ -227,6 +227,76 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// A queue that a rule on the operator's default bus fills with ecs-reloader's outcome events.
+async fn outcome_queue(aws: &Aws) -> String {
+    let (url, arn, _) = aws.queue_with_dlq("outcomes", 30, 5).await;
+    aws.events
+        .put_rule()
+        .name("outcomes")
+        .event_pattern(r#"{"source": ["ecs-reloader"]}"#)
+        .send()
+        .await
+        .expect("rule");
+    aws.events
+        .put_targets()
+        .rule("outcomes")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(arn)
+                .build()
+                .expect("target"),
+        )
+        .send()
+        .await
+        .expect("targets");
+    url
+}
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// Receives outcome events into `seen` (detail-type, account, region) until `done` says so.
+async fn outcome_events(
+    aws: &Aws,
+    queue: &str,
+    seen: &Seen,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) {
+    wait_for("the outcome events", Duration::from_secs(60), || {
+        let (seen, aws, queue) = (seen.clone(), aws.clone(), queue.to_string());
+        let done = &done;
+        async move {
+            let got = aws
+                .sqs
+                .receive_message()
+                .queue_url(&queue)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            let mut seen = seen.lock().expect("lock");
+            for m in got.messages() {
+                let e: serde_json::Value =
+                    serde_json::from_str(m.body().unwrap_or("{}")).expect("json");
+                let d = &e["detail"];
+                seen.push((
+                    e["detail-type"].as_str().unwrap_or("?").to_string(),
+                    d["account"].as_str().unwrap_or("?").to_string(),
+                    d["region"].as_str().unwrap_or("?").to_string(),
+                ));
+            }
+            done(&seen)
+        }
+    })
+    .await;
+}
+
+fn has(seen: &[(String, String, String)], t: &str, a: &str, r: &str) -> bool {
+    seen.iter()
+        .any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == (t, a, r))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plan_lists_every_target_and_a_rotation_rolls_its_dependants_in_every_account_once() {
     let emu = Emulator::start();
@@ -501,27 +571,7 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
     // serve says so too: a metric per target, and outcome events naming account and region
     // (caught from the operator's default bus by a rule into a queue).
     let aws = Aws::connect(&url).await;
-    let (outcomes, outcomes_arn, _) = aws.queue_with_dlq("outcomes", 30, 5).await;
-    aws.events
-        .put_rule()
-        .name("outcomes")
-        .event_pattern(r#"{"source": ["ecs-reloader"]}"#)
-        .send()
-        .await
-        .expect("rule");
-    aws.events
-        .put_targets()
-        .rule("outcomes")
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("q")
-                .arn(outcomes_arn)
-                .build()
-                .expect("target"),
-        )
-        .send()
-        .await
-        .expect("targets");
+    let outcomes = outcome_queue(&aws).await;
     world.rotate().await;
     let serve = Serve::start(
         &url,
@@ -563,39 +613,12 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
         ) >= Some(1.0),
         "{metrics}"
     );
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
-    wait_for("the outcome events", Duration::from_secs(60), || {
-        let (seen, aws, outcomes) = (seen.clone(), aws.clone(), outcomes.clone());
-        async move {
-            let got = aws
-                .sqs
-                .receive_message()
-                .queue_url(&outcomes)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .expect("receive");
-            let mut seen = seen.lock().expect("lock");
-            for m in got.messages() {
-                let e: serde_json::Value =
-                    serde_json::from_str(m.body().unwrap_or("{}")).expect("json");
-                let d = &e["detail"];
-                seen.push((
-                    e["detail-type"].as_str().unwrap_or("?").to_string(),
-                    d["account"].as_str().unwrap_or("?").to_string(),
-                    d["region"].as_str().unwrap_or("?").to_string(),
-                ));
-            }
-            let has = |t: &str, a: &str, r: &str| {
-                seen.iter()
-                    .any(|s| (s.0.as_str(), s.1.as_str(), s.2.as_str()) == (t, a, r))
-            };
-            has("Target Unreachable", B, REGION)
-                && has("Target Unreachable", C, WEST)
-                && has("Rollout Started", A, REGION)
-                && has("Rollout Started", A, WEST)
-        }
+    let seen = Seen::default();
+    outcome_events(&aws, &outcomes, &seen, |seen| {
+        has(seen, "Target Unreachable", B, REGION)
+            && has(seen, "Target Unreachable", C, WEST)
+            && has(seen, "Rollout Started", A, REGION)
+            && has(seen, "Rollout Started", A, WEST)
     })
     .await;
     let seen = seen.lock().expect("lock").clone();
@@ -612,10 +635,27 @@ async fn the_lambda_routes_an_event_from_the_secrets_account_to_every_target() {
     let url = emu.url();
     target_role(&url, A, EXTERNAL_ID);
     target_role(&url, B, EXTERNAL_ID);
+    // And C, whose role refuses the operator: reported, and the others go on.
+    target_role(&url, C, "not-what-we-send");
     let world = World::build(&url, &[A, B]).await;
-    let cfg = config(&[(A, EXTERNAL_ID), (B, EXTERNAL_ID)], "");
+    let cfg = config(&[(A, EXTERNAL_ID), (B, EXTERNAL_ID), (C, EXTERNAL_ID)], "");
+    let aws = Aws::connect(&url).await;
+    let outcomes = outcome_queue(&aws).await;
     let api = RuntimeApi::start().await;
-    let _child = support::start_bootstrap(&url, &api, &[("ECS_RELOADER_CONFIG", cfg.as_str())]);
+    let log_path = std::env::temp_dir().join(format!(
+        "ecs-reloader-accounts-emf-{}.log",
+        std::process::id()
+    ));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = support::start_bootstrap_to(
+        &url,
+        &api,
+        &[
+            ("ECS_RELOADER_CONFIG", cfg.as_str()),
+            ("ECS_RELOADER_NOTIFY_EVENT_BUS", "default"),
+        ],
+        log.into(),
+    );
     world.rotate().await;
     // Delivered to the function directly, as EventBridge does: from account A, by name only.
     let event = serde_json::json!({
@@ -654,6 +694,42 @@ async fn the_lambda_routes_an_event_from_the_secrets_account_to_every_target() {
             &world.clients[&(*a, *r)].deployment_id("prod", n).await,
             before,
             "{a} {r} {n} rolled twice"
+        );
+    }
+    // Outcome events name account and region, C's unreachability included.
+    let seen = Seen::default();
+    outcome_events(&aws, &outcomes, &seen, |seen| {
+        DEPENDANTS
+            .iter()
+            .all(|(a, r, _)| has(seen, "Rollout Started", a, r))
+            && has(seen, "Target Unreachable", C, REGION)
+            && has(seen, "Target Unreachable", C, WEST)
+    })
+    .await;
+    // The metric documents count C's missed passes, and each target's rollouts.
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let text = std::fs::read_to_string(&log_path).expect("stdout");
+    let _ = std::fs::remove_file(&log_path);
+    let docs: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let sum = |metric: &str, account: &str, region: &str| -> f64 {
+        docs.iter()
+            .filter(|d| d["account"] == account && d["region"] == region)
+            .filter_map(|d| d[metric].as_f64())
+            .sum()
+    };
+    assert!(
+        sum("target_failures", C, WEST) >= 3.0,
+        "three invocations: {text}"
+    );
+    for (a, r, _) in DEPENDANTS {
+        assert_eq!(
+            sum("target_rollouts", a, r),
+            2.0,
+            "started and succeeded: {text}"
         );
     }
 }

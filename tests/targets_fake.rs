@@ -164,3 +164,56 @@ async fn a_parameter_change_goes_to_the_targets_of_its_account_only() {
         .expect("pass");
     assert_eq!(all.assessment.change_set.changes.len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_that_fails_is_reported_and_looked_at_again_within_a_minute() {
+    use ecs_reloader::aws::ErrorKind;
+    let (one, clock) = FakeAws::on_tokio_clock("us-east-1");
+    let two = FakeAws::new("eu-west-1", clock.clone());
+    world(&one);
+    world(&two);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    two.fail_next("ecs:ListServices", 100, ErrorKind::AccessDenied);
+    let spec = |region: &str| TargetSpec {
+        account: String::new(),
+        region: region.into(),
+        role: None,
+        clusters: vec!["prod".into()],
+    };
+    let fleet = setup::assemble_fleet(
+        &Config::default(),
+        vec![
+            (spec("us-east-1"), one.clients()),
+            (spec("eu-west-1"), two.clients()),
+        ],
+        clock,
+        Arc::new(LogProgress),
+        Mode::Watch,
+        None,
+    );
+    let pass = fleet
+        .pass(&Request {
+            dry_run: true,
+            ..Request::all()
+        })
+        .await
+        .expect("one target's failure does not fail the pass");
+    assert_eq!(pass.assessment.services.len(), 20, "the other target's");
+    let problems: Vec<(String, bool)> = pass
+        .targets
+        .iter()
+        .map(|t| (t.region.clone(), t.problem.is_some()))
+        .collect();
+    assert_eq!(
+        problems,
+        [("us-east-1".into(), false), ("eu-west-1".into(), true)]
+    );
+    assert!(
+        pass.problems()
+            .iter()
+            .any(|p| p.contains("eu-west-1") && p.contains("ecs:ListServices")),
+        "{:?}",
+        pass.problems()
+    );
+    assert_eq!(pass.requeue_after, Some(Duration::from_secs(60)));
+}
