@@ -60,6 +60,133 @@ pub struct Config {
     pub serve: ServeConfig,
     /// The single-writer lease.
     pub lease: LeaseConfig,
+    /// `[[targets]]`: the accounts and regions to manage. None: the operator's own account and
+    /// region (`[aws] region`), with its own credentials.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// `[[targets]]`: one account (by the role to assume in it, or the operator's own credentials)
+/// in one or more regions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// The role to assume in the target account (`arn:aws:iam::111122223333:role/name`); none:
+    /// the operator's own credentials and account.
+    pub role_arn: Option<RoleArn>,
+    /// The external ID the role's trust policy requires.
+    pub external_id: Option<ExternalId>,
+    /// The role session name (shows in the target account's CloudTrail as who acted).
+    pub session_name: SessionName,
+    /// Regions of the account to manage; empty: `[aws] region`.
+    pub regions: Vec<RegionName>,
+    /// Clusters to manage in each of them; absent: `[scope] clusters`.
+    pub clusters: Option<Vec<String>>,
+}
+
+/// An IAM role ARN, checked when the file is read (so the error names its line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RoleArn(pub String);
+
+impl RoleArn {
+    /// The account of the role.
+    pub fn account(&self) -> &str {
+        self.0.split(':').nth(4).unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for RoleArn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parts: Vec<&str> = s.splitn(6, ':').collect();
+        let ok = parts.len() == 6
+            && parts[0] == "arn"
+            && parts[1].starts_with("aws")
+            && parts[2] == "iam"
+            && parts[3].is_empty()
+            && parts[4].len() == 12
+            && parts[4].chars().all(|c| c.is_ascii_digit())
+            && parts[5]
+                .strip_prefix("role/")
+                .is_some_and(|n| !n.is_empty());
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not an IAM role ARN like \"arn:aws:iam::111122223333:role/ecs-reloader-target\""
+            )));
+        }
+        Ok(RoleArn(s))
+    }
+}
+
+/// An STS external ID: 2 to 1224 characters of `\w+=,.@:/-`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ExternalId(pub String);
+
+impl<'de> Deserialize<'de> for ExternalId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = (2..=1224).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not an external ID (2 to 1224 letters, digits or _+=,.@:/-)"
+            )));
+        }
+        Ok(ExternalId(s))
+    }
+}
+
+/// An STS role session name: 2 to 64 characters of `\w+=,.@-`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct SessionName(pub String);
+
+impl Default for SessionName {
+    fn default() -> Self {
+        SessionName("ecs-reloader".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = (2..=64).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a role session name (2 to 64 letters, digits or _+=,.@-)"
+            )));
+        }
+        Ok(SessionName(s))
+    }
+}
+
+/// A region name, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RegionName(pub String);
+
+impl<'de> Deserialize<'de> for RegionName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = s.len() >= 4
+            && s.len() <= 30
+            && s.split('-').count() >= 3
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a region name like \"eu-west-1\""
+            )));
+        }
+        Ok(RegionName(s))
+    }
 }
 
 /// `[aws]`
@@ -569,6 +696,41 @@ impl Config {
                 "must be at least rollout.poll_interval",
             ));
         }
+        // One target per account and region: two would roll the same services twice over.
+        let mut seen = std::collections::BTreeMap::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let key = format!("targets[{}]", i + 1);
+            let account = t.role_arn.as_ref().map(RoleArn::account).unwrap_or("");
+            if t.external_id.is_some() && t.role_arn.is_none() {
+                return Err(invalid(
+                    &format!("{key}.external_id"),
+                    "only means something with role_arn (the role whose trust policy asks for it)",
+                ));
+            }
+            let regions: Vec<&str> = if t.regions.is_empty() {
+                vec![self.aws.region.as_str()]
+            } else {
+                t.regions.iter().map(|r| r.0.as_str()).collect()
+            };
+            for region in regions {
+                if let Some(first) = seen.insert((account.to_string(), region.to_string()), i + 1) {
+                    let who = if account.is_empty() {
+                        "the operator's own account".to_string()
+                    } else {
+                        format!("account {account}")
+                    };
+                    let region = if region.is_empty() {
+                        "the default region".to_string()
+                    } else {
+                        format!("region {region}")
+                    };
+                    return Err(invalid(
+                        &key,
+                        &format!("{who} in {region} is already targets[{first}]: one target per account and region"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -844,6 +1006,48 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("pacing.throttle_factor"), "{err}");
+    }
+
+    #[test]
+    fn targets_load_and_bad_ones_name_the_key_and_line() {
+        let f = file(
+            "[aws]\nregion = \"us-east-1\"\n\n[[targets]]\nregions = [\"us-east-1\", \"eu-west-1\"]\n\n[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/ecs-reloader-target\"\nexternal_id = \"org-1\"\nclusters = [\"prod\"]\n",
+        );
+        let c = Config::load(Some(&f.0), vec![]).expect("loads");
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[0].role_arn, None);
+        assert_eq!(
+            c.targets[1].role_arn.as_ref().map(RoleArn::account),
+            Some("111122223333")
+        );
+        assert_eq!(
+            c.targets[1].session_name.0, "ecs-reloader",
+            "the default names us"
+        );
+        for (text, key, line, says) in [
+            ("[[targets]]\nrole_arn = \"arn:aws:iam::1111:role/x\"\n", "role_arn", "line 2", "not an IAM role ARN"),
+            ("[[targets]]\nregions = [\"us-east-1\"]\n\n[[targets]]\nregions = [\"Europe\"]\n", "regions", "line 5", "not a region name"),
+            ("[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/x\"\nsession_name = \"a b\"\n", "session_name", "line 3", "not a role session name"),
+            ("[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/x\"\nexternal_id = \"x\"\n", "external_id", "line 3", "not an external ID"),
+            ("[[targets]]\nrole_ARN = \"arn:aws:iam::111122223333:role/x\"\n", "role_ARN", "line 2", "unknown field"),
+        ] {
+            let f = file(text);
+            let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(line) && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+        let f = file("[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/a\"\nregions = [\"eu-west-1\"]\n\n[[targets]]\nrole_arn = \"arn:aws:iam::111122223333:role/b\"\nregions = [\"us-east-1\", \"eu-west-1\"]\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("targets[2]")
+                && err.contains("account 111122223333 in region eu-west-1 is already targets[1]"),
+            "{err}"
+        );
+        let f = file("[[targets]]\nexternal_id = \"org-1\"\n");
+        let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+        assert!(err.contains("targets[1].external_id"), "{err}");
     }
 
     #[test]

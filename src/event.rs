@@ -42,6 +42,18 @@ pub struct Change {
     pub kind: ChangeKind,
     /// The event's `time`, if present.
     pub at: Option<DateTime<Utc>>,
+    /// The envelope's account and region: where the change happened (routes it among targets).
+    pub origin: Origin,
+}
+
+/// Where an event says a change happened: its envelope's `account` and `region`. Either may be
+/// missing (some deliveries omit `account`); routing then falls back on what the subject says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    /// The envelope's `account`.
+    pub account: Option<String>,
+    /// The envelope's `region`.
+    pub region: Option<String>,
 }
 
 /// What an event says changed, named as the event names it.
@@ -125,6 +137,8 @@ pub struct Changes {
     pub resync: bool,
     /// Services ECS's events named, to refresh in the watch cache.
     pub services: std::collections::BTreeSet<ServiceHint>,
+    /// Where each subject's events came from (see [`Origin`]).
+    pub origins: std::collections::BTreeMap<Subject, std::collections::BTreeSet<Origin>>,
 }
 
 impl Changes {
@@ -136,6 +150,10 @@ impl Changes {
                     .entry(c.secret.clone())
                     .or_default()
                     .extend(c.label_moves());
+                self.origins
+                    .entry(c.secret.clone())
+                    .or_default()
+                    .insert(c.origin.clone());
                 true
             }
             Parsed::Resync => {
@@ -272,6 +290,8 @@ struct Envelope {
     #[serde(default)]
     region: Option<String>,
     #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
     resources: Vec<String>,
     #[serde(default)]
     detail: serde_json::Value,
@@ -301,8 +321,18 @@ pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
-    let change =
-        |secret: Subject, kind: ChangeKind| Ok(Parsed::Change(Change { secret, kind, at }));
+    let origin = Origin {
+        account: env.account.clone().filter(|a| !a.trim().is_empty()),
+        region: env.region.clone().filter(|r| !r.trim().is_empty()),
+    };
+    let change = |secret: Subject, kind: ChangeKind| {
+        Ok(Parsed::Change(Change {
+            secret,
+            kind,
+            at,
+            origin: origin.clone(),
+        }))
+    };
     let d = &env.detail;
     match (env.source.as_str(), env.detail_type.as_str()) {
         ("aws.secretsmanager", "AWS Service Event via CloudTrail") => {

@@ -7,6 +7,9 @@
 //! ```text
 //! driver (CLI | serve | Lambda)         its own I/O only: arguments and the terminal; the queue,
 //!   │                                   heartbeats and acknowledgements; the Runtime API
+//!   └─ Fleet::pass(Request)             every target (account, region) side by side, changes
+//!      │                                routed by account and region; one target's failure is
+//!      │                                recorded in Pass::targets, the others go on
 //!   └─ Reconciler::pass(Request) → Pass { decisions, outcomes, requeue_after }
 //!       ├─ index      clusters → services → task definitions (cached by ARN) → references
 //!       ├─ decide     pure: (service, resolved secret metadata, now) → Decision;
@@ -30,6 +33,7 @@
 //! | [`notify`] | outcome events and rollout metrics |
 //! | [`aws`] | the AWS traits, the SDK implementation and (feature `test-util`) the in-memory fake |
 //! | [`config`] | TOML + `ECS_RELOADER_*` configuration |
+//! | [`targets`] | the accounts and regions managed, one reconciler each; routing changes among them |
 //! | [`clock`] | wall-clock time, pausable in tests |
 //! | [`metrics`] | Prometheus metrics of `serve` |
 //! | [`driver`] | the CLI, `serve` and the Lambda handler, and wiring the parts from configuration |
@@ -52,4 +56,5 @@ pub mod reference;
 pub mod report;
 pub mod rollout;
 pub(crate) mod watch;
+pub mod targets;
 pub mod window;

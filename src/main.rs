@@ -81,6 +81,10 @@ struct ScopeArgs {
     /// Only this cluster (repeatable); default: [scope] clusters, or every cluster of the region.
     #[arg(long = "cluster")]
     clusters: Vec<String>,
+    /// Only the targets of this account (repeatable; with [[targets]] in the configuration). The
+    /// global --region likewise keeps only the targets of that region.
+    #[arg(long = "account", value_name = "ACCOUNT")]
+    accounts: Vec<String>,
     /// Only services that resolve this secret: a name, partial or full ARN, or SSM name/ARN (repeatable).
     /// Naming secrets approves notify-only services that resolve them.
     #[arg(long = "secret")]
@@ -215,7 +219,12 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config =
         Config::load(cli.config.as_deref(), std::env::vars()).context("configuration")?;
+    // With targets, --region also keeps only the targets of that region.
+    let mut regions = Vec::new();
     if let Some(region) = cli.region {
+        if !config.targets.is_empty() {
+            regions.push(region.clone());
+        }
         config.aws.region = region;
     }
     let aws = SdkSettings {
@@ -262,13 +271,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     let sdk = setup::sdk(&config, &aws).await?;
-    let parts = setup::assemble(
+    let fleet = setup::fleet(
         &config,
-        sdk.clients,
+        &sdk,
         Arc::new(SystemClock),
         Arc::new(TerminalProgress::new()),
         mode,
-    );
+        None,
+        &scope.accounts,
+        &regions,
+    )
+    .await?;
     let opts = cli::Options {
         clusters: scope.clusters,
         secrets: scope.secrets,
@@ -278,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         output: scope.output,
     };
     let mut stdout = std::io::stdout();
-    let ending = cli::run(&parts.reconciler, &opts, &mut stdout).await?;
+    let ending = cli::run(&fleet, &opts, &mut stdout).await?;
     if ending.ok {
         Ok(ExitCode::SUCCESS)
     } else {

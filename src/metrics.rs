@@ -21,6 +21,26 @@ pub struct Kind {
     pub kind: String,
 }
 
+/// A target's labels: its account and region.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// The account (empty: the operator's own credentials, account not configured).
+    pub account: String,
+    /// The region.
+    pub region: String,
+}
+
+/// A target's labels with a `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetKind {
+    /// The account.
+    pub account: String,
+    /// The region.
+    pub region: String,
+    /// The kind.
+    pub kind: String,
+}
+
 /// An `operation` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Operation {
@@ -53,6 +73,12 @@ pub struct Metrics {
     /// Changes that wait to be decided again (a deployment, rotation or canary in progress);
     /// their messages stay hidden meanwhile.
     pub waiting: Gauge,
+    /// Rollouts by target (account, region) and phase or outcome.
+    pub target_rollouts: Family<TargetKind, Counter>,
+    /// 1 when the target's last pass ran, 0 when it could not (role not assumed, calls refused).
+    pub target_up: Family<TargetLabels, Gauge>,
+    /// Passes a target could not run.
+    pub target_failures: Family<TargetLabels, Counter>,
     api_calls: Family<Operation, Counter>,
     api_throttles: Family<Operation, Counter>,
 }
@@ -78,6 +104,9 @@ impl Metrics {
             busy: Gauge::default(),
             leader: Gauge::default(),
             waiting: Gauge::default(),
+            target_rollouts: Family::default(),
+            target_up: Family::default(),
+            target_failures: Family::default(),
             api_calls: Family::default(),
             api_throttles: Family::default(),
         };
@@ -130,6 +159,21 @@ impl Metrics {
                 m.waiting.clone(),
             );
             r.register(
+                "target_rollouts",
+                "Rollouts, by target account, region and phase or outcome",
+                m.target_rollouts.clone(),
+            );
+            r.register(
+                "target_up",
+                "1 when the target's last pass ran, 0 when its role could not be assumed or its calls were refused",
+                m.target_up.clone(),
+            );
+            r.register(
+                "target_failures",
+                "Passes a target (account, region) could not run",
+                m.target_failures.clone(),
+            );
+            r.register(
                 "api_calls",
                 "AWS API attempts, by operation",
                 m.api_calls.clone(),
@@ -157,6 +201,37 @@ impl Metrics {
         self.rollouts
             .get_or_create(&Kind {
                 kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one rollout phase or outcome of a target's service.
+    pub fn target_rollout(&self, account: &str, region: &str, kind: &str) {
+        self.target_rollouts
+            .get_or_create(&TargetKind {
+                account: account.to_string(),
+                region: region.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records whether a target's pass ran.
+    pub fn set_target_up(&self, account: &str, region: &str, up: bool) {
+        self.target_up
+            .get_or_create(&TargetLabels {
+                account: account.to_string(),
+                region: region.to_string(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts a pass a target could not run.
+    pub fn target_failure(&self, account: &str, region: &str) {
+        self.target_failures
+            .get_or_create(&TargetLabels {
+                account: account.to_string(),
+                region: region.to_string(),
             })
             .inc();
     }

@@ -32,6 +32,9 @@ pub mod detail_type {
     pub(crate) const HELD: &str = "Rollout Held";
     /// Not started: the service no longer needed it when its turn came.
     pub(crate) const SKIPPED: &str = "Rollout Skipped";
+    /// A target (an account and region) could not be worked on: its role could not be assumed,
+    /// or its calls were refused. Every other target went on.
+    pub(crate) const TARGET_UNREACHABLE: &str = "Target Unreachable";
     /// Not started: someone else's deployment was in progress when its turn came.
     pub(crate) const DEFERRED: &str = "Rollout Deferred";
     /// Stale, but notify-only: waits for a person's approval.
@@ -90,6 +93,22 @@ impl Notifier {
     /// notify-only services that wait for approval (`Rollout Pending`, with the secrets and the
     /// reason).
     pub fn after_pass(&self, pass: &Pass) {
+        for t in &pass.targets {
+            self.metrics
+                .set_target_up(&t.account, &t.region, t.problem.is_none());
+            let Some(problem) = &t.problem else { continue };
+            self.metrics.target_failure(&t.account, &t.region);
+            tracing::error!(account = %t.account, region = %t.region, error = %problem, "target unreachable; the other targets went on");
+            self.publish(
+                detail_type::TARGET_UNREACHABLE,
+                json!({
+                    "account": t.account,
+                    "region": t.region,
+                    "role_arn": t.role_arn,
+                    "error": problem,
+                }),
+            );
+        }
         for a in &pass.assessment.services {
             let (detail_type, kind, reason, findings) = match &a.decision {
                 Decision::Held { reason, findings } => {
@@ -101,6 +120,8 @@ impl Notifier {
                 _ => continue,
             };
             self.metrics.rollout(kind);
+            self.metrics
+                .target_rollout(&a.key.account, &a.key.region, kind);
             tracing::warn!(service = %a.key, reason, "{kind}");
             let secrets: Vec<&str> = findings.iter().map(|f| f.secret.as_str()).collect();
             self.publish(
@@ -108,6 +129,8 @@ impl Notifier {
                 json!({
                     "cluster": a.key.cluster,
                     "service": a.key.service,
+                    "account": a.key.account,
+                    "region": a.key.region,
                     "reason": reason,
                     "secrets": secrets,
                 }),
@@ -151,6 +174,8 @@ impl Progress for Notifier {
                     json!({
                         "cluster": key.cluster,
                         "service": key.service,
+                        "account": key.account,
+                        "region": key.region,
                         "deployment": deployment,
                         "verified": verified,
                         "proof": proof,
@@ -162,12 +187,13 @@ impl Progress for Notifier {
             return;
         };
         self.metrics.rollout(kind);
+        self.metrics.target_rollout(&key.account, &key.region, kind);
         let detail = match phase {
             Phase::Rolling { deployment } => {
-                json!({"cluster": key.cluster, "service": key.service, "deployment": deployment})
+                json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "deployment": deployment})
             }
             Phase::Done(o) => {
-                json!({"cluster": key.cluster, "service": key.service, "outcome": o})
+                json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "outcome": o})
             }
             Phase::Waiting => return,
         };
@@ -204,6 +230,7 @@ mod tests {
         let key = ServiceKey {
             cluster: "prod".into(),
             service: "api".into(),
+            ..ServiceKey::default()
         };
         n.update(
             &key,

@@ -239,6 +239,9 @@ pub struct Pass {
     /// When to look again: something is settling (a rotation, a deployment, a canary or an
     /// earlier wave in progress) or was cut short. `None`: nothing will change by waiting.
     pub requeue_after: Option<Duration>,
+    /// With several targets ([`crate::targets::Fleet`]): each target (account, region) and
+    /// whether its pass ran. Empty for one reconciler's own pass.
+    pub targets: Vec<crate::targets::TargetStatus>,
 }
 
 impl Pass {
@@ -254,6 +257,7 @@ impl Pass {
             outcomes: Vec::new(),
             cut_short: false,
             requeue_after: None,
+            targets: Vec::new(),
         }
     }
 
@@ -279,6 +283,11 @@ impl Pass {
         let d = self.decisions();
         let n = |k: Kind| d.get(&k).copied().unwrap_or(0);
         let mut out = Vec::new();
+        for t in &self.targets {
+            if let Some(problem) = &t.problem {
+                out.push(format!("target {t} could not be worked on: {problem}"));
+            }
+        }
         let failed = self.failed().count();
         if failed > 0 {
             out.push(format!("{failed} rollout(s) failed or were halted"));
@@ -399,6 +408,11 @@ impl Reconciler {
         }
     }
 
+    /// The clients it calls AWS with (guarded).
+    pub(crate) fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
     /// The task-definition cache (shared across passes, warm for the life of the process).
     pub fn cache(&self) -> &TaskDefCache {
         &self.cache
@@ -512,6 +526,7 @@ impl Reconciler {
             outcomes: Vec::new(),
             cut_short: false,
             requeue_after: None,
+            targets: Vec::new(),
             assessment,
         };
         let set = &pass.assessment.change_set;

@@ -24,6 +24,9 @@ pub struct Report<'a> {
     pub services_without_secrets: usize,
     /// Decisions and actions, counted apart: each adds up to the number of rows.
     pub summary: Summary,
+    /// With several targets: each (account, region), and why it could not be worked on if so.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub targets: &'a [crate::targets::TargetStatus],
 }
 
 /// The counts of a report. Every service has exactly one decision and exactly one action, so
@@ -178,7 +181,15 @@ impl<'a> Report<'a> {
             services,
             services_without_secrets: assessment.without_secrets,
             summary,
+            targets: &[],
         }
+    }
+
+    /// The report of a pass over several targets: account and region columns, and the targets
+    /// that could not be worked on.
+    pub fn with_targets(mut self, targets: &'a [crate::targets::TargetStatus]) -> Self {
+        self.targets = targets;
+        self
     }
 
     /// The JSON document.
@@ -194,7 +205,11 @@ impl<'a> Report<'a> {
     /// The table in a given layout.
     pub(crate) fn to_table_as(&self, layout: Layout) -> String {
         let terminal = matches!(layout, Layout::Terminal { .. });
+        let by_target = !self.targets.is_empty();
         let mut header = vec!["CLUSTER", "SERVICE", "DECISION", "ACTION", "SECRETS"];
+        if by_target {
+            header.splice(0..0, ["ACCOUNT", "REGION"]);
+        }
         if !terminal {
             header.push("REASON");
         }
@@ -205,13 +220,18 @@ impl<'a> Report<'a> {
                 Some(o) if o.reason().is_some() => Why::just(o.reason().unwrap_or_default()),
                 _ => why(&a.decision),
             };
-            let mut cells = vec![
+            let mut cells = vec![];
+            if by_target {
+                cells.push(a.key.account.clone());
+                cells.push(a.key.region.clone());
+            }
+            cells.extend([
                 a.key.cluster.clone(),
                 a.key.service.clone(),
                 a.decision.label().to_string(),
                 r.action.label().to_string(),
                 a.secrets.join(" "),
-            ];
+            ]);
             if !terminal {
                 cells.push(one_line(&why.line()));
             }
@@ -271,11 +291,30 @@ impl<'a> Report<'a> {
         if self.dry_run {
             summary.push_str(" Dry run: nothing was changed.");
         }
+        if by_target {
+            let down: Vec<String> = self
+                .targets
+                .iter()
+                .filter_map(|t| t.problem.as_ref().map(|p| format!("target {t}: {p}")))
+                .collect();
+            let _ = write!(
+                summary,
+                " Targets: {} of {} worked on.",
+                self.targets.len() - down.len(),
+                self.targets.len()
+            );
+            for d in down {
+                summary.push_str("\nUNREACHABLE ");
+                summary.push_str(&d);
+            }
+        }
         out.push('\n');
         match layout {
             Layout::Terminal { width } => {
-                for l in wrap(&summary, width.max(30)) {
-                    let _ = writeln!(out, "{l}");
+                for part in summary.lines() {
+                    for l in wrap(part, width.max(30)) {
+                        let _ = writeln!(out, "{l}");
+                    }
                 }
             }
             Layout::Lines => {
@@ -438,6 +477,7 @@ mod tests {
             key: ServiceKey {
                 cluster: "prod".into(),
                 service: service.into(),
+                ..ServiceKey::default()
             },
             decision,
             secrets: vec!["app/db".into()],

@@ -337,6 +337,7 @@ async fn duplicates_in_a_change_set_roll_once() {
     let key = |n: &str| ServiceKey {
         cluster: "prod".into(),
         service: n.into(),
+        ..ServiceKey::default()
     };
     let change = |n: &str| Change {
         key: key(n),
@@ -382,6 +383,7 @@ async fn no_wait_triggers_without_watching() {
                 key: ServiceKey {
                     cluster: "prod".into(),
                     service: format!("s{i}"),
+                    ..ServiceKey::default()
                 },
                 wave: 0,
                 findings: vec![],

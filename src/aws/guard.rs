@@ -229,6 +229,8 @@ fn report_retry(
 #[derive(Debug, Default)]
 pub struct Stats {
     inner: Mutex<BTreeMap<&'static str, OpStats>>,
+    /// Other guards' counters this one adds up (one guard per target: see [`Stats::sum_of`]).
+    parts: Vec<Arc<Stats>>,
 }
 
 /// Counters of one operation.
@@ -248,9 +250,27 @@ impl Stats {
         f(m.entry(op).or_default());
     }
 
-    /// A copy of the counters.
+    /// A copy of the counters (with those of its parts added).
     pub fn snapshot(&self) -> BTreeMap<&'static str, OpStats> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut out = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for part in &self.parts {
+            for (op, s) in part.snapshot() {
+                let o = out.entry(op).or_default();
+                o.calls += s.calls;
+                o.throttled += s.throttled;
+                o.retries += s.retries;
+            }
+        }
+        out
+    }
+
+    /// Counters that add up `parts`, live: the whole process's calls when each target has a
+    /// guard of its own.
+    pub fn sum_of(parts: Vec<Arc<Stats>>) -> Arc<Stats> {
+        Arc::new(Stats {
+            inner: Mutex::default(),
+            parts,
+        })
     }
 }
 

@@ -159,6 +159,56 @@ fn shared_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClie
 
 /// The three clients over an already loaded configuration.
 pub(crate) fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
+    clients_as(config, None)
+}
+
+/// A role to act as in a target account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AssumeRole {
+    /// The role's ARN.
+    pub arn: String,
+    /// The external ID its trust policy asks for.
+    pub external_id: Option<String>,
+    /// The session name (who acted, in the target's CloudTrail).
+    pub session_name: String,
+}
+
+/// The configuration of one target: `base` (its HTTP client, retry and timeout settings, and
+/// its credentials as the source of the role's) in `region`, with the credentials of `role`
+/// when there is one. The SDK's `AssumeRoleProvider` gets the role's credentials from STS, and
+/// the identity cache refreshes them before they expire; `role` may be shared by several
+/// regions' configurations (one session per account).
+pub fn target_config(
+    base: &SdkConfig,
+    region: &str,
+    role: Option<&aws_credential_types::provider::SharedCredentialsProvider>,
+) -> SdkConfig {
+    let mut b = base.to_builder();
+    b.set_region(Some(Region::new(region.to_string())));
+    if let Some(role) = role {
+        b.set_credentials_provider(Some(role.clone()));
+    }
+    b.build()
+}
+
+/// The credentials of `role`, assumed with `base`'s credentials (through STS in `base`'s region
+/// and endpoint).
+pub async fn assume_role(
+    base: &SdkConfig,
+    role: &AssumeRole,
+) -> aws_credential_types::provider::SharedCredentialsProvider {
+    let mut b = aws_config::sts::AssumeRoleProvider::builder(role.arn.clone())
+        .session_name(role.session_name.clone())
+        .configure(base);
+    if let Some(id) = &role.external_id {
+        b = b.external_id(id.clone());
+    }
+    aws_credential_types::provider::SharedCredentialsProvider::new(b.build().await)
+}
+
+/// [`clients_from`], for clients that act as `role` (named in what a refused `sts:AssumeRole`
+/// says).
+pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clients, SdkSetupError> {
     let region = config
         .region()
         .map(|r| r.to_string())
@@ -176,6 +226,7 @@ pub(crate) fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError>
     }
     let shared = Arc::new(Shared {
         config: config.clone(),
+        role: role.map(str::to_string),
         regional_sm: Mutex::default(),
         regional_ssm: Mutex::default(),
     });
@@ -185,7 +236,10 @@ pub(crate) fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError>
     Ok(Clients {
         ecs: Arc::new(SdkEcs {
             client: aws_sdk_ecs::Client::from_conf(ecs),
-            place: Place::of(config, &region),
+            place: Place {
+                role: role.map(str::to_string),
+                ..Place::of(config, &region)
+            },
         }),
         secrets: Arc::new(SdkSecrets(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
@@ -195,6 +249,7 @@ pub(crate) fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError>
 
 struct Shared {
     config: SdkConfig,
+    role: Option<String>,
     regional_sm: Mutex<HashMap<String, aws_sdk_secretsmanager::Client>>,
     regional_ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
 }
@@ -227,7 +282,10 @@ impl Shared {
     }
 
     fn place(&self, region: &str) -> Place {
-        Place::of(&self.config, region)
+        Place {
+            role: self.role.clone(),
+            ..Place::of(&self.config, region)
+        }
     }
 }
 
@@ -269,6 +327,8 @@ pub(crate) struct Place {
     pub region: Option<String>,
     /// `AWS_ENDPOINT_URL` (or `endpoint_url` in the profile), when set.
     pub endpoint_url: Option<String>,
+    /// The role the client's credentials come from (a target's), when it assumes one.
+    pub role: Option<String>,
 }
 
 impl Place {
@@ -276,6 +336,7 @@ impl Place {
         Place {
             region: Some(region.to_string()),
             endpoint_url: config.endpoint_url().map(str::to_string),
+            role: None,
         }
     }
 
@@ -306,6 +367,18 @@ enum SetupCause {
     Refused,
     /// No route to the endpoint.
     NoRoute,
+}
+
+/// What a credentials error says, when one is among `err`'s sources.
+fn why_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return causes(c);
+        }
+        next = e.source();
+    }
+    String::new()
 }
 
 /// Walks an error's sources for a cause no retry can fix.
@@ -455,6 +528,26 @@ where
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     if let SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) = &err {
+        if let (Some(role), Some(SetupCause::Credentials(_) | SetupCause::NoCredentials)) =
+            (&place.role, setup_cause(&err).as_ref())
+        {
+            let why = if why_text(&err).is_empty() {
+                "no credentials to assume it with".to_string()
+            } else {
+                why_text(&err)
+            };
+            return AwsError::new(
+                "sts:AssumeRole",
+                role.clone(),
+                ErrorKind::Setup,
+                format!(
+                    "cannot assume {role} (needed for {operation} {resource}): {why}: the role's trust \
+                     policy must allow the operator's role to call sts:AssumeRole (with the external \
+                     ID configured for the target, if any), and the operator's own IAM policy must \
+                     allow sts:AssumeRole on this role (infra/ecs-reloader-member.yaml creates such a role)"
+                ),
+            );
+        }
         if let Some(cause) = setup_cause(&err) {
             return AwsError::new(
                 operation,
@@ -969,6 +1062,7 @@ mod tests {
         Place {
             region: Some(region.into()),
             endpoint_url: None,
+            role: None,
         }
     }
 
@@ -998,6 +1092,7 @@ mod tests {
         let local = Place {
             region: Some("us-east-1".into()),
             endpoint_url: Some("http://127.0.0.1:1".into()),
+            role: None,
         };
         let e = mapped(refused(), &local);
         assert_eq!(e.kind, ErrorKind::Setup);

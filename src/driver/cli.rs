@@ -5,9 +5,10 @@
 use std::io::Write;
 
 use crate::plan::ServiceKey;
-use crate::reconcile::{Pass, ReconcileError, Reconciler, Request, Selection};
+use crate::reconcile::{Pass, ReconcileError, Request, Selection};
 use crate::report::Report;
 use crate::rollout::Outcome;
+use crate::targets::Passes;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -47,7 +48,7 @@ pub struct Ending {
 
 /// Runs one pass and writes the report to `out`.
 pub async fn run(
-    reconciler: &Reconciler,
+    reconciler: &(impl Passes + ?Sized),
     opts: &Options,
     out: &mut (dyn Write + Send),
 ) -> Result<Ending, ReconcileError> {
@@ -63,12 +64,26 @@ pub async fn run(
         services: opts.services.clone(),
         ignore_windows: opts.ignore_windows,
     };
-    let pass = reconciler.pass(&req).await?;
+    let pass = reconciler.run_pass(&req).await?;
     write_report(&pass, opts, out);
+    let unreachable: Vec<String> = pass
+        .targets
+        .iter()
+        .filter(|t| t.problem.is_some())
+        .map(|t| t.to_string())
+        .collect();
     if opts.dry_run {
+        // A plan that could not look at every target is not the whole plan.
         return Ok(Ending {
-            ok: true,
-            message: String::new(),
+            ok: unreachable.is_empty(),
+            message: if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "the plan lacks target(s) that could not be worked on: {}",
+                    unreachable.join(", ")
+                )
+            },
         });
     }
     let problems = pass.problems();
@@ -79,7 +94,8 @@ pub async fn run(
 }
 
 fn write_report(pass: &Pass, opts: &Options, out: &mut (dyn Write + Send)) {
-    let report = Report::new(&pass.assessment, &pass.outcomes, opts.dry_run);
+    let report =
+        Report::new(&pass.assessment, &pass.outcomes, opts.dry_run).with_targets(&pass.targets);
     let text = match opts.output {
         Output::Text => report.to_table(),
         Output::Json => report.to_json(),

@@ -35,8 +35,9 @@ use crate::lease::{DynamoStore, Keeper, Leadership, Role};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::ServiceKey;
-use crate::reconcile::{Mode, Pass, ReconcileError, Reconciler, Request};
+use crate::reconcile::{Mode, Pass, ReconcileError, Request};
 use crate::rollout::Outcome;
+use crate::targets::Fleet;
 
 /// One SQS record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +113,7 @@ pub enum InvocationError {
 
 /// The handler, built once per execution environment.
 pub struct Handler {
-    reconciler: Reconciler,
+    reconciler: Fleet,
     notifier: Arc<Notifier>,
     /// The change queue (`[events] queue_url`): where a change that must wait is handed to a
     /// later invocation.
@@ -164,11 +165,21 @@ impl Handler {
     /// A handler over parts assembled in [`Mode::FireAndForget`](crate::reconcile::Mode), whose
     /// progress is `notifier`.
     pub fn new(parts: Parts, notifier: Arc<Notifier>, queue: Option<Arc<dyn Queue>>) -> Self {
-        Handler {
-            reconciler: parts.reconciler,
+        Self::over(
+            Fleet::single(parts.reconciler, parts.stats),
             notifier,
             queue,
-            stats: parts.stats,
+        )
+    }
+
+    /// A handler over every target of `fleet` (assembled in
+    /// [`Mode::FireAndForget`](crate::reconcile::Mode)).
+    pub fn over(fleet: Fleet, notifier: Arc<Notifier>, queue: Option<Arc<dyn Queue>>) -> Self {
+        Handler {
+            stats: fleet.stats().clone(),
+            reconciler: fleet,
+            notifier,
+            queue,
             keeper: None,
             sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
@@ -454,17 +465,20 @@ pub async fn run(
     let leadership = keeper
         .as_ref()
         .map_or_else(Leadership::sole, |k| k.leadership());
-    let parts = crate::driver::setup::assemble_with(
+    let fleet = crate::driver::setup::fleet(
         config,
-        sdk.clients,
+        &sdk,
         clock,
         notifier.clone(),
         Mode::FireAndForget,
-        leadership,
-    );
+        Some(leadership),
+        &[],
+        &[],
+    )
+    .await?;
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
-    let mut handler = Handler::new(parts, notifier, queue);
+    let mut handler = Handler::over(fleet, notifier, queue);
     if let Some(k) = keeper {
         handler = handler.with_lease(k);
     }
@@ -531,6 +545,9 @@ pub enum LambdaError {
     /// The SDK could not be set up.
     #[error(transparent)]
     Setup(#[from] crate::aws::sdk::SdkSetupError),
+    /// The targets could not be set up.
+    #[error(transparent)]
+    Targets(#[from] crate::driver::setup::FleetSetupError),
     /// The Lambda runtime stopped with an error.
     #[error("Lambda runtime: {0}")]
     Runtime(String),

@@ -52,7 +52,8 @@ use crate::event::{self, Changes, Parsed};
 use crate::lease::{DynamoStore, Keeper, Leadership};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::reconcile::{Mode, Pass, ReconcileError, Reconciler, Request};
+use crate::reconcile::{Mode, Pass, ReconcileError, Request};
+use crate::targets::Fleet;
 
 /// Passes in flight at once (event batches, due changes and a resync): beyond this, messages
 /// wait in the queue. Rollouts are bounded separately, by `[rollout] max_concurrent`.
@@ -189,6 +190,9 @@ pub enum ServeError {
     /// The SDK could not be set up.
     #[error(transparent)]
     Setup(#[from] crate::aws::sdk::SdkSetupError),
+    /// The targets could not be set up.
+    #[error(transparent)]
+    Targets(#[from] setup::FleetSetupError),
 }
 
 /// A batch of messages whose change is being worked on or waits to be decided again.
@@ -209,7 +213,7 @@ impl Drop for Batch {
 
 /// The operator.
 pub struct Server {
-    reconciler: Reconciler,
+    reconciler: Fleet,
     stats: Arc<Stats>,
     queue: Option<Arc<dyn Queue>>,
     notifier: Arc<Notifier>,
@@ -228,13 +232,28 @@ impl Server {
         notifier: Arc<Notifier>,
         settings: Settings,
     ) -> Self {
+        Self::over(
+            Fleet::single(parts.reconciler, parts.stats),
+            queue,
+            notifier,
+            settings,
+        )
+    }
+
+    /// A server over every target of `fleet`.
+    pub fn over(
+        fleet: Fleet,
+        queue: Option<Arc<dyn Queue>>,
+        notifier: Arc<Notifier>,
+        settings: Settings,
+    ) -> Self {
         let status = Arc::new(Status::default());
         if queue.is_none() {
             status.queue_ok.store(true, Ordering::SeqCst);
         }
         Server {
-            reconciler: parts.reconciler,
-            stats: parts.stats,
+            stats: fleet.stats().clone(),
+            reconciler: fleet,
             queue,
             notifier,
             status,
@@ -801,15 +820,18 @@ pub async fn run(
             Some(tokio::spawn(async move { keeper.run(stop).await })),
         )
     };
-    let parts = setup::assemble_with(
+    let fleet = setup::fleet(
         &config,
-        sdk.clients,
+        &sdk,
         clock,
         notifier.clone(),
         Mode::Watch,
-        leadership.clone(),
-    );
-    let server = Server::new(parts, queue, notifier, Settings::from_config(&config))
+        Some(leadership.clone()),
+        &[],
+        &[],
+    )
+    .await?;
+    let server = Server::over(fleet, queue, notifier, Settings::from_config(&config))
         .with_leadership(leadership);
     let http = server.bind_http(listen, rx.clone()).await?;
     tokio::spawn(async move {

@@ -18,6 +18,7 @@ use crate::lease::Leadership;
 use crate::reconcile::{Mode, Reconciler, Settings};
 use crate::rollout::engine::{self, Engine, EngineRollout};
 use crate::rollout::Progress;
+use crate::targets::{Fleet, Member, RoutedSecrets};
 
 /// What the SDK needs from the configuration.
 pub fn sdk_settings(config: &Config) -> SdkSettings {
@@ -179,4 +180,259 @@ pub async fn sdk(config: &Config, aws: &SdkSettings) -> Result<Sdk, SdkSetupErro
         clients,
         bus,
     })
+}
+
+/// One target of the configuration: an account (a role to assume in it, or the operator's own
+/// credentials) in one region, with its clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// The account (empty: the operator's own, not named).
+    pub account: String,
+    /// The region (empty: the SDK's default region).
+    pub region: String,
+    /// The role to assume, if any.
+    pub role: Option<sdk::AssumeRole>,
+    /// Clusters (empty: every cluster of the region).
+    pub clusters: Vec<String>,
+}
+
+/// The configuration's targets, one per account and region; without `[[targets]]`, the
+/// operator's own account in `[aws] region`.
+pub fn target_specs(config: &Config) -> Vec<TargetSpec> {
+    if config.targets.is_empty() {
+        return vec![TargetSpec {
+            account: String::new(),
+            region: config.aws.region.clone(),
+            role: None,
+            clusters: config.scope.clusters.clone(),
+        }];
+    }
+    let mut out = Vec::new();
+    for t in &config.targets {
+        let role = t.role_arn.as_ref().map(|arn| sdk::AssumeRole {
+            arn: arn.0.clone(),
+            external_id: t.external_id.as_ref().map(|e| e.0.clone()),
+            session_name: t.session_name.0.clone(),
+        });
+        let account = t
+            .role_arn
+            .as_ref()
+            .map(|a| a.account().to_string())
+            .unwrap_or_default();
+        let regions: Vec<String> = if t.regions.is_empty() {
+            vec![config.aws.region.clone()]
+        } else {
+            t.regions.iter().map(|r| r.0.clone()).collect()
+        };
+        for region in regions {
+            out.push(TargetSpec {
+                account: account.clone(),
+                region,
+                role: role.clone(),
+                clusters: t
+                    .clusters
+                    .clone()
+                    .unwrap_or_else(|| config.scope.clusters.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// Why `--account` / `--region` selected nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {value}: no configured target has it (targets: {known})")]
+pub struct NoSuchTarget {
+    /// `--account` or `--region`.
+    pub flag: &'static str,
+    /// What was given.
+    pub value: String,
+    /// The configured targets, for the message.
+    pub known: String,
+}
+
+/// Keeps the targets of `accounts` (none: all) in `regions` (none: all); a value that matches no
+/// target is an error, so that a typo does not pass for "nothing to do".
+pub fn select_targets(
+    specs: Vec<TargetSpec>,
+    accounts: &[String],
+    regions: &[String],
+) -> Result<Vec<TargetSpec>, NoSuchTarget> {
+    let known = specs
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                if s.account.is_empty() {
+                    "(own account)"
+                } else {
+                    &s.account
+                },
+                if s.region.is_empty() {
+                    "(default region)"
+                } else {
+                    &s.region
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (flag, values, field) in [
+        (
+            "--account",
+            accounts,
+            (|s: &TargetSpec| s.account.clone()) as fn(&TargetSpec) -> String,
+        ),
+        ("--region", regions, |s: &TargetSpec| s.region.clone()),
+    ] {
+        if let Some(v) = values
+            .iter()
+            .find(|v| !specs.iter().any(|s| field(s) == **v))
+        {
+            return Err(NoSuchTarget {
+                flag,
+                value: v.clone(),
+                known,
+            });
+        }
+    }
+    Ok(specs
+        .into_iter()
+        .filter(|s| accounts.is_empty() || accounts.contains(&s.account))
+        .filter(|s| regions.is_empty() || regions.contains(&s.region))
+        .collect())
+}
+
+/// The SDK clients of each target, all from `sdk`'s configuration (one HTTP client and TLS
+/// set-up for every target); one STS session per role, shared by its regions.
+pub async fn target_clients(
+    sdk: &Sdk,
+    specs: Vec<TargetSpec>,
+) -> Result<Vec<(TargetSpec, Clients)>, SdkSetupError> {
+    let mut roles: std::collections::HashMap<
+        sdk::AssumeRole,
+        aws_credential_types::provider::SharedCredentialsProvider,
+    > = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for spec in specs {
+        let provider = match &spec.role {
+            Some(r) => Some(match roles.get(r) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = sdk::assume_role(&sdk.config, r).await;
+                    roles.insert(r.clone(), p.clone());
+                    p
+                }
+            }),
+            None => None,
+        };
+        let own_region = spec.region.is_empty() || spec.region == sdk.clients.region;
+        let clients = if own_region && provider.is_none() {
+            sdk.clients.clone()
+        } else {
+            let region = if spec.region.is_empty() {
+                sdk.clients.region.clone()
+            } else {
+                spec.region.clone()
+            };
+            let config = sdk::target_config(&sdk.config, &region, provider.as_ref());
+            sdk::clients_as(&config, spec.role.as_ref().map(|r| r.arn.as_str()))?
+        };
+        out.push((spec, clients));
+    }
+    Ok(out)
+}
+
+/// Assembles one reconciler per target over its raw clients, each with its own guard (token
+/// buckets per account and region) and rollout engine, into a [`Fleet`]. A secret of another
+/// target's account is read with that target's (guarded) clients ([`RoutedSecrets`]).
+pub fn assemble_fleet(
+    config: &Config,
+    targets: Vec<(TargetSpec, Clients)>,
+    clock: Arc<dyn Clock>,
+    progress: Arc<dyn Progress>,
+    mode: Mode,
+    leadership: Option<Arc<Leadership>>,
+) -> Fleet {
+    let leadership = leadership.unwrap_or_else(Leadership::sole);
+    let guarded: Vec<(TargetSpec, Clients, Arc<Stats>)> = targets
+        .into_iter()
+        .map(|(spec, clients)| {
+            let (g, stats) =
+                guard::guard_with(clients, limits(config), clock.clone(), leadership.clone());
+            (spec, g, stats)
+        })
+        .collect();
+    let mut by_account: std::collections::HashMap<String, Arc<dyn crate::aws::Secrets>> =
+        std::collections::HashMap::new();
+    for (spec, g, _) in &guarded {
+        if !spec.account.is_empty() {
+            by_account
+                .entry(spec.account.clone())
+                .or_insert_with(|| g.secrets.clone());
+        }
+    }
+    let mut all_stats = Vec::new();
+    let mut members = Vec::new();
+    for (spec, mut g, stats) in guarded {
+        let others = by_account
+            .iter()
+            .filter(|(a, _)| **a != spec.account)
+            .map(|(a, s)| (a.clone(), s.clone()))
+            .collect();
+        g.secrets = Arc::new(RoutedSecrets::new(g.secrets.clone(), others));
+        let rollout = Arc::new(EngineRollout::new(
+            Engine::new(
+                g.clone(),
+                engine_settings(config, mode),
+                progress.clone(),
+                clock.clone(),
+            )
+            .with_leadership(leadership.clone()),
+        ));
+        let settings = Settings {
+            clusters: spec.clusters.clone(),
+            ..reconcile_settings(config, mode)
+        };
+        let region = g.region.clone();
+        members.push(Member {
+            account: spec.account.clone(),
+            region,
+            role_arn: spec.role.as_ref().map(|r| r.arn.clone()),
+            reconciler: Reconciler::new(g, clock.clone(), rollout, settings),
+        });
+        all_stats.push(stats);
+    }
+    Fleet::new(members, clock, Stats::sum_of(all_stats))
+}
+
+/// Why the targets could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetSetupError {
+    /// The SDK configuration.
+    #[error(transparent)]
+    Sdk(#[from] SdkSetupError),
+    /// `--account` / `--region` named no target.
+    #[error(transparent)]
+    Select(#[from] NoSuchTarget),
+}
+
+/// Every configured target (of `accounts` in `regions`, when given) assembled over the SDK's
+/// clients: what each driver runs. `leadership`: `None` for a sole replica.
+#[allow(clippy::too_many_arguments)]
+pub async fn fleet(
+    config: &Config,
+    sdk: &Sdk,
+    clock: Arc<dyn Clock>,
+    progress: Arc<dyn Progress>,
+    mode: Mode,
+    leadership: Option<Arc<Leadership>>,
+    accounts: &[String],
+    regions: &[String],
+) -> Result<Fleet, FleetSetupError> {
+    let specs = select_targets(target_specs(config), accounts, regions)?;
+    let targets = target_clients(sdk, specs).await?;
+    Ok(assemble_fleet(
+        config, targets, clock, progress, mode, leadership,
+    ))
 }

@@ -19,6 +19,11 @@ service does where ecs-reloader depends on it (see ../shared/emulator-notes.md):
    from that account, if the secret's resource policy allows the caller's account the action,
    and refused with AccessDeniedException otherwise (moto looked the ARN up in the caller's own
    account and answered ResourceNotFoundException).
+6. AssumeRole on a role that exists is refused (AccessDenied) unless its trust policy allows the
+   caller's account (a principal of that account, or "*") and, when the policy asks for
+   sts:ExternalId, the caller passed that external ID: what AWS checks before handing out a
+   target account's credentials. A role ARN that names no existing role is still assumed, as
+   moto does (tests that only need credentials in another account create no role).
 
 Everything else is moto as released. Usage: python3 moto_launcher.py PORT
 """
@@ -209,6 +214,52 @@ def _patch_cross_account():
     sm_responses.SecretsManagerResponse.backend = property(backend)
 
 
+def _trusts(document, caller_account, external_id):
+    doc = json.loads(document) if isinstance(document, str) else document
+    statements = doc.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    for st in statements:
+        actions = st.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if st.get("Effect") != "Allow" or not any(a in ("sts:AssumeRole", "sts:*", "*") for a in actions):
+            continue
+        principal = st.get("Principal", {})
+        principals = principal.get("AWS", []) if isinstance(principal, dict) else principal
+        principals = [principals] if isinstance(principals, str) else principals
+        if not any(p == "*" or p == caller_account or f":{caller_account}:" in p for p in principals):
+            continue
+        wanted = st.get("Condition", {}).get("StringEquals", {}).get("sts:ExternalId")
+        if wanted is None or external_id in ([wanted] if isinstance(wanted, str) else wanted):
+            return True
+    return False
+
+
+def _patch_assume_role():
+    from moto.iam.models import iam_backends
+    from moto.sts import models as sts
+    from moto.sts.exceptions import STSClientError
+
+    original = sts.STSBackend.assume_role
+
+    @functools.wraps(original)
+    def assume_role(self, region_name, role_session_name, role_arn, policy, duration, external_id):
+        parts = role_arn.split(":")
+        if len(parts) == 6 and parts[5].startswith("role/"):
+            account, name = parts[4], parts[5].rsplit("/", 1)[-1]
+            iam = iam_backends[account][self.partition]
+            role = next((r for r in iam.roles.values() if r.name == name), None)
+            if role is not None and not _trusts(role.assume_role_policy_document, self.account_id, external_id):
+                raise STSClientError(
+                    "AccessDenied",
+                    f"User: arn:aws:sts::{self.account_id}:assumed-role/caller is not authorized"
+                    f" to perform: sts:AssumeRole on resource: {role_arn}",
+                )
+        return original(self, region_name, role_session_name, role_arn, policy, duration, external_id)
+
+    sts.STSBackend.assume_role = assume_role
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: moto_launcher.py PORT")
@@ -217,6 +268,7 @@ def main():
     _patch_label_keeping()
     _patch_rotation()
     _patch_cross_account()
+    _patch_assume_role()
     from moto.server import main as serve
 
     serve(["-H", "127.0.0.1", "-p", sys.argv[1]])

@@ -69,9 +69,23 @@ EXAMPLES = {
             "OperatorCluster": "ops",
             "Subnets": "subnet-0123456789abcdef0",
             "SecurityGroups": "sg-0123456789abcdef0",
+            # An organisation's central account: the member role name and a member account.
+            "MemberAccounts": "111111111111",
+            "MemberRoleName": "ecs-reloader-target",
         },
         {"Mode": "lambda", "ManagedClusters": "prod,staging", "CodeBucket": "code", "Architecture": "x86_64"},
         {"Mode": "lambda", "ManagedClusters": "prod,staging", "CodeBucket": "code", "Architecture": "arm64"},
+    ],
+    # No container or function: deployed, checked to complete, and removed (its end-to-end path,
+    # in two accounts, is tests/infra/test_organisation.py's). The central bus is another
+    # account's, so that its rules never forward this account's events back to itself.
+    "ecs-reloader-member.yaml": [
+        {
+            "OperatorRoleArn": f"arn:aws:iam::{ACCOUNT}:role/ecs-reloader-operator",
+            "ExternalId": "example-external-id",
+            "CentralEventBusArn": f"arn:aws:events:{REGION}:210987654321:event-bus/default",
+            "ManagedClusters": "prod,staging",
+        },
     ],
 }
 
@@ -652,6 +666,13 @@ PLACEHOLDERS = {
     "subnet-…,subnet-…": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
     "sg-…": "sg-0123456789abcdef0",
     "arn:aws:sns:…": f"arn:aws:sns:{REGION}:{ACCOUNT}:alarms",
+    # Running it for an organisation. The stand-in deploys both templates into this one account;
+    # the member's central bus is another account's, so that its rules never forward this
+    # account's events back to itself.
+    "<organization-id>": "o-exampleorgid",
+    "<operator-role-arn>": f"arn:aws:iam::{ACCOUNT}:role/ecs-reloader-operator",
+    "<external-id>": "example-external-id",
+    "<central-account>": "210987654321",
 }
 
 

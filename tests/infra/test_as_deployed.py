@@ -54,7 +54,7 @@ def test_every_template_function_runs_as_rendered_on_both_architectures(runs):
 
 def test_every_config_example_runs(runs):
     out = _run(runs, "configs")
-    for name in ["serve.toml", "lambda.toml", "cli.toml", "ecs-reloader.toml"]:
+    for name in ["serve.toml", "lambda.toml", "cli.toml", "ecs-reloader.toml", "organisation.toml"]:
         assert f"ok: config/{name}" in out
 
 

@@ -1,0 +1,510 @@
+//! Targets: the accounts and regions one deployment manages, each with a reconciler of its own.
+//!
+//! A target is (account, region, credentials): its own clients (credentials from
+//! `sts:AssumeRole` on the target's role, or the operator's own), its own guard (token buckets per
+//! account and region, as ECS's and Secrets Manager's quotas are) and its own rollout engine. A
+//! [`Fleet`] runs a pass over every target side by side and gathers them into one [`Pass`], so
+//! that drivers do what they did with one reconciler. One target's failure (its role cannot be
+//! assumed, its calls are refused, its scan fails) is recorded in [`Pass::targets`] and never
+//! stops the others.
+//!
+//! **Routing a change.** An event names a secret by ARN or by name, and says in its envelope
+//! which account and region it comes from ([`crate::event::Origin`]):
+//!
+//! - A Secrets Manager secret named by name (or an ARN the owner can complete) is first resolved
+//!   to its full ARN by the target that owns the envelope's (or the ARN's) account and region:
+//!   a name means a secret there, never a secret of the same name in another account. With no
+//!   such target it cannot be told apart from other accounts' secrets of that name, and is
+//!   dropped with a log line (the periodic resync still decides its dependants).
+//! - The full ARN then goes to every target: services in any account or region may reference a
+//!   shared secret by ARN. Each target decides its own services from fresh metadata, so a
+//!   target without dependants rolls nothing.
+//! - An SSM parameter goes to the targets of its account (all of them when the envelope names
+//!   no account): ECS resolves another account's parameter only by ARN, and ecs-reloader does
+//!   not read those ([`crate::decide::Unresolved::ForeignParameter`]).
+//!
+//! **Whose credentials read a secret's metadata.** The owner's, when the secret's account is a
+//! target ([`RoutedSecrets`]): that needs no resource policy on the secret for the reading, and
+//! the owner's quota is the one spent. Otherwise the referencing target's own credentials, which
+//! AWS allows when the secret's resource policy does (and the secret's KMS key is not involved
+//! in metadata reads).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::aws::guard::Stats;
+use crate::aws::{AwsResult, Page, SecretMeta, SecretVersion, Secrets};
+use crate::clock::Clock;
+use crate::event::{Changes, Origin, Subject};
+use crate::index::TargetError;
+use crate::reconcile::{Pass, ReconcileError, Reconciler, Request, Selection};
+use crate::reference::SecretIdentity;
+
+/// A pass over a reconciler or a fleet: what the drivers run.
+pub trait Passes: Send + Sync {
+    /// Runs one pass.
+    fn run_pass<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Pass, ReconcileError>>;
+}
+
+impl Passes for Reconciler {
+    fn run_pass<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Pass, ReconcileError>> {
+        Box::pin(self.pass(req))
+    }
+}
+
+impl Passes for Fleet {
+    fn run_pass<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Pass, ReconcileError>> {
+        Box::pin(self.pass(req))
+    }
+}
+
+/// A target and how its last pass went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    /// The account (empty: the operator's own credentials, whose account no service showed).
+    pub account: String,
+    /// The region.
+    pub region: String,
+    /// The role assumed in it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// Why its pass could not run; `None` when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl fmt::Display for TargetStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.account.is_empty() {
+            write!(f, "(own account) {}", self.region)
+        } else {
+            write!(f, "{} {}", self.account, self.region)
+        }
+    }
+}
+
+/// One target's reconciler.
+pub struct Member {
+    /// The account (empty when the target uses the operator's own credentials).
+    pub account: String,
+    /// The region.
+    pub region: String,
+    /// The role assumed in the account, if any.
+    pub role_arn: Option<String>,
+    /// Its reconciler (own clients, guard and rollout engine).
+    pub reconciler: Reconciler,
+}
+
+impl Member {
+    fn status(&self, problem: Option<String>, pass: Option<&Pass>) -> TargetStatus {
+        // A target on the operator's own credentials learns its account from its services.
+        let account = if self.account.is_empty() {
+            pass.and_then(|p| p.assessment.services.first())
+                .map(|a| a.key.account.clone())
+                .unwrap_or_default()
+        } else {
+            self.account.clone()
+        };
+        TargetStatus {
+            account,
+            region: self.region.clone(),
+            role_arn: self.role_arn.clone(),
+            problem,
+        }
+    }
+
+    fn owns(&self, account: Option<&str>, region: Option<&str>) -> bool {
+        owns(&self.account, &self.region, account, region)
+    }
+}
+
+/// Whether a target of `target_account` (empty: unknown) in `target_region` may own something
+/// of `account` in `region` (an unknown side counts as a match: nothing says otherwise).
+fn owns(
+    target_account: &str,
+    target_region: &str,
+    account: Option<&str>,
+    region: Option<&str>,
+) -> bool {
+    let account_ok = match account {
+        Some(a) => target_account.is_empty() || target_account == a,
+        None => true,
+    };
+    account_ok && region.is_none_or(|r| r == target_region)
+}
+
+/// Every target's reconciler.
+pub struct Fleet {
+    members: Vec<Member>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<Stats>,
+    /// When a target could not be worked on, the pass says to look again after this.
+    retry_after: Duration,
+}
+
+impl Fleet {
+    /// One reconciler alone (the operator's own account and region): its passes are exactly
+    /// its own.
+    pub fn single(reconciler: Reconciler, stats: Arc<Stats>) -> Fleet {
+        let region = reconciler.clients().region.clone();
+        let clock = reconciler.clock().clone();
+        Fleet {
+            members: vec![Member {
+                account: String::new(),
+                region,
+                role_arn: None,
+                reconciler,
+            }],
+            clock,
+            stats,
+            retry_after: Duration::from_secs(60),
+        }
+    }
+
+    /// Several targets; `stats` counts all their calls.
+    pub fn new(members: Vec<Member>, clock: Arc<dyn Clock>, stats: Arc<Stats>) -> Fleet {
+        Fleet {
+            members,
+            clock,
+            stats,
+            retry_after: Duration::from_secs(60),
+        }
+    }
+
+    /// The targets.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Every target's API call counters, added up.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Runs one pass over every target, side by side. With one target, its pass as it is (an
+    /// error included); with several, one target's error is recorded in [`Pass::targets`] and
+    /// the others' passes are gathered.
+    pub async fn pass(&self, req: &Request) -> Result<Pass, ReconcileError> {
+        if let [only] = self.members.as_slice() {
+            return only.reconciler.pass(req).await;
+        }
+        let requests = self.route(req).await;
+        let runs = self.members.iter().zip(requests).map(|(m, r)| async move {
+            match r {
+                Some(r) => Some(m.reconciler.pass(&r).await),
+                None => None,
+            }
+        });
+        let results = futures::future::join_all(runs).await;
+        self.gather(req, results)
+    }
+
+    fn gather(
+        &self,
+        req: &Request,
+        results: Vec<Option<Result<Pass, ReconcileError>>>,
+    ) -> Result<Pass, ReconcileError> {
+        let mut merged: Option<Pass> = None;
+        let mut statuses = Vec::new();
+        // Errors that only say "not here" (a named service or secret in another target).
+        let mut not_here: Option<ReconcileError> = None;
+        let mut ran = 0;
+        for (m, result) in self.members.iter().zip(results) {
+            let pass = match result {
+                None => {
+                    statuses.push(m.status(None, None));
+                    continue;
+                }
+                Some(Ok(p)) => p,
+                Some(Err(e)) if named_elsewhere(&e, req) => {
+                    statuses.push(m.status(None, None));
+                    not_here.get_or_insert(e);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    let problem = crate::aws::sdk::causes(&e);
+                    tracing::error!(target = %m.status(None, None), error = %problem, "target failed; the others go on");
+                    statuses.push(m.status(Some(problem), None));
+                    continue;
+                }
+            };
+            ran += 1;
+            statuses.push(m.status(None, Some(&pass)));
+            merged = Some(match merged {
+                None => pass,
+                Some(acc) => merge(acc, pass),
+            });
+        }
+        if ran == 0 {
+            if let Some(e) = not_here {
+                if statuses.iter().all(|s| s.problem.is_none()) {
+                    return Err(e);
+                }
+            }
+        }
+        let mut pass = merged.unwrap_or_else(|| empty_pass(self.clock.now()));
+        if statuses.iter().any(|s| s.problem.is_some()) {
+            pass.requeue_after = Some(
+                pass.requeue_after
+                    .map_or(self.retry_after, |d| d.min(self.retry_after)),
+            );
+        }
+        pass.targets = statuses;
+        Ok(pass)
+    }
+
+    /// Each target's request: the same, except for changes, which are routed (see the module's
+    /// docs). `None`: nothing for that target.
+    async fn route(&self, req: &Request) -> Vec<Option<Request>> {
+        let Selection::Changes(changes) = &req.selection else {
+            return self.members.iter().map(|_| Some(req.clone())).collect();
+        };
+        if changes.resync {
+            return self.members.iter().map(|_| Some(req.clone())).collect();
+        }
+        let mut per_member: Vec<Changes> =
+            self.members.iter().map(|_| Changes::default()).collect();
+        for (subject, moves) in &changes.subjects {
+            let origins: Vec<Origin> = changes
+                .origins
+                .get(subject)
+                .map(|o| o.iter().cloned().collect())
+                .unwrap_or_else(|| vec![Origin::default()]);
+            let add = |c: &mut Changes, s: Subject| {
+                c.subjects
+                    .entry(s.clone())
+                    .or_default()
+                    .extend(moves.iter().cloned());
+                c.origins
+                    .entry(s)
+                    .or_default()
+                    .extend(origins.iter().cloned());
+            };
+            match subject {
+                Subject::Secret(id) => {
+                    let pinned = self.pin_secret(id, &origins).await;
+                    // A name the envelope does not place in one account (no `account`) may have
+                    // resolved to several accounts' secrets: their dependants are decided on
+                    // metadata alone, without the event's label moves, which belong to one.
+                    let accounts: BTreeSet<Option<(String, String)>> =
+                        pinned.iter().map(|p| arn_place(p)).collect();
+                    let moves = if accounts.len() > 1 {
+                        &[][..]
+                    } else {
+                        &moves[..]
+                    };
+                    for p in pinned {
+                        for c in per_member.iter_mut() {
+                            let s = Subject::Secret(p.clone());
+                            c.subjects
+                                .entry(s.clone())
+                                .or_default()
+                                .extend(moves.iter().cloned());
+                            c.origins
+                                .entry(s)
+                                .or_default()
+                                .extend(origins.iter().cloned());
+                        }
+                    }
+                }
+                Subject::Parameter { .. } => {
+                    for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
+                        if origins.iter().any(|o| m.owns(o.account.as_deref(), None)) {
+                            add(c, subject.clone());
+                        }
+                    }
+                }
+            }
+        }
+        // ECS's events refresh the watch cache of the target whose account and region the
+        // service lives in.
+        for h in &changes.services {
+            let place = arn_place(&h.service);
+            for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
+                let owns = match &place {
+                    Some((account, region)) => m.owns(Some(account), Some(region)),
+                    None => true,
+                };
+                if owns {
+                    c.services.insert(h.clone());
+                }
+            }
+        }
+        per_member
+            .into_iter()
+            .map(|c| {
+                (!c.subjects.is_empty() || !c.services.is_empty()).then(|| Request {
+                    selection: Selection::Changes(c),
+                    ..req.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// The full ARNs a changed secret's id stands for, resolved by the target(s) owning the
+    /// account and region it was changed in.
+    async fn pin_secret(&self, id: &str, origins: &[Origin]) -> BTreeSet<String> {
+        let arn = arn_place(id);
+        let mut out = BTreeSet::new();
+        let owners: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| match &arn {
+                Some((account, region)) => m.owns(Some(account), Some(region)),
+                None => origins
+                    .iter()
+                    .any(|o| m.owns(o.account.as_deref(), o.region.as_deref())),
+            })
+            .collect();
+        for owner in &owners {
+            match crate::index::resolve_target(owner.reconciler.clients(), id).await {
+                Ok(t) => out.extend(t.identities.into_iter().filter_map(|i| match i {
+                    SecretIdentity::SecretsManager(s) => Some(s.arn),
+                    SecretIdentity::Parameter(_) => None,
+                })),
+                Err(TargetError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(secret = %id, target = %owner.status(None, None), error = %e, "could not resolve a changed secret in its own account")
+                }
+            }
+        }
+        if out.is_empty() {
+            match arn {
+                // Every target tries the ARN itself.
+                Some(_) => {
+                    out.insert(id.to_string());
+                }
+                None => {
+                    tracing::info!(secret = %id, ?origins, "a changed secret named by name, and no target in its account and region found it: not routed (the resync decides its dependants)")
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `e` only says that what the request named is not in this target.
+fn named_elsewhere(e: &ReconcileError, req: &Request) -> bool {
+    match e {
+        ReconcileError::NoSuchService(_) => true,
+        ReconcileError::Target(TargetError::NotFound(_)) => {
+            matches!(req.selection, Selection::Secrets(_))
+        }
+        _ => false,
+    }
+}
+
+/// The account and region of an ARN with both.
+fn arn_place(id: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = id.splitn(6, ':').collect();
+    (parts.len() == 6 && parts[0] == "arn" && !parts[3].is_empty() && !parts[4].is_empty())
+        .then(|| (parts[4].to_string(), parts[3].to_string()))
+}
+
+fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
+    Pass {
+        assessment: crate::reconcile::Assessment {
+            at,
+            services: Vec::new(),
+            without_secrets: 0,
+            change_set: crate::plan::ChangeSet::default(),
+        },
+        outcomes: Vec::new(),
+        cut_short: false,
+        requeue_after: None,
+        targets: Vec::new(),
+    }
+}
+
+/// Two targets' passes as one.
+fn merge(mut a: Pass, b: Pass) -> Pass {
+    a.assessment.at = a.assessment.at.max(b.assessment.at);
+    a.assessment.services.extend(b.assessment.services);
+    a.assessment.without_secrets += b.assessment.without_secrets;
+    a.assessment
+        .change_set
+        .changes
+        .extend(b.assessment.change_set.changes);
+    a.outcomes.extend(b.outcomes);
+    a.cut_short |= b.cut_short;
+    a.requeue_after = match (a.requeue_after, b.requeue_after) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    a
+}
+
+/// Secrets Manager, reading a secret of another target's account with that target's clients.
+pub struct RoutedSecrets {
+    own: Arc<dyn Secrets>,
+    by_account: HashMap<String, Arc<dyn Secrets>>,
+}
+
+impl RoutedSecrets {
+    /// `own` for everything but ARNs of the accounts in `by_account`.
+    pub fn new(own: Arc<dyn Secrets>, by_account: HashMap<String, Arc<dyn Secrets>>) -> Self {
+        RoutedSecrets { own, by_account }
+    }
+
+    fn pick(&self, id: &str) -> &Arc<dyn Secrets> {
+        arn_place(id)
+            .and_then(|(account, _)| self.by_account.get(&account))
+            .unwrap_or(&self.own)
+    }
+}
+
+#[async_trait]
+impl Secrets for RoutedSecrets {
+    async fn describe_secret(&self, region: &str, id: &str) -> AwsResult<SecretMeta> {
+        self.pick(id).describe_secret(region, id).await
+    }
+
+    async fn list_secret_versions(
+        &self,
+        region: &str,
+        arn: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<SecretVersion>> {
+        self.pick(arn).list_secret_versions(region, arn, next).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arn_places() {
+        assert_eq!(
+            arn_place("arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/db-AbCdEf"),
+            Some(("111122223333".into(), "eu-west-1".into()))
+        );
+        assert_eq!(arn_place("app/db"), None);
+        assert_eq!(arn_place("arn:aws:iam::111122223333:role/x"), None);
+    }
+
+    #[test]
+    fn a_target_owns_its_account_and_region_and_unknowns() {
+        let (a, r) = ("111122223333", "eu-west-1");
+        assert!(owns(a, r, Some(a), Some(r)));
+        assert!(owns(a, r, None, Some(r)));
+        assert!(owns(a, r, Some(a), None));
+        assert!(!owns(a, r, Some("444455556666"), Some(r)));
+        assert!(!owns(a, r, Some(a), Some("us-east-1")));
+        assert!(
+            owns("", r, Some("444455556666"), Some(r)),
+            "own credentials: account unknown"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+"""An organisation: infra/ecs-reloader-member.yaml in member accounts and the central template's
+organisation parameters. Both lint clean and pass the security scan, grant least privilege, and
+deploy into the emulator in two accounts (moto keeps one backend per account; credentials from
+sts:AssumeRole on a role of another account act there), where the member role trusts only the
+operator's role with the external ID, and a change event in a member account reaches the
+central queue through the member's rule and the central rule."""
+
+import json
+import os
+import subprocess
+import time
+
+import boto3
+import pytest
+from cfnlint.decode import cfn_yaml
+from moto.events.models import EventPattern
+
+import conftest
+from conftest import REGION, ROOT
+from test_templates import CHANGE_RULES, EVENTS, TEMPLATE, _actions, _event
+
+MEMBER = ROOT / "infra/ecs-reloader-member.yaml"
+OPERATOR_ACCOUNT = "123456789012"
+MEMBERS = ["111111111111", "222222222222"]
+EXTERNAL_ID = "org-example-1"
+
+
+@pytest.fixture(scope="module")
+def member():
+    return cfn_yaml.load(str(MEMBER))
+
+
+@pytest.fixture(scope="module")
+def central():
+    return cfn_yaml.load(str(TEMPLATE))
+
+
+def test_cfn_lint_finds_nothing_in_the_member_template():
+    out = subprocess.run(["cfn-lint", str(MEMBER)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_checkov_fails_no_check_of_the_member_template(member):
+    out = subprocess.run(
+        [os.environ.get("CHECKOV", "checkov"), "-f", str(MEMBER), "-o", "json", "--quiet", "--skip-download", "--compact"],
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(out.stdout)
+    report = report if isinstance(report, dict) else report[0]
+    failed = [(c["check_id"], c["resource"]) for c in report["results"].get("failed_checks", [])]
+    assert failed == [], failed
+    assert report["summary"]["passed"] > 10, "checkov ran too few checks"
+
+
+def test_members_forward_exactly_the_central_change_events(member, central):
+    for rule in CHANGE_RULES:
+        m, c = member["Resources"][rule]["Properties"], central["Resources"][rule]["Properties"]
+        assert m["EventPattern"] == c["EventPattern"], rule
+        [target] = m["Targets"]
+        assert target["Arn"] == {"Ref": "CentralEventBusArn"}
+        assert target["RoleArn"] == {"Fn::GetAtt": ["ForwarderRole", "Arn"]}
+    forwarder = member["Resources"]["ForwarderRole"]["Properties"]
+    [stmt] = forwarder["Policies"][0]["PolicyDocument"]["Statement"]
+    assert _actions(stmt) == ["events:PutEvents"] and stmt["Resource"] == {"Ref": "CentralEventBusArn"}
+    # The same matcher the emulator routes with: real event shapes match, a failed call does not.
+    for fixture, expected in [("rotation_succeeded.json", ["RotationSucceededRule"]), ("put_secret_value_failed.json", [])]:
+        event = _event(fixture)
+        hits = [r for r in CHANGE_RULES if EventPattern.load(json.dumps(member["Resources"][r]["Properties"]["EventPattern"])).matches_event(event)]
+        assert hits == expected, fixture
+
+
+def test_the_target_role_trusts_only_the_operator_with_the_external_id_and_reads_no_value(member):
+    role = member["Resources"]["TargetRole"]
+    assert role["Condition"] == "CreatesRole"
+    [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": {"Ref": "OperatorRoleArn"}}
+    assert _actions(trust) == ["sts:AssumeRole"]
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}
+    statements = [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    actions = [a for s in statements for a in _actions(s)]
+    for forbidden in ["secretsmanager:GetSecretValue", "kms:Decrypt", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory"]:
+        assert forbidden not in actions
+    assert not [a for a in actions if a.endswith(":*") or a == "*"], actions
+    [update] = [s for s in statements if "ecs:UpdateService" in _actions(s)]
+    assert _actions(update) == ["ecs:UpdateService"] and update["Resource"] != "*"
+
+
+def test_the_central_bus_accepts_only_the_organisation_or_listed_accounts(central):
+    res = central["Resources"]
+    org = res["OrganizationEventsPolicy"]
+    assert org["Condition"] == "HasOrganization"
+    stmt = org["Properties"]["Statement"]
+    assert stmt["Principal"] == "*" and stmt["Action"] == "events:PutEvents"
+    assert stmt["Condition"] == {"StringEquals": {"aws:PrincipalOrgID": {"Ref": "OrganizationId"}}}, "anyone else is refused"
+    listed = res["MemberAccountsEventsPolicy"]
+    assert listed["Condition"] == "HasMemberAccounts"
+    assert listed["Properties"]["Statement"]["Principal"] == {"AWS": {"Ref": "MemberAccounts"}}
+    assume = res["AssumeMemberRolesPolicy"]
+    assert assume["Condition"] == "HasMemberRole"
+    [stmt] = assume["Properties"]["PolicyDocument"]["Statement"]
+    assert _actions(stmt) == ["sts:AssumeRole"]
+    assert stmt["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${MemberRoleName}"}, "the member role name only"
+    pattern = res["RolloutProblemsRule"]["Properties"]["EventPattern"]
+    unreachable = {"version": "0", "id": "1", "detail-type": "Target Unreachable", "source": "ecs-reloader", "account": OPERATOR_ACCOUNT,
+                   "time": "2026-11-24T00:00:00Z", "region": REGION, "resources": [], "detail": {"account": MEMBERS[0], "region": REGION}}
+    assert EventPattern.load(json.dumps(pattern)).matches_event(unreachable), "the alarm counts unreachable targets"
+    # Without the organisation parameters, the central template is what it was: no policy, no role.
+    assert central["Parameters"]["MemberRoleName"]["Default"] == ""
+    assert central["Parameters"]["OrganizationId"]["Default"] == ""
+
+
+@pytest.fixture(scope="module")
+def own_endpoint():
+    """An emulator of this module's own: another module's Lambda-mode stack would put a schedule
+    rule with a Lambda target on the operator's default bus, which the emulator matches against
+    every event and answers 500 for."""
+    yield from conftest.endpoint.__wrapped__()
+
+
+def _client(endpoint, name, creds=None, region=REGION):
+    creds = creds or {"AccessKeyId": "test", "SecretAccessKey": "test", "SessionToken": None}
+    return boto3.client(
+        name,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def _deploy(cfn, name, template, params):
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=template.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+    )
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    resources = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]}
+    return resources, {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
+    endpoint = own_endpoint
+    # Central: the operator (as a Fargate service), trusting the two member accounts. (Not Lambda
+    # mode here: the emulator matches its schedule rule against every event put on the bus and
+    # answers 500 for the Lambda target.)
+    _client(endpoint, "ecs").create_cluster(clusterName="ops")
+    central_res, central_out = _deploy(
+        _client(endpoint, "cloudformation"),
+        "org-central",
+        TEMPLATE,
+        {
+            "Mode": "ecs",
+            "ManagedClusters": "prod",
+            "ImageUri": f"{OPERATOR_ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/ecs-reloader:1",
+            "OperatorCluster": "ops",
+            "Subnets": "subnet-0123456789abcdef0",
+            "SecurityGroups": "sg-0123456789abcdef0",
+            "MemberAccounts": ",".join(MEMBERS),
+            "MemberRoleName": "ecs-reloader-target",
+        },
+    )
+    operator_role = central_out["OperatorRoleArn"]
+    assert f":{OPERATOR_ACCOUNT}:role/" in operator_role
+    assert central_out["EventBusArn"] == f"arn:aws:events:{REGION}:{OPERATOR_ACCOUNT}:event-bus/default"
+    iam = _client(endpoint, "iam")
+    [doc] = [iam.get_role_policy(RoleName=central_res["TaskRole"], PolicyName=n)["PolicyDocument"] for n in iam.list_role_policies(RoleName=central_res["TaskRole"])["PolicyNames"] if n == "assume-member-roles"]
+    doc = doc if isinstance(doc, dict) else json.loads(doc) if doc.startswith("{\"") else __import__("ast").literal_eval(doc)
+    assert doc["Statement"][0]["Resource"] == "arn:aws:iam::*:role/ecs-reloader-target"
+
+    sts = _client(endpoint, "sts")
+    for account in MEMBERS:
+        # Deploying into the member account, as a StackSet's execution role does.
+        builder = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/stackset-execution", RoleSessionName="deploy")["Credentials"]
+        res, out = _deploy(
+            _client(endpoint, "cloudformation", builder),
+            "ecs-reloader-member",
+            MEMBER,
+            {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod,staging"},
+        )
+        assert out["TargetRoleArn"] == f"arn:aws:iam::{account}:role/ecs-reloader-target"
+        role = _client(endpoint, "iam", builder).get_role(RoleName="ecs-reloader-target")["Role"]
+        assert role["Arn"] == out["TargetRoleArn"]
+        # The operator's account assumes it with the external ID, and is refused without it.
+        ok = sts.assume_role(RoleArn=out["TargetRoleArn"], RoleSessionName="ecs-reloader", ExternalId=EXTERNAL_ID)
+        assert ok["AssumedRoleUser"]["Arn"].startswith(f"arn:aws:sts::{account}:assumed-role/ecs-reloader-target/")
+        for wrong in [{"ExternalId": "guess"}, {}]:
+            with pytest.raises(Exception, match="AccessDenied"):
+                sts.assume_role(RoleArn=out["TargetRoleArn"], RoleSessionName="ecs-reloader", **wrong)
+        events = _client(endpoint, "events", builder)
+        for rule in CHANGE_RULES:
+            [t] = events.list_targets_by_rule(Rule=res[rule])["Targets"]
+            assert t["Arn"] == central_out["EventBusArn"], rule
+
+        # A rotation in the member account reaches the central queue: member rule -> central bus
+        # -> central rule -> queue.
+        e = json.loads((EVENTS / "rotation_succeeded.json").read_text())
+        e["detail"]["additionalEventData"]["SecretId"] = f"arn:aws:secretsmanager:{REGION}:{account}:secret:app/db-AbCdEf"
+        put = events.put_events(Entries=[{"Source": e["source"], "DetailType": e["detail-type"], "Detail": json.dumps(e["detail"]), "EventBusName": "default"}])
+        assert put["FailedEntryCount"] == 0, put
+        sqs = _client(endpoint, "sqs")
+        deadline = time.time() + 10
+        bodies = []
+        while not bodies and time.time() < deadline:
+            got = sqs.receive_message(QueueUrl=central_out["QueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            for m in got:
+                bodies.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=central_out["QueueUrl"], ReceiptHandle=m["ReceiptHandle"])
+        assert [b["detail"]["additionalEventData"]["SecretId"] for b in bodies] == [e["detail"]["additionalEventData"]["SecretId"]], bodies
+
+    # Another region of a member account (a StackSet's second instance): the forwarding rules
+    # only; the role, being global, comes from RoleRegion's instance.
+    builder = sts.assume_role(RoleArn=f"arn:aws:iam::{MEMBERS[0]}:role/stackset-execution", RoleSessionName="deploy")["Credentials"]
+    res, out = _deploy(
+        _client(endpoint, "cloudformation", builder, region="eu-west-1"),
+        "ecs-reloader-member",
+        MEMBER,
+        {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod"},
+    )
+    assert "TargetRole" not in res and "TargetRoleArn" not in out
+    assert all(rule in res for rule in CHANGE_RULES)
