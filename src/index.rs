@@ -71,6 +71,12 @@ impl TaskDefCache {
         .cloned()
     }
 
+    /// The revision if it is already described.
+    fn peek(&self, arn: &str) -> Option<Arc<TaskDefinition>> {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(arn).and_then(|c| c.get().cloned())
+    }
+
     /// How many `DescribeTaskDefinition` calls this cache has made.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -212,7 +218,11 @@ pub async fn scan(
         .buffer_unordered(concurrency)
         .try_collect()
         .await?;
-    Ok(inventory(clusters, per_cluster.into_iter().flatten()))
+    Ok(inventory(
+        cache,
+        clusters,
+        per_cluster.into_iter().flatten().collect(),
+    ))
 }
 
 /// Describes named services (a change's candidates from the watch cache), ten at a time per
@@ -239,7 +249,7 @@ pub(crate) async fn describe(
     let described: Vec<DescribedBatch> = stream::iter(batches)
         .map(|(c, batch)| async move {
             match describe_batch(clients, cache, permits, c, batch).await {
-                Err(e) if e.kind == ErrorKind::NotFound => Ok((Vec::new(), Vec::new())),
+                Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
                 other => other,
             }
         })
@@ -249,13 +259,13 @@ pub(crate) async fn describe(
     let mut found: HashSet<String> = HashSet::new();
     let described: Vec<DescribedBatch> = described
         .into_iter()
-        .map(|(services, defs)| {
+        .map(|services| {
             let services: Vec<Service> = services
                 .into_iter()
                 .filter(|s| s.status != "INACTIVE")
                 .collect();
             found.extend(services.iter().map(|s| s.arn.clone()));
-            (services, defs)
+            services
         })
         .collect();
     let gone = by_cluster
@@ -265,7 +275,7 @@ pub(crate) async fn describe(
         .cloned()
         .collect();
     Ok((
-        inventory(by_cluster.keys().cloned().collect(), described),
+        inventory(cache, by_cluster.keys().cloned().collect(), described),
         gone,
     ))
 }
@@ -283,29 +293,40 @@ async fn describe_batch(
         clients.ecs.describe_services(&cluster, &batch).await?
     };
     let revisions: HashSet<String> = services.iter().map(revision_of).collect();
-    let defs = futures::future::try_join_all(revisions.into_iter().map(|arn| async move {
+    futures::future::try_join_all(revisions.into_iter().map(|arn| async move {
         let _p = permits.acquire().await.map_err(closed)?;
-        cache.get(clients, &arn).await.map(|d| (arn, d))
+        cache.get(clients, &arn).await
     }))
     .await?;
-    Ok((services, defs))
+    Ok(services)
 }
 
 /// Services with their revisions' references, in a stable order.
+/// Services with their revisions' references (from the cache, which holds every revision a
+/// batch named), in a stable order.
 fn inventory(
+    cache: &TaskDefCache,
     clusters: Vec<String>,
-    described: impl IntoIterator<Item = DescribedBatch>,
+    described: Vec<DescribedBatch>,
 ) -> Inventory {
-    let mut services: Vec<Service> = Vec::new();
-    let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
-    for (batch, batch_defs) in described {
+    let mut services: Vec<Service> = Vec::with_capacity(described.iter().map(Vec::len).sum());
+    for batch in described {
         services.extend(batch);
-        defs.extend(batch_defs);
+    }
+    let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
+    for s in &services {
+        let arn = revision_of(s);
+        if !defs.contains_key(&arn) {
+            if let Some(d) = cache.peek(&arn) {
+                defs.insert(arn, d);
+            }
+        }
     }
     services.sort_by(|a, b| (a.cluster_name(), &a.name).cmp(&(b.cluster_name(), &b.name)));
 
     let mut inv = Inventory {
         clusters,
+        entries: Vec::with_capacity(services.len()),
         ..Default::default()
     };
     for service in services {
@@ -341,8 +362,8 @@ fn inventory(
     inv
 }
 
-/// One `DescribeServices` batch with the revisions it brought in.
-type DescribedBatch = (Vec<Service>, Vec<(String, Arc<TaskDefinition>)>);
+/// One `DescribeServices` batch (its revisions are in the cache by then).
+type DescribedBatch = Vec<Service>;
 
 fn closed(_: tokio::sync::AcquireError) -> AwsError {
     AwsError::new("scan", "-", ErrorKind::Other, "scan cancelled")

@@ -697,6 +697,24 @@ impl Reconciler {
                 Item::new(&entry.service, secrets, decision)
             })
             .collect();
+        // What the report shows of each service's secrets; the resolved references are done
+        // with after this.
+        let displays: Vec<Vec<String>> = resolved
+            .iter()
+            .map(|refs| {
+                let mut secrets: Vec<String> = refs
+                    .iter()
+                    .map(|r| match &r.state {
+                        Ok(s) => s.identity().to_string(),
+                        Err(_) => r.text.clone(),
+                    })
+                    .collect();
+                secrets.sort();
+                secrets.dedup();
+                secrets
+            })
+            .collect();
+        drop(resolved);
         // In plan order, so that a gate's canary is the service the plan would roll first.
         items.sort_by_key(Item::order);
         decide::hold_failed(&mut items, now, &self.settings.limits);
@@ -716,19 +734,10 @@ impl Reconciler {
         let mut decisions = decisions;
         let services = entries
             .into_iter()
-            .zip(resolved)
-            .map(|(entry, refs)| {
+            .zip(displays)
+            .map(|(entry, secrets)| {
                 let key = ServiceKey::of(&entry.service);
                 let decision = decisions.remove(&key).unwrap_or(Decision::InSync);
-                let mut secrets: Vec<String> = refs
-                    .iter()
-                    .map(|r| match &r.state {
-                        Ok(s) => s.identity().to_string(),
-                        Err(_) => r.text.clone(),
-                    })
-                    .collect();
-                secrets.sort();
-                secrets.dedup();
                 Assessed {
                     key,
                     decision,
