@@ -315,10 +315,9 @@ fn inventory(
     }
     let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
     for s in &services {
-        let arn = revision_of(s);
-        if !defs.contains_key(&arn) {
-            if let Some(d) = cache.peek(&arn) {
-                defs.insert(arn, d);
+        if let std::collections::hash_map::Entry::Vacant(v) = defs.entry(revision_of(s)) {
+            if let Some(d) = cache.peek(v.key()) {
+                v.insert(d);
             }
         }
     }

@@ -55,6 +55,6 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
-pub(crate) mod watch;
 pub mod targets;
+pub(crate) mod watch;
 pub mod window;
