@@ -385,6 +385,9 @@ pub struct Reconciler {
     /// Where each secret's dependants are (see [`crate::watch`]): filled by full scans of the
     /// default scope, kept fresh by ECS's events, consulted by change passes.
     watch: Watch,
+    /// The account of the services it has seen (from their ARNs): a target on the operator's
+    /// own credentials learns its account so.
+    account: std::sync::Mutex<Option<String>>,
     clock: Arc<dyn Clock>,
     rollout: Arc<dyn Rollout>,
     settings: Settings,
@@ -402,6 +405,7 @@ impl Reconciler {
             clients,
             cache: Arc::new(TaskDefCache::new()),
             watch: Watch::default(),
+            account: std::sync::Mutex::new(None),
             clock,
             rollout,
             settings,
@@ -426,6 +430,28 @@ impl Reconciler {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The account of its services, once it has seen one.
+    pub fn account(&self) -> Option<String> {
+        self.account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn learn_account(&self, inv: &index::Inventory) {
+        let arn = inv
+            .entries
+            .first()
+            .map(|e| e.service.arn.as_str())
+            .or(inv.plain.first().map(String::as_str));
+        if let Some(account) = arn
+            .and_then(|a| a.split(':').nth(4))
+            .filter(|a| !a.is_empty())
+        {
+            *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(account.to_string());
+        }
     }
 
     /// How many services the watch cache holds, once a full scan has filled it.
@@ -592,6 +618,18 @@ impl Reconciler {
         Ok(out)
     }
 
+    /// Whether `id` is an ARN of an account other than this reconciler's (when it knows its own).
+    fn foreign(&self, id: &str) -> bool {
+        let Some(own) = self.account() else {
+            return false;
+        };
+        id.starts_with("arn:")
+            && id
+                .split(':')
+                .nth(4)
+                .is_some_and(|a| !a.is_empty() && a != own)
+    }
+
     /// Resolves what events said changed into targets. A secret that no longer exists, or a name
     /// that is not a secret at all, is logged and skipped: nothing can depend on it.
     async fn resolve_changes(&self, changes: &Changes) -> Result<Vec<Target>, ReconcileError> {
@@ -608,6 +646,13 @@ impl Reconciler {
                     }
                     Err(TargetError::Parse { given, source }) => {
                         tracing::warn!(secret = %given, error = %source, "event names no usable secret")
+                    }
+                    // Another account's secret this target's credentials may not read (its own
+                    // target, if there is one, decides and reports it): one bad corner must not
+                    // stop this target's other changes. Its dependants here, if any, are decided
+                    // by the resync, as unknown until it can be read.
+                    Err(TargetError::Aws(e)) if self.foreign(id) => {
+                        tracing::warn!(secret = %id, error = %e, "another account's changed secret cannot be read with this target's credentials: skipped here")
                     }
                     Err(e) => return Err(e.into()),
                 },
@@ -787,6 +832,7 @@ impl Reconciler {
         }
         let scan = default_scope.then(|| self.watch.begin_scan());
         let inv = index::scan(&self.clients, &self.cache, scope, conc).await?;
+        self.learn_account(&inv);
         if let Some(scan) = scan {
             scan.finish(&inv.entries, region);
         }

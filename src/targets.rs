@@ -120,7 +120,14 @@ impl Member {
     }
 
     fn owns(&self, account: Option<&str>, region: Option<&str>) -> bool {
-        owns(&self.account, &self.region, account, region)
+        // A target on the operator's own credentials knows its account once it has seen one of
+        // its services; until then (or with none) it may own anything.
+        let own = if self.account.is_empty() {
+            self.reconciler.account().unwrap_or_default()
+        } else {
+            self.account.clone()
+        };
+        owns(&own, &self.region, account, region)
     }
 }
 
@@ -196,8 +203,12 @@ impl Fleet {
     /// error included); with several, one target's error is recorded in [`Pass::targets`] and
     /// the others' passes are gathered.
     pub async fn pass(&self, req: &Request) -> Result<Pass, ReconcileError> {
+        // The operator's own account and region alone: its pass is exactly the reconciler's. A
+        // single assumed role is still a target, reported as one when it fails.
         if let [only] = self.members.as_slice() {
-            return only.reconciler.pass(req).await;
+            if only.role_arn.is_none() {
+                return only.reconciler.pass(req).await;
+            }
         }
         let requests = self.route(req).await;
         let runs = self.members.iter().zip(requests).map(|(m, r)| async move {

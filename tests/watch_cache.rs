@@ -321,3 +321,37 @@ async fn a_candidate_whose_cluster_was_deleted_fails_nothing() {
         "the deleted cluster's service left"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn another_accounts_secret_it_may_not_read_does_not_stop_its_own_changes() {
+    use ecs_reloader::aws::ErrorKind;
+    let (fake, r) = setup();
+    let db = fake.create_secret("app/db");
+    let foreign = fake.create_secret_in_account("999999999999", "eu-west-1", "shared/key");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("db", &[(secret(), db.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.reconciler.pass(&Request::all()).await.expect("resync");
+    assert_eq!(r.reconciler.account().as_deref(), Some(fake.account()));
+
+    // The other account's secret changes too, and this account may not describe it.
+    fake.refuse(
+        "secretsmanager:DescribeSecret",
+        "999999999999",
+        ErrorKind::AccessDenied,
+        "AccessDeniedException: not authorized",
+    );
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pass = r
+        .reconciler
+        .pass(&Request::changes(changes(&[
+            rotated(&foreign),
+            rotated(&db),
+        ])))
+        .await
+        .expect("the refused foreign secret is skipped, the rest decided");
+    assert_eq!(pass.failed().count(), 0);
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+}
