@@ -56,6 +56,17 @@ async fn serve(
     queue: Arc<MemoryQueue>,
     grace: Duration,
 ) -> Running {
+    serve_resyncing(fake, clock, queue, grace, Duration::from_secs(24 * 3600)).await
+}
+
+/// [`serve`], with a full resync every `resync`.
+async fn serve_resyncing(
+    fake: &FakeAws,
+    clock: Arc<dyn ecs_reloader::clock::Clock>,
+    queue: Arc<MemoryQueue>,
+    grace: Duration,
+    resync: Duration,
+) -> Running {
     let mut config = Config::default();
     config.events.debounce = Dur(Duration::ZERO);
     config.rollout.poll_interval = Dur(Duration::from_secs(5));
@@ -70,7 +81,7 @@ async fn serve(
         Mode::Watch,
     );
     let mut settings = Settings::from_config(&config);
-    settings.resync_interval = Duration::from_secs(24 * 3600);
+    settings.resync_interval = resync;
     let server = Server::new(parts, Some(queue as Arc<dyn Queue>), notifier, settings);
     let status = server.status();
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -228,33 +239,15 @@ async fn a_resync_during_a_slow_canary_does_not_roll_past_it() {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let queue = Arc::new(MemoryQueue::new(10));
-    let mut config = Config::default();
-    config.events.debounce = Dur(Duration::ZERO);
-    config.rollout.poll_interval = Dur(Duration::from_secs(5));
-    let metrics = Arc::new(Metrics::new());
-    let notifier = Arc::new(Notifier::new(metrics.clone(), None));
-    let parts = setup::assemble(
-        &config,
-        fake.clients(),
-        clock,
-        notifier.clone(),
-        Mode::Watch,
-    );
-    let mut settings = Settings::from_config(&config);
     // A resync every minute: several run while the canary is watched.
-    settings.resync_interval = Duration::from_secs(60);
-    let server = Server::new(
-        parts,
-        Some(queue.clone() as Arc<dyn Queue>),
-        notifier,
-        settings,
-    );
-    let status = server.status();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(server.run_until(rx));
-    while status.not_ready().is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let running = serve_resyncing(
+        &fake,
+        clock,
+        queue.clone(),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    )
+    .await;
 
     fake.put_secret_value("app/a", &[]);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -267,8 +260,7 @@ async fn a_resync_during_a_slow_canary_does_not_roll_past_it() {
         1,
         "only the canary was rolled; the resyncs running beside it waited for it, then held the rest: {rolled:?}"
     );
-    let _ = stop.send(true);
-    let _ = serving.await;
+    running.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
