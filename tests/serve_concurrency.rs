@@ -299,3 +299,33 @@ async fn the_engine_rolls_a_service_once_for_two_plans_made_before_either_rolled
         "the second found the first's deployment and coalesced: {outcomes:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn ecs_events_alone_refresh_the_cache_and_are_counted_apart() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let a = fake.create_secret("app/a");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("a", &[(secret(), a.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let queue = Arc::new(MemoryQueue::new(10));
+    let running = serve(&fake, clock, queue.clone(), Duration::from_secs(30)).await;
+    let arn = fake.service("prod", "api").expect("exists").arn;
+    queue.push(&format!(
+        r#"{{"source":"aws.ecs","detail-type":"ECS Deployment State Change","resources":["{arn}"],"detail":{{"eventName":"SERVICE_DEPLOYMENT_IN_PROGRESS"}}}}"#
+    ));
+    while !queue.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = running.metrics.render(&Default::default());
+    assert!(
+        text.contains(r#"ecs_reloader_reconciles_total{kind="watch_refresh"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"reconciles_total{kind="event"}"#),
+        "{text}"
+    );
+    assert!(fake.updates().is_empty());
+    running.stop().await;
+}

@@ -669,18 +669,24 @@ impl Server {
     /// Decides (and rolls) a batch's change; deletes its messages when done, or keeps the batch
     /// hidden until it is due again.
     async fn work(&self, batch: Batch) {
-        let full = batch.changes.resync;
-        self.metrics()
-            .reconcile(if full { "resync" } else { "event" });
+        // ECS's events alone only refresh the watch cache: counted apart, and not a decision.
+        let kind = match (batch.changes.resync, batch.changes.may_roll()) {
+            (true, _) => "resync",
+            (false, true) => "event",
+            (false, false) => "watch_refresh",
+        };
+        self.metrics().reconcile(kind);
         self.metrics().busy.inc();
         let result: Result<Pass, ReconcileError> = self
             .reconciler
             .pass(&Request::changes(batch.changes.clone()))
             .await;
         self.metrics().busy.dec();
-        self.metrics()
-            .decision_latency
-            .observe(batch.received_at.elapsed().as_secs_f64());
+        if kind != "watch_refresh" {
+            self.metrics()
+                .decision_latency
+                .observe(batch.received_at.elapsed().as_secs_f64());
+        }
         let after = match result {
             Ok(pass) => {
                 self.notifier.after_pass(&pass);
