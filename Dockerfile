@@ -13,9 +13,20 @@
 # BASE names the runtime base: any glibc (2.34 or newer) image with CA certificates whose user
 # 65532 may run it. tests/infra/as_deployed.py assembles one from the host's files to build
 # offline.
-
-ARG BASE=gcr.io/distroless/cc-debian12:nonroot
-ARG BUILDER=rust:1-bookworm
+#
+# Both bases are pinned by digest (the multi-platform index, so one digest serves amd64 and arm64),
+# with the tag beside it for people: a pull gets exactly these bytes until someone moves them.
+# No registry can be reached from where this was written, so each digest was taken from public
+# material rather than pulled: BASE's is the one that several public projects' Dockerfiles pin for
+# cc-debian12:nonroot in autumn 2026 (one records it as the multi-platform index reviewed on
+# 2026-10-08); BUILDER's is the manifest-list digest of rust:1.95.0-bookworm that public build
+# logs show being resolved. Neither has been pulled against its registry from here: the first
+# build with network access verifies them (a wrong digest fails the pull, never builds on other
+# bytes). Moving one is a one-line change that Renovate or Dependabot should propose (pick one
+# that reads image references in ARG defaults, or move them by hand). BUILDER's Rust must be the
+# one rust-toolchain.toml pins (1.95.0).
+ARG BASE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
+ARG BUILDER=rust:1.95.0-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1
 # `build` (compile here) or `prebuilt` (copy BINARY from the context). BuildKit builds only the
 # stages the final one needs, so a prebuilt image pulls no Rust image.
 ARG SOURCE=build
