@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every test: installs what the tests need (into virtualenvs: the emulator, cfn-lint, pytest and
 # actionlint in .venv, checkov in its own, .venv-tools; Debian's docker.io, qemu-user-static and
-# arm64 C library; the arm64 Rust target), checks formatting and lints, then runs the unit,
-# property, simulation and emulator tests in Rust, builds the arm64 Lambda package (debug: the
-# cheapest build through every step), and runs the infra tests in Python: the templates, and the
-# binary, the arm64 package and the image run exactly as infra/, config/, the README and the
-# Dockerfile configure them.
+# arm64 C library; the arm64 Rust target; cargo-deny), checks formatting, lints and the
+# dependencies (cargo deny), then runs the unit, property, simulation and emulator tests in Rust,
+# builds the arm64 Lambda package (debug: the cheapest build through every step), and runs the
+# infra tests in Python: the templates, and the binary, the arm64 package and the image run
+# exactly as infra/, config/, the README and the Dockerfile configure them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -41,6 +41,26 @@ if cargo tree -e normal,features -i ecs-reloader | grep -q 'feature "test-util"'
   echo "the test-util feature (the in-memory fake) is on in a normal build" >&2
   exit 1
 fi
+# Dependencies (deny.toml): RustSec advisories from the offline snapshot in ../shared/advisory-db,
+# licences, bans, crates.io only. cargo-deny opens a database as a git checkout named after its
+# URL under db-path, so the snapshot is copied there as one commit dated as its SNAPSHOT.txt says
+# (its age is what maximum-db-staleness judges). `cargo fetch` first: cargo-deny reads every
+# platform's manifests, and --offline keeps it from fetching anything itself.
+deny_version=0.20.2
+[ "$(cargo deny --version 2>/dev/null)" = "cargo-deny $deny_version" ] \
+  || timed cargo install --locked --quiet "cargo-deny@$deny_version"
+advisory_db=target/advisory-dbs/advisory-db-3157b0e258782691 # for deny.toml's db-urls
+snapshot_date=$(sed -n 's/.* dated \([0-9]\{4\}-[0-9]\{2\}-[0-9]\{2\}\).*/\1/p' ../shared/advisory-db/SNAPSHOT.txt | head -1)
+[ -n "$snapshot_date" ] || { echo "../shared/advisory-db/SNAPSHOT.txt names no date" >&2; exit 1; }
+rm -rf "$advisory_db" && mkdir -p "$advisory_db" && cp -R ../shared/advisory-db/. "$advisory_db/"
+chmod -R u+w "$advisory_db"
+git -C "$advisory_db" init --quiet && git -C "$advisory_db" add --all
+GIT_AUTHOR_DATE="${snapshot_date}T00:00:00Z" GIT_COMMITTER_DATE="${snapshot_date}T00:00:00Z" \
+  git -C "$advisory_db" -c user.name=snapshot -c user.email=snapshot@localhost -c commit.gpgsign=false \
+  -c core.hooksPath=/dev/null commit --quiet --no-verify -m "../shared/advisory-db, $snapshot_date"
+touch -d "$snapshot_date" "$advisory_db/.git/HEAD"
+cargo fetch --locked --quiet
+timed cargo deny --offline --locked check --hide-inclusion-graph
 # Not --all-targets: that would also run the bench binaries (cargo bench runs those).
 timed cargo test
 # actionlint lands in Python's scripts directory (pyenv's shims may not know it yet).
