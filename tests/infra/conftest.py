@@ -20,12 +20,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def endpoint():
+def emulator(launcher=ROOT / "tests/emulator/moto_launcher.py"):
+    """The emulator on a free loopback port, for as long as the generator is not closed."""
     port = _free_port()
     env = dict(os.environ, MOTO_ECS_SERVICE_RUNNING="1")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/emulator/moto_launcher.py"), str(port)],
+        [sys.executable, str(launcher), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -43,6 +43,11 @@ def endpoint():
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def endpoint():
+    yield from emulator()
 
 
 @pytest.fixture(scope="session")

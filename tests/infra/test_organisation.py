@@ -15,11 +15,27 @@ from moto.events.models import EventPattern
 
 import conftest
 from conftest import REGION, ROOT
-from test_templates import CHANGE_RULES, EVENTS, TEMPLATE, _actions, _event, assert_checkov_clean, assert_cfn_lint_clean
+from policy import decide, render
+from test_templates import (
+    CHANGE_RULES,
+    EVENTS,
+    MEMBER_RULES,
+    TEMPLATE,
+    VALUE_READS,
+    _actions,
+    _event,
+    assert_cfn_lint_clean,
+    assert_checkov_clean,
+    check_ecs_reads_scoped,
+    check_update_service_only_forces,
+    conditions,
+    refs,
+)
 
 MEMBER = ROOT / "infra/ecs-reloader-member.yaml"
 OPERATOR_ACCOUNT = "123456789012"
 MEMBERS = ["111111111111", "222222222222"]
+OUTSIDER = "333333333333"
 EXTERNAL_ID = "org-example-1"
 
 
@@ -66,29 +82,71 @@ def test_the_target_role_trusts_only_the_operator_with_the_external_id_and_reads
     assert _actions(trust) == ["sts:AssumeRole"]
     assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}
     statements = [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
-    actions = [a for s in statements for a in _actions(s)]
-    for forbidden in ["secretsmanager:GetSecretValue", "kms:Decrypt", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory"]:
-        assert forbidden not in actions
-    assert not [a for a in actions if a.endswith(":*") or a == "*"], actions
-    [update] = [s for s in statements if "ecs:UpdateService" in _actions(s)]
+    allowed = [a for s in statements if s["Effect"] == "Allow" for a in _actions(s)]
+    for forbidden in VALUE_READS + ["ssm:GetParameterHistory"]:
+        assert forbidden not in allowed
+    assert not [a for a in allowed if a.endswith(":*") or a == "*"], allowed
+    [update] = [s for s in statements if s["Effect"] == "Allow" and "ecs:UpdateService" in _actions(s)]
     assert _actions(update) == ["ecs:UpdateService"] and update["Resource"] != "*"
+    # The same Denies as the operator's own roles: no value, and UpdateService only forces.
+    [deny] = [s for s in statements if s.get("Sid") == "NeverReadAValue"]
+    assert (deny["Effect"], sorted(_actions(deny)), deny["Resource"]) == ("Deny", sorted(VALUE_READS), "*")
+    rendered = render(statements, refs(account=MEMBERS[0]))
+    for action in VALUE_READS:
+        assert decide(rendered, action, f"arn:aws:secretsmanager:us-east-1:{MEMBERS[0]}:secret:app/db-AbCdEf", {}) == "Deny"
+    check_update_service_only_forces(rendered, f"arn:aws:ecs:eu-west-1:{MEMBERS[0]}:service/staging/api")
+    check_ecs_reads_scoped(rendered)
+    assert member["Parameters"]["ManagedClusters"]["AllowedPattern"] == "^[A-Za-z0-9_-]{1,255}$", "no bare *"
+    # The forwarder: only EventBridge acting for this account, only this account's events.
+    [trust] = member["Resources"]["ForwarderRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    for rule in CHANGE_RULES:
+        assert member["Resources"][rule]["Properties"]["EventPattern"]["account"] == [{"Ref": "AWS::AccountId"}]
 
 
 def test_the_central_bus_accepts_only_the_organisation_or_listed_accounts(central):
     res = central["Resources"]
+    bus = res["MemberEventBus"]
+    assert bus["Condition"] == "HasMembers" and bus["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-members"}
+    sources = {"ForAllValues:StringEquals": {"events:source": ["aws.secretsmanager", "aws.ssm", "aws.ecs"]}, "Null": {"events:source": "false"}}
     org = res["OrganizationEventsPolicy"]
     assert org["Condition"] == "HasOrganization"
+    assert org["Properties"]["EventBusName"] == {"Fn::GetAtt": ["MemberEventBus", "Name"]}, "the forwarding bus, not the default one"
     stmt = org["Properties"]["Statement"]
     assert stmt["Principal"] == "*" and stmt["Action"] == "events:PutEvents"
-    assert stmt["Condition"] == {"StringEquals": {"aws:PrincipalOrgID": {"Ref": "OrganizationId"}}}, "anyone else is refused"
+    assert stmt["Resource"] == {"Fn::GetAtt": ["MemberEventBus", "Arn"]}
+    assert stmt["Condition"] == {"StringEquals": {"aws:PrincipalOrgID": {"Ref": "OrganizationId"}}, **sources}, "anyone else is refused"
     listed = res["MemberAccountsEventsPolicy"]
     assert listed["Condition"] == "HasMemberAccounts"
+    assert listed["Properties"]["EventBusName"] == {"Fn::GetAtt": ["MemberEventBus", "Name"]}
     assert listed["Properties"]["Statement"]["Principal"] == {"AWS": {"Ref": "MemberAccounts"}}
+    assert listed["Properties"]["Statement"]["Condition"] == sources
+    arn = f"arn:aws:events:{REGION}:{OPERATOR_ACCOUNT}:event-bus/reloader-members"
+    org_stmt = render([stmt], refs(OrganizationId="o-exampleorgid"))
+    member = {"aws:PrincipalOrgID": "o-exampleorgid"}
+    assert decide(org_stmt, "events:PutEvents", "MemberEventBus.Arn", {**member, "events:source": ["aws.ssm", "aws.ecs"]}) == "Allow"
+    for bad in [{**member, "events:source": ["aws.ssm", "my.app"]}, {**member, "events:source": ["ecs-reloader"]}, member,
+                {"aws:PrincipalOrgID": "o-someoneelse", "events:source": ["aws.ssm"]}]:
+        assert decide(org_stmt, "events:PutEvents", "MemberEventBus.Arn", bad) == "ImplicitDeny", bad
+    assert arn.endswith("-members")
+    # Without members there is no forwarding bus, and no policy lets another account in.
+    for name, r in res.items():
+        if r["Type"] in ("AWS::Events::EventBusPolicy", "AWS::Events::EventBus") or name in MEMBER_RULES:
+            assert r.get("Condition") in ("HasMembers", "HasOrganization", "HasMemberAccounts"), name
     assume = res["AssumeMemberRolesPolicy"]
     assert assume["Condition"] == "HasMemberRole"
     [stmt] = assume["Properties"]["PolicyDocument"]["Statement"]
     assert _actions(stmt) == ["sts:AssumeRole"]
     assert stmt["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::*:role/${MemberRoleName}"}, "the member role name only"
+    assert stmt["Condition"] == {"Fn::If": ["HasOrganization", {"StringEquals": {"aws:ResourceOrgID": {"Ref": "OrganizationId"}}}, {"Ref": "AWS::NoValue"}]}
+    r = refs(OrganizationId="o-exampleorgid", MemberRoleName="ecs-reloader-target")
+    rendered = render([stmt], r, conditions(r))
+    role = f"arn:aws:iam::{MEMBERS[0]}:role/ecs-reloader-target"
+    assert decide(rendered, "sts:AssumeRole", role, {"aws:ResourceOrgID": "o-exampleorgid"}) == "Allow"
+    assert decide(rendered, "sts:AssumeRole", role, {"aws:ResourceOrgID": "o-other"}) == "ImplicitDeny", "outside the organisation"
+    assert decide(rendered, "sts:AssumeRole", f"arn:aws:iam::{MEMBERS[0]}:role/admin", {"aws:ResourceOrgID": "o-exampleorgid"}) == "ImplicitDeny"
+    r = refs(MemberAccounts=MEMBERS, MemberRoleName="ecs-reloader-target")
+    assert "Condition" not in render([stmt], r, conditions(r))[0], "MemberAccounts alone: the name is the limit"
     pattern = res["RolloutProblemsRule"]["Properties"]["EventPattern"]
     unreachable = {"version": "0", "id": "1", "detail-type": "Target Unreachable", "source": "ecs-reloader", "account": OPERATOR_ACCOUNT,
                    "time": "2026-11-24T00:00:00Z", "region": REGION, "resources": [], "detail": {"account": MEMBERS[0], "region": REGION}}
@@ -103,7 +161,7 @@ def own_endpoint():
     """An emulator of this module's own: another module's Lambda-mode stack would put a schedule
     rule with a Lambda target on the operator's default bus, which the emulator matches against
     every event and answers 500 for."""
-    yield from conftest.endpoint.__wrapped__()
+    yield from conftest.emulator(ROOT / "tests/infra/moto_cfn_launcher.py")
 
 
 def _client(endpoint, name, creds=None, region=REGION):
@@ -154,14 +212,18 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
     )
     operator_role = central_out["OperatorRoleArn"]
     assert f":{OPERATOR_ACCOUNT}:role/" in operator_role
-    assert central_out["EventBusArn"] == f"arn:aws:events:{REGION}:{OPERATOR_ACCOUNT}:event-bus/default"
+    assert central_out["EventBusArn"] == f"arn:aws:events:{REGION}:{OPERATOR_ACCOUNT}:event-bus/org-central-members"
+    for rule in MEMBER_RULES:
+        assert _client(endpoint, "events").list_targets_by_rule(Rule=central_res[rule], EventBusName="org-central-members")["Targets"][0]["Arn"] == central_out["QueueArn"]
     iam = _client(endpoint, "iam")
     [doc] = [iam.get_role_policy(RoleName=central_res["TaskRole"], PolicyName=n)["PolicyDocument"] for n in iam.list_role_policies(RoleName=central_res["TaskRole"])["PolicyNames"] if n == "assume-member-roles"]
     doc = doc if isinstance(doc, dict) else json.loads(doc) if doc.startswith("{\"") else __import__("ast").literal_eval(doc)
     assert doc["Statement"][0]["Resource"] == "arn:aws:iam::*:role/ecs-reloader-target"
 
     sts = _client(endpoint, "sts")
-    for account in MEMBERS:
+    # The outsider forwards to the same bus (the emulator does not enforce the bus's policy, which
+    # AWS would refuse it by): its events still reach no rule, as the patterns name MEMBERS only.
+    for account in MEMBERS + [OUTSIDER]:
         # Deploying into the member account, as a StackSet's execution role does.
         builder = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/stackset-execution", RoleSessionName="deploy")["Credentials"]
         res, out = _deploy(
@@ -191,14 +253,15 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
         put = events.put_events(Entries=[{"Source": e["source"], "DetailType": e["detail-type"], "Detail": json.dumps(e["detail"]), "EventBusName": "default"}])
         assert put["FailedEntryCount"] == 0, put
         sqs = _client(endpoint, "sqs")
-        deadline = time.time() + 10
+        deadline = time.time() + (10 if account in MEMBERS else 3)
         bodies = []
         while not bodies and time.time() < deadline:
             got = sqs.receive_message(QueueUrl=central_out["QueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
             for m in got:
                 bodies.append(json.loads(m["Body"]))
                 sqs.delete_message(QueueUrl=central_out["QueueUrl"], ReceiptHandle=m["ReceiptHandle"])
-        assert [b["detail"]["additionalEventData"]["SecretId"] for b in bodies] == [e["detail"]["additionalEventData"]["SecretId"]], bodies
+        expected = [e["detail"]["additionalEventData"]["SecretId"]] if account in MEMBERS else []
+        assert [b["detail"]["additionalEventData"]["SecretId"] for b in bodies] == expected, (account, bodies)
 
     # Another region of a member account (a StackSet's second instance): the forwarding rules
     # only; the role, being global, comes from RoleRegion's instance.

@@ -15,6 +15,7 @@ from cfnlint.decode import cfn_yaml
 from moto.events.models import EventPattern
 
 from conftest import ROOT
+from policy import condition_holds, decide, render
 
 TEMPLATE = ROOT / "infra/ecs-reloader.yaml"
 EVENTS = ROOT / "tests/fixtures/events"
@@ -27,6 +28,42 @@ CHANGE_RULES = [
     "EcsDeploymentRule",
     "EcsServiceApiCallRule",
 ]
+# The same seven on the forwarding bus, for member accounts' events.
+MEMBER_RULES = ["Members" + r for r in CHANGE_RULES]
+ACCOUNT = "123456789012"
+# The ECS condition keys of ecs:UpdateService (Service Authorization Reference) that a request
+# sets: each must have its own Deny, and ecs-reloader's request sets none of them.
+UPDATE_SERVICE_KEYS = [
+    "ecs:auto-assign-public-ip",
+    "ecs:capacity-provider",
+    "ecs:enable-ebs-volumes",
+    "ecs:enable-ecs-managed-tags",
+    "ecs:enable-execute-command",
+    "ecs:enable-service-connect",
+    "ecs:enable-vpc-lattice",
+    "ecs:namespace",
+    "ecs:propagate-tags",
+    "ecs:subnet",
+    "ecs:task-cpu",
+    "ecs:task-definition",
+    "ecs:task-memory",
+]
+VALUE_READS = ["secretsmanager:GetSecretValue", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "kms:Decrypt"]
+
+
+def refs(account=ACCOUNT, **params):
+    """Parameter and pseudo-parameter values for policy.render."""
+    base = {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::StackName": "reloader",
+            "ManagedClusters": ["prod", "staging"], "MemberAccounts": [""], "OrganizationId": "", "MemberRoleName": ""}
+    base.update(params)
+    return base
+
+
+def conditions(r, mode="ecs"):
+    members = r["MemberAccounts"] != [""]
+    org = r["OrganizationId"] != ""
+    return {"IsEcs": mode == "ecs", "IsLambda": mode == "lambda", "HasMemberAccounts": members, "HasOrganization": org,
+            "HasMembers": members or org, "HasMemberRole": r["MemberRoleName"] != ""}
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +106,45 @@ def test_the_queue_accepts_only_the_change_rules(template):
     # The emulator skips AWS::SQS::QueuePolicy, so check it from the template itself.
     policy = template["Resources"]["ChangeQueuePolicy"]["Properties"]
     assert policy["Queues"] == [{"Ref": "ChangeQueue"}]
-    [stmt] = policy["PolicyDocument"]["Statement"]
-    assert stmt["Effect"] == "Allow"
-    assert stmt["Principal"] == {"Service": "events.amazonaws.com"}
-    assert stmt["Action"] == "sqs:SendMessage"
-    sources = stmt["Condition"]["ArnEquals"]["aws:SourceArn"]
-    assert sorted(s["Fn::GetAtt"][0] for s in sources) == sorted(CHANGE_RULES)
-    for rule in CHANGE_RULES:
+    allow, others, tls = policy["PolicyDocument"]["Statement"]
+    assert allow["Effect"] == "Allow"
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow["Action"] == "sqs:SendMessage"
+    sources = allow["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert sources[:7] == [{"Fn::GetAtt": [r, "Arn"]} for r in CHANGE_RULES]
+    assert sources[7:] == [{"Fn::If": ["HasMembers", {"Fn::GetAtt": [r, "Arn"]}, {"Ref": "AWS::NoValue"}]} for r in MEMBER_RULES]
+    for rule in CHANGE_RULES + MEMBER_RULES:
         targets = template["Resources"][rule]["Properties"]["Targets"]
         assert targets == [{"Id": "queue", "Arn": {"Fn::GetAtt": ["ChangeQueue", "Arn"]}}]
+    # Nobody else may send, whatever an identity policy grants; the operator's role may.
+    assert (others["Effect"], others["Principal"], others["Action"]) == ("Deny", "*", "sqs:SendMessage")
+    assert others["Condition"]["ArnNotEquals"]["aws:SourceArn"] == sources
+    assert others["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == {"Fn::If": ["IsEcs", {"Fn::GetAtt": ["TaskRole", "Arn"]}, {"Fn::GetAtt": ["FunctionRole", "Arn"]}]}
+    assert (tls["Effect"], tls["Principal"], tls["Action"]) == ("Deny", "*", "sqs:*")
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    dlq = template["Resources"]["DeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert [(s["Effect"], s["Action"], s["Condition"]) for s in dlq] == [("Deny", "sqs:*", tls["Condition"])]
+
+
+@pytest.mark.parametrize("mode", ["ecs", "lambda"])
+@pytest.mark.parametrize("members", [False, True])
+def test_the_queue_policy_decides_as_meant(template, mode, members):
+    r = refs(MemberAccounts=["111111111111"] if members else [""])
+    doc = render(template["Resources"]["ChangeQueuePolicy"]["Properties"]["PolicyDocument"], r, conditions(r, mode))
+    statements = doc["Statement"]
+    queue, role = "ChangeQueue.Arn", "TaskRole.Arn" if mode == "ecs" else "FunctionRole.Arn"
+    rules = CHANGE_RULES + (MEMBER_RULES if members else [])
+    for rule in rules:  # EventBridge, for one of the rules: no aws:PrincipalArn (a service principal)
+        ctx = {"aws:SourceArn": f"{rule}.Arn", "aws:SecureTransport": "true"}
+        assert decide(statements, "sqs:SendMessage", queue, ctx) == "Allow", rule
+    # The operator's role: the queue policy says nothing (its own policy allows it), and no Deny.
+    operator = {"aws:PrincipalArn": role, "aws:SecureTransport": "true"}
+    assert decide(statements, "sqs:SendMessage", queue, operator) == "ImplicitDeny"
+    for who in [{"aws:PrincipalArn": "arn:aws:iam::123456789012:role/other"},  # any other role of the account
+                {"aws:SourceArn": "arn:aws:events:us-east-1:123456789012:rule/someone-elses"},
+                {"aws:SourceArn": "MembersRotationSucceededRule.Arn"} if not members else {"aws:PrincipalArn": "x"}]:
+        assert decide(statements, "sqs:SendMessage", queue, {**who, "aws:SecureTransport": "true"}) == "Deny", who
+    assert decide(statements, "sqs:ReceiveMessage", queue, {**operator, "aws:SecureTransport": "false"}) == "Deny"
 
 
 def _actions(statement):
@@ -85,10 +152,14 @@ def _actions(statement):
     return a if isinstance(a, list) else [a]
 
 
+def _statements(template, policy):
+    return template["Resources"][policy]["Properties"]["PolicyDocument"]["Statement"]
+
+
 def test_the_operator_can_never_read_a_secret_value(template):
-    statements = template["Resources"]["OperatorPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    statements = _statements(template, "OperatorPolicy")
     actions = [a for s in statements for a in _actions(s)]
-    for forbidden in ["secretsmanager:GetSecretValue", "kms:Decrypt", "ssm:GetParameter", "ssm:GetParameters"]:
+    for forbidden in VALUE_READS + ["ssm:GetParameterHistory"]:
         assert forbidden not in actions
     assert not [a for a in actions if a.endswith(":*") or a == "*"], actions
     assert all(s["Effect"] == "Allow" for s in statements)
@@ -96,9 +167,102 @@ def test_the_operator_can_never_read_a_secret_value(template):
     assert _actions(update) == ["ecs:UpdateService"]
     assert update["Resource"] != "*", "UpdateService only on the managed clusters' services"
     assert update["Condition"]["StringEquals"]["aws:RequestedRegion"] == {"Ref": "AWS::Region"}
+    # And an explicit Deny, which no Allow (nor the aws/ssm key's policy) overrides.
+    guardrails = _statements(template, "OperatorGuardrails")
+    [deny] = [s for s in guardrails if s["Sid"] == "NeverReadAValue"]
+    assert (deny["Effect"], sorted(_actions(deny)), deny["Resource"], deny.get("Condition")) == ("Deny", sorted(VALUE_READS), "*", None)
+    for action in VALUE_READS:
+        assert decide(guardrails, action, "arn:aws:ssm:us-east-1:123456789012:parameter/app/db", {}) == "Deny"
     for role in ["TaskRole", "FunctionRole"]:
         props = template["Resources"][role]["Properties"]
-        assert props["ManagedPolicyArns"] == [{"Ref": "OperatorPolicy"}]
+        assert props["ManagedPolicyArns"] == [{"Ref": "OperatorPolicy"}, {"Ref": "OperatorGuardrails"}]
+
+
+def check_update_service_only_forces(statements, allowed_resource):
+    """Each request key of ecs:UpdateService has a Deny of its own that holds only when the request
+    sets it; ecs-reloader's request (cluster, service, forceNewDeployment: no such key) is allowed."""
+    denies = [s for s in statements if s["Effect"] == "Deny" and _actions(s) == ["ecs:UpdateService"]]
+    assert sorted(k for s in denies for k in s["Condition"]["Null"]) == sorted(UPDATE_SERVICE_KEYS)
+    for s in denies:
+        assert s["Resource"] == "*" and list(s["Condition"]) == ["Null"] and len(s["Condition"]["Null"]) == 1, s
+        assert list(s["Condition"]["Null"].values()) == ["false"], "denied when the request sets the key"
+    ours = {"aws:RequestedRegion": "us-east-1"}
+    assert decide(statements, "ecs:UpdateService", allowed_resource, ours) == "Allow"
+    for key in UPDATE_SERVICE_KEYS:
+        assert decide(statements, "ecs:UpdateService", allowed_resource, {**ours, key: "x"}) == "Deny", key
+
+
+def test_update_service_may_only_force_a_new_deployment(template):
+    r = refs()
+    statements = render(_statements(template, "OperatorPolicy") + _statements(template, "OperatorGuardrails"), r, conditions(r))
+    service = "arn:aws:ecs:us-east-1:123456789012:service/prod/api"
+    check_update_service_only_forces(statements, service)
+    other = "arn:aws:ecs:us-east-1:123456789012:service/other/api"
+    assert decide(statements, "ecs:UpdateService", other, {"aws:RequestedRegion": "us-east-1"}) == "ImplicitDeny"
+
+
+def check_ecs_reads_scoped(statements):
+    """Every ECS read that supports it is scoped to the managed clusters (prod, staging)."""
+    account_wide = sorted(a for s in statements if s["Effect"] == "Allow" and s["Resource"] == "*" and "Condition" not in s
+                          for a in _actions(s) if a.startswith("ecs:"))
+    assert account_wide == ["ecs:DescribeTaskDefinition", "ecs:ListClusters"], "no resource, no ecs:cluster key"
+    for action, inside, outside in [
+        ("ecs:ListServices", ("*", {"ecs:cluster": "arn:aws:ecs:us-east-1:1:cluster/prod"}), ("*", {"ecs:cluster": "arn:aws:ecs:us-east-1:1:cluster/other"})),
+        ("ecs:ListTasks", ("*", {"ecs:cluster": "arn:aws:ecs:us-east-1:1:cluster/staging"}), ("*", {"ecs:cluster": "arn:aws:ecs:us-east-1:1:cluster/prod-2"})),
+        ("ecs:DescribeServices", ("arn:aws:ecs:us-east-1:1:service/prod/api", {}), ("arn:aws:ecs:us-east-1:1:service/other/api", {})),
+        ("ecs:ListTagsForResource", ("arn:aws:ecs:us-east-1:1:service/staging/api", {}), ("arn:aws:ecs:us-east-1:1:cluster/prod", {})),
+        ("ecs:DescribeTasks", ("arn:aws:ecs:us-east-1:1:task/prod/abc", {}), ("arn:aws:ecs:us-east-1:1:task/other/abc", {})),
+    ]:
+        assert decide(statements, action, inside[0], inside[1]) == "Allow", action
+        assert decide(statements, action, outside[0], outside[1]) == "ImplicitDeny", action
+        assert decide(statements, action, "*", {}) == "ImplicitDeny", f"{action} without a cluster"
+
+
+def test_ecs_reads_only_the_managed_clusters(template):
+    r = refs()
+    check_ecs_reads_scoped(render(_statements(template, "OperatorPolicy"), r, conditions(r)))
+
+
+def test_the_operator_puts_only_its_own_outcome_events(template):
+    [put] = [s for s in _statements(template, "OperatorPolicy") if "events:PutEvents" in _actions(s)]
+    bus = "arn:aws:events:us-east-1:123456789012:event-bus/default"
+    statements = render([put], refs())
+    assert decide(statements, "events:PutEvents", bus, {"events:source": ["ecs-reloader"]}) == "Allow"
+    for sources in [["aws.secretsmanager"], ["ecs-reloader", "aws.ssm"], ["my.app"]]:
+        assert decide(statements, "events:PutEvents", bus, {"events:source": sources}) == "ImplicitDeny", sources
+    assert decide(statements, "events:PutEvents", bus, {}) == "ImplicitDeny", "no vacuous ForAllValues"
+    # The source the binary publishes with (src/aws/queue.rs).
+    assert 'EVENT_SOURCE: &str = "ecs-reloader"' in (ROOT / "src/aws/queue.rs").read_text()
+
+
+def test_trust_policies_name_this_account(template):
+    res = template["Resources"]
+    [task] = res["TaskRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert task["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert task["Condition"]["ArnLike"] == {"aws:SourceArn": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:*"}}
+    [fn] = res["FunctionRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert fn["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    perm = res["ResyncPermission"]["Properties"]
+    assert perm["SourceAccount"] == {"Ref": "AWS::AccountId"} and perm["SourceArn"] == {"Fn::GetAtt": ["ResyncRule", "Arn"]}
+    r = refs()
+    assert decide(render([task], r), "sts:AssumeRole", "*", {"aws:SourceAccount": ACCOUNT, "aws:SourceArn": f"arn:aws:ecs:us-east-1:{ACCOUNT}:task/ops/1"}) == "Allow"
+    assert decide(render([task], r), "sts:AssumeRole", "*", {"aws:SourceAccount": "999999999999", "aws:SourceArn": "arn:aws:ecs:us-east-1:999999999999:task/x/1"}) == "ImplicitDeny"
+    assert decide(render([fn], r), "sts:AssumeRole", "*", {"aws:SourceAccount": "999999999999"}) == "ImplicitDeny"
+
+
+def test_parameters_refuse_a_bare_wildcard(template):
+    import re
+
+    clusters = template["Parameters"]["ManagedClusters"]["AllowedPattern"]
+    labelled = template["Parameters"]["LabelledParameterNames"]["AllowedPattern"]
+    for ok in ["prod", "staging-2", "a_b"]:
+        assert re.fullmatch(clusters, ok), ok
+    for bad in ["*", "prod*", "", "arn:aws:ecs:us-east-1:1:cluster/prod", "a/b"]:
+        assert not re.fullmatch(clusters, bad), bad
+    for ok in ["", "app/db", "app/*", "team/a/*", "flat"]:
+        assert re.fullmatch(labelled, ok), ok
+    for bad in ["*", "/*", "app*", "*/db", "app/*/x", "/app/db"]:
+        assert not re.fullmatch(labelled, bad), bad
 
 
 def _event(name, **overrides):
@@ -109,12 +273,14 @@ def _event(name, **overrides):
     return e
 
 
-def _matching_rules(template, event):
+def _matching_rules(template, event, rules=CHANGE_RULES, **params):
     # The emulator's TestEventPattern is a stub, so use its matcher directly: the same code that
     # routes PutEvents to a rule's targets in the emulator (which tests/serve_emulator.rs uses).
+    # The stack is the event's account's unless `params` say otherwise.
+    r = refs(**{"account": event["account"], **params})
     hits = []
-    for rule in CHANGE_RULES:
-        pattern = template["Resources"][rule]["Properties"]["EventPattern"]
+    for rule in rules:
+        pattern = render(template["Resources"][rule]["Properties"]["EventPattern"], r, conditions(r))
         if EventPattern.load(json.dumps(pattern)).matches_event(event):
             hits.append(rule)
     return hits
@@ -161,6 +327,28 @@ def test_rules_ignore_unrelated_events(template):
         assert _matching_rules(template, e) == [], e
 
 
+def test_default_bus_rules_match_only_this_accounts_events(template):
+    event = _event("rotation_succeeded.json", account="210987654321")
+    assert _matching_rules(template, event, account=ACCOUNT) == [], "another account's event on the default bus"
+    assert _matching_rules(template, event, account="210987654321") == ["RotationSucceededRule"]
+
+
+def test_forwarding_bus_rules_match_only_the_member_accounts(template):
+    for rule, own in zip(MEMBER_RULES, CHANGE_RULES):
+        m, c = template["Resources"][rule], template["Resources"][own]["Properties"]
+        assert m["Condition"] == "HasMembers"
+        assert m["Properties"]["EventBusName"] == {"Fn::GetAtt": ["MemberEventBus", "Name"]}
+        assert m["Properties"]["EventPattern"]["account"] == {"Fn::If": ["HasMemberAccounts", {"Ref": "MemberAccounts"}, {"Ref": "AWS::NoValue"}]}
+        assert {k: v for k, v in m["Properties"]["EventPattern"].items() if k != "account"} == {k: v for k, v in c["EventPattern"].items() if k != "account"}
+    listed = ["111111111111", "222222222222"]
+    for account, expected in [("111111111111", ["MembersRotationSucceededRule"]), ("222222222222", ["MembersRotationSucceededRule"]), ("333333333333", [])]:
+        event = _event("rotation_succeeded.json", account=account)
+        assert _matching_rules(template, event, MEMBER_RULES, account=ACCOUNT, MemberAccounts=listed) == expected, account
+    # The organisation alone: its bus policy is the boundary, the patterns match any account.
+    event = _event("rotation_succeeded.json", account="333333333333")
+    assert _matching_rules(template, event, MEMBER_RULES, account=ACCOUNT, OrganizationId="o-exampleorgid") == ["MembersRotationSucceededRule"]
+
+
 def _deploy(aws, name, params):
     cfn = aws("cloudformation")
     cfn.create_stack(
@@ -193,6 +381,14 @@ def _check_events_queue_and_policy(aws, resources, outputs):
     text = json.dumps(document)
     assert "GetSecretValue" not in text and "kms:Decrypt" not in text
     assert "service/prod/*" in text and "service/staging/*" in text, text
+    guard = iam.get_policy(PolicyArn=outputs["OperatorGuardrailsArn"])["Policy"]
+    document = iam.get_policy_version(PolicyArn=guard["Arn"], VersionId=guard["DefaultVersionId"])["PolicyVersion"]["Document"]
+    document = json.loads(document) if isinstance(document, str) else document
+    [deny] = [s for s in document["Statement"] if s["Sid"] == "NeverReadAValue"]
+    assert deny["Effect"] == "Deny" and sorted(deny["Action"]) == sorted(VALUE_READS)
+    # (The emulator's CloudFormation does not attach a role's ManagedPolicyArns, so that both
+    # roles carry both policies is checked on the template: test_the_operator_can_never_read_...)
+    assert "EventBusArn" not in outputs and "MemberEventBus" not in resources, "no forwarding bus without members"
 
 
 def test_deploys_into_the_emulator_as_a_fargate_service(aws):
