@@ -58,6 +58,9 @@ async fn main() {
     ))
     .expect("fixture");
     event["detail"]["additionalEventData"]["SecretId"] = json!(db);
+    // The emulator's default account, the operator's own: another account's event is dropped.
+    event["account"] = json!(support::ACCOUNT);
+    event["detail"]["recipientAccountId"] = json!(support::ACCOUNT);
 
     let mut inits = Vec::new();
     for _ in 0..INIT_RUNS {

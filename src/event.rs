@@ -46,14 +46,27 @@ pub struct Change {
     pub origin: Origin,
 }
 
-/// Where an event says a change happened: its envelope's `account` and `region`. Either may be
-/// missing (some deliveries omit `account`); routing then falls back on what the subject says.
+/// Where an event says a change happened: the account whose resource changed and the region.
+/// An event is evidence about this account and region only ([`crate::intake`] drops one from an
+/// account the operator does not manage, and gives one that names no account the operator's
+/// own).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
-    /// The envelope's `account`.
+    /// The account the change happened in: CloudTrail's `recipientAccountId` (the owner of the
+    /// resource called) where the event has one, else the envelope's `account`.
     pub account: Option<String>,
+    /// The envelope's `account` where it differs from [`Origin::account`]: the account whose
+    /// trail recorded a call on another account's resource. It must be managed too.
+    pub sender: Option<String>,
     /// The envelope's `region`.
     pub region: Option<String>,
+}
+
+impl Origin {
+    /// Every account the event names: each must be one the operator manages.
+    pub(crate) fn accounts(&self) -> impl Iterator<Item = &str> {
+        self.account.iter().chain(&self.sender).map(String::as_str)
+    }
 }
 
 /// What an event says changed, named as the event names it.
@@ -307,24 +320,50 @@ fn text<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
 
 /// Parses an event given as JSON text.
 pub fn parse(body: &str) -> Result<Parsed, EventError> {
+    parse_with_origin(body).map(|(parsed, _)| parsed)
+}
+
+/// Parses an event given as JSON text, with where it says it comes from (for every kind of
+/// event, not only changes: whose events count is decided on it, see [`crate::intake`]).
+pub fn parse_with_origin(body: &str) -> Result<(Parsed, Origin), EventError> {
     let value: serde_json::Value = serde_json::from_str(body)
         .map_err(|e| EventError::NotAnEvent(format!("invalid JSON: {e}")))?;
     parse_value(value)
 }
 
-/// Parses an event given as a JSON value.
-pub(crate) fn parse_value(value: serde_json::Value) -> Result<Parsed, EventError> {
+/// Parses an event given as a JSON value, with its origin.
+pub(crate) fn parse_value(value: serde_json::Value) -> Result<(Parsed, Origin), EventError> {
     let env: Envelope =
         serde_json::from_value(value).map_err(|e| EventError::NotAnEvent(e.to_string()))?;
+    let origin = origin_of(&env);
+    parse_envelope(env, origin.clone()).map(|parsed| (parsed, origin))
+}
+
+/// The account a change happened in: for a CloudTrail event the resource owner
+/// (`recipientAccountId`), which is the envelope's account unless a trail recorded a call on
+/// another account's resource; then both are kept, and both must be managed.
+fn origin_of(env: &Envelope) -> Origin {
+    let nonempty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(String::from);
+    let envelope = nonempty(env.account.as_deref());
+    let recipient = nonempty(text(&env.detail, &["recipientAccountId"]));
+    let (account, sender) = match (recipient, envelope) {
+        (Some(r), Some(e)) if r != e => (Some(r), Some(e)),
+        (Some(r), _) => (Some(r), None),
+        (None, e) => (e, None),
+    };
+    Origin {
+        account,
+        sender,
+        region: nonempty(env.region.as_deref()),
+    }
+}
+
+fn parse_envelope(env: Envelope, origin: Origin) -> Result<Parsed, EventError> {
     let at = env
         .time
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
-    let origin = Origin {
-        account: env.account.clone().filter(|a| !a.trim().is_empty()),
-        region: env.region.clone().filter(|r| !r.trim().is_empty()),
-    };
     let change = |secret: Subject, kind: ChangeKind| {
         Ok(Parsed::Change(Change {
             secret,

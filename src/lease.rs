@@ -12,6 +12,13 @@
 //! once its wall clock is past `expires`. So the holder stops acting at least *T*/3 before
 //! another can start, as long as the replicas' clocks differ by less than that (10 s with the
 //! default 30 s); and a dead holder is replaced within *T* + *T*/4.
+//!
+//! **An item that claims too much is not trusted.** A record whose `expires` lies further ahead
+//! than *T* plus the allowed skew (*T*/3) was not written by a replica keeping these rules (a bad
+//! `PutItem`, a clock far ahead). While its holder keeps renewing it, it stands; once it has not
+//! changed for a whole lease time, a standby takes the lease as if it had run out, so one bad
+//! write cannot stop every replica for good. And a replica that has seen nobody lead for two lease
+//! times says so on `/readyz` ([`Leadership::leaderless`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +71,10 @@ pub struct Leadership {
     me: String,
     trusted_until: Mutex<Option<Instant>>,
     role: Mutex<Role>,
+    /// The lease time (`None`: no lease).
+    ttl: Option<Duration>,
+    /// When some replica was last seen leading (this one, or a renewal of another's).
+    last_led: Mutex<Instant>,
 }
 
 impl Leadership {
@@ -73,15 +84,39 @@ impl Leadership {
             me: "sole".into(),
             trusted_until: Mutex::new(None),
             role: Mutex::new(Role::Leader { term: 0 }),
+            ttl: None,
+            last_led: Mutex::new(Instant::now()),
         })
     }
 
-    fn competing(me: String) -> Self {
+    fn competing(me: String, ttl: Duration) -> Self {
         Leadership {
             me,
             trusted_until: Mutex::new(Some(Instant::now())),
             role: Mutex::new(Role::Standby { leader: None }),
+            ttl: Some(ttl),
+            last_led: Mutex::new(Instant::now()),
         }
+    }
+
+    fn saw_a_leader(&self) {
+        *self.last_led.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long nobody has been seen leading, once that is two lease times or more: the lease
+    /// table is out of reach, or every replica stands by. `None` while someone leads (and
+    /// always without a lease).
+    pub fn leaderless(&self) -> Option<Duration> {
+        let ttl = self.ttl?;
+        if self.is_leader() {
+            return None;
+        }
+        let since = self
+            .last_led
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        (since >= ttl * 2).then_some(since)
     }
 
     /// Whether this replica may act now.
@@ -117,6 +152,9 @@ pub struct Keeper {
     clock: Arc<dyn Clock>,
     ttl: Duration,
     leadership: Arc<Leadership>,
+    /// The record last read, and since when it has stood unchanged (this replica's monotonic
+    /// clock): what tells a holder that renews from an item nobody keeps.
+    observed: Mutex<Option<(Record, Instant)>>,
 }
 
 impl Keeper {
@@ -131,7 +169,8 @@ impl Keeper {
             store,
             clock,
             ttl,
-            leadership: Arc::new(Leadership::competing(me)),
+            leadership: Arc::new(Leadership::competing(me, ttl)),
+            observed: Mutex::new(None),
         }
     }
 
@@ -148,6 +187,7 @@ impl Keeper {
         let outcome = self.try_take(&me, now).await;
         let role = match outcome {
             Ok(Ok(term)) => {
+                self.leadership.saw_a_leader();
                 let trust = self.ttl.saturating_sub(self.ttl / 3);
                 *self
                     .leadership
@@ -193,12 +233,42 @@ impl Keeper {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
+    /// Since when `current` has stood unchanged; a change of record (a renewal, a new holder)
+    /// shows that some replica leads.
+    fn observe(&self, current: Option<&Record>, now: DateTime<Utc>) -> Instant {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*observed, current) {
+            (Some((seen, since)), Some(r)) if seen == r => *since,
+            (_, current) => {
+                if current.is_some_and(|r| r.expires > now) {
+                    self.leadership.saw_a_leader();
+                }
+                let since = Instant::now();
+                *observed = current.map(|r| (r.clone(), since));
+                since
+            }
+        }
+    }
+
     /// `Ok(Ok(term))` when this replica holds the lease, `Ok(Err(holder))` when another does.
     async fn try_take(&self, me: &str, now: DateTime<Utc>) -> AwsResult<Result<u64, String>> {
         let current = self.store.read().await?;
-        let expires = now + chrono::Duration::from_std(self.ttl).unwrap_or_default();
+        let unchanged_since = self.observe(current.as_ref(), now);
+        let ttl = chrono::Duration::from_std(self.ttl).unwrap_or_default();
+        let expires = now + ttl;
+        // The furthest a replica keeping these rules can write: the lease time, plus the skew
+        // its peers' clocks may have.
+        let believable = expires + ttl / 3;
         let term = match &current {
             Some(r) if r.holder == me => r.term,
+            Some(r) if r.expires > believable && unchanged_since.elapsed() >= self.ttl => {
+                tracing::warn!(
+                    holder = %r.holder,
+                    expires = %r.expires,
+                    "the lease item claims to run further ahead than any replica writes, and nobody has renewed it for a lease time: not trusted, taken over"
+                );
+                r.term + 1
+            }
             Some(r) if r.expires > now => return Ok(Err(r.holder.clone())),
             Some(r) => r.term + 1,
             None => 1,
@@ -468,6 +538,98 @@ mod tests {
         let _ = running.await;
         assert!(!la.is_leader());
         assert_eq!(b.step().await, Role::Leader { term: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_item_that_claims_too_long_a_lease_is_not_trusted_once_nobody_renews_it() {
+        let store = Arc::new(MemoryStore::default());
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(Utc::now()));
+        // One bad write: a lease that would run for a day, which nobody renews.
+        let bogus = Record {
+            holder: "ghost".into(),
+            expires: clock.now() + chrono::Duration::days(1),
+            term: 7,
+        };
+        assert!(store.swap(None, &bogus).await.expect("swap"));
+        let b = keeper(&store, &clock, "b");
+        let started = Instant::now();
+        let mut took = None;
+        for _ in 0..40 {
+            if let Role::Leader { term } = b.step().await {
+                took = Some((started.elapsed(), term));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(7500)).await;
+        }
+        let (after, term) = took.expect("b takes the lease over");
+        assert!(
+            after >= Duration::from_secs(30) && after <= Duration::from_secs(38),
+            "after one lease time without a renewal: {after:?}"
+        );
+        assert_eq!(term, 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_that_keeps_renewing_is_trusted_even_with_its_clock_ahead() {
+        let store = Arc::new(MemoryStore::default());
+        let now = Utc::now();
+        let ahead: Arc<dyn Clock> =
+            Arc::new(TokioClock::starting_at(now + chrono::Duration::minutes(5)));
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(now));
+        let a = keeper(&store, &ahead, "a");
+        let b = keeper(&store, &clock, "b");
+        assert_eq!(a.step().await, Role::Leader { term: 1 });
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(7500)).await;
+            a.step().await;
+            assert_eq!(
+                b.step().await,
+                Role::Standby {
+                    leader: Some("a".into())
+                }
+            );
+            assert!(b.leadership().leaderless().is_none(), "a is seen leading");
+        }
+    }
+
+    /// A store that cannot be reached.
+    struct Unreachable;
+
+    #[async_trait]
+    impl LeaseStore for Unreachable {
+        async fn read(&self) -> AwsResult<Option<Record>> {
+            Err(AwsError::new(
+                "dynamodb:GetItem",
+                "lease",
+                ErrorKind::Transient,
+                "connection refused",
+            ))
+        }
+
+        async fn swap(&self, _: Option<&Record>, _: &Record) -> AwsResult<bool> {
+            self.read().await.map(|_| false)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_leading_for_two_lease_times_is_said() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(Utc::now()));
+        let k = Keeper::new(
+            Arc::new(Unreachable),
+            clock,
+            Duration::from_secs(30),
+            "a".into(),
+        );
+        let l = k.leadership();
+        for _ in 0..7 {
+            k.step().await;
+            tokio::time::sleep(Duration::from_millis(7500)).await;
+        }
+        assert_eq!(l.leaderless(), None, "52.5 s: under two lease times");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        k.step().await;
+        assert!(l.leaderless().is_some_and(|d| d >= Duration::from_secs(60)));
+        assert_eq!(Leadership::sole().leaderless(), None);
     }
 
     #[tokio::test(start_paused = true)]

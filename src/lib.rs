@@ -23,6 +23,7 @@
 //! |---|---|
 //! | [`reference`] | parsing `valueFrom` / `credentialsParameter` / tag values; secret identity |
 //! | [`event`] | the EventBridge event shapes that announce a change; gathering a batch of them |
+//! | `intake` | what `serve` and the Lambda make of a message: parsed, weighed (whose events count), counted |
 //! | [`index`] | scanning ECS, the task-definition cache, resolving references and targets |
 //! | [`decide`] | the staleness rule and its edge cases (read its docs); waves, holds, gates |
 //! | [`deployment`] | the one reading of an ECS deployment (healthy, in progress, failed, rolled back, stuck) |
@@ -47,6 +48,7 @@ pub mod driver;
 pub mod emf;
 pub mod event;
 pub mod index;
+pub(crate) mod intake;
 pub mod lease;
 pub mod metrics;
 pub mod notify;

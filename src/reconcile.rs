@@ -242,6 +242,11 @@ pub struct Pass {
     /// With several targets ([`crate::targets::Fleet`]): each target (account, region) and
     /// whether its pass ran. Empty for one reconciler's own pass.
     pub targets: Vec<crate::targets::TargetStatus>,
+    /// A target could not be worked on (its role refused, its calls failed): its part of the
+    /// change may be tried again after this. Apart from [`Pass::requeue_after`] because the
+    /// drivers bound these retries ([`crate::intake::next_look`]) and the resync ignores them: a
+    /// target that stays down is left to the resync's schedule, never re-polled forever.
+    pub target_retry: Option<Duration>,
 }
 
 impl Pass {
@@ -258,6 +263,7 @@ impl Pass {
             cut_short: false,
             requeue_after: None,
             targets: Vec::new(),
+            target_retry: None,
         }
     }
 
@@ -440,6 +446,16 @@ impl Reconciler {
             .clone()
     }
 
+    /// Sets the account its credentials belong to, when known before any service is seen (a
+    /// role's account, or the operator's own from `sts:GetCallerIdentity`): a cold Lambda
+    /// environment then tells another account's secret from its own at its first event.
+    pub(crate) fn know_account(&self, account: &str) {
+        let mut known = self.account.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none() && !account.is_empty() {
+            *known = Some(account.to_string());
+        }
+    }
+
     fn learn_account(&self, inv: &index::Inventory) {
         let arn = inv
             .entries
@@ -553,6 +569,7 @@ impl Reconciler {
             cut_short: false,
             requeue_after: None,
             targets: Vec::new(),
+            target_retry: None,
             assessment,
         };
         let set = &pass.assessment.change_set;
@@ -637,10 +654,24 @@ impl Reconciler {
         for (subject, label_moves) in &changes.subjects {
             match subject {
                 Subject::Secret(id) => match resolve_target(&self.clients, id).await {
-                    Ok(t) => out.push(Target {
-                        label_moves: label_moves.clone(),
-                        ..t
-                    }),
+                    // A Secrets Manager event is about a secret: a name it gives may also be an
+                    // SSM parameter's, whose labels its label moves must never date.
+                    Ok(t) => {
+                        let identities: Vec<SecretIdentity> = t
+                            .identities
+                            .into_iter()
+                            .filter(|i| matches!(i, SecretIdentity::SecretsManager(_)))
+                            .collect();
+                        if identities.is_empty() {
+                            tracing::info!(secret = %id, "a Secrets Manager event names no secret here (only a parameter of that name)");
+                            continue;
+                        }
+                        out.push(Target {
+                            identities,
+                            label_moves: label_moves.clone(),
+                            ..t
+                        })
+                    }
                     Err(TargetError::NotFound(_)) => {
                         tracing::info!(secret = %id, "changed secret no longer exists")
                     }

@@ -39,7 +39,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::aws::guard::Stats;
-use crate::aws::{AwsResult, Page, SecretMeta, SecretVersion, Secrets};
+use crate::aws::{AwsResult, Identity, Page, SecretMeta, SecretVersion, Secrets};
 use crate::clock::Clock;
 use crate::event::{Changes, Origin, Subject};
 use crate::index::TargetError;
@@ -103,10 +103,12 @@ pub struct Member {
 
 impl Member {
     fn status(&self, problem: Option<String>, pass: Option<&Pass>) -> TargetStatus {
-        // A target on the operator's own credentials learns its account from its services.
+        // A target on the operator's own credentials learns its account from its services, or
+        // knows it from `sts:GetCallerIdentity`.
         let account = if self.account.is_empty() {
             pass.and_then(|p| p.assessment.services.first())
                 .map(|a| a.key.account.clone())
+                .or_else(|| self.reconciler.account())
                 .unwrap_or_default()
         } else {
             self.account.clone()
@@ -120,8 +122,9 @@ impl Member {
     }
 
     fn owns(&self, account: Option<&str>, region: Option<&str>) -> bool {
-        // A target on the operator's own credentials knows its account once it has seen one of
-        // its services; until then (or with none) it may own anything.
+        // A target on the operator's own credentials knows its account from
+        // `sts:GetCallerIdentity` (or once it has seen one of its services); until then it may
+        // own anything.
         let own = if self.account.is_empty() {
             self.reconciler.account().unwrap_or_default()
         } else {
@@ -153,6 +156,21 @@ pub struct Fleet {
     stats: Arc<Stats>,
     /// When a target could not be worked on, the pass says to look again after this.
     retry_after: Duration,
+    /// Who the operator's own credentials are.
+    identity: Option<Arc<dyn Identity>>,
+    /// The operator's own account, asked once.
+    own: tokio::sync::OnceCell<String>,
+}
+
+/// The accounts whose events count: the operator's own and every target's. An event is
+/// evidence about its own account only, so one from any other account (an organisation's bus
+/// lets every member account in) rolls nothing and dates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    /// The operator's own account: an event that names no account is about it.
+    pub own: String,
+    /// Every account managed, the own one included.
+    pub accounts: BTreeSet<String>,
 }
 
 impl Fleet {
@@ -161,6 +179,7 @@ impl Fleet {
     pub fn single(reconciler: Reconciler, stats: Arc<Stats>) -> Fleet {
         let region = reconciler.clients().region.clone();
         let clock = reconciler.clock().clone();
+        let identity = reconciler.clients().identity.clone();
         Fleet {
             members: vec![Member {
                 account: String::new(),
@@ -171,17 +190,69 @@ impl Fleet {
             clock,
             stats,
             retry_after: Duration::from_secs(60),
+            identity: Some(identity),
+            own: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// Several targets; `stats` counts all their calls.
+    /// Several targets; `stats` counts all their calls. The operator's own identity is that of
+    /// the first target on its own credentials, if any ([`Fleet::with_identity`] names it).
     pub fn new(members: Vec<Member>, clock: Arc<dyn Clock>, stats: Arc<Stats>) -> Fleet {
+        for m in members.iter().filter(|m| !m.account.is_empty()) {
+            m.reconciler.know_account(&m.account);
+        }
+        let identity = members
+            .iter()
+            .find(|m| m.role_arn.is_none() && m.account.is_empty())
+            .map(|m| m.reconciler.clients().identity.clone());
         Fleet {
             members,
             clock,
             stats,
             retry_after: Duration::from_secs(60),
+            identity,
+            own: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Whose credentials the operator runs with (its own account's events count).
+    pub fn with_identity(mut self, identity: Arc<dyn Identity>) -> Fleet {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The operator's own account: asked once (`sts:GetCallerIdentity`), then remembered. Every
+    /// target on the operator's own credentials is in it.
+    pub async fn own_account(&self) -> AwsResult<String> {
+        let identity = self.identity.clone().ok_or_else(|| {
+            crate::aws::AwsError::new(
+                "sts:GetCallerIdentity",
+                "-",
+                crate::aws::ErrorKind::Setup,
+                "no credentials of the operator's own to ask",
+            )
+        })?;
+        let own = self
+            .own
+            .get_or_try_init(|| async move { identity.account().await })
+            .await?;
+        for m in self.members.iter().filter(|m| m.account.is_empty()) {
+            m.reconciler.know_account(own);
+        }
+        Ok(own.clone())
+    }
+
+    /// The accounts whose events count ([`Managed`]).
+    pub async fn managed(&self) -> AwsResult<Managed> {
+        let own = self.own_account().await?;
+        let mut accounts: BTreeSet<String> = self
+            .members
+            .iter()
+            .filter(|m| !m.account.is_empty())
+            .map(|m| m.account.clone())
+            .collect();
+        accounts.insert(own.clone());
+        Ok(Managed { own, accounts })
     }
 
     /// The targets.
@@ -203,11 +274,16 @@ impl Fleet {
     /// error included); with several, one target's error is recorded in [`Pass::targets`] and
     /// the others' passes are gathered.
     pub async fn pass(&self, req: &Request) -> Result<Pass, ReconcileError> {
-        // The operator's own account and region alone: its pass is exactly the reconciler's. A
+        // The operator's own account and region alone: its pass is exactly the reconciler's
+        // (its errors included), over the changes routed to it: a name means a secret or a
+        // parameter of the account and region its event names, here as with many targets. A
         // single assumed role is still a target, reported as one when it fails.
         if let [only] = self.members.as_slice() {
             if only.role_arn.is_none() {
-                return only.reconciler.pass(req).await;
+                return match self.route(req).await.pop().flatten() {
+                    Some(routed) => only.reconciler.pass(&routed).await,
+                    None => Ok(empty_pass(self.clock.now())),
+                };
             }
         }
         let requests = self.route(req).await;
@@ -266,10 +342,7 @@ impl Fleet {
         }
         let mut pass = merged.unwrap_or_else(|| empty_pass(self.clock.now()));
         if statuses.iter().any(|s| s.problem.is_some()) {
-            pass.requeue_after = Some(
-                pass.requeue_after
-                    .map_or(self.retry_after, |d| d.min(self.retry_after)),
-            );
+            pass.target_retry = Some(self.retry_after);
         }
         pass.targets = statuses;
         Ok(pass)
@@ -283,6 +356,11 @@ impl Fleet {
         };
         if changes.resync {
             return self.members.iter().map(|_| Some(req.clone())).collect();
+        }
+        // Knowing the operator's own account places the targets on its credentials; without it
+        // they may own anything (the intake has already refused other accounts' events).
+        if let Err(e) = self.own_account().await {
+            tracing::warn!(error = %e, "the operator's own account is unknown: routing by the targets' services");
         }
         let mut per_member: Vec<Changes> =
             self.members.iter().map(|_| Changes::default()).collect();
@@ -435,6 +513,7 @@ fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
         cut_short: false,
         requeue_after: None,
         targets: Vec::new(),
+        target_retry: None,
     }
 }
 
@@ -450,6 +529,10 @@ fn merge(mut a: Pass, b: Pass) -> Pass {
     a.outcomes.extend(b.outcomes);
     a.cut_short |= b.cut_short;
     a.requeue_after = match (a.requeue_after, b.requeue_after) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    a.target_retry = match (a.target_retry, b.target_retry) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
     };

@@ -18,12 +18,16 @@ fn rotation_succeeded(arn: &str) -> Value {
     let mut v = fixture(include_str!("fixtures/events/rotation_succeeded.json"));
     v["region"] = json!("us-east-1");
     v["detail"]["additionalEventData"]["SecretId"] = json!(arn);
+    // From the emulator's account (the operator's own): another account's would be dropped.
+    v["account"] = json!(support::ACCOUNT);
+    v["detail"]["recipientAccountId"] = json!(support::ACCOUNT);
     v
 }
 
 fn parameter_change(name: &str) -> Value {
     let mut v = fixture(include_str!("fixtures/events/parameter_store_change.json"));
     v["detail"]["name"] = json!(name);
+    v["account"] = json!(support::ACCOUNT);
     v
 }
 
@@ -250,6 +254,7 @@ async fn a_label_moved_back_survives_the_canary_gate_through_the_queue() {
     moved["detail"]["name"] = json!("app/db");
     moved["detail"]["labelUpdated"] = json!("blue");
     moved["detail"]["versionId"] = json!(v1);
+    moved["account"] = json!(support::ACCOUNT);
 
     let r = response(&api, &moved).await;
     assert_eq!(triggered(&r), ["prod/a"], "the canary: {r}");

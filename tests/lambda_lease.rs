@@ -75,6 +75,9 @@ async fn an_invocation_without_the_lease_hands_its_changes_on_and_rolls_nothing(
         serde_json::from_str(include_str!("fixtures/events/rotation_succeeded.json"))
             .expect("fixture");
     event["detail"]["additionalEventData"]["SecretId"] = json!(arn);
+    // From the account the fake plays (the operator's own): another account's would be dropped.
+    event["account"] = json!(fake.account());
+    event["detail"]["recipientAccountId"] = json!(fake.account());
     event["time"] = json!((clock.now() - chrono::Duration::seconds(5))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let batch = json!({"Records": [

@@ -19,6 +19,9 @@ fn rotation_succeeded(arn: &str) -> String {
             .expect("fixture");
     v["region"] = json!("us-east-1");
     v["detail"]["additionalEventData"]["SecretId"] = json!(arn);
+    // From the emulator's account (the operator's own): another account's would be dropped.
+    v["account"] = json!(support::ACCOUNT);
+    v["detail"]["recipientAccountId"] = json!(support::ACCOUNT);
     v.to_string()
 }
 

@@ -160,6 +160,8 @@ struct World {
     lingering: HashMap<(String, String), Vec<Task>>,
     page_size: usize,
     seq: u64,
+    /// The account `sts:GetCallerIdentity` answers (default: the fake's own).
+    identity: Option<String>,
 }
 
 /// The fake. Cheap to clone (shared state).
@@ -198,6 +200,7 @@ impl FakeAws {
             ecs: Arc::new(self.clone()),
             secrets: Arc::new(self.clone()),
             parameters: Arc::new(self.clone()),
+            identity: Arc::new(self.clone()),
             region: self.region.clone(),
         }
     }
@@ -357,6 +360,12 @@ impl FakeAws {
     /// Creates a secret in another region.
     pub fn create_secret_in(&self, region: &str, name: &str) -> String {
         self.create_secret_in_account(ACCOUNT, region, name)
+    }
+
+    /// Makes `sts:GetCallerIdentity` answer `account`: the operator's credentials belong to
+    /// another account than the one whose resources the fake plays (a target reached by role).
+    pub fn set_caller_account(&self, account: &str) {
+        self.w().identity = Some(account.to_string());
     }
 
     /// The account the fake plays (its ECS resources and its own secrets live there).
@@ -1048,6 +1057,18 @@ impl Ecs for FakeAws {
             ));
         }
         Ok(dep)
+    }
+}
+
+#[async_trait]
+impl super::Identity for FakeAws {
+    async fn account(&self) -> AwsResult<String> {
+        self.gate("sts:GetCallerIdentity", "-")?;
+        Ok(self
+            .w()
+            .identity
+            .clone()
+            .unwrap_or_else(|| ACCOUNT.to_string()))
     }
 }
 

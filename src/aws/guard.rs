@@ -572,6 +572,7 @@ fn guard_full(
         ecs: Arc::new(GuardedEcs(shared.clone())),
         secrets: Arc::new(GuardedSecrets(shared.clone())),
         parameters: Arc::new(GuardedParameters(shared.clone())),
+        identity: clients.identity,
         region: clients.region,
     };
     (guarded, stats, Pacing(shared))

@@ -385,7 +385,16 @@ where
     }
 }
 
-/// The three clients together, as the core takes them.
+/// Whose credentials these are. The operator asks once (`sts:GetCallerIdentity`, which needs no
+/// grant) so that it knows its own account before the first event: an event is evidence about
+/// its own account only, and one that names no account is about the operator's.
+#[async_trait]
+pub trait Identity: Send + Sync {
+    /// The account the credentials belong to.
+    async fn account(&self) -> AwsResult<String>;
+}
+
+/// The clients together, as the core takes them.
 #[derive(Clone)]
 pub struct Clients {
     /// ECS.
@@ -394,6 +403,8 @@ pub struct Clients {
     pub secrets: std::sync::Arc<dyn Secrets>,
     /// SSM Parameter Store.
     pub parameters: std::sync::Arc<dyn Parameters>,
+    /// Who the credentials are (not paced: asked once).
+    pub identity: std::sync::Arc<dyn Identity>,
     /// The region the clients default to (for references without one).
     pub region: String,
 }

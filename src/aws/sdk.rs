@@ -243,8 +243,39 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
         }),
         secrets: Arc::new(SdkSecrets(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
+        identity: Arc::new(SdkIdentity(aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(config)
+                .retry_classifier(NoRetryWhenUnreachable)
+                .build(),
+        ))),
         region,
     })
+}
+
+/// `sts:GetCallerIdentity`: allowed to every principal, whatever its policies say.
+struct SdkIdentity(aws_sdk_sts::Client);
+
+#[async_trait]
+impl crate::aws::Identity for SdkIdentity {
+    async fn account(&self) -> AwsResult<String> {
+        let out = self
+            .0
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| map_err("sts:GetCallerIdentity", "-", e))?;
+        out.account()
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .ok_or_else(|| {
+                AwsError::new(
+                    "sts:GetCallerIdentity",
+                    "-",
+                    ErrorKind::Other,
+                    "the answer names no account",
+                )
+            })
+    }
 }
 
 struct Shared {

@@ -31,13 +31,14 @@ use crate::clock::SystemClock;
 use crate::decide::Kind;
 use crate::driver::setup::Parts;
 use crate::event::{self, Changes, Parsed};
+use crate::intake::{self, Taken};
 use crate::lease::{DynamoStore, Keeper, Leadership, Role};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::ServiceKey;
 use crate::reconcile::{Mode, Pass, ReconcileError, Request};
 use crate::rollout::Outcome;
-use crate::targets::Fleet;
+use crate::targets::{Fleet, Managed};
 
 /// One SQS record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +110,9 @@ pub enum InvocationError {
     /// caller deliver the event again.
     #[error("a change that must wait could not be sent to the change queue")]
     Deferral,
+    /// The operator's own account is unknown, so no event can be told to be ours.
+    #[error("cannot learn the operator's own account")]
+    Identity(#[source] crate::aws::AwsError),
 }
 
 /// The handler, built once per execution environment.
@@ -126,7 +130,13 @@ pub struct Handler {
     sent: std::sync::Mutex<crate::emf::Sent>,
     /// Time kept back from the deadline for answering.
     margin: Duration,
+    /// Changes a pass of this execution environment has decided.
+    recent: intake::Recent,
 }
+
+/// A batch whose pass failed as a whole is handed on to be tried again after this (doubled at
+/// each retry, [`intake::RETRIES`] at most).
+const FAILED_PASS_RETRY: Duration = Duration::from_secs(30);
 
 /// How long to delay a change that must wait before it is decided again: its wait, but at most
 /// the 15 minutes SQS can delay a message. A longer wait (a maintenance window tomorrow) is
@@ -183,6 +193,9 @@ impl Handler {
             keeper: None,
             sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
+            // Remembered for ten minutes (the template's resync period), with a second of
+            // allowed skew (`[decide] clock_skew`'s default).
+            recent: intake::Recent::new(Duration::from_secs(600), Duration::from_secs(1)),
         }
     }
 
@@ -284,29 +297,40 @@ impl Handler {
     /// delayed by the lease time (a new message, so no receive count grows); a scheduled resync
     /// is left to the next schedule; unusable records are still reported.
     async fn not_my_turn(&self, payload: Value, after: Duration) -> Result<Value, InvocationError> {
+        let managed = self.managed().await?;
+        // What is handed on is counted by the invocation that decides it; what is dropped here
+        // (another account's event, one that needs nothing) is counted now.
+        let seen = |taken: &Taken, id: &str| {
+            if matches!(taken, Taken::Foreign(_) | Taken::Ignored(_)) {
+                intake::record(taken, id, self.notifier.metrics());
+            }
+        };
         match dispatch(payload)? {
             Payload::Event(v) => {
                 let body = v.to_string();
-                match event::parse_value(v).map_err(PayloadError::from)? {
-                    Parsed::Change(_) => {
+                let taken = intake::take_value(v, &managed);
+                seen(&taken, "-");
+                match taken {
+                    Taken::Poison(e) => Err(PayloadError::from(e).into()),
+                    Taken::Work(Parsed::Change(_)) => {
                         if self.queue.is_none() || !self.defer(&[body], after).await.is_empty() {
                             return Err(InvocationError::Deferral);
                         }
                         Ok(json!({ "deferred": "another invocation holds the lease" }))
                     }
-                    Parsed::Resync | Parsed::Service(_) | Parsed::Ignored(_) => {
-                        Ok(json!({ "skipped": "another invocation holds the lease" }))
-                    }
+                    _ => Ok(json!({ "skipped": "another invocation holds the lease" })),
                 }
             }
             Payload::SqsBatch(records) => {
                 let mut failures = Vec::new();
                 let mut changes = Vec::new();
                 for r in records {
-                    match event::parse(&r.body) {
-                        Ok(Parsed::Change(_)) => changes.push((r.message_id, r.body)),
-                        Ok(_) => {}
-                        Err(_) => failures.push(r.message_id),
+                    let taken = intake::take(&r.body, &managed);
+                    seen(&taken, &r.message_id);
+                    match taken {
+                        Taken::Work(Parsed::Change(_)) => changes.push((r.message_id, r.body)),
+                        Taken::Poison(_) => failures.push(r.message_id),
+                        _ => {}
                     }
                 }
                 let bodies: Vec<String> = changes.iter().map(|(_, b)| b.clone()).collect();
@@ -332,81 +356,118 @@ impl Handler {
 
     async fn dispatched(&self, payload: Value, budget: Duration) -> Result<Value, InvocationError> {
         let payload = dispatch(payload).inspect_err(|_| self.notifier.metrics().event("poison"))?;
+        let managed = self.managed().await?;
         match payload {
             Payload::Event(v) => {
                 let body = v.to_string();
-                let parsed = event::parse_value(v).map_err(|e| {
-                    self.notifier.metrics().event("poison");
-                    PayloadError::from(e)
-                })?;
-                self.count(&parsed);
-                let mut changes = Changes::default();
-                if !changes.add(&parsed) {
-                    if let Parsed::Ignored(why) = &parsed {
-                        tracing::info!(why, "event needs no action");
-                        return Ok(json!({ "ignored": why }));
+                let taken = intake::take_value(v, &managed);
+                intake::record(&taken, "-", self.notifier.metrics());
+                let parsed = match taken {
+                    Taken::Work(parsed) => parsed,
+                    Taken::Ignored(why) => return Ok(json!({ "ignored": why })),
+                    Taken::Foreign(why) => return Ok(json!({ "foreign": why })),
+                    Taken::Poison(e) => return Err(PayloadError::from(e).into()),
+                };
+                if let Parsed::Change(c) = &parsed {
+                    if self.recent.covers(c) {
+                        tracing::info!("a pass that began after this change has decided it");
+                        return Ok(json!({ "ignored": "decided already by a later pass" }));
                     }
                 }
-                tracing::info!(event = ?parsed, "event");
+                let retries = intake::retries_of(&body);
+                let mut changes = Changes::default();
+                changes.add(&parsed);
                 let resync = changes.resync;
-                let pass = self.run(changes, budget).await?;
-                if let (Some(after), false) = (deferrable(&pass), resync) {
+                let started = self.reconciler.clock().now();
+                let pass = self.run(&changes, budget).await?;
+                let look = intake::next_look(deferrable(&pass), pass.target_retry, retries);
+                if look.after.is_none() {
+                    // Done with: later copies need no pass of their own.
+                    self.recent.record(&changes, started);
+                }
+                if let (Some(after), false) = (look.after, resync) {
+                    let body = intake::with_retries(&body, retries + u32::from(look.retry));
                     if !self.defer(&[body], after).await.is_empty() {
                         return Err(InvocationError::Deferral);
                     }
                 }
                 Ok(summary(&pass))
             }
-            Payload::SqsBatch(records) => Ok(self.batch(records, budget).await),
+            Payload::SqsBatch(records) => Ok(self.batch(records, budget, &managed).await),
         }
     }
 
-    async fn batch(&self, records: Vec<Record>, budget: Duration) -> Value {
+    /// Whose events count (learned at init; remembered).
+    async fn managed(&self) -> Result<Managed, InvocationError> {
+        self.reconciler
+            .managed()
+            .await
+            .map_err(InvocationError::Identity)
+    }
+
+    async fn batch(&self, records: Vec<Record>, budget: Duration, managed: &Managed) -> Value {
         let mut failures: Vec<String> = Vec::new();
         // Records that ask for work: (id, body, is a change rather than a resync).
         let mut used: Vec<(String, String, bool)> = Vec::new();
         let mut changes = Changes::default();
+        // Retries a handed-on change has had already.
+        let mut retries = 0;
         for r in records {
-            match event::parse(&r.body) {
-                Ok(parsed) => {
-                    self.count(&parsed);
-                    if changes.add(&parsed) {
-                        let is_change = matches!(parsed, Parsed::Change(_));
-                        used.push((r.message_id, r.body, is_change));
-                    } else if let Parsed::Ignored(why) = parsed {
-                        tracing::info!(message = %r.message_id, why, "event needs no action");
-                    }
+            let taken = intake::take(&r.body, managed);
+            intake::record(&taken, &r.message_id, self.notifier.metrics());
+            let is_change = taken.is_change();
+            match taken {
+                Taken::Work(Parsed::Change(c)) if self.recent.covers(&c) => {
+                    tracing::info!(message = %r.message_id, "a pass that began after this change has decided it: acknowledged");
                 }
-                Err(e) => {
-                    self.notifier.metrics().event("poison");
+                Taken::Work(parsed) => {
+                    changes.add(&parsed);
+                    retries = retries.max(intake::retries_of(&r.body));
+                    used.push((r.message_id, r.body, is_change));
+                }
+                Taken::Ignored(_) | Taken::Foreign(_) => {}
+                Taken::Poison(e) => {
                     tracing::warn!(message = %r.message_id, error = %e, "unusable record: reported as a batch item failure");
                     failures.push(r.message_id);
                 }
             }
         }
         if !changes.is_empty() {
-            match self.run(changes, budget).await {
+            let started = self.reconciler.clock().now();
+            let result = self.run(&changes, budget).await;
+            // A target that failed, or a pass that failed as a whole, is retried a bounded
+            // number of times (the count travels with the handed-on events), then left to the
+            // scheduled resync: nothing is re-sent forever, and no usable event is dead-lettered.
+            let look = match &result {
                 Ok(pass) => {
-                    tracing::info!(summary = %summary(&pass), "batch handled");
-                    if let Some(after) = deferrable(&pass) {
-                        let bodies: Vec<String> = used
-                            .iter()
-                            .filter(|(_, _, change)| *change)
-                            .map(|(_, b, _)| b.clone())
-                            .collect();
-                        let not_handed = self.defer(&bodies, after).await;
-                        // What could not be handed on stays on the queue and comes back.
-                        failures.extend(
-                            used.into_iter()
-                                .filter(|(_, b, _)| not_handed.contains(b))
-                                .map(|(id, _, _)| id),
-                        );
-                    }
+                    tracing::info!(summary = %summary(pass), "batch handled");
+                    intake::next_look(deferrable(pass), pass.target_retry, retries)
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "could not reconcile the batch: its records will be retried");
-                    failures.extend(used.into_iter().map(|(id, _, _)| id));
+                    tracing::error!(error = %e, retries, "could not reconcile the batch");
+                    intake::next_look(None, Some(FAILED_PASS_RETRY), retries)
                 }
+            };
+            if look.after.is_none() {
+                // Done with (or left to the resync): later copies need no pass of their own.
+                self.recent.record(&changes, started);
+            }
+            if let Some(after) = look.after {
+                let next = retries + u32::from(look.retry);
+                let bodies: Vec<(String, String)> = used
+                    .iter()
+                    .filter(|(_, _, change)| *change)
+                    .map(|(id, b, _)| (id.clone(), intake::with_retries(b, next)))
+                    .collect();
+                let sent: Vec<String> = bodies.iter().map(|(_, b)| b.clone()).collect();
+                let not_handed = self.defer(&sent, after).await;
+                // What could not be handed on stays on the queue and comes back.
+                failures.extend(
+                    bodies
+                        .into_iter()
+                        .filter(|(_, b)| not_handed.contains(b))
+                        .map(|(id, _)| id),
+                );
             }
         }
         let items: Vec<Value> = failures
@@ -416,25 +477,14 @@ impl Handler {
         json!({ "batchItemFailures": items })
     }
 
-    /// Counts an event by kind, as `serve` does.
-    fn count(&self, parsed: &Parsed) {
-        let kind = match parsed {
-            Parsed::Change(c) => c.kind.label(),
-            Parsed::Resync => "scheduled",
-            Parsed::Service(_) => "ecs_service",
-            Parsed::Ignored(_) => "ignored",
-        };
-        self.notifier.metrics().event(kind);
-    }
-
     /// One pass, bounded by the budget.
-    async fn run(&self, changes: Changes, budget: Duration) -> Result<Pass, ReconcileError> {
+    async fn run(&self, changes: &Changes, budget: Duration) -> Result<Pass, ReconcileError> {
         self.notifier
             .metrics()
-            .reconcile(if changes.resync { "resync" } else { "event" });
+            .reconcile(intake::pass_kind(changes));
         let req = Request {
             budget: Some(budget),
-            ..Request::changes(changes)
+            ..Request::changes(changes.clone())
         };
         let pass = self.reconciler.pass(&req).await?;
         self.notifier.after_pass(&pass);
@@ -476,6 +526,9 @@ pub async fn run(
         &[],
     )
     .await?;
+    // At init, once: which events are ours.
+    let own = fleet.own_account().await.map_err(LambdaError::Identity)?;
+    tracing::info!(account = %own, "the operator's own account: events of accounts not managed are dropped");
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
     let mut handler = Handler::over(fleet, notifier, queue);
@@ -551,6 +604,9 @@ pub enum LambdaError {
     /// The Lambda runtime stopped with an error.
     #[error("Lambda runtime: {0}")]
     Runtime(String),
+    /// The operator's own account could not be learned at init.
+    #[error("cannot learn the operator's own account")]
+    Identity(#[source] crate::aws::AwsError),
 }
 
 #[cfg(test)]
@@ -568,7 +624,9 @@ mod tests {
             serde_json::from_str(include_str!("../../tests/fixtures/events/scheduled.json"))
                 .expect("fixture");
         match dispatch(schedule) {
-            Ok(Payload::Event(v)) => assert_eq!(event::parse_value(v), Ok(Parsed::Resync)),
+            Ok(Payload::Event(v)) => {
+                assert_eq!(event::parse_value(v).map(|(p, _)| p), Ok(Parsed::Resync))
+            }
             other => panic!("{other:?}"),
         }
         let batch: Value =

@@ -49,6 +49,7 @@ use crate::config::Config;
 use crate::decide::Kind;
 use crate::driver::setup::{self, Parts};
 use crate::event::{self, Changes, Parsed};
+use crate::intake::{self, Taken};
 use crate::lease::{DynamoStore, Keeper, Leadership};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -81,8 +82,12 @@ pub struct Settings {
     /// Grace on shutdown.
     pub shutdown_grace: Duration,
     /// A pass that failed as a whole (the scan could not list or describe) is tried again after
-    /// this, its messages kept hidden meanwhile.
+    /// this, its messages kept hidden meanwhile (doubled at each retry, [`intake::RETRIES`] at
+    /// most; then left to the resync).
     pub retry_after: Duration,
+    /// The clock skew allowed: how much earlier than a pass an event must be dated for a copy
+    /// of it to count as already decided.
+    pub clock_skew: Duration,
 }
 
 impl Settings {
@@ -95,6 +100,7 @@ impl Settings {
             long_poll: Duration::from_secs(20),
             shutdown_grace: config.serve.shutdown_grace.0,
             retry_after: Duration::from_secs(30),
+            clock_skew: config.decide.clock_skew.0,
         }
     }
 }
@@ -193,6 +199,10 @@ pub enum ServeError {
     /// The targets could not be set up.
     #[error(transparent)]
     Targets(#[from] setup::FleetSetupError),
+    /// The operator's own account could not be learned: without it, no event can be told to be
+    /// ours or another account's.
+    #[error("cannot learn the operator's own account")]
+    Identity(#[source] crate::aws::AwsError),
 }
 
 /// A batch of messages whose change is being worked on or waits to be decided again.
@@ -201,6 +211,8 @@ struct Batch {
     changes: Changes,
     received_at: Instant,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Retries so far (a target or the whole pass failed): bounded by [`intake::RETRIES`].
+    retries: u32,
 }
 
 impl Drop for Batch {
@@ -222,6 +234,8 @@ pub struct Server {
     /// Changes that wait, with when they are due.
     waiting: tokio::sync::Mutex<Vec<(Instant, Batch)>>,
     leadership: Arc<Leadership>,
+    /// Changes a pass that began after them has decided: later copies need no pass.
+    recent: intake::Recent,
 }
 
 impl Server {
@@ -257,6 +271,7 @@ impl Server {
             queue,
             notifier,
             status,
+            recent: intake::Recent::new(settings.resync_interval, settings.clock_skew),
             settings,
             waiting: tokio::sync::Mutex::new(Vec::new()),
             leadership: Leadership::sole(),
@@ -290,6 +305,7 @@ impl Server {
             .map_err(|source| ServeError::Listen { addr, source })?;
         let state = HttpState {
             status: self.status.clone(),
+            leadership: self.leadership.clone(),
             metrics: self.metrics().clone(),
             stats: self.stats.clone(),
         };
@@ -600,34 +616,37 @@ impl Server {
         }
 
         let now = self.reconciler.clock().now();
+        // Whose events count (asked at start-up: this is the remembered answer).
+        let managed = match self.reconciler.managed().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "the operator's own account is unknown: the batch is left to reappear");
+                return None;
+            }
+        };
         let mut work: Vec<Message> = Vec::new();
         let mut changes = Changes::default();
+        // Retries a handed-on change has had already.
+        let mut retries = 0;
         for m in batch {
             if let Some(sent) = m.sent_at {
                 let lag = (now - sent).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics().queue_lag.observe(lag);
             }
-            match event::parse(&m.body) {
-                Ok(parsed) => {
-                    let kind = match &parsed {
-                        Parsed::Change(c) => c.kind.label(),
-                        Parsed::Resync => "scheduled",
-                        Parsed::Service(_) => "ecs_service",
-                        Parsed::Ignored(_) => "ignored",
-                    };
-                    self.metrics().event(kind);
-                    if changes.add(&parsed) {
-                        tracing::info!(message = %m.id, event = ?parsed, "change event");
-                        work.push(m);
-                    } else {
-                        if let Parsed::Ignored(why) = &parsed {
-                            tracing::info!(message = %m.id, why, "event needs no action");
-                        }
-                        self.delete(queue, &m).await;
-                    }
+            let taken = intake::take(&m.body, &managed);
+            intake::record(&taken, &m.id, self.metrics());
+            match taken {
+                Taken::Work(Parsed::Change(c)) if self.recent.covers(&c) => {
+                    tracing::info!(message = %m.id, "a pass that began after this change has decided it: acknowledged");
+                    self.delete(queue, &m).await;
                 }
-                Err(e) => {
-                    self.metrics().event("poison");
+                Taken::Work(parsed) => {
+                    changes.add(&parsed);
+                    retries = retries.max(intake::retries_of(&m.body));
+                    work.push(m);
+                }
+                Taken::Ignored(_) | Taken::Foreign(_) => self.delete(queue, &m).await,
+                Taken::Poison(e) => {
                     tracing::warn!(
                         message = %m.id,
                         receive_count = m.receive_count,
@@ -646,6 +665,7 @@ impl Server {
             changes,
             received_at,
             heartbeat,
+            retries,
         })
     }
 
@@ -668,15 +688,12 @@ impl Server {
 
     /// Decides (and rolls) a batch's change; deletes its messages when done, or keeps the batch
     /// hidden until it is due again.
-    async fn work(&self, batch: Batch) {
+    async fn work(&self, mut batch: Batch) {
         // ECS's events alone only refresh the watch cache: counted apart, and not a decision.
-        let kind = match (batch.changes.resync, batch.changes.may_roll()) {
-            (true, _) => "resync",
-            (false, true) => "event",
-            (false, false) => "watch_refresh",
-        };
+        let kind = intake::pass_kind(&batch.changes);
         self.metrics().reconcile(kind);
         self.metrics().busy.inc();
+        let started = self.reconciler.clock().now();
         let result: Result<Pass, ReconcileError> = self
             .reconciler
             .pass(&Request::changes(batch.changes.clone()))
@@ -687,10 +704,22 @@ impl Server {
                 .decision_latency
                 .observe(batch.received_at.elapsed().as_secs_f64());
         }
+        let look = match &result {
+            Ok(pass) => intake::next_look(pass.requeue_after, pass.target_retry, batch.retries),
+            Err(_) => intake::next_look(None, Some(self.settings.retry_after), batch.retries),
+        };
+        if look.retry {
+            batch.retries += 1;
+        }
+        if look.after.is_none() {
+            // Done with (or left to the resync): later copies of these changes need no pass of
+            // their own, since this one read AWS's state after them.
+            self.recent.record(&batch.changes, started);
+        }
         let after = match result {
             Ok(pass) => {
                 self.notifier.after_pass(&pass);
-                match pass.requeue_after {
+                match look.after {
                     None => {
                         if let Some(queue) = &self.queue {
                             for m in &batch.messages {
@@ -719,10 +748,21 @@ impl Server {
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, retry_s = self.settings.retry_after.as_secs(), "reconcile failed; trying again (the messages stay hidden)");
-                self.settings.retry_after
-            }
+            Err(e) => match look.after {
+                Some(after) => {
+                    tracing::error!(error = %e, retry_s = after.as_secs(), retries = batch.retries, "reconcile failed; trying again (the messages stay hidden)");
+                    after
+                }
+                None => {
+                    tracing::error!(error = %e, "reconcile failed again: the change is left to the resync (its messages are acknowledged)");
+                    if let Some(queue) = &self.queue {
+                        for m in &batch.messages {
+                            self.delete(queue.as_ref(), m).await;
+                        }
+                    }
+                    return;
+                }
+            },
         };
         if !self.leadership.is_leader() {
             // Lost the lease meanwhile (the pass ran beside the loop that stood down): what is
@@ -752,7 +792,9 @@ impl Server {
         bodies.sort();
         bodies.dedup();
         for body in bodies {
-            if let Err(e) = queue.send(body, delay).await {
+            // The retries so far travel with the change, so that they stay bounded.
+            let body = intake::with_retries(body, batch.retries);
+            if let Err(e) = queue.send(&body, delay).await {
                 tracing::warn!(error = %e, "could not hand a waiting change on; keeping it hidden");
                 return false;
             }
@@ -837,6 +879,8 @@ pub async fn run(
         &[],
     )
     .await?;
+    let own = fleet.own_account().await.map_err(ServeError::Identity)?;
+    tracing::info!(account = %own, "the operator's own account: events of accounts not managed are dropped");
     let server = Server::over(fleet, queue, notifier, Settings::from_config(&config))
         .with_leadership(leadership);
     let http = server.bind_http(listen, rx.clone()).await?;
@@ -867,11 +911,22 @@ pub(crate) fn replica_name() -> String {
 #[derive(Clone)]
 struct HttpState {
     status: Arc<Status>,
+    leadership: Arc<Leadership>,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    // Every replica standing by for two lease times: nobody acts on the queue.
+    if let Some(since) = s.leadership.leaderless() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: no replica has led for {} s (two lease times or more): is the lease table reachable?\n",
+                since.as_secs()
+            ),
+        );
+    }
     if let Some(leader) = s.status.standby() {
         return (StatusCode::OK, format!("ready: standby ({leader} leads)\n"));
     }

@@ -432,7 +432,8 @@ pub async fn fleet(
 ) -> Result<Fleet, FleetSetupError> {
     let specs = select_targets(target_specs(config), accounts, regions)?;
     let targets = target_clients(sdk, specs).await?;
-    Ok(assemble_fleet(
-        config, targets, clock, progress, mode, leadership,
-    ))
+    Ok(
+        assemble_fleet(config, targets, clock, progress, mode, leadership)
+            .with_identity(sdk.clients.identity.clone()),
+    )
 }

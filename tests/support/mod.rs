@@ -19,6 +19,10 @@ use aws_sdk_ecs::types::{
 };
 
 pub const REGION: &str = "us-east-1";
+/// The emulator's default account: the operator's own in every test that runs it with the
+/// default credentials (events from any other account are dropped).
+#[allow(dead_code)]
+pub const ACCOUNT: &str = "123456789012";
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
