@@ -1,0 +1,364 @@
+//! Trust boundaries, over the in-memory fake on tokio's paused clock, through both drivers
+//! (`serve` over an in-memory queue, the Lambda handler over SQS-shaped batches): an event is
+//! evidence about its own account only; a target that stays down costs a bounded number of
+//! passes; a flood of copies of one change costs one pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecs_reloader::aws::fake::{FakeAws, MemoryQueue, SentQueue};
+use ecs_reloader::aws::queue::Queue;
+use ecs_reloader::aws::ErrorKind;
+use ecs_reloader::clock::Clock;
+use ecs_reloader::config::{Config, Dur};
+use ecs_reloader::driver::lambda::Handler;
+use ecs_reloader::driver::serve::{Server, Settings};
+use ecs_reloader::driver::setup::{self, TargetSpec};
+use ecs_reloader::metrics::Metrics;
+use ecs_reloader::notify::Notifier;
+use ecs_reloader::reconcile::Mode;
+use ecs_reloader::reference::Site;
+use ecs_reloader::targets::Fleet;
+use serde_json::{json, Value};
+
+/// An account this operator does not manage (another member of the organisation).
+const STRANGER: &str = "999988887777";
+/// A second managed account, reached as a target.
+const MEMBER: &str = "444455556666";
+
+fn site(name: &str) -> Site {
+    Site::Secret {
+        container: "app".into(),
+        name: name.into(),
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.events.debounce = Dur(Duration::ZERO);
+    config.rollout.canary = false;
+    config.rollout.poll_interval = Dur(Duration::from_secs(5));
+    config
+}
+
+/// `/app/flag`, labelled `live` on its first version, resolved by `api` as `/app/flag:live`;
+/// then a second version is written and not labelled (yet). Nothing is stale.
+async fn labelled_world(fake: &FakeAws) {
+    let v1 = fake.put_parameter("/app/flag");
+    fake.label_parameter("/app/flag", v1, "live");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("api", &[(site("FLAG"), "/app/flag:live")]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.put_parameter("/app/flag");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+}
+
+/// CloudTrail's record of `LabelParameterVersion` moving `live` on `/app/flag`, in `account`.
+fn label_moved(clock: &Arc<dyn Clock>, account: Option<&str>) -> String {
+    let mut v = json!({
+        "version": "0", "id": "l", "source": "aws.ssm", "detail-type": "AWS API Call via CloudTrail",
+        "region": "eu-west-1",
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"eventName": "LabelParameterVersion", "eventSource": "ssm.amazonaws.com",
+                   "requestParameters": {"name": "/app/flag", "labels": ["live"]}}
+    });
+    if let Some(a) = account {
+        v["account"] = json!(a);
+        v["detail"]["recipientAccountId"] = json!(a);
+    }
+    v.to_string()
+}
+
+fn counter(metrics: &Metrics, line: &str) -> i64 {
+    metrics
+        .render(&Default::default())
+        .lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn foreign(metrics: &Metrics) -> i64 {
+    counter(
+        metrics,
+        r#"ecs_reloader_events_received_total{kind="foreign"}"#,
+    )
+}
+
+fn event_passes(metrics: &Metrics) -> i64 {
+    counter(metrics, r#"ecs_reloader_reconciles_total{kind="event"}"#)
+}
+
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.serving.await;
+    }
+}
+
+/// `serve` over `fleet` (assembled with `notifier`), resyncing once a day.
+async fn serve(
+    fleet: Fleet,
+    notifier: Arc<Notifier>,
+    metrics: Arc<Metrics>,
+    queue: Arc<MemoryQueue>,
+) -> Running {
+    let mut settings = Settings::from_config(&config());
+    settings.resync_interval = Duration::from_secs(24 * 3600);
+    let server = Server::over(fleet, Some(queue as Arc<dyn Queue>), notifier, settings);
+    let status = server.status();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.run_until(rx));
+    while status.not_ready().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Running {
+        stop,
+        serving,
+        metrics,
+    }
+}
+
+/// One target: the operator's own account and region.
+fn single(fake: &FakeAws, clock: &Arc<dyn Clock>, notifier: &Arc<Notifier>, mode: Mode) -> Fleet {
+    let parts = setup::assemble(
+        &config(),
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        mode,
+    );
+    Fleet::single(parts.reconciler, parts.stats)
+}
+
+/// Two targets: the operator's own account (`own`) and [`MEMBER`] (`member`), one region.
+fn pair(
+    own: &FakeAws,
+    member: &FakeAws,
+    clock: &Arc<dyn Clock>,
+    notifier: &Arc<Notifier>,
+    mode: Mode,
+) -> Fleet {
+    let spec = |account: &str| TargetSpec {
+        account: account.into(),
+        region: "eu-west-1".into(),
+        role: None,
+        clusters: vec!["prod".into()],
+    };
+    setup::assemble_fleet(
+        &config(),
+        vec![(spec(""), own.clients()), (spec(MEMBER), member.clients())],
+        clock.clone(),
+        notifier.clone(),
+        mode,
+        None,
+    )
+    .with_identity(own.clients().identity)
+}
+
+fn observed() -> (Arc<Metrics>, Arc<Notifier>) {
+    let metrics = Arc::new(Metrics::new());
+    (metrics.clone(), Arc::new(Notifier::new(metrics, None)))
+}
+
+async fn drained(queue: &MemoryQueue) {
+    for _ in 0..10_000 {
+        if queue.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the queue was never drained");
+}
+
+/// The issue's reproduction: another account's `LabelParameterVersion` on a parameter that has
+/// our parameter's name moved our `name:label` dependant. It rolls nothing now, in `serve` with
+/// one target; the same move made in our own account still rolls it.
+#[tokio::test(start_paused = true)]
+async fn serve_with_one_target_drops_another_accounts_event() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    labelled_world(&fake).await;
+    let (metrics, notifier) = observed();
+    let queue = Arc::new(MemoryQueue::new(10));
+    let running = serve(
+        single(&fake, &clock, &notifier, Mode::Watch),
+        notifier,
+        metrics.clone(),
+        queue.clone(),
+    )
+    .await;
+
+    queue.push(&label_moved(&clock, Some(STRANGER)));
+    drained(&queue).await;
+    assert!(fake.updates().is_empty(), "nothing rolled");
+    assert_eq!(queue.deleted(), 1, "acknowledged, not dead-lettered");
+    assert_eq!(foreign(&metrics), 1);
+    assert_eq!(event_passes(&metrics), 0, "no pass for it");
+
+    // Our own account's move of the same label, with and without an envelope account.
+    let v2 = fake.put_parameter("/app/flag");
+    fake.label_parameter("/app/flag", v2, "live");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    queue.push(&label_moved(&clock, Some(fake.account())));
+    drained(&queue).await;
+    assert_eq!(fake.rollouts_of("prod", "api"), 1, "our own move rolls it");
+    assert_eq!(foreign(&metrics), 1);
+    running.stop().await;
+}
+
+/// With several targets, an event of an unmanaged account is dropped, and a managed member's
+/// goes to that member's target only.
+#[tokio::test(start_paused = true)]
+async fn serve_with_several_targets_drops_another_accounts_event_and_routes_a_members() {
+    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let member = FakeAws::new("eu-west-1", clock.clone());
+    labelled_world(&own).await;
+    labelled_world(&member).await;
+    let (metrics, notifier) = observed();
+    let queue = Arc::new(MemoryQueue::new(10));
+    let running = serve(
+        pair(&own, &member, &clock, &notifier, Mode::Watch),
+        notifier,
+        metrics.clone(),
+        queue.clone(),
+    )
+    .await;
+
+    queue.push(&label_moved(&clock, Some(STRANGER)));
+    drained(&queue).await;
+    assert!(own.updates().is_empty() && member.updates().is_empty());
+    assert_eq!(foreign(&metrics), 1);
+
+    let v2 = member.put_parameter("/app/flag");
+    member.label_parameter("/app/flag", v2, "live");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    queue.push(&label_moved(&clock, Some(MEMBER)));
+    drained(&queue).await;
+    assert_eq!(
+        member.rollouts_of("prod", "api"),
+        1,
+        "the member's dependant"
+    );
+    assert!(own.updates().is_empty(), "not the own account's namesake");
+    running.stop().await;
+}
+
+fn batch(bodies: &[String]) -> Value {
+    let records: Vec<Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| json!({"messageId": format!("m{i}"), "body": b}))
+        .collect();
+    json!({ "Records": records })
+}
+
+fn deadline(clock: &Arc<dyn Clock>) -> chrono::DateTime<chrono::Utc> {
+    clock.now() + chrono::Duration::seconds(60)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lambda_drops_another_accounts_event_with_one_target_and_with_several() {
+    // One target.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    labelled_world(&fake).await;
+    let (metrics, notifier) = observed();
+    let fleet = single(&fake, &clock, &notifier, Mode::FireAndForget);
+    let h = Handler::over(fleet, notifier, Some(Arc::new(SentQueue::default())));
+    let r = h
+        .handle(
+            batch(&[label_moved(&clock, Some(STRANGER))]),
+            deadline(&clock),
+        )
+        .await
+        .expect("answers");
+    assert_eq!(r, json!({"batchItemFailures": []}), "acknowledged");
+    let direct: Value = serde_json::from_str(&label_moved(&clock, Some(STRANGER))).expect("json");
+    let r = h.handle(direct, deadline(&clock)).await.expect("answers");
+    assert!(fake.updates().is_empty());
+    assert!(r.get("foreign").is_some(), "{r}");
+    assert_eq!(foreign(&metrics), 2);
+    let v2 = fake.put_parameter("/app/flag");
+    fake.label_parameter("/app/flag", v2, "live");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.handle(batch(&[label_moved(&clock, None)]), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(
+        fake.rollouts_of("prod", "api"),
+        1,
+        "an event naming no account is the operator's own"
+    );
+
+    // Several targets.
+    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let member = FakeAws::new("eu-west-1", clock.clone());
+    labelled_world(&own).await;
+    labelled_world(&member).await;
+    let (metrics, notifier) = observed();
+    let fleet = pair(&own, &member, &clock, &notifier, Mode::FireAndForget);
+    let h = Handler::over(fleet, notifier, Some(Arc::new(SentQueue::default())));
+    h.handle(
+        batch(&[label_moved(&clock, Some(STRANGER))]),
+        deadline(&clock),
+    )
+    .await
+    .expect("answers");
+    assert!(own.updates().is_empty() && member.updates().is_empty());
+    assert_eq!(foreign(&metrics), 1);
+}
+
+/// A member account whose calls are refused for an hour: its change is retried a bounded
+/// number of times with backoff, then left to the resync; the other target's dependant is
+/// rolled at once, and the message is acknowledged.
+#[tokio::test(start_paused = true)]
+async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
+    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let member = FakeAws::new("eu-west-1", clock.clone());
+    let mut secret = String::new();
+    for fake in [&own, &member] {
+        secret = fake.create_secret("app/db");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
+        fake.create_service("prod", "api", &td, 1, &[]);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (metrics, notifier) = observed();
+    let queue = Arc::new(MemoryQueue::new(10));
+    let running = serve(
+        pair(&own, &member, &clock, &notifier, Mode::Watch),
+        notifier,
+        metrics.clone(),
+        queue.clone(),
+    )
+    .await;
+    member.fail_next("ecs:ListServices", 100_000, ErrorKind::AccessDenied);
+    member.fail_next("ecs:DescribeServices", 100_000, ErrorKind::AccessDenied);
+    own.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    queue.push(&json!({
+        "source": "aws.secretsmanager", "detail-type": "AWS Service Event via CloudTrail",
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": secret}}
+    }).to_string());
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        own.rollouts_of("prod", "api"),
+        1,
+        "the healthy target rolled"
+    );
+    assert!(queue.is_empty(), "the message was acknowledged in the end");
+    let passes = event_passes(&metrics);
+    assert_eq!(
+        passes, 6,
+        "one pass and five retries in an hour (every 60 s this was sixty)"
+    );
+    running.stop().await;
+}
