@@ -225,6 +225,8 @@ class World:
         """A RotationSucceeded service event on the default bus, as Secrets Manager emits it."""
         e = json.loads((EVENTS / "rotation_succeeded.json").read_text())
         e["detail"]["additionalEventData"]["SecretId"] = self.arn
+        # Recorded in this account (the operator's own): another account's event is dropped.
+        e["detail"]["recipientAccountId"] = ACCOUNT
         out = self.events.put_events(
             Entries=[{"Source": e["source"], "DetailType": e["detail-type"], "Detail": json.dumps(e["detail"]), "EventBusName": "default"}]
         )
@@ -574,6 +576,8 @@ def run_bootstrap(emu, world, binary, fn_env, timeout_s, memory, name, managed=(
         world.rotate()
         e = json.loads((EVENTS / "rotation_succeeded.json").read_text())
         e["detail"]["additionalEventData"]["SecretId"] = world.arn
+        # From this account (the operator's own): another account's event is dropped.
+        e["account"] = e["detail"]["recipientAccountId"] = ACCOUNT
         batch = {"Records": [{"messageId": "m-1", "body": json.dumps(e), "eventSource": "aws:sqs"}]}
         r = api.invoke(batch, p)
         assert r == {"batchItemFailures": []}, f"{name}: SQS batch answered {r}"
