@@ -68,6 +68,15 @@ pub(crate) fn retries_of(body: &str) -> u32 {
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+/// Whether `body` is a change this operator handed on itself (it carries its retry count): the
+/// change's own carrier, never a copy to acknowledge as decided.
+pub(crate) fn handed_on(body: &str) -> bool {
+    body.contains("\"ecs-reloader\"")
+        && serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .is_some_and(|v| v.get("ecs-reloader").is_some())
+}
+
 /// `body` with its retry count set to `retries` (unchanged when it is no JSON object).
 pub(crate) fn with_retries(body: &str, retries: u32) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
@@ -82,10 +91,12 @@ pub(crate) fn with_retries(body: &str, retries: u32) -> String {
     }
 }
 
-/// Changes already decided by a pass that began after them, remembered for a while: a copy of
-/// an event arriving later (a duplicate delivery, a flood of replays, a looping sender's old
-/// events) needs no pass of its own, since that pass read AWS's state after the change. Keyed by
-/// what changed and in which account; bounded in time and size.
+/// Changes owned by a pass that began after them, remembered for a while: a copy of an event
+/// arriving later (a duplicate delivery, a flood of replays, a looping sender's old events) needs
+/// no pass of its own, since that pass reads AWS's state after the change and keeps the change
+/// (waiting, handed on, or left to the resync) until it is done with it. A change the operator
+/// handed on itself ([`handed_on`]) is never taken for a copy. Keyed by what changed and in which
+/// account; bounded in time and size.
 pub(crate) struct Recent {
     entries: Mutex<HashMap<(Subject, Option<String>), Covered>>,
     /// How long a pass is remembered.
@@ -254,6 +265,19 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
                 .join(", ")
         ));
     }
+    // What an event names must be ours too: a secret's ARN in an account not managed is not
+    // evidence this operator may act on, whoever relays it.
+    if let Parsed::Change(Change {
+        secret: Subject::Secret(id),
+        ..
+    }) = &parsed
+    {
+        if let Some(owner) = arn_account(id).filter(|a| !managed.accounts.contains(*a)) {
+            return Taken::Foreign(format!(
+                "secret {id} of account {owner}, which this operator does not manage"
+            ));
+        }
+    }
     match parsed {
         Parsed::Ignored(why) => Taken::Ignored(why),
         Parsed::Change(mut c) => {
@@ -264,6 +288,15 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
         }
         other => Taken::Work(other),
     }
+}
+
+/// The account of an ARN (`arn:PARTITION:SERVICE:REGION:ACCOUNT:…`), if it names one.
+fn arn_account(id: &str) -> Option<&str> {
+    let mut parts = id.splitn(6, ':');
+    (parts.next() == Some("arn"))
+        .then(|| parts.nth(3))
+        .flatten()
+        .filter(|a| !a.is_empty())
 }
 
 /// Counts a message and logs what became of it, the same way in every driver. A poison message
@@ -345,6 +378,13 @@ mod tests {
         // ECS's hints are weighed the same way.
         let ecs = r#"{"source":"aws.ecs","detail-type":"ECS Deployment State Change","account":"999988887777","resources":["arn:aws:ecs:eu-west-1:999988887777:service/prod/api"],"detail":{}}"#;
         assert!(matches!(take(ecs, &m), Taken::Foreign(_)));
+        // A managed account's (or no account's) event naming an unmanaged account's secret.
+        let relayed = r#"{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","account":"111122223333","detail":{"eventName":"RotationSucceeded","additionalEventData":{"SecretId":"arn:aws:secretsmanager:eu-west-1:999988887777:secret:app/db-AbCdEf"}}}"#;
+        assert!(matches!(take(relayed, &m), Taken::Foreign(why) if why.contains("999988887777")));
+        let ours = relayed.replace("999988887777", "444455556666");
+        assert!(matches!(take(&ours, &m), Taken::Work(_)));
+        assert_eq!(arn_account("app/db"), None);
+        assert_eq!(arn_account("arn:aws:ssm:eu-west-1::parameter/x"), None);
         // A scheduled resync claims nothing about an account: it reads AWS's state again.
         let tick = r#"{"source":"aws.events","detail-type":"Scheduled Event","account":"999988887777","detail":{}}"#;
         assert!(matches!(take(tick, &m), Taken::Work(Parsed::Resync)));

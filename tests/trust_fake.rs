@@ -94,7 +94,6 @@ fn event_passes(metrics: &Metrics) -> i64 {
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
-    metrics: Arc<Metrics>,
 }
 
 impl Running {
@@ -105,12 +104,7 @@ impl Running {
 }
 
 /// `serve` over `fleet` (assembled with `notifier`), resyncing once a day.
-async fn serve(
-    fleet: Fleet,
-    notifier: Arc<Notifier>,
-    metrics: Arc<Metrics>,
-    queue: Arc<MemoryQueue>,
-) -> Running {
+async fn serve(fleet: Fleet, notifier: Arc<Notifier>, queue: Arc<MemoryQueue>) -> Running {
     let mut settings = Settings::from_config(&config());
     settings.resync_interval = Duration::from_secs(24 * 3600);
     let server = Server::over(fleet, Some(queue as Arc<dyn Queue>), notifier, settings);
@@ -120,11 +114,7 @@ async fn serve(
     while status.not_ready().is_some() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Running {
-        stop,
-        serving,
-        metrics,
-    }
+    Running { stop, serving }
 }
 
 /// One target: the operator's own account and region.
@@ -191,7 +181,6 @@ async fn serve_with_one_target_drops_another_accounts_event() {
     let running = serve(
         single(&fake, &clock, &notifier, Mode::Watch),
         notifier,
-        metrics.clone(),
         queue.clone(),
     )
     .await;
@@ -227,7 +216,6 @@ async fn serve_with_several_targets_drops_another_accounts_event_and_routes_a_me
     let running = serve(
         pair(&own, &member, &clock, &notifier, Mode::Watch),
         notifier,
-        metrics.clone(),
         queue.clone(),
     )
     .await;
@@ -335,7 +323,6 @@ async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
     let running = serve(
         pair(&own, &member, &clock, &notifier, Mode::Watch),
         notifier,
-        metrics.clone(),
         queue.clone(),
     )
     .await;
@@ -361,4 +348,183 @@ async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
         "one pass and five retries in an hour (every 60 s this was sixty)"
     );
     running.stop().await;
+}
+
+/// The Lambda's retries of a failing target travel with the events it hands on: five, with
+/// backoff, then the change is acknowledged and left to the scheduled resync.
+#[tokio::test(start_paused = true)]
+async fn the_lambda_gives_a_failing_target_a_bounded_number_of_retries() {
+    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let member = FakeAws::new("eu-west-1", clock.clone());
+    let mut secret = String::new();
+    for fake in [&own, &member] {
+        secret = fake.create_secret("app/db");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
+        fake.create_service("prod", "api", &td, 1, &[]);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    member.fail_next("ecs:ListServices", 100_000, ErrorKind::AccessDenied);
+    member.fail_next("ecs:DescribeServices", 100_000, ErrorKind::AccessDenied);
+    own.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (metrics, notifier) = observed();
+    let queue = Arc::new(SentQueue::default());
+    let fleet = pair(&own, &member, &clock, &notifier, Mode::FireAndForget);
+    let h = Handler::over(fleet, notifier, Some(queue.clone()));
+    let mut body = json!({
+        "source": "aws.secretsmanager", "detail-type": "AWS Service Event via CloudTrail",
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": secret}}
+    })
+    .to_string();
+    let mut delays = Vec::new();
+    for round in 0..20 {
+        queue.clear();
+        let r = h
+            .handle(batch(&[body.clone()]), deadline(&clock))
+            .await
+            .expect("answers");
+        assert_eq!(r, json!({"batchItemFailures": []}), "round {round}");
+        let sent = queue.sent();
+        let Some((next, delay)) = sent.into_iter().next() else {
+            break;
+        };
+        delays.push(delay.as_secs());
+        tokio::time::sleep(delay).await;
+        body = next;
+    }
+    assert_eq!(
+        delays,
+        [60, 120, 240, 480, 900],
+        "five retries with backoff, then left to the resync"
+    );
+    assert_eq!(event_passes(&metrics), 6);
+    assert_eq!(
+        own.rollouts_of("prod", "api"),
+        1,
+        "the healthy target rolled once"
+    );
+}
+
+/// A Secrets Manager event naming `appflag` by name dates no label of the SSM parameter of that
+/// name: before, its `live` label "moved" with the secret's and the parameter's dependant rolled.
+#[tokio::test(start_paused = true)]
+async fn a_secrets_manager_event_never_dates_a_parameter_of_the_same_name() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let v1 = fake.put_parameter("appflag");
+    fake.label_parameter("appflag", v1, "live");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("api", &[(site("FLAG"), "appflag:live")]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.put_parameter("appflag");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, notifier) = observed();
+    let h = Handler::over(
+        single(&fake, &clock, &notifier, Mode::FireAndForget),
+        notifier,
+        Some(Arc::new(SentQueue::default())),
+    );
+    let moved = json!({
+        "source": "aws.secretsmanager", "detail-type": "Secret Label Updated",
+        "region": "eu-west-1", "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"name": "appflag", "labelUpdated": "live"}
+    });
+    h.handle(batch(&[moved.to_string()]), deadline(&clock))
+        .await
+        .expect("answers");
+    assert!(fake.updates().is_empty(), "{:?}", fake.updates());
+    // The parameter's own label move, as CloudTrail records it, does roll it.
+    let v2 = fake.put_parameter("appflag");
+    fake.label_parameter("appflag", v2, "live");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let label = json!({
+        "source": "aws.ssm", "detail-type": "AWS API Call via CloudTrail", "region": "eu-west-1",
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"eventName": "LabelParameterVersion",
+                   "requestParameters": {"name": "appflag", "labels": ["live"]}}
+    });
+    h.handle(batch(&[label.to_string()]), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+}
+
+/// `/app/flag` (no label) resolved by `api`, then written again: `api` is stale once.
+async fn flag_world(fake: &FakeAws) {
+    fake.put_parameter("/app/flag");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("api", &[(site("FLAG"), "/app/flag")]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.put_parameter("/app/flag");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+fn flag_changed(clock: &Arc<dyn Clock>) -> String {
+    json!({
+        "source": "aws.ssm", "detail-type": "Parameter Store Change", "region": "eu-west-1",
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"name": "/app/flag", "operation": "Update"}
+    })
+    .to_string()
+}
+
+/// A flood of one change's events (duplicate deliveries, a replay, a looping relay) costs one
+/// pass and one rollout, however many copies arrive and however late.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_copies_costs_one_pass() {
+    // serve: fifty copies at once, then fifty more after the first pass.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    flag_world(&fake).await;
+    let body = flag_changed(&clock);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (metrics, notifier) = observed();
+    let queue = Arc::new(MemoryQueue::new(10));
+    let running = serve(
+        single(&fake, &clock, &notifier, Mode::Watch),
+        notifier,
+        queue.clone(),
+    )
+    .await;
+    for _ in 0..50 {
+        queue.push(&body);
+    }
+    drained(&queue).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for _ in 0..50 {
+        queue.push(&body);
+    }
+    drained(&queue).await;
+    assert_eq!(queue.deleted(), 100, "every copy acknowledged");
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+    assert_eq!(
+        event_passes(&metrics),
+        1,
+        "five batches of ten at once (debounce 0), and fifty more later: one pass"
+    );
+    running.stop().await;
+
+    // The Lambda: five batches of ten copies.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    flag_world(&fake).await;
+    let body = flag_changed(&clock);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (metrics, notifier) = observed();
+    let h = Handler::over(
+        single(&fake, &clock, &notifier, Mode::FireAndForget),
+        notifier,
+        Some(Arc::new(SentQueue::default())),
+    );
+    for _ in 0..5 {
+        let r = h
+            .handle(batch(&vec![body.clone(); 10]), deadline(&clock))
+            .await
+            .expect("answers");
+        assert_eq!(r, json!({"batchItemFailures": []}));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    assert_eq!(event_passes(&metrics), 1);
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
 }

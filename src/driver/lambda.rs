@@ -369,7 +369,7 @@ impl Handler {
                     Taken::Poison(e) => return Err(PayloadError::from(e).into()),
                 };
                 if let Parsed::Change(c) = &parsed {
-                    if self.recent.covers(c) {
+                    if !intake::handed_on(&body) && self.recent.covers(c) {
                         tracing::info!("a pass that began after this change has decided it");
                         return Ok(json!({ "ignored": "decided already by a later pass" }));
                     }
@@ -378,13 +378,11 @@ impl Handler {
                 let mut changes = Changes::default();
                 changes.add(&parsed);
                 let resync = changes.resync;
-                let started = self.reconciler.clock().now();
+                // This pass owns the change until it is done with it or hands it on: copies need
+                // no pass of their own.
+                self.recent.record(&changes, self.reconciler.clock().now());
                 let pass = self.run(&changes, budget).await?;
                 let look = intake::next_look(deferrable(&pass), pass.target_retry, retries);
-                if look.after.is_none() {
-                    // Done with: later copies need no pass of their own.
-                    self.recent.record(&changes, started);
-                }
                 if let (Some(after), false) = (look.after, resync) {
                     let body = intake::with_retries(&body, retries + u32::from(look.retry));
                     if !self.defer(&[body], after).await.is_empty() {
@@ -417,7 +415,9 @@ impl Handler {
             intake::record(&taken, &r.message_id, self.notifier.metrics());
             let is_change = taken.is_change();
             match taken {
-                Taken::Work(Parsed::Change(c)) if self.recent.covers(&c) => {
+                Taken::Work(Parsed::Change(c))
+                    if !intake::handed_on(&r.body) && self.recent.covers(&c) =>
+                {
                     tracing::info!(message = %r.message_id, "a pass that began after this change has decided it: acknowledged");
                 }
                 Taken::Work(parsed) => {
@@ -433,7 +433,9 @@ impl Handler {
             }
         }
         if !changes.is_empty() {
-            let started = self.reconciler.clock().now();
+            // This pass owns these changes until it is done with them or hands them on: copies
+            // need no pass of their own.
+            self.recent.record(&changes, self.reconciler.clock().now());
             let result = self.run(&changes, budget).await;
             // A target that failed, or a pass that failed as a whole, is retried a bounded
             // number of times (the count travels with the handed-on events), then left to the
@@ -448,10 +450,6 @@ impl Handler {
                     intake::next_look(None, Some(FAILED_PASS_RETRY), retries)
                 }
             };
-            if look.after.is_none() {
-                // Done with (or left to the resync): later copies need no pass of their own.
-                self.recent.record(&changes, started);
-            }
             if let Some(after) = look.after {
                 let next = retries + u32::from(look.retry);
                 let bodies: Vec<(String, String)> = used

@@ -636,7 +636,9 @@ impl Server {
             let taken = intake::take(&m.body, &managed);
             intake::record(&taken, &m.id, self.metrics());
             match taken {
-                Taken::Work(Parsed::Change(c)) if self.recent.covers(&c) => {
+                Taken::Work(Parsed::Change(c))
+                    if !intake::handed_on(&m.body) && self.recent.covers(&c) =>
+                {
                     tracing::info!(message = %m.id, "a pass that began after this change has decided it: acknowledged");
                     self.delete(queue, &m).await;
                 }
@@ -659,6 +661,9 @@ impl Server {
         if work.is_empty() {
             return None;
         }
+        // This batch's pass owns these changes from now until it is done with them (or leaves
+        // them to the resync): copies that arrive meanwhile need no pass of their own.
+        self.recent.record(&changes, now);
         let heartbeat = self.heartbeat(&work);
         Some(Batch {
             messages: work,
@@ -711,11 +716,9 @@ impl Server {
         if look.retry {
             batch.retries += 1;
         }
-        if look.after.is_none() {
-            // Done with (or left to the resync): later copies of these changes need no pass of
-            // their own, since this one read AWS's state after them.
-            self.recent.record(&batch.changes, started);
-        }
+        // Later copies of these changes need no pass of their own: this one read AWS's state
+        // after them, and what is left of it waits here or goes to the resync.
+        self.recent.record(&batch.changes, started);
         let after = match result {
             Ok(pass) => {
                 self.notifier.after_pass(&pass);
