@@ -787,6 +787,22 @@ fn judge(r: &ResolvedRef, d: DateTime<Utc>) -> Judgement {
     }
 }
 
+/// When the value a reference resolves last changed, as the rule dates it: the resolved
+/// version's creation, a dated label move, a completed rotation (clauses 2 to 4 with every date
+/// counted). Not the secret's `LastChangedDate`: a description, tag or KMS key edit, or a
+/// rotation that failed after staging `AWSPENDING`, moves that date and changes no value (clause
+/// 5), so it must neither implicate a failed rollout nor lift a hold. A pinned reference's value
+/// never changes (`None`). Where the dates were not read (no dependant needed them), the state's
+/// own date ([`RefState::changed_at`]) stands in.
+pub(crate) fn value_changed_at(r: &ResolvedRef) -> Option<DateTime<Utc>> {
+    let state = r.state.as_ref().ok()?;
+    match judge(r, DateTime::<Utc>::MIN_UTC) {
+        Judgement::Stale { fresh_after, .. } => Some(fresh_after - GRANULARITY),
+        Judgement::Pinned | Judgement::Fresh => None,
+        Judgement::Error(_) => state.changed_at(),
+    }
+}
+
 impl RefState {
     /// When what this state describes last changed: the secret's `LastChangedDate`, the
     /// parameter's `LastModifiedDate`, or a label move an event dated later (moving an SSM label
@@ -927,7 +943,7 @@ pub fn decide(
 mod fleet;
 #[cfg(test)]
 pub(crate) use fleet::TAG_WAVE;
-pub(crate) use fleet::{apply_policy, hold_failed};
+pub(crate) use fleet::{apply_policy, carries_only_secrets, hold_failed};
 pub use fleet::{fresh_from, gate, Item, Policies, SecretChange};
 
 #[cfg(test)]

@@ -144,6 +144,15 @@ impl Recent {
                 .all(|m| c.moves.contains(&(m.label.clone(), m.at)))
     }
 
+    /// Forgets every pass: their changes went back to the queue (a replica that stopped
+    /// leading), and what comes back is no copy.
+    pub(crate) fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Records that a pass over `changes` began at `started`.
     pub(crate) fn record(&self, changes: &Changes, started: DateTime<Utc>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

@@ -726,48 +726,68 @@ impl Reconciler {
         policies: &Policies,
     ) -> Result<Assessment, ReconcileError> {
         let conc = self.settings.scan_concurrency;
-        let inventory = self.inventory(scope, targets, services).await?;
+        let (inventory, scanned) = self.inventory(scope, targets, services).await?;
         if let Some(f) = services.unmatched(inventory.entries.iter().map(|e| &e.service)) {
             return Err(ReconcileError::NoSuchService(f));
         }
         let home = self.clients.region.as_str();
-        let mut entries: Vec<_> = inventory
+        let without_secrets = inventory.without_secrets;
+        let (mut entries, rest): (Vec<_>, Vec<_>) = inventory
             .entries
             .into_iter()
             .filter(|e| services.admits(&e.service))
-            .filter(|e| {
+            .partition(|e| {
                 targets.is_empty()
                     || targets
                         .iter()
                         .flat_map(|t| &t.identities)
                         .any(|id| e.references(id, home))
-            })
-            .collect();
+            });
         let mut resolved = index::resolve(&self.clients, &entries, conc).await;
-        // Paired with their states now: only the services are needed from here on, and a
-        // resync of ten thousand services holds a few megabytes of written references.
-        for e in &mut entries {
-            e.refs = Vec::new();
-        }
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
         apply_label_moves(&mut resolved, targets, now + skew);
+        let decisions: Vec<Decision> = entries
+            .iter()
+            .zip(&resolved)
+            .map(|(entry, refs)| decide(&entry.service, refs, now, &self.settings.policy))
+            .collect();
+        // Every other changed secret the selected services would roll with: its other
+        // dependants are looked at too, so that its hold or canary means the same here as in a
+        // pass over it (they are neither reported nor rolled by this pass).
+        let (mut context, mut context_resolved) = self
+            .context(scope, targets, &entries, &decisions, rest, scanned)
+            .await?;
+        apply_label_moves(&mut context_resolved, targets, now + skew);
+        let context_keys: std::collections::HashSet<ServiceKey> =
+            context.iter().map(|e| ServiceKey::of(&e.service)).collect();
+        let context_decisions: Vec<Decision> = context
+            .iter()
+            .zip(&context_resolved)
+            .map(|(entry, refs)| decide(&entry.service, refs, now, &self.settings.policy))
+            .collect();
+        // Paired with their states now: only the services are needed from here on, and a
+        // resync of ten thousand services holds a few megabytes of written references.
+        for e in entries.iter_mut().chain(context.iter_mut()) {
+            e.refs = Vec::new();
+        }
         let mut interned: std::collections::HashMap<SecretIdentity, Arc<SecretIdentity>> =
             std::collections::HashMap::new();
         let mut items: Vec<Item<'_>> = entries
             .iter()
             .zip(&resolved)
-            .map(|(entry, refs)| {
-                let decision = decide(&entry.service, refs, now, &self.settings.policy);
+            .zip(decisions)
+            .chain(context.iter().zip(&context_resolved).zip(context_decisions))
+            .map(|((entry, refs), decision)| {
                 let secrets = refs
                     .iter()
-                    .filter_map(|r| r.state.as_ref().ok())
-                    .map(|s| SecretChange {
+                    .filter_map(|r| r.state.as_ref().ok().map(|s| (r, s)))
+                    .map(|(r, s)| SecretChange {
                         secret: interned
                             .entry(s.identity())
                             .or_insert_with_key(|k| Arc::new(k.clone()))
                             .clone(),
-                        changed_at: s.changed_at(),
+                        changed_at: decide::value_changed_at(r),
                     })
                     .collect();
                 Item::new(&entry.service, secrets, decision)
@@ -802,6 +822,8 @@ impl Reconciler {
             now,
             &self.settings.limits,
         );
+        // The context has done its part.
+        items.retain(|i| !context_keys.contains(&ServiceKey::of(i.service)));
         let change_set = plan(&items);
         let decisions: BTreeMap<ServiceKey, Decision> = items
             .into_iter()
@@ -825,20 +847,85 @@ impl Reconciler {
         Ok(Assessment {
             at: now,
             services,
-            without_secrets: inventory.without_secrets,
+            without_secrets,
             change_set,
         })
+    }
+
+    /// The services a targeted pass looks at beyond its selection (see
+    /// [`assess_with`](Self::assess_with)): the other dependants of every secret that the
+    /// selected stale services would roll with and that the pass was not started for. Empty for
+    /// a pass over everything, and when no selected service is stale for another secret (the
+    /// usual rotation costs nothing more). From the scan when there was one (`rest`), else from
+    /// the watch cache's candidates, described afresh.
+    async fn context(
+        &self,
+        scope: &Scope,
+        targets: &[Target],
+        entries: &[index::Entry],
+        decisions: &[Decision],
+        rest: Vec<index::Entry>,
+        scanned: bool,
+    ) -> Result<(Vec<index::Entry>, Vec<Vec<decide::ResolvedRef>>), ReconcileError> {
+        if targets.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let targeted: std::collections::HashSet<&SecretIdentity> =
+            targets.iter().flat_map(|t| &t.identities).collect();
+        let others: std::collections::BTreeSet<SecretIdentity> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Stale { findings } => Some(findings),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|f| f.identity.clone())
+            .filter(|id| !targeted.contains(id))
+            .collect();
+        if others.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let home = self.clients.region.as_str();
+        let selected: std::collections::HashSet<ServiceKey> =
+            entries.iter().map(|e| ServiceKey::of(&e.service)).collect();
+        let pool = if scanned {
+            rest
+        } else {
+            let look = Target {
+                given: "(the other secrets of the selected services)".into(),
+                identities: others.iter().cloned().collect(),
+                label_moves: Vec::new(),
+            };
+            self.inventory(scope, std::slice::from_ref(&look), &ServiceFilter(&[]))
+                .await?
+                .0
+                .entries
+        };
+        let context: Vec<index::Entry> = pool
+            .into_iter()
+            .filter(|e| !selected.contains(&ServiceKey::of(&e.service)))
+            .filter(|e| others.iter().any(|id| e.references(id, home)))
+            .collect();
+        tracing::debug!(
+            secrets = others.len(),
+            services = context.len(),
+            "looked at the other dependants of the selected services' other changed secrets"
+        );
+        let resolved =
+            index::resolve(&self.clients, &context, self.settings.scan_concurrency).await;
+        Ok((context, resolved))
     }
 
     /// The services to decide: with targets, and the watch cache filled for this scope, only the
     /// candidates it names, described afresh; else a scan of the scope (which, of the default
     /// scope, fills the cache).
+    /// Also says whether it scanned (the inventory then holds every service of the scope).
     async fn inventory(
         &self,
         scope: &Scope,
         targets: &[Target],
         services: &ServiceFilter<'_>,
-    ) -> Result<index::Inventory, ReconcileError> {
+    ) -> Result<(index::Inventory, bool), ReconcileError> {
         let conc = self.settings.scan_concurrency;
         let region = self.clients.region.as_str();
         let default_scope = scope.clusters == self.settings.clusters;
@@ -858,7 +945,7 @@ impl Reconciler {
                     candidates = candidates.values().map(Vec::len).sum::<usize>(),
                     "described the watch cache's candidates"
                 );
-                return Ok(inv);
+                return Ok((inv, false));
             }
         }
         let scan = default_scope.then(|| self.watch.begin_scan());
@@ -867,7 +954,7 @@ impl Reconciler {
         if let Some(scan) = scan {
             scan.finish(&inv.entries, region);
         }
-        Ok(inv)
+        Ok((inv, true))
     }
 
     /// Like [`assess`](Self::assess), but waits out settles that end within `max_wait` (a change

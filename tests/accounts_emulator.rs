@@ -682,8 +682,12 @@ async fn the_lambda_routes_an_event_from_the_secrets_account_to_every_target() {
         }
         v
     };
+    // A later event of that change (a copy of an event a pass already decided needs no pass of
+    // its own: this one is dated anew, so that it is decided again).
+    let mut later = event.clone();
+    later["time"] = serde_json::json!(chrono::Utc::now().to_rfc3339());
     match api
-        .answer(&api.invoke(&event), Duration::from_secs(60))
+        .answer(&api.invoke(&later), Duration::from_secs(60))
         .await
     {
         Answer::Response(_) => {}
@@ -722,8 +726,8 @@ async fn the_lambda_routes_an_event_from_the_secrets_account_to_every_target() {
             .sum()
     };
     assert!(
-        sum("target_failures", C, WEST) >= 3.0,
-        "three invocations: {text}"
+        sum("target_failures", C, WEST) >= 2.0,
+        "two passes at least (the first event and the later one; the copy between may be one a pass already owned): {text}"
     );
     for (a, r, _) in DEPENDANTS {
         assert_eq!(

@@ -9,14 +9,17 @@ use std::time::Duration;
 use support::proxy::Proxy;
 use support::{wait_for, Aws, Emulator, Serve};
 
+/// A `PutSecretValue` call as CloudTrail records it, dated now: an event's time is when its
+/// change happened (a copy of a change that a pass begun later has decided needs no pass).
 fn api_call(secret_id: &str, arn: Option<&str>) -> String {
     let response = match arn {
         Some(a) => serde_json::json!({ "arn": a }),
         None => serde_json::Value::Null,
     };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     serde_json::json!({
         "version": "0", "id": "r", "detail-type": "AWS API Call via CloudTrail", "source": "aws.secretsmanager",
-        "time": "2026-11-22T10:00:00Z", "region": "us-east-1", "resources": [],
+        "time": now, "region": "us-east-1", "resources": [],
         "detail": {"eventName": "PutSecretValue", "eventSource": "secretsmanager.amazonaws.com",
                    "requestParameters": {"secretId": secret_id}, "responseElements": response}
     })

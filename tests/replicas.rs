@@ -22,6 +22,8 @@ fn rotation_succeeded(arn: &str) -> String {
     // From the emulator's account (the operator's own): another account's would be dropped.
     v["account"] = json!(support::ACCOUNT);
     v["detail"]["recipientAccountId"] = json!(support::ACCOUNT);
+    // Dated now: each test makes its change just before sending the event.
+    v["time"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     v.to_string()
 }
 

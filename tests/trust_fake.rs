@@ -382,7 +382,7 @@ async fn the_lambda_gives_a_failing_target_a_bounded_number_of_retries() {
     for round in 0..20 {
         queue.clear();
         let r = h
-            .handle(batch(&[body.clone()]), deadline(&clock))
+            .handle(batch(std::slice::from_ref(&body)), deadline(&clock))
             .await
             .expect("answers");
         assert_eq!(r, json!({"batchItemFailures": []}), "round {round}");
@@ -526,5 +526,144 @@ async fn a_flood_of_copies_costs_one_pass() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     assert_eq!(event_passes(&metrics), 1);
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+}
+
+/// v1, v2; `live` on v2; `api` deployed resolving `/app/flag:live`; then `live` moved back to
+/// v1, older than the deployment: only the event can date that move (a resync cannot see it).
+async fn moved_back(fake: &FakeAws) {
+    let v1 = fake.put_parameter("/app/flag");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v2 = fake.put_parameter("/app/flag");
+    fake.label_parameter("/app/flag", v2, "live");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let td = fake.register_task_definition("api", &[(site("FLAG"), "/app/flag:live")]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    fake.label_parameter("/app/flag", v1, "live");
+}
+
+fn scheduled() -> Value {
+    json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}})
+}
+
+fn lambda(fake: &FakeAws, clock: &Arc<dyn Clock>, queue: Arc<dyn Queue>) -> Handler {
+    let (_, notifier) = observed();
+    Handler::over(
+        single(fake, clock, &notifier, Mode::FireAndForget),
+        notifier,
+        Some(queue),
+    )
+}
+
+/// A queue whose `SendMessage` fails (throttled, or refused by the queue's policy).
+struct NoSend;
+
+#[async_trait::async_trait]
+impl Queue for NoSend {
+    async fn receive(
+        &self,
+        _: i32,
+        _: Duration,
+    ) -> ecs_reloader::aws::AwsResult<Vec<ecs_reloader::aws::queue::Message>> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> ecs_reloader::aws::AwsResult<()> {
+        Ok(())
+    }
+    async fn extend(&self, _: &str, _: Duration) -> ecs_reloader::aws::AwsResult<()> {
+        Ok(())
+    }
+    async fn depth(&self) -> ecs_reloader::aws::AwsResult<u64> {
+        Ok(0)
+    }
+    async fn send(&self, _: &str, _: Duration) -> ecs_reloader::aws::AwsResult<()> {
+        Err(ecs_reloader::aws::AwsError::new(
+            "sqs:SendMessage",
+            "q",
+            ErrorKind::Transient,
+            "injected",
+        ))
+    }
+}
+
+/// Found by review: a change whose pass failed goes back to its sender (Lambda's retry of a
+/// direct event, SQS's redelivery of a record whose hand-on failed); that delivery is the
+/// change itself, never a copy of a decided one.
+#[tokio::test(start_paused = true)]
+async fn a_change_given_back_after_a_failed_pass_is_decided_again() {
+    // A direct event: the failed pass answers an error, Lambda delivers the event again.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    moved_back(&fake).await;
+    let event: Value =
+        serde_json::from_str(&label_moved(&clock, Some(fake.account()))).expect("json");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h = lambda(&fake, &clock, Arc::new(SentQueue::default()));
+    fake.fail_next("ecs:ListServices", 1, ErrorKind::AccessDenied);
+    assert!(h.handle(event.clone(), deadline(&clock)).await.is_err());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    h.handle(event, deadline(&clock)).await.expect("answers");
+    h.handle(scheduled(), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(
+        fake.rollouts_of("prod", "api"),
+        1,
+        "the retry was taken for a copy"
+    );
+
+    // An SQS record whose pass failed and whose hand-on failed: left on the queue, delivered
+    // again.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    moved_back(&fake).await;
+    let body = label_moved(&clock, Some(fake.account()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h = lambda(&fake, &clock, Arc::new(NoSend));
+    fake.fail_next("ecs:ListServices", 1, ErrorKind::AccessDenied);
+    let r = h
+        .handle(batch(std::slice::from_ref(&body)), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(r, json!({"batchItemFailures": [{"itemIdentifier": "m0"}]}));
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+    h.handle(batch(&[body]), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(
+        fake.rollouts_of("prod", "api"),
+        1,
+        "the redelivery was taken for a copy"
+    );
+}
+
+/// Found by review: each record keeps its own retry count, so a fresh change batched with a
+/// handed-on change that has used up its retries is still retried.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_change_does_not_inherit_another_records_retries() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    moved_back(&fake).await;
+    let fresh = label_moved(&clock, Some(fake.account()));
+    let mut tired = json!({"source": "aws.ssm", "detail-type": "Parameter Store Change",
+        "region": "eu-west-1", "account": fake.account(), "time": "2025-12-31T23:00:00Z",
+        "detail": {"name": "/other", "operation": "Update"}});
+    tired["ecs-reloader"] = json!({"retries": 5});
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let queue = Arc::new(SentQueue::default());
+    let h = lambda(&fake, &clock, queue.clone());
+    fake.fail_next("ecs:ListServices", 1, ErrorKind::AccessDenied);
+    h.handle(batch(&[tired.to_string(), fresh]), deadline(&clock))
+        .await
+        .expect("answers");
+    let sent = queue.sent();
+    assert_eq!(
+        sent.len(),
+        1,
+        "the fresh change is handed on, the tired one left: {sent:?}"
+    );
+    let (again, delay) = sent[0].clone();
+    tokio::time::sleep(delay).await;
+    h.handle(batch(&[again]), deadline(&clock))
+        .await
+        .expect("answers");
     assert_eq!(fake.rollouts_of("prod", "api"), 1);
 }

@@ -183,7 +183,7 @@ impl<'a> Item<'a> {
 /// another listed deployment (the one it replaced, or the rollback to it) runs. A deployment
 /// alone in its service gives no such evidence either way; it is taken to carry the change, the
 /// side on which a broken change breaks nothing more.
-fn carries_only_secrets(service: &Service, failed: &Deployment) -> bool {
+pub(crate) fn carries_only_secrets(service: &Service, failed: &Deployment) -> bool {
     let others: Vec<&Deployment> = service
         .deployments
         .iter()

@@ -194,7 +194,7 @@ impl Handler {
             sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
             // Remembered for ten minutes (the template's resync period), with a second of
-            // allowed skew (`[decide] clock_skew`'s default).
+            // allowed skew (`[decide] clock_skew`'s default; `with_clock_skew` sets both).
             recent: intake::Recent::new(Duration::from_secs(600), Duration::from_secs(1)),
         }
     }
@@ -209,6 +209,13 @@ impl Handler {
         for doc in crate::emf::documents(&text, &mut sent, now) {
             println!("{doc}");
         }
+    }
+
+    /// Dates the memory of decided changes with the allowed clock skew (`[decide] clock_skew`)
+    /// and keeps it for `keep` (the resync period).
+    pub fn with_clock_skew(mut self, skew: Duration, keep: Duration) -> Self {
+        self.recent = intake::Recent::new(keep, skew);
+        self
     }
 
     /// Takes turns with concurrent invocations through `keeper` (whose leadership the parts'
@@ -378,9 +385,9 @@ impl Handler {
                 let mut changes = Changes::default();
                 changes.add(&parsed);
                 let resync = changes.resync;
-                // This pass owns the change until it is done with it or hands it on: copies need
-                // no pass of their own.
-                self.recent.record(&changes, self.reconciler.clock().now());
+                let started = self.reconciler.clock().now();
+                // A failed pass answers with an error: the caller delivers the event again, and
+                // that delivery is no copy (nothing is remembered).
                 let pass = self.run(&changes, budget).await?;
                 let look = intake::next_look(deferrable(&pass), pass.target_retry, retries);
                 if let (Some(after), false) = (look.after, resync) {
@@ -389,6 +396,8 @@ impl Handler {
                         return Err(InvocationError::Deferral);
                     }
                 }
+                // Done with, or handed on: a later copy needs no pass of its own.
+                self.recent.record(&changes, started);
                 Ok(summary(&pass))
             }
             Payload::SqsBatch(records) => Ok(self.batch(records, budget, &managed).await),
@@ -405,11 +414,10 @@ impl Handler {
 
     async fn batch(&self, records: Vec<Record>, budget: Duration, managed: &Managed) -> Value {
         let mut failures: Vec<String> = Vec::new();
-        // Records that ask for work: (id, body, is a change rather than a resync).
-        let mut used: Vec<(String, String, bool)> = Vec::new();
+        // Records that ask for work: (id, body, is a change rather than a resync, the retries
+        // it has had already; each record keeps its own count).
+        let mut used: Vec<(String, String, bool, u32)> = Vec::new();
         let mut changes = Changes::default();
-        // Retries a handed-on change has had already.
-        let mut retries = 0;
         for r in records {
             let taken = intake::take(&r.body, managed);
             intake::record(&taken, &r.message_id, self.notifier.metrics());
@@ -422,8 +430,8 @@ impl Handler {
                 }
                 Taken::Work(parsed) => {
                     changes.add(&parsed);
-                    retries = retries.max(intake::retries_of(&r.body));
-                    used.push((r.message_id, r.body, is_change));
+                    let retries = intake::retries_of(&r.body);
+                    used.push((r.message_id, r.body, is_change, retries));
                 }
                 Taken::Ignored(_) | Taken::Foreign(_) => {}
                 Taken::Poison(e) => {
@@ -433,39 +441,50 @@ impl Handler {
             }
         }
         if !changes.is_empty() {
-            // This pass owns these changes until it is done with them or hands them on: copies
-            // need no pass of their own.
-            self.recent.record(&changes, self.reconciler.clock().now());
+            let started = self.reconciler.clock().now();
             let result = self.run(&changes, budget).await;
             // A target that failed, or a pass that failed as a whole, is retried a bounded
-            // number of times (the count travels with the handed-on events), then left to the
-            // scheduled resync: nothing is re-sent forever, and no usable event is dead-lettered.
-            let look = match &result {
+            // number of times (each record's count travels with the event it hands on), then
+            // left to the scheduled resync: nothing is re-sent forever, and no usable event is
+            // dead-lettered.
+            let (own, failed) = match &result {
                 Ok(pass) => {
                     tracing::info!(summary = %summary(pass), "batch handled");
-                    intake::next_look(deferrable(pass), pass.target_retry, retries)
+                    (deferrable(pass), pass.target_retry)
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, retries, "could not reconcile the batch");
-                    intake::next_look(None, Some(FAILED_PASS_RETRY), retries)
+                    tracing::error!(error = %e, "could not reconcile the batch");
+                    (None, Some(FAILED_PASS_RETRY))
                 }
             };
-            if let Some(after) = look.after {
-                let next = retries + u32::from(look.retry);
-                let bodies: Vec<(String, String)> = used
-                    .iter()
-                    .filter(|(_, _, change)| *change)
-                    .map(|(id, b, _)| (id.clone(), intake::with_retries(b, next)))
-                    .collect();
+            let mut later: BTreeMap<Duration, Vec<(String, String)>> = BTreeMap::new();
+            for (id, body, _, retries) in used.iter().filter(|(_, _, change, _)| *change) {
+                let look = intake::next_look(own, failed, *retries);
+                if let Some(after) = look.after {
+                    let next = retries + u32::from(look.retry);
+                    later
+                        .entry(after)
+                        .or_default()
+                        .push((id.clone(), intake::with_retries(body, next)));
+                }
+            }
+            let mut kept = true;
+            for (after, bodies) in later {
                 let sent: Vec<String> = bodies.iter().map(|(_, b)| b.clone()).collect();
                 let not_handed = self.defer(&sent, after).await;
                 // What could not be handed on stays on the queue and comes back.
+                kept &= not_handed.is_empty();
                 failures.extend(
                     bodies
                         .into_iter()
                         .filter(|(_, b)| not_handed.contains(b))
                         .map(|(id, _)| id),
                 );
+            }
+            // Done with, or handed on whole: a later copy needs no pass of its own. (A record
+            // left on the queue comes back as itself, and must be decided again.)
+            if kept {
+                self.recent.record(&changes, started);
             }
         }
         let items: Vec<Value> = failures
@@ -529,7 +548,8 @@ pub async fn run(
     tracing::info!(account = %own, "the operator's own account: events of accounts not managed are dropped");
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
-    let mut handler = Handler::over(fleet, notifier, queue);
+    let mut handler = Handler::over(fleet, notifier, queue)
+        .with_clock_skew(config.decide.clock_skew.0, config.resync.interval.0);
     if let Some(k) = keeper {
         handler = handler.with_lease(k);
     }

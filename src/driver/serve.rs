@@ -537,6 +537,8 @@ impl Server {
         }
         waiting.clear();
         self.metrics().waiting.set(0);
+        // Their messages reappear: if this replica leads again by then, they are no copies.
+        self.recent.clear();
     }
 
     /// Runs `work`; on shutdown gives it the grace, then drops it (`None`).
@@ -626,8 +628,10 @@ impl Server {
         };
         let mut work: Vec<Message> = Vec::new();
         let mut changes = Changes::default();
-        // Retries a handed-on change has had already.
-        let mut retries = 0;
+        // Retries a handed-on change has had already: the fewest of the batch's, so that a fresh
+        // change never inherits another's exhausted count (a tired one may ride along longer,
+        // as long as fresh changes keep coming).
+        let mut retries: Option<u32> = None;
         for m in batch {
             if let Some(sent) = m.sent_at {
                 let lag = (now - sent).num_milliseconds().max(0) as f64 / 1000.0;
@@ -644,7 +648,8 @@ impl Server {
                 }
                 Taken::Work(parsed) => {
                     changes.add(&parsed);
-                    retries = retries.max(intake::retries_of(&m.body));
+                    let own = intake::retries_of(&m.body);
+                    retries = Some(retries.map_or(own, |r| r.min(own)));
                     work.push(m);
                 }
                 Taken::Ignored(_) | Taken::Foreign(_) => self.delete(queue, &m).await,
@@ -670,7 +675,7 @@ impl Server {
             changes,
             received_at,
             heartbeat,
-            retries,
+            retries: retries.unwrap_or(0),
         })
     }
 
@@ -772,6 +777,7 @@ impl Server {
             // left is the leader's. Dropping the batch stops its heartbeat, so its messages
             // reappear for the leader.
             tracing::info!("no longer leading: leaving the change to the leader");
+            self.recent.clear();
             return;
         }
         let mut waiting = self.waiting.lock().await;

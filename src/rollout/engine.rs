@@ -156,7 +156,24 @@ impl Engine {
             return skipped("its deployment controller changed since the plan".into());
         }
         let primary = service.primary()?;
-        if change.fresh_from.is_some_and(|f| primary.created_at >= f) {
+        if let Some(fresh_from) = change.fresh_from.filter(|f| primary.created_at >= *f) {
+            // A rollout after the change that failed, was rolled back or is stuck is the
+            // change's failure (another pass's canary, say), for this pass too: never freshness.
+            // Only a deployment that carries the change alone implicates it (see
+            // `decide::hold_failed`).
+            if let Some((dep, verdict)) =
+                deployment::current(&service, self.clock.now(), &self.limits())
+            {
+                if let Some(problem) = verdict.problem(&dep.id).filter(|_| {
+                    dep.created_at >= fresh_from
+                        && crate::decide::carries_only_secrets(&service, dep)
+                }) {
+                    tracing::warn!(service = %key, problem, "its rollout after the change went wrong: the change set halts");
+                    return Some(Outcome::Failed {
+                        reason: format!("its rollout after the change went wrong: {problem}"),
+                    });
+                }
+            }
             return skipped(format!(
                 "already fresh: deployment {} was created after the change",
                 primary.id
@@ -453,14 +470,33 @@ impl Rollout for EngineRollout {
         let halt = Arc::new(HaltFlag::default());
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(changes.len())));
 
-        let mut rest = ChangeSet { changes }.waves_owned();
-        if engine.settings.canary && engine.settings.wait {
-            if let Some(first_wave) = rest.first_mut() {
+        let rest = ChangeSet { changes }.waves_owned();
+        // A canary guards a secret, not a change set: every changed secret of a wave that no
+        // dependant has proved healthy yet gets one, its first dependant in plan order, rolled
+        // alone; only once it is healthy do the secret's other dependants roll. (A finding whose
+        // secret is unknown counts as a secret of its own.)
+        let mut proven: HashSet<Option<crate::reference::SecretIdentity>> = HashSet::new();
+        let secrets_of = |c: &Change| -> Vec<Option<crate::reference::SecretIdentity>> {
+            let mut v: Vec<_> = c.findings.iter().map(|f| f.identity.clone()).collect();
+            if v.is_empty() {
+                v.push(None);
+            }
+            v
+        };
+        for mut wave in rest {
+            if engine.settings.canary && engine.settings.wait {
                 // A canary that turns out not to need a rollout (skipped or deferred when looked
-                // at again) proves nothing: the next service becomes the canary.
-                while !first_wave.is_empty() && halt.reason().is_none() {
-                    let canary = first_wave.remove(0);
+                // at again) proves nothing: the secret's next dependant becomes its canary.
+                while halt.reason().is_none() {
+                    let Some(i) = wave
+                        .iter()
+                        .position(|c| secrets_of(c).iter().any(|s| !proven.contains(s)))
+                    else {
+                        break;
+                    };
+                    let canary = wave.remove(i);
                     let key = canary.key.clone();
+                    let guards = secrets_of(&canary);
                     tracing::info!(service = %key, "rolling the canary alone");
                     engine.roll_group(vec![canary], &halt, &outcomes).await;
                     let proved = outcomes
@@ -469,12 +505,10 @@ impl Rollout for EngineRollout {
                         .iter()
                         .any(|(k, o)| *k == key && matches!(o, Outcome::Healthy { .. }));
                     if proved {
-                        break;
+                        proven.extend(guards);
                     }
                 }
             }
-        }
-        for wave in rest {
             if wave.is_empty() {
                 continue;
             }
