@@ -84,7 +84,9 @@
 //!
 //! **A deployment already in progress** (say, a CI deploy) is not stacked with another one: the
 //! service settles and is decided again once it is done. If that deployment was created after
-//! the change it is already fresh and the service is in sync.
+//! the change it is already fresh and the service is in sync. One in progress for longer than
+//! [`Policy::stuck_after`] (`[rollout] timeout`) is stuck: the service is `held`, for a person,
+//! instead of settling forever.
 //!
 //! **A reference that cannot be resolved** (not found, refused by IAM, a resource policy, an SCP
 //! or KMS, a disabled or unknown region, retries exhausted, another account's parameter) makes
@@ -113,6 +115,9 @@ pub struct Policy {
     pub clock_skew: Duration,
     /// How long an `AWSPENDING` version holds back a rollout that is due anyway.
     pub rotation_grace: Duration,
+    /// A deployment in progress longer than this (`[rollout] timeout`) is stuck: a stale
+    /// service waiting on it is `held`, for a person, rather than decided again forever.
+    pub stuck_after: Duration,
 }
 
 impl Default for Policy {
@@ -120,6 +125,7 @@ impl Default for Policy {
         Policy {
             clock_skew: Duration::from_secs(1),
             rotation_grace: Duration::from_secs(600),
+            stuck_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -921,6 +927,26 @@ pub fn decide(
         };
     }
     if crate::deployment::busy(service) {
+        let stuck = chrono::Duration::from_std(policy.stuck_after).unwrap_or(chrono::Duration::MAX);
+        if let Some(oldest) = service
+            .deployments
+            .iter()
+            .filter(|dep| now - dep.created_at > stuck)
+            .filter(|dep| {
+                dep.is_primary() || dep.rollout_state == Some(crate::aws::RolloutState::InProgress)
+            })
+            .min_by_key(|dep| dep.created_at)
+        {
+            return Decision::Held {
+                reason: format!(
+                    "held: deployment {} has been in progress since {}, longer than [rollout] timeout ({}): it is stuck, and no deployment is stacked on it; fix or stop it",
+                    oldest.id,
+                    fmt_time(oldest.created_at),
+                    humantime::format_duration(policy.stuck_after)
+                ),
+                findings,
+            };
+        }
         return Decision::Settling {
             until: None,
             reason: format!(

@@ -247,6 +247,10 @@ pub struct Pass {
     /// drivers bound these retries ([`crate::intake::next_look`]) and the resync ignores them: a
     /// target that stays down is left to the resync's schedule, never re-polled forever.
     pub target_retry: Option<Duration>,
+    /// Changed secrets that could not be read (refused by a resource policy or an SCP), each
+    /// with the call, the secret and the grant: reported, left to the resync (which shows their
+    /// dependants `unknown`), and never a reason to fail the rest of the pass.
+    pub unread: Vec<String>,
 }
 
 impl Pass {
@@ -264,6 +268,7 @@ impl Pass {
             requeue_after: None,
             targets: Vec::new(),
             target_retry: None,
+            unread: Vec::new(),
         }
     }
 
@@ -294,6 +299,7 @@ impl Pass {
                 out.push(format!("target {t} could not be worked on: {problem}"));
             }
         }
+        out.extend(self.unread.iter().cloned());
         let failed = self.failed().count();
         if failed > 0 {
             out.push(format!("{failed} rollout(s) failed or were halted"));
@@ -529,15 +535,20 @@ impl Reconciler {
                 return Ok(Pass::empty(self.clock.now()));
             }
         }
+        let mut unread = Vec::new();
         let targets = match &req.selection {
             Selection::All => Vec::new(),
             Selection::Changes(c) if c.resync => Vec::new(),
             Selection::Secrets(given) => self.resolve_targets(given).await?,
             Selection::Changes(c) => {
-                let targets = self.resolve_changes(c).await?;
+                let targets;
+                (targets, unread) = self.resolve_changes(c).await?;
                 if targets.is_empty() {
-                    tracing::info!("no changed secret exists any more: nothing to do");
-                    return Ok(Pass::empty(self.clock.now()));
+                    tracing::info!("no changed secret that can be read exists: nothing to do");
+                    return Ok(Pass {
+                        unread,
+                        ..Pass::empty(self.clock.now())
+                    });
                 }
                 targets
             }
@@ -570,6 +581,7 @@ impl Reconciler {
             requeue_after: None,
             targets: Vec::new(),
             target_retry: None,
+            unread,
             assessment,
         };
         let set = &pass.assessment.change_set;
@@ -649,8 +661,16 @@ impl Reconciler {
 
     /// Resolves what events said changed into targets. A secret that no longer exists, or a name
     /// that is not a secret at all, is logged and skipped: nothing can depend on it.
-    async fn resolve_changes(&self, changes: &Changes) -> Result<Vec<Target>, ReconcileError> {
+    /// A changed secret whose metadata is refused (a resource policy, an SCP) is that change's
+    /// problem alone: reported (second of the pair) and skipped, and the batch's other changes
+    /// are decided and rolled. What a retry may fix (throttling, a dropped connection) still
+    /// fails the pass, to be tried again.
+    async fn resolve_changes(
+        &self,
+        changes: &Changes,
+    ) -> Result<(Vec<Target>, Vec<String>), ReconcileError> {
         let mut out = Vec::new();
+        let mut unread = Vec::new();
         for (subject, label_moves) in &changes.subjects {
             match subject {
                 Subject::Secret(id) => match resolve_target(&self.clients, id).await {
@@ -685,6 +705,16 @@ impl Reconciler {
                     Err(TargetError::Aws(e)) if self.foreign(id) => {
                         tracing::warn!(secret = %id, error = %e, "another account's changed secret cannot be read with this target's credentials: skipped here")
                     }
+                    Err(TargetError::Aws(e))
+                        if !e.is_retryable() && e.kind != crate::aws::ErrorKind::Setup =>
+                    {
+                        let problem = format!(
+                            "changed secret {id} could not be read ({e}): grant {} on it to the operator's role (its resource policy and SCPs must allow it too); its dependants are left to the resync",
+                            e.operation
+                        );
+                        tracing::warn!(secret = %id, error = %e, "a changed secret cannot be read: its change is skipped, the others go on");
+                        unread.push(problem);
+                    }
                     Err(e) => return Err(e.into()),
                 },
                 Subject::Parameter { region, name } => out.push(Target {
@@ -698,7 +728,7 @@ impl Reconciler {
                 }),
             }
         }
-        Ok(out)
+        Ok((out, unread))
     }
 
     /// Decides every service of `scope`; with `targets`, only services that reference one of

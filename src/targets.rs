@@ -514,6 +514,7 @@ fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
         requeue_after: None,
         targets: Vec::new(),
         target_retry: None,
+        unread: Vec::new(),
     }
 }
 
@@ -532,6 +533,7 @@ fn merge(mut a: Pass, b: Pass) -> Pass {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
     };
+    a.unread.extend(b.unread);
     a.target_retry = match (a.target_retry, b.target_retry) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),

@@ -242,3 +242,137 @@ async fn another_secrets_change_does_not_lift_a_hold() {
         "rolled with T's breaking value"
     );
 }
+
+/// Two rotation events in one batch, one for a secret the operator may not `DescribeSecret` (a
+/// resource policy, an SCP): that change is reported and skipped, the other is rolled, and the
+/// batch's messages are acknowledged (before: the whole pass failed, was retried every 30 s,
+/// and nothing was rolled).
+#[tokio::test(start_paused = true)]
+async fn one_unreadable_changed_secret_does_not_stop_its_batch() {
+    use ecs_reloader::aws::fake::MemoryQueue;
+    use ecs_reloader::aws::queue::Queue;
+    use ecs_reloader::aws::ErrorKind;
+    use ecs_reloader::driver::serve::{Server, Settings};
+    use ecs_reloader::metrics::Metrics;
+    use ecs_reloader::notify::Notifier;
+
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let ok = fake.create_secret("app/ok");
+    let refused = fake.create_secret("app/refused");
+    settle().await;
+    let td_ok = fake.register_task_definition("ok", &[(site("OK"), ok.as_str())]);
+    let td_refused = fake.register_task_definition("no", &[(site("NO"), refused.as_str())]);
+    fake.create_service("prod", "reads-ok", &td_ok, 1, &[]);
+    fake.create_service("prod", "reads-refused", &td_refused, 1, &[]);
+    settle().await;
+    let mut config = Config::default();
+    config.events.debounce = Dur(Duration::from_secs(2));
+    config.rollout.poll_interval = Dur(Duration::from_secs(5));
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Arc::new(Notifier::new(metrics, None));
+    let parts = setup::assemble(
+        &config,
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        Mode::Watch,
+    );
+    let queue = Arc::new(MemoryQueue::new(10));
+    let server = Server::new(
+        parts,
+        Some(queue.clone() as Arc<dyn Queue>),
+        notifier,
+        Settings::from_config(&config),
+    );
+    let status = server.status();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.run_until(rx));
+    while status.not_ready().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fake.put_secret_value("app/ok", &[]);
+    fake.put_secret_value("app/refused", &[]);
+    settle().await;
+    fake.refuse(
+        "secretsmanager:DescribeSecret",
+        &refused,
+        ErrorKind::AccessDenied,
+        "no resource-based policy allows the secretsmanager:DescribeSecret action",
+    );
+    for arn in [&ok, &refused] {
+        queue.push(
+            &serde_json::json!({
+                "source": "aws.secretsmanager", "detail-type": "AWS Service Event via CloudTrail",
+                "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": arn}}
+            })
+            .to_string(),
+        );
+    }
+    // The readable change rolls at once (not at the next resync, ten minutes on).
+    let sent = tokio::time::Instant::now();
+    while fake.rollouts_of("prod", "reads-ok") == 0 && sent.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fake.rollouts_of("prod", "reads-ok"),
+        1,
+        "the readable change was not rolled with its batch"
+    );
+    // Both messages are acknowledged once that rollout is healthy.
+    for _ in 0..6000 {
+        if queue.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(queue.deleted(), 2, "both messages acknowledged");
+    assert_eq!(fake.rollouts_of("prod", "reads-refused"), 0);
+    let _ = stop.send(true);
+    let _ = serving.await;
+}
+
+/// A stale service whose pre-change deployment is stuck `IN_PROGRESS` (no circuit breaker) is
+/// reported `held` once that deployment is older than `[rollout] timeout`, instead of settling
+/// (and being decided again) forever.
+#[tokio::test(start_paused = true)]
+async fn a_service_waiting_on_a_stuck_deployment_is_reported_not_polled_forever() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    fake.create_service("prod", "slow", &td, 1, &[]);
+    // A deployment (CI's, say, with no circuit breaker) that never finishes.
+    fake.set_behaviour("prod", "slow", Behaviour::Stuck);
+    fake.clients()
+        .ecs
+        .force_new_deployment("prod", "slow")
+        .await
+        .expect("deploys");
+    settle().await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let p = parts(&fake, &clock);
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&pass, "slow"), Decision::Settling { .. }),
+        "{:?}",
+        decision(&pass, "slow")
+    );
+    assert!(
+        pass.requeue_after.is_some(),
+        "decided again when it settles"
+    );
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    match decision(&pass, "slow") {
+        Decision::Held { reason, .. } => assert!(reason.contains("stuck"), "{reason}"),
+        other => panic!("still waiting on a stuck deployment: {other:?}"),
+    }
+    assert_eq!(pass.requeue_after, None, "nothing to wait for");
+    assert_eq!(
+        fake.rollouts_of("prod", "slow"),
+        1,
+        "the stuck deployment alone: none stacked on it"
+    );
+}

@@ -355,18 +355,7 @@ impl Server {
                 break;
             }
             while let Some(done) = work.try_join_next() {
-                match done {
-                    Ok(Done::Resync(after)) => next_resync = Some(Instant::now() + after),
-                    Ok(Done::Batch) => {}
-                    Err(e) => {
-                        // A panicked pass: its messages reappear. If it was the resync, the next
-                        // one must still come.
-                        tracing::error!(error = %e, "a pass ended abnormally");
-                        if next_resync.is_none() {
-                            next_resync = Some(Instant::now() + this.settings.retry_after);
-                        }
-                    }
-                }
+                finished(done, &mut next_resync, this.settings.retry_after);
             }
             let leading = this.leadership.is_leader();
             this.metrics().leader.set(i64::from(leading));
@@ -429,8 +418,8 @@ impl Server {
             if work.len() >= MAX_PASSES {
                 tokio::select! {
                     done = work.join_next() => {
-                        if let Some(Ok(Done::Resync(after))) = done {
-                            next_resync = Some(Instant::now() + after);
+                        if let Some(done) = done {
+                            finished(done, &mut next_resync, this.settings.retry_after);
                         }
                     }
                     _ = stop.wait_for(|v| *v) => break,
@@ -826,6 +815,26 @@ impl Server {
     }
 }
 
+/// What the loop learns from a finished piece of work, wherever it notices it: when the next
+/// resync is due. A pass that ended abnormally (a panic) leaves its messages to reappear; if it
+/// was the resync (none is scheduled while one runs), the next one still comes.
+fn finished(
+    done: Result<Done, tokio::task::JoinError>,
+    next_resync: &mut Option<Instant>,
+    retry_after: Duration,
+) {
+    match done {
+        Ok(Done::Resync(after)) => *next_resync = Some(Instant::now() + after),
+        Ok(Done::Batch) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "a pass ended abnormally");
+            if next_resync.is_none() {
+                *next_resync = Some(Instant::now() + retry_after);
+            }
+        }
+    }
+}
+
 /// Where `serve` listens and what it reads, beyond the configuration file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -958,4 +967,31 @@ async fn metrics(
         )],
         s.metrics.render(&s.stats),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review (#21): with [`MAX_PASSES`] passes in flight, the loop waited for one to
+    /// end and dropped a panicked resync's error, so no resync ever came again. Both places the
+    /// loop notices finished work now go through [`finished`].
+    #[tokio::test]
+    async fn a_panicked_resync_never_stops_later_resyncs() {
+        let panicked = tokio::spawn(async {
+            if true {
+                panic!("a resync that panics");
+            }
+            Done::Batch
+        })
+        .await;
+        let mut next_resync = None;
+        finished(panicked, &mut next_resync, Duration::from_secs(30));
+        assert!(next_resync.is_some(), "the next resync is scheduled");
+        let mut scheduled = Some(Instant::now() + Duration::from_secs(600));
+        let before = scheduled;
+        let batch = tokio::spawn(async { Done::Batch }).await;
+        finished(batch, &mut scheduled, Duration::from_secs(30));
+        assert_eq!(scheduled, before, "a batch leaves the schedule alone");
+    }
 }

@@ -84,6 +84,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
         policy: Policy {
             clock_skew: config.decide.clock_skew.0,
             rotation_grace: config.decide.rotation_grace.0,
+            stuck_after: config.rollout.timeout.0,
         },
         scan_concurrency: config.scope.scan_concurrency,
         limits: deployment_limits(config),
