@@ -969,7 +969,7 @@ pub fn decide(
 mod fleet;
 #[cfg(test)]
 pub(crate) use fleet::TAG_WAVE;
-pub(crate) use fleet::{apply_policy, carries_only_secrets, hold_failed};
+pub(crate) use fleet::{apply_policy, carries_only_secrets, eligibility, hold_failed, Eligibility};
 pub use fleet::{fresh_from, gate, Item, Policies, SecretChange};
 
 #[cfg(test)]

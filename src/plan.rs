@@ -68,6 +68,10 @@ pub struct Change {
 pub struct ChangeSet {
     /// In rollout order.
     pub changes: Vec<Change>,
+    /// The policies the services were found eligible under: the engine asks the same question
+    /// again right before each `UpdateService` ([`crate::decide::Eligibility`]).
+    #[serde(skip)]
+    pub policies: crate::decide::Policies,
 }
 
 impl ChangeSet {
@@ -128,7 +132,10 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
         })
         .collect();
     changes.sort_by(|a, b| (a.wave, &a.key).cmp(&(b.wave, &b.key)));
-    ChangeSet { changes }
+    ChangeSet {
+        changes,
+        policies: Default::default(),
+    }
 }
 
 #[cfg(test)]

@@ -854,7 +854,8 @@ impl Reconciler {
         );
         // The context has done its part.
         items.retain(|i| !context_keys.contains(&ServiceKey::of(i.service)));
-        let change_set = plan(&items);
+        let mut change_set = plan(&items);
+        change_set.policies = policies.clone();
         let decisions: BTreeMap<ServiceKey, Decision> = items
             .into_iter()
             .map(|i| (ServiceKey::of(i.service), i.decision))

@@ -346,6 +346,7 @@ async fn duplicates_in_a_change_set_roll_once() {
         fresh_from: None,
     };
     let set = ChangeSet {
+        policies: Default::default(),
         changes: vec![
             change("s00"),
             change("s01"),
@@ -378,6 +379,7 @@ async fn no_wait_triggers_without_watching() {
         Mode::FireAndForget,
     );
     let set = ChangeSet {
+        policies: Default::default(),
         changes: (0..3)
             .map(|i| Change {
                 key: ServiceKey {

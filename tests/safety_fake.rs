@@ -376,3 +376,87 @@ async fn a_service_waiting_on_a_stuck_deployment_is_reported_not_polled_forever(
         "the stuck deployment alone: none stacked on it"
     );
 }
+
+/// The one eligibility check, asked again right before each `UpdateService`: a maintenance
+/// window that closes while the change set rolls stops it (the rest are scheduled for the next
+/// window), and a notify-only tag added after the plan keeps its service from rolling.
+#[tokio::test(start_paused = true)]
+async fn a_window_that_closes_mid_change_set_stops_it() {
+    // The fake's clock starts on Thursday 2026-01-01 at 00:00 UTC.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    for n in ["a", "b", "c"] {
+        fake.create_service("prod", n, &td, 1, &[]);
+    }
+    // The canary takes twelve minutes to be healthy; the window closes after ten.
+    fake.set_behaviour(
+        "prod",
+        "a",
+        Behaviour::Complete(Duration::from_secs(12 * 60)),
+    );
+    settle().await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let mut config = Config::default();
+    config.rollout.canary = true;
+    config.rollout.poll_interval = Dur(Duration::from_secs(5));
+    config.rollout.windows = "Thu 00:00-00:10 UTC".into();
+    let p = setup::assemble(
+        &config,
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::Watch,
+    );
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        fake.rollouts_of("prod", "a"),
+        1,
+        "the canary, inside the window"
+    );
+    assert_eq!(
+        fake.rollouts_of("prod", "b") + fake.rollouts_of("prod", "c"),
+        0,
+        "rolled after the window closed: {:?}",
+        pass.outcomes
+    );
+    assert!(
+        pass.outcomes
+            .iter()
+            .filter(|(k, _)| k.service != "a")
+            .all(|(_, o)| matches!(o, Outcome::Deferred { reason } if reason.contains("window"))),
+        "{:?}",
+        pass.outcomes
+    );
+    let next = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&next, "b"), Decision::Scheduled { .. }),
+        "{:?}",
+        decision(&next, "b")
+    );
+
+    // A notify-only tag added after the plan.
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    settle().await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let p = parts(&fake, &clock);
+    let plan = p
+        .reconciler
+        .assess(&ecs_reloader::index::Scope::default(), &[])
+        .await
+        .expect("plan");
+    assert_eq!(plan.change_set.changes.len(), 1);
+    fake.edit_service("prod", "api", |svc| {
+        svc.tags
+            .insert("ecs-reloader/notify-only".into(), "true".into());
+    });
+    let out = p.rollout.execute(&plan.change_set).await;
+    assert_eq!(fake.rollouts_of("prod", "api"), 0, "{out:?}");
+}

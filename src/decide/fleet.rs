@@ -51,51 +51,84 @@ pub struct Policies {
     pub ignore_windows: bool,
 }
 
+/// Whether a stale service may roll now, by the fleet's policies: the one check, asked when
+/// deciding ([`apply_policy`]) and again right before its `UpdateService` (the rollout engine's
+/// look), so that a window that closes or a notify-only tag added while a change set rolls
+/// stops it there too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Eligibility {
+    /// It may.
+    Now,
+    /// It waits for a person's approval (notify-only).
+    Pending(String),
+    /// It waits for its maintenance window.
+    Scheduled {
+        /// When the window opens.
+        at: DateTime<Utc>,
+        /// The window.
+        window: String,
+    },
+    /// A policy tag cannot be read: rolling would guess.
+    Unreadable(String),
+}
+
+/// See [`Eligibility`].
+pub(crate) fn eligibility(
+    service: &Service,
+    now: DateTime<Utc>,
+    policies: &Policies,
+) -> Eligibility {
+    let tags = &service.tags;
+    let notify_only = match tags
+        .get(TAG_NOTIFY_ONLY)
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
+        None => Ok(policies.notify_only),
+        Some(v) if v == "true" => Ok(true),
+        Some(v) if v == "false" => Ok(false),
+        Some(v) => Err(format!("tag {TAG_NOTIFY_ONLY}={v:?} is not true or false")),
+    };
+    let windows = match tags.get(TAG_WINDOW) {
+        None => Ok(policies.windows.clone()),
+        Some(v) => Windows::parse_tag(v).map_err(|e| format!("tag {TAG_WINDOW}: {e}")),
+    };
+    let (notify_only, windows) = match (notify_only, windows) {
+        (Ok(n), Ok(w)) => (n, w),
+        (Err(p), _) | (_, Err(p)) => return Eligibility::Unreadable(p),
+    };
+    if notify_only && !policies.approved {
+        return Eligibility::Pending("notify-only: decided and reported, not rolled; `ecs-reloader reconcile --service CLUSTER/SERVICE` (or --secret) approves it".into());
+    }
+    if policies.ignore_windows {
+        return Eligibility::Now;
+    }
+    match windows.opening(now) {
+        Opening::At { start, window } => Eligibility::Scheduled { at: start, window },
+        _ => Eligibility::Now,
+    }
+}
+
 /// Applies notify-only and maintenance windows to stale services (see the module
-/// documentation). A tag that cannot be read makes its stale service `unknown`.
+/// documentation and [`eligibility`]). A tag that cannot be read makes its stale service
+/// `unknown`.
 pub(crate) fn apply_policy(items: &mut [Item<'_>], now: DateTime<Utc>, policies: &Policies) {
     for item in items.iter_mut() {
         let Decision::Stale { findings } = &mut item.decision else {
             continue;
         };
-        let tags = &item.service.tags;
-        let notify_only = match tags
-            .get(TAG_NOTIFY_ONLY)
-            .map(|v| v.trim().to_ascii_lowercase())
-        {
-            None => Ok(policies.notify_only),
-            Some(v) if v == "true" => Ok(true),
-            Some(v) if v == "false" => Ok(false),
-            Some(v) => Err(format!("tag {TAG_NOTIFY_ONLY}={v:?} is not true or false")),
-        };
-        let windows = match tags.get(TAG_WINDOW) {
-            None => Ok(policies.windows.clone()),
-            Some(v) => Windows::parse_tag(v).map_err(|e| format!("tag {TAG_WINDOW}: {e}")),
-        };
-        let (notify_only, windows) = match (notify_only, windows) {
-            (Ok(n), Ok(w)) => (n, w),
-            (Err(p), _) | (_, Err(p)) => {
-                item.decision = Decision::Unknown { problems: vec![p] };
-                continue;
-            }
-        };
-        if notify_only && !policies.approved {
-            item.decision = Decision::Pending {
-                reason: "notify-only: decided and reported, not rolled; `ecs-reloader reconcile --service CLUSTER/SERVICE` (or --secret) approves it".into(),
+        item.decision = match eligibility(item.service, now, policies) {
+            Eligibility::Now => continue,
+            Eligibility::Unreadable(p) => Decision::Unknown { problems: vec![p] },
+            Eligibility::Pending(reason) => Decision::Pending {
+                reason,
                 findings: std::mem::take(findings),
-            };
-            continue;
-        }
-        if policies.ignore_windows {
-            continue;
-        }
-        if let Opening::At { start, window } = windows.opening(now) {
-            item.decision = Decision::Scheduled {
-                at: start,
+            },
+            Eligibility::Scheduled { at, window } => Decision::Scheduled {
+                at,
                 window,
                 findings: std::mem::take(findings),
-            };
-        }
+            },
+        };
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use super::{Outcome, Phase, Progress, Proof, Rollout};
 use crate::aws::Clients;
 use crate::clock::Clock;
+use crate::decide::Policies;
 use crate::deployment::{self, Verdict};
 use crate::lease::Leadership;
 use crate::plan::{Change, ChangeSet, ServiceKey};
@@ -110,7 +111,7 @@ impl Engine {
 
     /// Describes the service again right before its turn: the fleet moves while a change set
     /// rolls. `Some` when it must not be rolled now.
-    async fn recheck(&self, change: &Change) -> Option<Outcome> {
+    async fn recheck(&self, change: &Change, policies: &Policies) -> Option<Outcome> {
         let key = &change.key;
         let skipped = |reason: String| {
             tracing::info!(service = %key, reason, "skipped: changed since the plan");
@@ -155,6 +156,30 @@ impl Engine {
         if service.controller != crate::aws::Controller::Ecs {
             return skipped("its deployment controller changed since the plan".into());
         }
+        // The fleet's policies, asked again: a window that closed while the change set rolled,
+        // a notify-only tag added since the plan. Decided again later, it is `scheduled` or
+        // `pending` then.
+        match crate::decide::eligibility(&service, self.clock.now(), policies) {
+            crate::decide::Eligibility::Now => {}
+            crate::decide::Eligibility::Scheduled { at, window } => {
+                return Some(Outcome::Deferred {
+                    reason: format!(
+                        "outside its maintenance window ({window}) since the plan: it rolls when the window opens ({})",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                })
+            }
+            crate::decide::Eligibility::Pending(why) => {
+                return Some(Outcome::Deferred {
+                    reason: format!("since the plan: {why}"),
+                })
+            }
+            crate::decide::Eligibility::Unreadable(why) => {
+                return Some(Outcome::Deferred {
+                    reason: format!("since the plan: {why}"),
+                })
+            }
+        }
         let primary = service.primary()?;
         if let Some(fresh_from) = change.fresh_from.filter(|f| primary.created_at >= *f) {
             // A rollout after the change that failed, was rolled back or is stuck is the
@@ -191,8 +216,8 @@ impl Engine {
     }
 
     /// Triggers one service and, when waiting, watches it to its end.
-    async fn roll_one(&self, change: &Change) -> Outcome {
-        if let Some(outcome) = self.recheck(change).await {
+    async fn roll_one(&self, change: &Change, policies: &Policies) -> Outcome {
+        if let Some(outcome) = self.recheck(change, policies).await {
             return outcome;
         }
         let key = &change.key;
@@ -369,6 +394,7 @@ impl Engine {
     async fn roll_group(
         self: &Arc<Self>,
         group: Vec<Change>,
+        policies: &Arc<Policies>,
         halt: &Arc<HaltFlag>,
         outcomes: &Arc<Mutex<Vec<(ServiceKey, Outcome)>>>,
     ) {
@@ -383,11 +409,12 @@ impl Engine {
                     .clone()
             });
             let service = self.service_lock(&change.key);
-            let (engine, global, halt, outcomes) = (
+            let (engine, global, halt, outcomes, policies) = (
                 self.clone(),
                 self.global.clone(),
                 halt.clone(),
                 outcomes.clone(),
+                policies.clone(),
             );
             tasks.spawn(async move {
                 // The service first (another change set may be rolling it: this one then finds it
@@ -400,7 +427,7 @@ impl Engine {
                 let _g = global.acquire_owned().await.ok();
                 let outcome = match halt.reason() {
                     Some(reason) => Outcome::Halted { reason },
-                    None => engine.roll_one(&change).await,
+                    None => engine.roll_one(&change, &policies).await,
                 };
                 if let Outcome::Failed { reason } = &outcome {
                     halt.set(format!("{} failed: {reason}", change.key));
@@ -468,9 +495,14 @@ impl Rollout for EngineRollout {
             engine.progress.update(&c.key, &Phase::Waiting);
         }
         let halt = Arc::new(HaltFlag::default());
+        let policies = Arc::new(set.policies.clone());
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(changes.len())));
 
-        let rest = ChangeSet { changes }.waves_owned();
+        let rest = ChangeSet {
+            changes,
+            policies: Policies::default(),
+        }
+        .waves_owned();
         // A canary guards a secret, not a change set: every changed secret of a wave that no
         // dependant has proved healthy yet gets one, its first dependant in plan order, rolled
         // alone; only once it is healthy do the secret's other dependants roll. (A finding whose
@@ -498,7 +530,9 @@ impl Rollout for EngineRollout {
                     let key = canary.key.clone();
                     let guards = secrets_of(&canary);
                     tracing::info!(service = %key, "rolling the canary alone");
-                    engine.roll_group(vec![canary], &halt, &outcomes).await;
+                    engine
+                        .roll_group(vec![canary], &policies, &halt, &outcomes)
+                        .await;
                     let proved = outcomes
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -523,7 +557,7 @@ impl Rollout for EngineRollout {
                 }
                 continue;
             }
-            engine.roll_group(wave, &halt, &outcomes).await;
+            engine.roll_group(wave, &policies, &halt, &outcomes).await;
         }
         let mut out = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
         // Report in plan order.
