@@ -181,6 +181,18 @@ impl Changes {
         }
     }
 
+    /// Takes in another batch's changes: one decision for both.
+    pub(crate) fn absorb(&mut self, other: Changes) {
+        for (subject, moves) in other.subjects {
+            self.subjects.entry(subject).or_default().extend(moves);
+        }
+        for (subject, origins) in other.origins {
+            self.origins.entry(subject).or_default().extend(origins);
+        }
+        self.services.extend(other.services);
+        self.resync |= other.resync;
+    }
+
     /// Whether nothing asks for work.
     pub fn is_empty(&self) -> bool {
         self.subjects.is_empty() && !self.resync && self.services.is_empty()

@@ -460,3 +460,167 @@ async fn a_window_that_closes_mid_change_set_stops_it() {
     let out = p.rollout.execute(&plan.change_set).await;
     assert_eq!(fake.rollouts_of("prod", "api"), 0, "{out:?}");
 }
+
+/// A change that waits for a person is not polled: with a notify-only service in wave 0 and
+/// another in wave 1, `serve` decides the change once (wave 1 is `pending` behind wave 0) and
+/// acknowledges its message; approval is a person's act, and the resync reports it again.
+/// (Before: decided again every 30 s, its message kept in flight.)
+#[tokio::test(start_paused = true)]
+async fn a_change_waiting_for_a_person_is_not_polled() {
+    use ecs_reloader::aws::fake::MemoryQueue;
+    use ecs_reloader::aws::queue::Queue;
+    use ecs_reloader::driver::serve::{Server, Settings};
+    use ecs_reloader::metrics::Metrics;
+    use ecs_reloader::notify::Notifier;
+
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    fake.create_service(
+        "prod",
+        "replica",
+        &td,
+        1,
+        &[
+            ("ecs-reloader/notify-only", "true"),
+            ("ecs-reloader/wave", "0"),
+        ],
+    );
+    fake.create_service("prod", "writer", &td, 1, &[("ecs-reloader/wave", "1")]);
+    settle().await;
+    let mut config = Config::default();
+    config.events.debounce = Dur(Duration::ZERO);
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Arc::new(Notifier::new(metrics.clone(), None));
+    let assembled = setup::assemble(
+        &config,
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        Mode::Watch,
+    );
+    let queue = Arc::new(MemoryQueue::new(10));
+    let mut settings = Settings::from_config(&config);
+    settings.resync_interval = Duration::from_secs(24 * 3600);
+    let server = Server::new(
+        assembled,
+        Some(queue.clone() as Arc<dyn Queue>),
+        notifier,
+        settings,
+    );
+    let status = server.status();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.run_until(rx));
+    while status.not_ready().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    queue.push(
+        &serde_json::json!({
+            "source": "aws.secretsmanager", "detail-type": "AWS Service Event via CloudTrail",
+            "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": s}}
+        })
+        .to_string(),
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let passes = metrics
+        .render(&Default::default())
+        .lines()
+        .find(|l| l.starts_with(r#"ecs_reloader_reconciles_total{kind="event"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    assert_eq!(passes, 1, "decided once in a minute");
+    assert!(queue.is_empty(), "its message acknowledged");
+    assert_eq!(
+        fake.rollouts_of("prod", "writer") + fake.rollouts_of("prod", "replica"),
+        0
+    );
+    let _ = stop.send(true);
+    let _ = serving.await;
+    // What a pass says of it: wave 1 pending behind wave 0's approval, nothing to look at again.
+    let p = parts(&fake, &clock);
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&pass, "writer"), Decision::Pending { reason, .. } if reason.contains("approval")),
+        "{:?}",
+        decision(&pass, "writer")
+    );
+    assert_eq!(pass.requeue_after, None);
+}
+
+/// `serve`'s waiting list is keyed by what changed: a second event of a change that already
+/// waits (a rotation in progress holds it back) joins that wait instead of adding another.
+#[tokio::test(start_paused = true)]
+async fn two_waits_for_one_change_are_one() {
+    use ecs_reloader::aws::fake::MemoryQueue;
+    use ecs_reloader::aws::queue::Queue;
+    use ecs_reloader::driver::serve::{Server, Settings};
+    use ecs_reloader::metrics::Metrics;
+    use ecs_reloader::notify::Notifier;
+
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    settle().await;
+    let mut config = Config::default();
+    config.events.debounce = Dur(Duration::ZERO);
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Arc::new(Notifier::new(metrics.clone(), None));
+    let assembled = setup::assemble(
+        &config,
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        Mode::Watch,
+    );
+    let queue = Arc::new(MemoryQueue::new(10));
+    let mut settings = Settings::from_config(&config);
+    settings.resync_interval = Duration::from_secs(24 * 3600);
+    let server = Server::new(
+        assembled,
+        Some(queue.clone() as Arc<dyn Queue>),
+        notifier,
+        settings,
+    );
+    let status = server.status();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.run_until(rx));
+    while status.not_ready().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new value, and a rotation in progress right behind it: the service settles.
+    fake.put_secret_value("app/s", &[]);
+    fake.start_rotation("app/s");
+    settle().await;
+    let event = |clock: &Arc<dyn Clock>| {
+        serde_json::json!({
+            "source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail",
+            "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "detail": {"eventName": "PutSecretValue", "responseElements": {"arn": s}}
+        })
+        .to_string()
+    };
+    let waiting = |m: &Metrics| {
+        m.render(&Default::default())
+            .lines()
+            .find(|l| l.starts_with("ecs_reloader_changes_waiting"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    queue.push(&event(&clock));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(waiting(&metrics), 1);
+    queue.push(&event(&clock));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(waiting(&metrics), 1, "the second wait joined the first");
+    assert_eq!(fake.rollouts_of("prod", "api"), 0, "still settling");
+    let _ = stop.send(true);
+    let _ = serving.await;
+}

@@ -278,6 +278,30 @@ pub(crate) fn hold_failed(items: &mut [Item<'_>], now: DateTime<Utc>, limits: &L
     }
 }
 
+/// What keeps a wave of a change open, and so what a later wave waits for: something that
+/// settles by itself (looked at again soon), a window (looked at again when it opens), or a
+/// person (an approval, a held rollout: nobody polls for that; the resync reports it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Blocker {
+    Poll,
+    At(DateTime<Utc>),
+    Person { held: bool, who: ServiceKey },
+}
+
+impl Blocker {
+    /// Two blockers of earlier waves as one: polling wins, then the earliest window.
+    fn and(self, other: Blocker) -> Blocker {
+        match (self, other) {
+            (Blocker::Poll, _) | (_, Blocker::Poll) => Blocker::Poll,
+            (Blocker::At(a), Blocker::At(b)) => Blocker::At(a.min(b)),
+            (Blocker::At(a), _) | (_, Blocker::At(a)) => Blocker::At(a),
+            (a @ Blocker::Person { held: true, .. }, _)
+            | (_, a @ Blocker::Person { held: true, .. }) => a,
+            (a, _) => a,
+        }
+    }
+}
+
 /// What the dependants of one change show.
 #[derive(Default)]
 struct ChangeProgress {
@@ -287,8 +311,29 @@ struct ChangeProgress {
     rolling: Option<ServiceKey>,
     /// The lowest wave with a dependant still stale, settling or rolling.
     open_wave: Option<i64>,
+    /// What keeps each open wave open.
+    blockers: BTreeMap<i64, Blocker>,
     /// The canary chosen in this pass.
     canary: Option<ServiceKey>,
+}
+
+impl ChangeProgress {
+    fn block(&mut self, wave: i64, blocker: Blocker) {
+        self.open_wave = Some(self.open_wave.map_or(wave, |w| w.min(wave)));
+        let merged = match self.blockers.remove(&wave) {
+            Some(b) => b.and(blocker),
+            None => blocker,
+        };
+        self.blockers.insert(wave, merged);
+    }
+
+    /// What the waves before `wave` wait for, together.
+    fn before(&self, wave: i64) -> Option<Blocker> {
+        self.blockers
+            .range(..wave)
+            .map(|(_, b)| b.clone())
+            .reduce(Blocker::and)
+    }
 }
 
 /// The canary and wave gates for drivers that cannot wait (see the module documentation).
@@ -312,25 +357,57 @@ pub fn gate(
     let choose = canary && !watching;
     let mut changes: BTreeMap<SecretIdentity, ChangeProgress> = BTreeMap::new();
     for item in items.iter() {
-        let pending: Vec<&SecretIdentity> = match &item.decision {
-            Decision::Stale { findings } if !watching => findings
-                .iter()
-                .filter_map(|f| f.identity.as_ref())
-                .collect(),
+        let (pending, blocker): (Vec<&SecretIdentity>, Blocker) = match &item.decision {
+            Decision::Stale { findings } if !watching => (
+                findings
+                    .iter()
+                    .filter_map(|f| f.identity.as_ref())
+                    .collect(),
+                Blocker::Poll,
+            ),
             // Waiting dependants hold their wave open: a service outside its window or waiting
             // for approval must not see a later wave roll first.
-            Decision::Settling { findings, .. }
-            | Decision::Scheduled { findings, .. }
-            | Decision::Pending { findings, .. }
-            | Decision::Held { findings, .. } => findings
-                .iter()
-                .filter_map(|f| f.identity.as_ref())
-                .collect(),
-            _ => Vec::new(),
+            Decision::Settling { findings, .. } => (
+                findings
+                    .iter()
+                    .filter_map(|f| f.identity.as_ref())
+                    .collect(),
+                Blocker::Poll,
+            ),
+            Decision::Scheduled { findings, at, .. } => (
+                findings
+                    .iter()
+                    .filter_map(|f| f.identity.as_ref())
+                    .collect(),
+                Blocker::At(*at),
+            ),
+            Decision::Pending { findings, .. } => (
+                findings
+                    .iter()
+                    .filter_map(|f| f.identity.as_ref())
+                    .collect(),
+                Blocker::Person {
+                    held: false,
+                    who: item.key(),
+                },
+            ),
+            Decision::Held { findings, .. } => (
+                findings
+                    .iter()
+                    .filter_map(|f| f.identity.as_ref())
+                    .collect(),
+                Blocker::Person {
+                    held: true,
+                    who: item.key(),
+                },
+            ),
+            _ => (Vec::new(), Blocker::Poll),
         };
         for id in pending {
-            let p = changes.entry(id.clone()).or_default();
-            p.open_wave = Some(p.open_wave.map_or(item.wave, |w| w.min(item.wave)));
+            changes
+                .entry(id.clone())
+                .or_default()
+                .block(item.wave, blocker.clone());
         }
         if item.decision.is_stale() {
             continue;
@@ -347,7 +424,7 @@ pub fn gate(
                 Verdict::Healthy | Verdict::Superseded { .. } => p.passed = true,
                 Verdict::InProgress => {
                     p.rolling.get_or_insert_with(|| item.key());
-                    p.open_wave = Some(p.open_wave.map_or(item.wave, |w| w.min(item.wave)));
+                    p.block(item.wave, Blocker::Poll);
                 }
                 // Broken rollouts are hold_failed's business.
                 Verdict::Stuck { .. } | Verdict::Failed { .. } | Verdict::RolledBack { .. } => {}
@@ -360,15 +437,30 @@ pub fn gate(
         let Decision::Stale { findings } = &mut item.decision else {
             continue;
         };
-        let mut wait: Option<String> = None;
+        let mut wait: Option<(String, Blocker)> = None;
         for f in findings.iter() {
             let Some(p) = f.identity.as_ref().and_then(|id| changes.get_mut(id)) else {
                 continue;
             };
             if let Some(open) = p.open_wave.filter(|w| *w < wave) {
-                wait = Some(format!(
-                    "wave {open} of the change of {} is not done yet: wave {wave} waits",
-                    f.secret
+                let blocker = p.before(wave).unwrap_or(Blocker::Poll);
+                let why = match &blocker {
+                    Blocker::Poll => "is not done yet".to_string(),
+                    Blocker::At(at) => format!(
+                        "waits for its maintenance window ({})",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    Blocker::Person { held: false, who } => {
+                        format!("waits for approval of {who} (notify-only)")
+                    }
+                    Blocker::Person { held: true, who } => format!("is held ({who})"),
+                };
+                wait = Some((
+                    format!(
+                        "wave {open} of the change of {} {why}: wave {wave} waits",
+                        f.secret
+                    ),
+                    blocker,
                 ));
                 break;
             }
@@ -376,9 +468,12 @@ pub fn gate(
                 continue;
             }
             if let Some(who) = &p.rolling {
-                wait = Some(format!(
-                    "canary {who} for {} is rolling: waiting for it to be healthy",
-                    f.secret
+                wait = Some((
+                    format!(
+                        "canary {who} for {} is rolling: waiting for it to be healthy",
+                        f.secret
+                    ),
+                    Blocker::Poll,
                 ));
                 break;
             }
@@ -387,15 +482,33 @@ pub fn gate(
             }
             let chosen = p.canary.get_or_insert_with(|| me.clone());
             if *chosen != me {
-                wait = Some(format!("canary {chosen} for {} goes first", f.secret));
+                wait = Some((
+                    format!("canary {chosen} for {} goes first", f.secret),
+                    Blocker::Poll,
+                ));
                 break;
             }
         }
-        if let Some(reason) = wait {
-            item.decision = Decision::Settling {
-                until: None,
-                reason,
-                findings: std::mem::take(findings),
+        // A wait that ends by itself is looked at again soon, or when its window opens; one
+        // that needs a person is reported as such and not polled (the resync reports it again).
+        if let Some((reason, blocker)) = wait {
+            let findings = std::mem::take(findings);
+            item.decision = match blocker {
+                Blocker::Poll => Decision::Settling {
+                    until: None,
+                    reason,
+                    findings,
+                },
+                Blocker::At(at) => Decision::Settling {
+                    until: Some(at),
+                    reason,
+                    findings,
+                },
+                Blocker::Person { held: true, .. } => Decision::Held {
+                    reason: format!("held: {reason}"),
+                    findings,
+                },
+                Blocker::Person { held: false, .. } => Decision::Pending { reason, findings },
             };
         }
     }

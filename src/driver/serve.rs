@@ -210,14 +210,15 @@ struct Batch {
     messages: Vec<Message>,
     changes: Changes,
     received_at: Instant,
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// One per batch merged into this one (see [`Server::park`]).
+    heartbeat: Vec<tokio::task::JoinHandle<()>>,
     /// Retries so far (a target or the whole pass failed): bounded by [`intake::RETRIES`].
     retries: u32,
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if let Some(h) = self.heartbeat.take() {
+        for h in self.heartbeat.drain(..) {
             h.abort();
         }
     }
@@ -658,7 +659,7 @@ impl Server {
         // This batch's pass owns these changes from now until it is done with them (or leaves
         // them to the resync): copies that arrive meanwhile need no pass of their own.
         self.recent.record(&changes, now);
-        let heartbeat = self.heartbeat(&work);
+        let heartbeat = self.heartbeat(&work).into_iter().collect();
         Some(Batch {
             messages: work,
             changes,
@@ -769,8 +770,33 @@ impl Server {
             self.recent.clear();
             return;
         }
+        self.park(batch, Instant::now() + after).await;
+    }
+
+    /// Keeps a batch waiting until `due`. The waiting list is keyed by what changed: a batch
+    /// that shares a subject with one already waiting joins it (one decision for both, at the
+    /// earlier time), so two waits for one subject are one and the list holds at most one entry
+    /// per subject.
+    async fn park(&self, mut batch: Batch, due: Instant) {
         let mut waiting = self.waiting.lock().await;
-        waiting.push((Instant::now() + after, batch));
+        let shared = waiting.iter().position(|(_, w)| {
+            w.changes
+                .subjects
+                .keys()
+                .any(|k| batch.changes.subjects.contains_key(k))
+        });
+        match shared {
+            Some(i) => {
+                let (at, w) = &mut waiting[i];
+                *at = (*at).min(due);
+                w.messages.append(&mut batch.messages);
+                w.heartbeat.append(&mut batch.heartbeat);
+                w.changes.absorb(std::mem::take(&mut batch.changes));
+                w.retries = w.retries.min(batch.retries);
+                w.received_at = w.received_at.min(batch.received_at);
+            }
+            None => waiting.push((due, batch)),
+        }
         self.metrics().waiting.set(waiting.len() as i64);
     }
 
