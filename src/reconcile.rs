@@ -403,7 +403,19 @@ pub struct Reconciler {
     clock: Arc<dyn Clock>,
     rollout: Arc<dyn Rollout>,
     settings: Settings,
+    /// Label moves only an event can date (an SSM label, a custom Secrets Manager stage moved
+    /// back), remembered for [`EVIDENCE_KEEP`] and applied by every pass, the resync included:
+    /// a service this pass could not see (the watch cache did not know it yet) is still rolled
+    /// by the next pass that sees it.
+    evidence: std::sync::Mutex<Vec<(DateTime<Utc>, Target)>>,
 }
+
+/// How long a label move only an event dated is remembered: two resync periods and more, so
+/// that the resync after a missed service sees it.
+const EVIDENCE_KEEP: Duration = Duration::from_secs(3600);
+
+/// How many changes' label moves are remembered at most (the oldest go first).
+const EVIDENCE_MAX: usize = 4096;
 
 impl Reconciler {
     /// A reconciler over `clients`, acting through `rollout`.
@@ -421,7 +433,46 @@ impl Reconciler {
             clock,
             rollout,
             settings,
+            evidence: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Remembers the label moves of `targets` (see [`Reconciler::evidence`]).
+    fn remember(&self, targets: &[Target]) {
+        let now = self.clock.now();
+        let mut evidence = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+        let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
+        for t in targets {
+            // A move dated in the future is ignored when applied (with a warning): not kept.
+            let moves: Vec<crate::event::LabelMove> = t
+                .label_moves
+                .iter()
+                .filter(|m| m.at <= now + skew)
+                .cloned()
+                .collect();
+            if !moves.is_empty() {
+                evidence.push((
+                    now,
+                    Target {
+                        label_moves: moves,
+                        ..t.clone()
+                    },
+                ));
+            }
+        }
+        let excess = evidence.len().saturating_sub(EVIDENCE_MAX);
+        evidence.drain(..excess);
+    }
+
+    /// The label moves remembered, as targets (only their moves are used), once the old ones
+    /// are forgotten.
+    fn remembered(&self) -> Vec<Target> {
+        let keep = chrono::Duration::from_std(EVIDENCE_KEEP.max(self.settings.watch_max_age))
+            .unwrap_or_default();
+        let oldest = self.clock.now() - keep;
+        let mut evidence = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+        evidence.retain(|(at, _)| *at > oldest);
+        evidence.iter().map(|(_, t)| t.clone()).collect()
     }
 
     /// The clients it calls AWS with (guarded).
@@ -543,6 +594,7 @@ impl Reconciler {
             Selection::Changes(c) => {
                 let targets;
                 (targets, unread) = self.resolve_changes(c).await?;
+                self.remember(&targets);
                 if targets.is_empty() {
                     tracing::info!("no changed secret that can be read exists: nothing to do");
                     return Ok(Pass {
@@ -776,7 +828,9 @@ impl Reconciler {
         let mut resolved = index::resolve(&self.clients, &entries, conc).await;
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
+        let remembered = self.remembered();
         apply_label_moves(&mut resolved, targets, now + skew);
+        apply_label_moves(&mut resolved, &remembered, now + skew);
         let decisions: Vec<Decision> = entries
             .iter()
             .zip(&resolved)
@@ -789,6 +843,7 @@ impl Reconciler {
             .context(scope, targets, &entries, &decisions, rest, scanned)
             .await?;
         apply_label_moves(&mut context_resolved, targets, now + skew);
+        apply_label_moves(&mut context_resolved, &remembered, now + skew);
         let context_keys: std::collections::HashSet<ServiceKey> =
             context.iter().map(|e| ServiceKey::of(&e.service)).collect();
         let context_decisions: Vec<Decision> = context

@@ -624,3 +624,55 @@ async fn two_waits_for_one_change_are_one() {
     let _ = stop.send(true);
     let _ = serving.await;
 }
+
+/// Evidence only an event carries is kept and applied by every pass: a custom label moved back
+/// to an older version, dated by its event, while a service resolving that label was not yet
+/// known to the watch cache (its ECS event lost). The change pass cannot see the service; the
+/// next resync sees it and, remembering the move, rolls it (before: in sync by the metadata,
+/// never rolled).
+#[tokio::test(start_paused = true)]
+async fn a_label_move_only_an_event_dates_is_applied_by_the_next_resync() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let arn = fake.create_secret("app/staged");
+    let first = fake.put_secret_value("app/staged", &["blue"]);
+    settle().await;
+    fake.put_secret_value("app/staged", &["blue"]);
+    settle().await;
+    let td = fake.register_task_definition("p", &[(site("S"), &format!("{arn}::blue:"))]);
+    fake.create_service("prod", "known", &td, 1, &[]);
+    settle().await;
+    let p = parts(&fake, &clock);
+    // The startup resync fills the watch cache.
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    // A service created since; its ECS event is lost.
+    fake.create_service("prod", "unseen", &td, 1, &[]);
+    settle().await;
+    fake.move_stage("app/staged", "blue", &first);
+    let moved = serde_json::json!({
+        "source": "aws.secretsmanager", "detail-type": "Secret Label Updated",
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "region": "eu-west-1", "resources": [arn],
+        "detail": {"name": "app/staged", "labelUpdated": "blue", "versionId": first}
+    });
+    settle().await;
+    let mut changes = ecs_reloader::event::Changes::default();
+    changes.add(&ecs_reloader::event::parse(&moved.to_string()).expect("event"));
+    p.reconciler
+        .pass(&Request::changes(changes))
+        .await
+        .expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "known"), 1, "the known dependant");
+    assert_eq!(
+        fake.rollouts_of("prod", "unseen"),
+        0,
+        "not among the candidates"
+    );
+    let resync = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        fake.rollouts_of("prod", "unseen"),
+        1,
+        "the resync forgot the move: {:?}",
+        decision(&resync, "unseen")
+    );
+    assert_eq!(fake.rollouts_of("prod", "known"), 1, "once");
+}
