@@ -667,3 +667,112 @@ async fn a_fresh_change_does_not_inherit_another_records_retries() {
         .expect("answers");
     assert_eq!(fake.rollouts_of("prod", "api"), 1);
 }
+
+/// `serve` and the Lambda take messages through the same intake: the same batch counts the same
+/// events by kind and the same passes.
+#[tokio::test(start_paused = true)]
+async fn serve_and_the_lambda_count_a_batch_the_same_way() {
+    let bodies = |fake: &FakeAws, clock: &Arc<dyn Clock>, secret: &str| -> Vec<String> {
+        let at = clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        vec![
+            json!({"source": "aws.secretsmanager", "detail-type": "AWS Service Event via CloudTrail",
+                   "time": at, "account": fake.account(),
+                   "detail": {"eventName": "RotationSucceeded", "additionalEventData": {"SecretId": secret}}})
+            .to_string(),
+            json!({"source": "aws.ecs", "detail-type": "ECS Deployment State Change",
+                   "account": fake.account(),
+                   "resources": [format!("arn:aws:ecs:eu-west-1:{}:service/prod/api", fake.account())],
+                   "detail": {}})
+            .to_string(),
+            json!({"source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail",
+                   "account": fake.account(), "detail": {"eventName": "GetSecretValue"}})
+            .to_string(),
+            label_moved(clock, Some(STRANGER)),
+            "not an event".to_string(),
+        ]
+    };
+    let world = || async {
+        let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+        let secret = fake.create_secret("app/db");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
+        fake.create_service("prod", "api", &td, 1, &[]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        fake.put_secret_value("app/db", &[]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (fake, clock, secret)
+    };
+    let counts = |m: &Metrics| -> Vec<String> {
+        let mut v: Vec<String> = m
+            .render(&Default::default())
+            .lines()
+            .filter(|l| {
+                l.starts_with("ecs_reloader_events_received_total")
+                    || l.starts_with("ecs_reloader_reconciles_total")
+            })
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+
+    let (fake, clock, secret) = world().await;
+    let (serve_metrics, notifier) = observed();
+    let queue = Arc::new(MemoryQueue::new(10));
+    let running = serve(
+        single(&fake, &clock, &notifier, Mode::Watch),
+        notifier,
+        queue.clone(),
+    )
+    .await;
+    for b in bodies(&fake, &clock, &secret) {
+        queue.push(&b);
+    }
+    // Everything but the poison message is acknowledged.
+    for _ in 0..10_000 {
+        if queue.len() <= 1 && fake.rollouts_of("prod", "api") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await;
+
+    let (fake, clock, secret) = world().await;
+    let (lambda_metrics, notifier) = observed();
+    let h = Handler::over(
+        single(&fake, &clock, &notifier, Mode::FireAndForget),
+        notifier,
+        Some(Arc::new(SentQueue::default())),
+    );
+    let r = h
+        .handle(batch(&bodies(&fake, &clock, &secret)), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(r, json!({"batchItemFailures": [{"itemIdentifier": "m4"}]}));
+    // serve's startup resync is its own: compare what the batch did.
+    let serve_counts: Vec<String> = counts(&serve_metrics)
+        .into_iter()
+        .filter(|l| !l.contains("resync"))
+        .collect();
+    let lambda_counts: Vec<String> = counts(&lambda_metrics)
+        .into_iter()
+        .filter(|l| !l.contains("resync"))
+        .collect();
+    assert_eq!(serve_counts, lambda_counts);
+    for kind in [
+        "rotation_succeeded",
+        "ecs_service",
+        "ignored",
+        "foreign",
+        "poison",
+    ] {
+        assert!(
+            serve_counts
+                .iter()
+                .any(|l| l.contains(&format!("kind=\"{kind}\"")) && l.ends_with(" 1")),
+            "{kind}: {serve_counts:?}"
+        );
+    }
+}

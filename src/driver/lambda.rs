@@ -49,6 +49,45 @@ pub struct Record {
     pub body: String,
 }
 
+/// The answer to an SQS batch, for an event source mapping with `ReportBatchItemFailures`:
+/// exactly the records to deliver again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchResponse {
+    /// The records that could not be parsed or processed.
+    #[serde(rename = "batchItemFailures")]
+    pub batch_item_failures: Vec<ItemFailure>,
+}
+
+/// One record to deliver again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ItemFailure {
+    /// The record's `messageId`.
+    #[serde(rename = "itemIdentifier")]
+    pub item_identifier: String,
+}
+
+impl BatchResponse {
+    fn failing(ids: Vec<String>) -> Self {
+        BatchResponse {
+            batch_item_failures: ids
+                .into_iter()
+                .map(|item_identifier| ItemFailure { item_identifier })
+                .collect(),
+        }
+    }
+
+    /// The answer as the runtime sends it (built without a fallible serialisation, so that no
+    /// error path could ever answer "nothing failed").
+    fn into_value(self) -> Value {
+        let items: Vec<Value> = self
+            .batch_item_failures
+            .into_iter()
+            .map(|f| json!({ "itemIdentifier": f.item_identifier }))
+            .collect();
+        json!({ "batchItemFailures": items })
+    }
+}
+
 /// What an invocation carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
@@ -352,11 +391,7 @@ impl Handler {
                         .filter(|(_, b)| not_handed.contains(b))
                         .map(|(id, _)| id),
                 );
-                let items: Vec<Value> = failures
-                    .into_iter()
-                    .map(|id| json!({ "itemIdentifier": id }))
-                    .collect();
-                Ok(json!({ "batchItemFailures": items }))
+                Ok(BatchResponse::failing(failures).into_value())
             }
         }
     }
@@ -487,11 +522,7 @@ impl Handler {
                 self.recent.record(&changes, started);
             }
         }
-        let items: Vec<Value> = failures
-            .into_iter()
-            .map(|id| json!({ "itemIdentifier": id }))
-            .collect();
-        json!({ "batchItemFailures": items })
+        BatchResponse::failing(failures).into_value()
     }
 
     /// One pass, bounded by the budget.
