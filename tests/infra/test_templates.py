@@ -391,6 +391,33 @@ def _check_events_queue_and_policy(aws, resources, outputs):
     assert "EventBusArn" not in outputs and "MemberEventBus" not in resources, "no forwarding bus without members"
 
 
+def _check_dashboard(aws, outputs, mode):
+    """The dashboard's body, once CloudFormation has put it together, is one JSON document whose
+    queue panels name this stack's queues; in Mode=lambda it adds the function's own panels, in
+    Mode=ecs a note that `serve`'s metrics are on /metrics. (That each ecs-reloader metric is
+    one the code emits: src/metrics.rs, dashboards_use_only_metrics_the_code_emits.)"""
+    body = aws("cloudwatch").get_dashboard(DashboardName=outputs["DashboardName"])["DashboardBody"]
+    assert "${" not in body, body
+    widgets = json.loads(body)["widgets"]
+    sqs = aws("sqs")
+    queues = {sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"].split(":")[-1]
+              for u in [outputs["QueueUrl"], sqs.get_queue_url(QueueName=outputs["DeadLetterQueueArn"].split(":")[-1])["QueueUrl"]]}
+    metrics = [m for w in widgets if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    assert {m[3] for m in metrics if m[0] == "AWS/SQS"} == queues
+    namespaces = {m[0] if isinstance(m[0], str) else "search" for m in metrics}
+    [text] = [w["properties"]["markdown"] for w in widgets if w["type"] == "text"]
+    if mode == "lambda":
+        assert namespaces == {"AWS/SQS", "ecs-reloader", "AWS/Lambda", "search"}, namespaces
+        assert "Mode=lambda" in text
+    else:
+        assert namespaces == {"AWS/SQS"}, "serve writes no embedded metrics: no empty panels"
+        assert "Mode=ecs" in text and "/metrics" in text
+    for w in widgets:  # the 24-column grid, no overlaps
+        assert w["x"] + w["width"] <= 24
+    cells = [(w["x"] + i, w["y"] + j) for w in widgets for i in range(w["width"]) for j in range(w["height"])]
+    assert len(cells) == len(set(cells)), "widgets overlap"
+
+
 def test_deploys_into_the_emulator_as_a_fargate_service(aws):
     aws("ecs").create_cluster(clusterName="ops")
     resources, outputs = _deploy(
@@ -421,6 +448,7 @@ def test_deploys_into_the_emulator_as_a_fargate_service(aws):
     attrs = aws("sqs").get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["VisibilityTimeout"])["Attributes"]
     assert int(attrs["VisibilityTimeout"]) == 300, "serve extends visibility itself; a crash must not hide events long"
     _check_no_parameter_history(aws, [resources["TaskRole"]])
+    _check_dashboard(aws, outputs, "ecs")
 
 
 def test_deploys_into_the_emulator_as_a_lambda_function(aws):
@@ -450,6 +478,7 @@ def test_deploys_into_the_emulator_as_a_lambda_function(aws):
     assert int(json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]) >= 5
     assert fn["Architectures"] == ["x86_64"], "the default architecture never changes under an existing stack"
     _check_no_parameter_history(aws, [resources["FunctionRole"]])
+    _check_dashboard(aws, outputs, "lambda")
 
 
 def _role_statements(aws, role):
