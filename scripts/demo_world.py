@@ -59,6 +59,10 @@ def create():
 
 def rotate():
     _, sm, _ = clients()
+    # Secrets Manager dates are whole seconds: a rotation in the deployments' own second would be
+    # reported as "in the same second as the deployment" (and count as after). Let the demo tell
+    # the ordinary story: a version plainly newer than the deployment.
+    time.sleep(1.2)
     out = sm.put_secret_value(SecretId="app/db", SecretString='{"password":"two"}')
     print(f"rotated app/db: AWSCURRENT is now version {out['VersionId']}")
 

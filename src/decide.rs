@@ -414,6 +414,10 @@ pub struct Finding {
     pub site: String,
     /// Why it is stale.
     pub reason: String,
+    /// Where the change comes from: the events that announced it (their kind, id, time and
+    /// who acted) or how it was found without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// The decision for one service.
@@ -535,6 +539,19 @@ impl std::fmt::Display for Kind {
 }
 
 impl Decision {
+    /// The stale references behind it, where it has any (to say where their changes come from).
+    pub(crate) fn findings_mut(&mut self) -> Option<&mut Vec<Finding>> {
+        match self {
+            Decision::Stale { findings }
+            | Decision::OptedOut { findings }
+            | Decision::Settling { findings, .. }
+            | Decision::Held { findings, .. }
+            | Decision::Scheduled { findings, .. }
+            | Decision::Pending { findings, .. } => Some(findings),
+            _ => None,
+        }
+    }
+
     /// Its kind.
     pub fn kind(&self) -> Kind {
         match self {
@@ -579,6 +596,23 @@ enum Judgement {
 fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// "after the deployment (…)", or, for a date in the deployment's own second (a whole-second
+/// date that reads as earlier than the deployment's milliseconds), why it counts as after:
+/// otherwise the reason would read as a contradiction.
+fn relative(date: DateTime<Utc>, d: DateTime<Utc>, dates: &str) -> String {
+    if date <= d {
+        format!(
+            "in the same second as the deployment ({}); {dates} are whole seconds, so it counts as after",
+            fmt_time(d)
+        )
+    } else {
+        format!("after the deployment ({})", fmt_time(d))
+    }
+}
+
+const SM_DATES: &str = "Secrets Manager dates";
+const EVENT_DATES: &str = "event times";
 
 /// The dates that make a reference stale, each with why; stale if any, fresh otherwise.
 struct Evidence(Vec<(DateTime<Utc>, String)>);
@@ -635,9 +669,9 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
         evidence.push((
             created,
             format!(
-                "{stage} is version {version}, created {}, after the deployment ({})",
+                "{stage} is version {version}, created {}, {}",
                 fmt_time(created),
-                fmt_time(d)
+                relative(created, d, SM_DATES)
             ),
         ));
     }
@@ -646,9 +680,9 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
         evidence.push((
             moved,
             format!(
-                "{stage} moved to version {version} at {} (change event), after the deployment ({})",
+                "{stage} moved to version {version} at {} (change event), {}",
                 fmt_time(moved),
-                fmt_time(d)
+                relative(moved, d, EVENT_DATES)
             ),
         ));
     }
@@ -669,9 +703,9 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
                 evidence.push((
                     at,
                     format!(
-                        "{how} at {}, after the deployment ({}), moving AWSPREVIOUS to version {version}",
+                        "{how} at {}, {}, moving AWSPREVIOUS to version {version}",
                         fmt_time(at),
-                        fmt_time(d)
+                        relative(at, d, SM_DATES)
                     ),
                 ));
             }
@@ -682,9 +716,9 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
         evidence.push((
             rotated,
             format!(
-                "a rotation completed at {} (LastRotatedDate), after the deployment ({}), moving {stage} to version {version}",
+                "a rotation completed at {} (LastRotatedDate), {}, moving {stage} to version {version}",
                 fmt_time(rotated),
-                fmt_time(d)
+                relative(rotated, d, SM_DATES)
             ),
         ));
     }
@@ -745,9 +779,9 @@ fn judge_ssm(sel: &ParamSelector, p: &SsmState, d: DateTime<Utc>) -> Judgement {
         evidence.push((
             m,
             format!(
-                "label {label} moved at {} (change event), after the deployment ({})",
+                "label {label} moved at {} (change event), {}",
                 fmt_time(m),
-                fmt_time(d)
+                relative(m, d, EVENT_DATES)
             ),
         ));
     }
@@ -755,9 +789,9 @@ fn judge_ssm(sel: &ParamSelector, p: &SsmState, d: DateTime<Utc>) -> Judgement {
         Some(w) if after(d, w) => evidence.push((
             w,
             format!(
-                "{what} written {}, after the deployment ({})",
+                "{what} written {}, {}",
                 fmt_time(w),
-                fmt_time(d)
+                relative(w, d, "SSM dates as compared here")
             ),
         )),
         Some(_) => {}
@@ -881,6 +915,7 @@ pub fn decide(
             } => {
                 let identity = r.state.as_ref().ok().map(|s| s.identity());
                 findings.push(Finding {
+                    provenance: None,
                     secret: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
                     identity,
                     fresh_after: Some(fresh_after),

@@ -44,7 +44,52 @@ pub struct Change {
     pub at: Option<DateTime<Utc>>,
     /// The envelope's account and region: where the change happened (routes it among targets).
     pub origin: Origin,
+    /// Who made the change, as the event tells it (boxed: a parsed event stays small).
+    pub provenance: Box<Provenance>,
 }
+
+/// Where a change comes from, for the people who ask "why did my service restart, and who
+/// caused it?": the event's kind, id and time, and who acted (CloudTrail's `userIdentity`: an
+/// `arn`, or `invokedBy` for a service such as a rotation function). Shown in reports, logs and
+/// outcome events; never a metric label.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Provenance {
+    /// The kind of event (`events_received`'s label).
+    pub event: String,
+    /// The event's `id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The event's `time`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    /// Who acted, where the event says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+impl std::fmt::Display for Provenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} event", self.event)?;
+        if let Some(id) = &self.id {
+            write!(f, " {id}")?;
+        }
+        if let Some(actor) = &self.actor {
+            write!(f, " by {actor}")?;
+        }
+        if let Some(at) = &self.at {
+            write!(
+                f,
+                " at {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// At most this many events' provenance is kept per changed subject in a batch (a flood need
+/// not be listed whole).
+const PROVENANCE_PER_SUBJECT: usize = 3;
 
 /// Where an event says a change happened: the account whose resource changed and the region.
 /// An event is evidence about this account and region only ([`crate::intake`] drops one from an
@@ -152,6 +197,8 @@ pub struct Changes {
     pub services: std::collections::BTreeSet<ServiceHint>,
     /// Where each subject's events came from (see [`Origin`]).
     pub origins: std::collections::BTreeMap<Subject, std::collections::BTreeSet<Origin>>,
+    /// Who made each subject's changes (a few events' worth).
+    pub provenance: std::collections::BTreeMap<Subject, Vec<Provenance>>,
 }
 
 impl Changes {
@@ -167,6 +214,7 @@ impl Changes {
                     .entry(c.secret.clone())
                     .or_default()
                     .insert(c.origin.clone());
+                self.note(&c.secret, std::slice::from_ref(&*c.provenance));
                 true
             }
             Parsed::Resync => {
@@ -181,8 +229,21 @@ impl Changes {
         }
     }
 
+    /// Keeps who made a subject's changes (a few, without repeats).
+    pub(crate) fn note(&mut self, subject: &Subject, provenance: &[Provenance]) {
+        let kept = self.provenance.entry(subject.clone()).or_default();
+        for p in provenance {
+            if kept.len() < PROVENANCE_PER_SUBJECT && !kept.contains(p) {
+                kept.push(p.clone());
+            }
+        }
+    }
+
     /// Takes in another batch's changes: one decision for both.
     pub(crate) fn absorb(&mut self, other: Changes) {
+        for (subject, provenance) in &other.provenance {
+            self.note(subject, provenance);
+        }
         for (subject, moves) in other.subjects {
             self.subjects.entry(subject).or_default().extend(moves);
         }
@@ -307,6 +368,8 @@ pub enum EventError {
 
 #[derive(Deserialize)]
 struct Envelope {
+    #[serde(default)]
+    id: Option<String>,
     source: String,
     #[serde(rename = "detail-type")]
     detail_type: String,
@@ -376,15 +439,29 @@ fn parse_envelope(env: Envelope, origin: Origin) -> Result<Parsed, EventError> {
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
-    let change = |secret: Subject, kind: ChangeKind| {
+    let change = |secret: Subject, kind: ChangeKind, provenance: Box<Provenance>| {
         Ok(Parsed::Change(Change {
             secret,
             kind,
             at,
             origin: origin.clone(),
+            provenance,
         }))
     };
     let d = &env.detail;
+    let actor = text(d, &["userIdentity", "arn"])
+        .or_else(|| text(d, &["userIdentity", "invokedBy"]))
+        .map(String::from);
+    let id = env.id.clone().filter(|i| !i.trim().is_empty());
+    let change = |secret: Subject, kind: ChangeKind| {
+        let provenance = Box::new(Provenance {
+            event: kind.label().to_string(),
+            id: id.clone(),
+            at,
+            actor: actor.clone(),
+        });
+        change(secret, kind, provenance)
+    };
     match (env.source.as_str(), env.detail_type.as_str()) {
         ("aws.secretsmanager", "AWS Service Event via CloudTrail") => {
             let shape = "RotationSucceeded";

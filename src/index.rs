@@ -384,6 +384,8 @@ pub struct Target {
     pub identities: Vec<SecretIdentity>,
     /// Label moves the events announced, for the staleness rule.
     pub label_moves: Vec<crate::event::LabelMove>,
+    /// Who made the change, from its events (empty when no event named it).
+    pub provenance: Vec<crate::event::Provenance>,
 }
 
 /// Why a target could not be resolved.
@@ -465,6 +467,7 @@ pub(crate) async fn resolve_target(clients: &Clients, given: &str) -> Result<Tar
         given: given.to_string(),
         identities,
         label_moves: Vec::new(),
+        provenance: Vec::new(),
     })
 }
 

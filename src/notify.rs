@@ -124,6 +124,10 @@ impl Notifier {
                 .target_rollout(&a.key.account, &a.key.region, kind);
             tracing::warn!(service = %a.key, reason, "{kind}");
             let secrets: Vec<&str> = findings.iter().map(|f| f.secret.as_str()).collect();
+            let changes: Vec<String> = findings
+                .iter()
+                .filter_map(|f| f.provenance.as_ref().map(|p| format!("{}: {p}", f.secret)))
+                .collect();
             self.publish(
                 detail_type,
                 json!({
@@ -133,6 +137,7 @@ impl Notifier {
                     "region": a.key.region,
                     "reason": reason,
                     "secrets": secrets,
+                    "changes": changes,
                 }),
             );
         }
@@ -189,8 +194,8 @@ impl Progress for Notifier {
         self.metrics.rollout(kind);
         self.metrics.target_rollout(&key.account, &key.region, kind);
         let detail = match phase {
-            Phase::Rolling { deployment } => {
-                json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "deployment": deployment})
+            Phase::Rolling { deployment, why } => {
+                json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "deployment": deployment, "changes": why})
             }
             Phase::Done(o) => {
                 json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "outcome": o})
@@ -236,6 +241,7 @@ mod tests {
             &key,
             &Phase::Rolling {
                 deployment: "d".into(),
+                why: vec!["app/db: found by resync (no event)".into()],
             },
         );
         n.update(

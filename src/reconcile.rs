@@ -62,6 +62,43 @@ fn apply_label_moves(
     }
 }
 
+/// Says where each finding's change comes from (see [`crate::event::Provenance`]): the events
+/// that announced it, or, without one, how it was found.
+fn attribute(assessment: &mut Assessment, targets: &[Target]) {
+    let origin = |f: &decide::Finding| -> String {
+        if targets.is_empty() {
+            return "found by resync (no event)".into();
+        }
+        let events: Vec<String> = targets
+            .iter()
+            .filter(|t| {
+                f.identity
+                    .as_ref()
+                    .is_some_and(|id| t.identities.contains(id))
+            })
+            .flat_map(|t| t.provenance.iter().map(|p| p.to_string()))
+            .collect();
+        if events.is_empty() {
+            // Named by a person (`--secret`), or another changed secret of the same service.
+            "found with the secrets asked for (no event of its own)".into()
+        } else {
+            format!("announced by {}", events.join("; "))
+        }
+    };
+    for a in &mut assessment.services {
+        if let Some(findings) = a.decision.findings_mut() {
+            for f in findings {
+                f.provenance = Some(origin(f));
+            }
+        }
+    }
+    for c in &mut assessment.change_set.changes {
+        for f in &mut c.findings {
+            f.provenance = Some(origin(f));
+        }
+    }
+}
+
 /// Why a pass could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -451,6 +488,11 @@ impl Reconciler {
                 .cloned()
                 .collect();
             if !moves.is_empty() {
+                // Copies of one change's events are one piece of evidence (a flood must not
+                // push out other changes' moves).
+                evidence.retain(|(_, old)| {
+                    !(old.identities == t.identities && old.label_moves == moves)
+                });
                 evidence.push((
                     now,
                     Target {
@@ -624,9 +666,10 @@ impl Reconciler {
             ignore_windows: req.ignore_windows,
         };
         let filter = ServiceFilter(&req.services);
-        let assessment = self
+        let mut assessment = self
             .assess_settled(&scope, &targets, &filter, &policies, settle_wait)
             .await?;
+        attribute(&mut assessment, &targets);
         let mut pass = Pass {
             outcomes: Vec::new(),
             cut_short: false,
@@ -741,6 +784,11 @@ impl Reconciler {
                         out.push(Target {
                             identities,
                             label_moves: label_moves.clone(),
+                            provenance: changes
+                                .provenance
+                                .get(subject)
+                                .cloned()
+                                .unwrap_or_default(),
                             ..t
                         })
                     }
@@ -760,10 +808,16 @@ impl Reconciler {
                     Err(TargetError::Aws(e))
                         if !e.is_retryable() && e.kind != crate::aws::ErrorKind::Setup =>
                     {
-                        let problem = format!(
-                            "changed secret {id} could not be read ({e}): grant {} on it to the operator's role (its resource policy and SCPs must allow it too); its dependants are left to the resync",
-                            e.operation
-                        );
+                        let problem = if e.kind == crate::aws::ErrorKind::AccessDenied {
+                            format!(
+                                "changed secret {id} could not be read ({e}): grant {} on it to the operator's role (its resource policy and SCPs must allow it too); its dependants are left to the resync",
+                                e.operation
+                            )
+                        } else {
+                            format!(
+                                "changed secret {id} could not be read ({e}); its dependants are left to the resync"
+                            )
+                        };
                         tracing::warn!(secret = %id, error = %e, "a changed secret cannot be read: its change is skipped, the others go on");
                         unread.push(problem);
                     }
@@ -777,6 +831,7 @@ impl Reconciler {
                         &self.clients.region,
                     ))],
                     label_moves: label_moves.clone(),
+                    provenance: changes.provenance.get(subject).cloned().unwrap_or_default(),
                 }),
             }
         }
@@ -814,17 +869,16 @@ impl Reconciler {
         }
         let home = self.clients.region.as_str();
         let without_secrets = inventory.without_secrets;
-        let (mut entries, rest): (Vec<_>, Vec<_>) = inventory
-            .entries
-            .into_iter()
-            .filter(|e| services.admits(&e.service))
-            .partition(|e| {
-                targets.is_empty()
+        // What `--service` does not admit is still context: a pass over one service must see
+        // the others' failed rollouts of a change it would roll with.
+        let (mut entries, rest): (Vec<_>, Vec<_>) = inventory.entries.into_iter().partition(|e| {
+            services.admits(&e.service)
+                && (targets.is_empty()
                     || targets
                         .iter()
                         .flat_map(|t| &t.identities)
-                        .any(|id| e.references(id, home))
-            });
+                        .any(|id| e.references(id, home)))
+        });
         let mut resolved = index::resolve(&self.clients, &entries, conc).await;
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
@@ -840,7 +894,9 @@ impl Reconciler {
         // dependants are looked at too, so that its hold or canary means the same here as in a
         // pass over it (they are neither reported nor rolled by this pass).
         let (mut context, mut context_resolved) = self
-            .context(scope, targets, &entries, &decisions, rest, scanned)
+            .context(
+                scope, targets, services, &entries, &decisions, rest, scanned, policies,
+            )
             .await?;
         apply_label_moves(&mut context_resolved, targets, now + skew);
         apply_label_moves(&mut context_resolved, &remembered, now + skew);
@@ -944,23 +1000,35 @@ impl Reconciler {
     /// a pass over everything, and when no selected service is stale for another secret (the
     /// usual rotation costs nothing more). From the scan when there was one (`rest`), else from
     /// the watch cache's candidates, described afresh.
+    #[allow(clippy::too_many_arguments)]
     async fn context(
         &self,
         scope: &Scope,
         targets: &[Target],
+        services: &ServiceFilter<'_>,
         entries: &[index::Entry],
         decisions: &[Decision],
         rest: Vec<index::Entry>,
         scanned: bool,
+        policies: &Policies,
     ) -> Result<(Vec<index::Entry>, Vec<Vec<decide::ResolvedRef>>), ReconcileError> {
-        if targets.is_empty() {
+        // A pass over everything in the fleet's scope sees every dependant already.
+        let whole_fleet = scope.clusters == self.settings.clusters;
+        if targets.is_empty() && services.0.is_empty() && whole_fleet {
             return Ok((Vec::new(), Vec::new()));
         }
+        let now = self.clock.now();
         let targeted: std::collections::HashSet<&SecretIdentity> =
             targets.iter().flat_map(|t| &t.identities).collect();
-        let others: std::collections::BTreeSet<SecretIdentity> = decisions
+        // Only services that may roll now need it (one waiting for a person or a window does
+        // not pay for it at every event).
+        let others: std::collections::BTreeSet<SecretIdentity> = entries
             .iter()
-            .filter_map(|d| match d {
+            .zip(decisions)
+            .filter(|(e, _)| {
+                decide::eligibility(&e.service, now, policies) == decide::Eligibility::Now
+            })
+            .filter_map(|(_, d)| match d {
                 Decision::Stale { findings } => Some(findings),
                 _ => None,
             })
@@ -974,15 +1042,22 @@ impl Reconciler {
         let home = self.clients.region.as_str();
         let selected: std::collections::HashSet<ServiceKey> =
             entries.iter().map(|e| ServiceKey::of(&e.service)).collect();
-        let pool = if scanned {
+        // The other dependants across the fleet's whole scope, whatever `--cluster` narrowed
+        // the selection to: from the scan when it covered that scope, else from the watch
+        // cache (or a scan of that scope).
+        let pool = if scanned && whole_fleet {
             rest
         } else {
             let look = Target {
                 given: "(the other secrets of the selected services)".into(),
                 identities: others.iter().cloned().collect(),
                 label_moves: Vec::new(),
+                provenance: Vec::new(),
             };
-            self.inventory(scope, std::slice::from_ref(&look), &ServiceFilter(&[]))
+            let fleet = Scope {
+                clusters: self.settings.clusters.clone(),
+            };
+            self.inventory(&fleet, std::slice::from_ref(&look), &ServiceFilter(&[]))
                 .await?
                 .0
                 .entries

@@ -394,7 +394,10 @@ impl Why {
 fn why(d: &Decision) -> Why {
     let each = |f: &[crate::decide::Finding]| -> Vec<String> {
         f.iter()
-            .map(|one| format!("{}: {}", one.secret, one.reason))
+            .map(|one| match &one.provenance {
+                Some(p) => format!("{}: {} ({p})", one.secret, one.reason),
+                None => format!("{}: {}", one.secret, one.reason),
+            })
             .collect()
     };
     match d {
@@ -469,6 +472,7 @@ mod tests {
             fresh_after: None,
             site: "app: secret DB".into(),
             reason: LONG.into(),
+            provenance: None,
         }
     }
 
@@ -508,6 +512,30 @@ mod tests {
         Decision::Stale {
             findings: vec![finding("app/db")],
         }
+    }
+
+    /// Where a change comes from is shown in the table's reason and in the JSON document.
+    #[test]
+    fn a_findings_provenance_is_shown() {
+        let mut f = finding("app/db");
+        f.provenance =
+            Some("announced by api_call event e-1 by arn:aws:sts::1:assumed-role/rotator/x".into());
+        let a = assessment(vec![assessed("api", Decision::Stale { findings: vec![f] })]);
+        let report = Report::new(&a, &[], true);
+        let table = report.to_table_as(Layout::Lines);
+        assert!(
+            table.contains(
+                "(announced by api_call event e-1 by arn:aws:sts::1:assumed-role/rotator/x)"
+            ),
+            "{table}"
+        );
+        assert!(
+            report
+                .to_json()
+                .contains("\"provenance\": \"announced by api_call event e-1"),
+            "{}",
+            report.to_json()
+        );
     }
 
     /// "3 rolled (healthy), 3 stale" for three services: decisions and actions were one count.

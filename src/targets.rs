@@ -370,11 +370,17 @@ impl Fleet {
                 .get(subject)
                 .map(|o| o.iter().cloned().collect())
                 .unwrap_or_else(|| vec![Origin::default()]);
+            let provenance = changes
+                .provenance
+                .get(subject)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let add = |c: &mut Changes, s: Subject| {
                 c.subjects
                     .entry(s.clone())
                     .or_default()
                     .extend(moves.iter().cloned());
+                c.note(&s, provenance);
                 c.origins
                     .entry(s)
                     .or_default()
@@ -400,6 +406,7 @@ impl Fleet {
                                 .entry(s.clone())
                                 .or_default()
                                 .extend(moves.iter().cloned());
+                            c.note(&s, provenance);
                             c.origins
                                 .entry(s)
                                 .or_default()

@@ -260,9 +260,17 @@ async fn a_label_moved_back_survives_the_canary_gate_through_the_queue() {
     assert_eq!(triggered(&r), ["prod/a"], "the canary: {r}");
     assert_eq!(r["settling"], 1, "{r}");
 
-    // A resync alone cannot see the move: b is in sync as far as the metadata tells.
+    // Another execution environment, which never heard the event: its resync alone cannot see
+    // the move (b is in sync as far as the metadata tells). (The first environment remembers
+    // the move and would apply it in its own resync.)
+    let api2 = RuntimeApi::start().await;
+    let mut child2 = start_bootstrap(
+        &proxy.url(),
+        &api2,
+        &[("ECS_RELOADER_EVENTS_QUEUE_URL", queue.as_str())],
+    );
     let schedule = fixture(include_str!("fixtures/events/scheduled.json"));
-    let r = response(&api, &schedule).await;
+    let r = response(&api2, &schedule).await;
     assert!(triggered(&r).is_empty(), "{r}");
 
     // The event waits on the queue; delivered (as the event source mapping would), it rolls b.
@@ -290,7 +298,7 @@ async fn a_label_moved_back_survives_the_canary_gate_through_the_queue() {
         }
     }
     assert_eq!(records.len(), 1, "one deferred change: {records:?}");
-    let r = response(&api, &json!({ "Records": records })).await;
+    let r = response(&api2, &json!({ "Records": records })).await;
     assert_eq!(r, json!({"batchItemFailures": []}));
     assert_eq!(proxy.updated_services(), ["prod/a", "prod/b"], "each once");
     // Done: nothing more is handed on.
@@ -301,4 +309,5 @@ async fn a_label_moved_back_survives_the_canary_gate_through_the_queue() {
         "only the received, undeleted record"
     );
     let _ = child.start_kill();
+    let _ = child2.start_kill();
 }

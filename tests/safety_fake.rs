@@ -676,3 +676,91 @@ async fn a_label_move_only_an_event_dates_is_applied_by_the_next_resync() {
     );
     assert_eq!(fake.rollouts_of("prod", "known"), 1, "once");
 }
+
+/// X (S, T) held by Y's (T) failed rollout after T's change; Y in `y_cluster`.
+async fn held_x(y_cluster: &str) -> (FakeAws, Parts) {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    let t = fake.create_secret("app/t");
+    settle().await;
+    let td_x =
+        fake.register_task_definition("x", &[(site("S"), s.as_str()), (site("T"), t.as_str())]);
+    let td_y = fake.register_task_definition("y", &[(site("T"), t.as_str())]);
+    fake.create_service("prod", "b-x", &td_x, 1, &[]);
+    fake.create_service(y_cluster, "a-y", &td_y, 1, &[]);
+    fake.set_behaviour(
+        y_cluster,
+        "a-y",
+        Behaviour::Fail(Duration::from_secs(60), 3),
+    );
+    settle().await;
+    fake.put_secret_value("app/t", &[]);
+    settle().await;
+    let p = parts(&fake, &clock);
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        fake.rollouts_of(y_cluster, "a-y"),
+        1,
+        "Y, the canary, failed"
+    );
+    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&again, "b-x"), Decision::Held { .. }),
+        "{:?}",
+        decision(&again, "b-x")
+    );
+    (fake, p)
+}
+
+/// Found by review: narrowing a pass (`--service`, `--cluster`) must not narrow what it looks
+/// at to know a hold: the held service is not rolled with the breaking value.
+#[tokio::test(start_paused = true)]
+async fn a_narrowed_pass_still_sees_the_hold() {
+    use ecs_reloader::reconcile::Selection;
+    // `reconcile --service prod/b-x`.
+    let (fake, p) = held_x("prod").await;
+    let pass = p
+        .reconciler
+        .pass(&Request {
+            services: vec!["prod/b-x".into()],
+            ..Request::all()
+        })
+        .await
+        .expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "b-x"), 0, "{:?}", pass.outcomes);
+    assert!(pass
+        .assessment
+        .services
+        .iter()
+        .all(|a| a.key.service == "b-x"));
+
+    // `reconcile --secret app/s --service prod/b-x`, S having changed.
+    let (fake, p) = held_x("prod").await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let pass = p
+        .reconciler
+        .pass(&Request {
+            selection: Selection::Secrets(vec!["app/s".into()]),
+            services: vec!["prod/b-x".into()],
+            ..Request::all()
+        })
+        .await
+        .expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "b-x"), 0, "{:?}", pass.outcomes);
+
+    // `reconcile --secret app/s --cluster prod`, Y in another cluster of the fleet.
+    let (fake, p) = held_x("other").await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let pass = p
+        .reconciler
+        .pass(&Request {
+            selection: Selection::Secrets(vec!["app/s".into()]),
+            clusters: vec!["prod".into()],
+            ..Request::all()
+        })
+        .await
+        .expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "b-x"), 0, "{:?}", pass.outcomes);
+}

@@ -776,3 +776,68 @@ async fn serve_and_the_lambda_count_a_batch_the_same_way() {
         );
     }
 }
+
+/// Who made a change travels from its event to every decision it causes (#25): the table's
+/// reason and the JSON document name the event and the actor; a change found by a resync says
+/// so.
+#[tokio::test(start_paused = true)]
+async fn a_decision_says_who_made_the_change() {
+    use ecs_reloader::decide::Decision;
+    use ecs_reloader::event::{self, Changes};
+    use ecs_reloader::reconcile::Request;
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let secret = fake.create_secret("app/db");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rotator = "arn:aws:sts::111122223333:assumed-role/rotator/lambda";
+    let body = json!({
+        "version": "0", "id": "e-42", "source": "aws.secretsmanager",
+        "detail-type": "AWS API Call via CloudTrail", "account": fake.account(),
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"eventName": "PutSecretValue", "userIdentity": {"type": "AssumedRole", "arn": rotator},
+                   "responseElements": {"arn": secret}}
+    });
+    let (_, notifier) = observed();
+    let fleet = single(&fake, &clock, &notifier, Mode::Watch);
+    let mut changes = Changes::default();
+    changes.add(&event::parse(&body.to_string()).expect("event"));
+    let pass = fleet
+        .pass(&Request {
+            dry_run: true,
+            ..Request::changes(changes)
+        })
+        .await
+        .expect("pass");
+    let finding = match &pass.assessment.services[0].decision {
+        Decision::Stale { findings } => findings[0].clone(),
+        other => panic!("{other:?}"),
+    };
+    let said = finding.provenance.clone().expect("provenance");
+    for needle in ["api_call event e-42", rotator, "at 2026-"] {
+        assert!(said.contains(needle), "{needle}: {said}");
+    }
+    let doc = serde_json::to_value(&finding).expect("json");
+    assert_eq!(doc["provenance"], json!(said));
+    let report = ecs_reloader::report::Report::new(&pass.assessment, &pass.outcomes, true);
+    let json = serde_json::to_string(&report).expect("json");
+    assert!(json.contains(rotator), "{json}");
+
+    let resync = fleet
+        .pass(&Request {
+            dry_run: true,
+            ..Request::all()
+        })
+        .await
+        .expect("pass");
+    match &resync.assessment.services[0].decision {
+        Decision::Stale { findings } => assert_eq!(
+            findings[0].provenance.as_deref(),
+            Some("found by resync (no event)")
+        ),
+        other => panic!("{other:?}"),
+    }
+}

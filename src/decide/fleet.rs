@@ -577,6 +577,7 @@ mod tests {
                     fresh_after: Some(t(301)),
                     site: "container api".into(),
                     reason: "changed".into(),
+                    provenance: None,
                 }],
             }
         };

@@ -428,7 +428,30 @@ fn whole_second_dates_count_ties_as_stale_and_settle_until_unambiguous() {
     // Version created at 100.000 (really anywhere in 100.000–100.999); deployment at 100.400.
     let secret = Secret::created_once(t(0)).put("v2", t(100));
     let refs = [resolved(ARN, secret.state())];
-    assert!(decide_at(&service(t_ms(100_400)), &refs, t(1000)).is_stale());
+    let tie = decide_at(&service(t_ms(100_400)), &refs, t(1000));
+    assert!(tie.is_stale());
+    // The reason says why a date that reads as earlier counts as after.
+    match &tie {
+        Decision::Stale { findings } => assert!(
+            findings[0]
+                .reason
+                .contains("in the same second as the deployment")
+                && findings[0].reason.contains("whole seconds"),
+            "{}",
+            findings[0].reason
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A date plainly after the deployment reads as such.
+    match decide_at(&service(t(50)), &refs, t(1000)) {
+        Decision::Stale { findings } => assert!(
+            findings[0].reason.contains("after the deployment")
+                && !findings[0].reason.contains("same second"),
+            "{}",
+            findings[0].reason
+        ),
+        other => panic!("{other:?}"),
+    }
     // Deployed at 101.000: certainly after.
     assert_eq!(
         decide_at(&service(t(101)), &refs, t(1000)),

@@ -251,6 +251,14 @@ impl Engine {
             key,
             &Phase::Rolling {
                 deployment: deployment.id.clone(),
+                why: change
+                    .findings
+                    .iter()
+                    .map(|f| match &f.provenance {
+                        Some(p) => format!("{}: {p}", f.secret),
+                        None => f.secret.clone(),
+                    })
+                    .collect(),
             },
         );
         if !self.settings.wait {

@@ -130,6 +130,9 @@ pub enum Phase {
     Rolling {
         /// The new deployment.
         deployment: String,
+        /// Where the changes it rolls for come from (who made them, which events), for the log
+        /// line and the outcome event.
+        why: Vec<String>,
     },
     /// Finished.
     Done(Outcome),
@@ -149,7 +152,9 @@ impl Progress for LogProgress {
     fn update(&self, key: &ServiceKey, phase: &Phase) {
         match phase {
             Phase::Waiting => tracing::debug!(service = %key, "waiting"),
-            Phase::Rolling { deployment } => tracing::info!(service = %key, deployment, "rolling"),
+            Phase::Rolling { deployment, why } => {
+                tracing::info!(service = %key, deployment, why = ?why, "rolling")
+            }
             Phase::Done(o) if o.is_success() => {
                 tracing::info!(service = %key, outcome = o.label(), "done")
             }
