@@ -44,6 +44,73 @@ fn decision<'a>(pass: &'a Pass, service: &str) -> &'a Decision {
         .decision
 }
 
+/// `serve` over the fake and an in-memory queue, with `debounce`, resyncing once a day; ready.
+struct Serving {
+    queue: Arc<ecs_reloader::aws::fake::MemoryQueue>,
+    metrics: Arc<ecs_reloader::metrics::Metrics>,
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    async fn start(fake: &FakeAws, clock: &Arc<dyn Clock>, debounce: Duration) -> Serving {
+        use ecs_reloader::aws::fake::MemoryQueue;
+        use ecs_reloader::aws::queue::Queue;
+        use ecs_reloader::driver::serve::{Server, Settings};
+        use ecs_reloader::metrics::Metrics;
+        use ecs_reloader::notify::Notifier;
+        let mut config = Config::default();
+        config.events.debounce = Dur(debounce);
+        config.rollout.poll_interval = Dur(Duration::from_secs(5));
+        let metrics = Arc::new(Metrics::new());
+        let notifier = Arc::new(Notifier::new(metrics.clone(), None));
+        let assembled = setup::assemble(
+            &config,
+            fake.clients(),
+            clock.clone(),
+            notifier.clone(),
+            Mode::Watch,
+        );
+        let queue = Arc::new(MemoryQueue::new(10));
+        let mut settings = Settings::from_config(&config);
+        settings.resync_interval = Duration::from_secs(24 * 3600);
+        let server = Server::new(
+            assembled,
+            Some(queue.clone() as Arc<dyn Queue>),
+            notifier,
+            settings,
+        );
+        let status = server.status();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let serving = tokio::spawn(server.run_until(rx));
+        while status.not_ready().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Serving {
+            queue,
+            metrics,
+            stop,
+            serving,
+        }
+    }
+
+    /// A line of /metrics, by its prefix (-1 when absent).
+    fn metric(&self, prefix: &str) -> i64 {
+        self.metrics
+            .render(&Default::default())
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(-1)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.serving.await;
+    }
+}
+
 async fn settle() {
     tokio::time::sleep(Duration::from_secs(5)).await;
 }
@@ -249,12 +316,7 @@ async fn another_secrets_change_does_not_lift_a_hold() {
 /// and nothing was rolled).
 #[tokio::test(start_paused = true)]
 async fn one_unreadable_changed_secret_does_not_stop_its_batch() {
-    use ecs_reloader::aws::fake::MemoryQueue;
-    use ecs_reloader::aws::queue::Queue;
     use ecs_reloader::aws::ErrorKind;
-    use ecs_reloader::driver::serve::{Server, Settings};
-    use ecs_reloader::metrics::Metrics;
-    use ecs_reloader::notify::Notifier;
 
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let ok = fake.create_secret("app/ok");
@@ -265,31 +327,8 @@ async fn one_unreadable_changed_secret_does_not_stop_its_batch() {
     fake.create_service("prod", "reads-ok", &td_ok, 1, &[]);
     fake.create_service("prod", "reads-refused", &td_refused, 1, &[]);
     settle().await;
-    let mut config = Config::default();
-    config.events.debounce = Dur(Duration::from_secs(2));
-    config.rollout.poll_interval = Dur(Duration::from_secs(5));
-    let metrics = Arc::new(Metrics::new());
-    let notifier = Arc::new(Notifier::new(metrics, None));
-    let parts = setup::assemble(
-        &config,
-        fake.clients(),
-        clock.clone(),
-        notifier.clone(),
-        Mode::Watch,
-    );
-    let queue = Arc::new(MemoryQueue::new(10));
-    let server = Server::new(
-        parts,
-        Some(queue.clone() as Arc<dyn Queue>),
-        notifier,
-        Settings::from_config(&config),
-    );
-    let status = server.status();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(server.run_until(rx));
-    while status.not_ready().is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let serving = Serving::start(&fake, &clock, Duration::from_secs(2)).await;
+    let queue = serving.queue.clone();
     fake.put_secret_value("app/ok", &[]);
     fake.put_secret_value("app/refused", &[]);
     settle().await;
@@ -328,8 +367,7 @@ async fn one_unreadable_changed_secret_does_not_stop_its_batch() {
     }
     assert_eq!(queue.deleted(), 2, "both messages acknowledged");
     assert_eq!(fake.rollouts_of("prod", "reads-refused"), 0);
-    let _ = stop.send(true);
-    let _ = serving.await;
+    serving.stop().await;
 }
 
 /// A stale service whose pre-change deployment is stuck `IN_PROGRESS` (no circuit breaker) is
@@ -467,12 +505,6 @@ async fn a_window_that_closes_mid_change_set_stops_it() {
 /// (Before: decided again every 30 s, its message kept in flight.)
 #[tokio::test(start_paused = true)]
 async fn a_change_waiting_for_a_person_is_not_polled() {
-    use ecs_reloader::aws::fake::MemoryQueue;
-    use ecs_reloader::aws::queue::Queue;
-    use ecs_reloader::driver::serve::{Server, Settings};
-    use ecs_reloader::metrics::Metrics;
-    use ecs_reloader::notify::Notifier;
-
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let s = fake.create_secret("app/s");
     settle().await;
@@ -489,32 +521,8 @@ async fn a_change_waiting_for_a_person_is_not_polled() {
     );
     fake.create_service("prod", "writer", &td, 1, &[("ecs-reloader/wave", "1")]);
     settle().await;
-    let mut config = Config::default();
-    config.events.debounce = Dur(Duration::ZERO);
-    let metrics = Arc::new(Metrics::new());
-    let notifier = Arc::new(Notifier::new(metrics.clone(), None));
-    let assembled = setup::assemble(
-        &config,
-        fake.clients(),
-        clock.clone(),
-        notifier.clone(),
-        Mode::Watch,
-    );
-    let queue = Arc::new(MemoryQueue::new(10));
-    let mut settings = Settings::from_config(&config);
-    settings.resync_interval = Duration::from_secs(24 * 3600);
-    let server = Server::new(
-        assembled,
-        Some(queue.clone() as Arc<dyn Queue>),
-        notifier,
-        settings,
-    );
-    let status = server.status();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(server.run_until(rx));
-    while status.not_ready().is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let serving = Serving::start(&fake, &clock, Duration::ZERO).await;
+    let queue = serving.queue.clone();
     fake.put_secret_value("app/s", &[]);
     settle().await;
     queue.push(
@@ -526,21 +534,14 @@ async fn a_change_waiting_for_a_person_is_not_polled() {
         .to_string(),
     );
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let passes = metrics
-        .render(&Default::default())
-        .lines()
-        .find(|l| l.starts_with(r#"ecs_reloader_reconciles_total{kind="event"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
+    let passes = serving.metric(r#"ecs_reloader_reconciles_total{kind="event"}"#);
     assert_eq!(passes, 1, "decided once in a minute");
     assert!(queue.is_empty(), "its message acknowledged");
     assert_eq!(
         fake.rollouts_of("prod", "writer") + fake.rollouts_of("prod", "replica"),
         0
     );
-    let _ = stop.send(true);
-    let _ = serving.await;
+    serving.stop().await;
     // What a pass says of it: wave 1 pending behind wave 0's approval, nothing to look at again.
     let p = parts(&fake, &clock);
     let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
@@ -556,44 +557,14 @@ async fn a_change_waiting_for_a_person_is_not_polled() {
 /// waits (a rotation in progress holds it back) joins that wait instead of adding another.
 #[tokio::test(start_paused = true)]
 async fn two_waits_for_one_change_are_one() {
-    use ecs_reloader::aws::fake::MemoryQueue;
-    use ecs_reloader::aws::queue::Queue;
-    use ecs_reloader::driver::serve::{Server, Settings};
-    use ecs_reloader::metrics::Metrics;
-    use ecs_reloader::notify::Notifier;
-
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let s = fake.create_secret("app/s");
     settle().await;
     let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
     fake.create_service("prod", "api", &td, 1, &[]);
     settle().await;
-    let mut config = Config::default();
-    config.events.debounce = Dur(Duration::ZERO);
-    let metrics = Arc::new(Metrics::new());
-    let notifier = Arc::new(Notifier::new(metrics.clone(), None));
-    let assembled = setup::assemble(
-        &config,
-        fake.clients(),
-        clock.clone(),
-        notifier.clone(),
-        Mode::Watch,
-    );
-    let queue = Arc::new(MemoryQueue::new(10));
-    let mut settings = Settings::from_config(&config);
-    settings.resync_interval = Duration::from_secs(24 * 3600);
-    let server = Server::new(
-        assembled,
-        Some(queue.clone() as Arc<dyn Queue>),
-        notifier,
-        settings,
-    );
-    let status = server.status();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(server.run_until(rx));
-    while status.not_ready().is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let serving = Serving::start(&fake, &clock, Duration::ZERO).await;
+    let queue = serving.queue.clone();
     // A new value, and a rotation in progress right behind it: the service settles.
     fake.put_secret_value("app/s", &[]);
     fake.start_rotation("app/s");
@@ -606,23 +577,15 @@ async fn two_waits_for_one_change_are_one() {
         })
         .to_string()
     };
-    let waiting = |m: &Metrics| {
-        m.render(&Default::default())
-            .lines()
-            .find(|l| l.starts_with("ecs_reloader_changes_waiting"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(-1)
-    };
+    let waiting = || serving.metric("ecs_reloader_changes_waiting");
     queue.push(&event(&clock));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(waiting(&metrics), 1);
+    assert_eq!(waiting(), 1);
     queue.push(&event(&clock));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(waiting(&metrics), 1, "the second wait joined the first");
+    assert_eq!(waiting(), 1, "the second wait joined the first");
     assert_eq!(fake.rollouts_of("prod", "api"), 0, "still settling");
-    let _ = stop.send(true);
-    let _ = serving.await;
+    serving.stop().await;
 }
 
 /// Evidence only an event carries is kept and applied by every pass: a custom label moved back

@@ -303,11 +303,9 @@ async fn the_lambda_drops_another_accounts_event_with_one_target_and_with_severa
     assert_eq!(foreign(&metrics), 1);
 }
 
-/// A member account whose calls are refused for an hour: its change is retried a bounded
-/// number of times with backoff, then left to the resync; the other target's dependant is
-/// rolled at once, and the message is acknowledged.
-#[tokio::test(start_paused = true)]
-async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
+/// The operator's own account and a member's, each with `prod/api` resolving its `app/db`;
+/// returns the last secret's ARN (the fake's ARNs do not name the member's account).
+async fn two_accounts() -> (FakeAws, FakeAws, Arc<dyn Clock>, String) {
     let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let member = FakeAws::new("eu-west-1", clock.clone());
     let mut secret = String::new();
@@ -318,6 +316,15 @@ async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
         fake.create_service("prod", "api", &td, 1, &[]);
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
+    (own, member, clock, secret)
+}
+
+/// A member account whose calls are refused for an hour: its change is retried a bounded
+/// number of times with backoff, then left to the resync; the other target's dependant is
+/// rolled at once, and the message is acknowledged.
+#[tokio::test(start_paused = true)]
+async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
+    let (own, member, clock, secret) = two_accounts().await;
     let (metrics, notifier) = observed();
     let queue = Arc::new(MemoryQueue::new(10));
     let running = serve(
@@ -354,16 +361,7 @@ async fn serve_gives_a_failing_target_a_bounded_number_of_retries() {
 /// backoff, then the change is acknowledged and left to the scheduled resync.
 #[tokio::test(start_paused = true)]
 async fn the_lambda_gives_a_failing_target_a_bounded_number_of_retries() {
-    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let member = FakeAws::new("eu-west-1", clock.clone());
-    let mut secret = String::new();
-    for fake in [&own, &member] {
-        secret = fake.create_secret("app/db");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
-        fake.create_service("prod", "api", &td, 1, &[]);
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (own, member, clock, secret) = two_accounts().await;
     member.fail_next("ecs:ListServices", 100_000, ErrorKind::AccessDenied);
     member.fail_next("ecs:DescribeServices", 100_000, ErrorKind::AccessDenied);
     own.put_secret_value("app/db", &[]);
