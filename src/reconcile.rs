@@ -952,6 +952,9 @@ impl Reconciler {
             })
             .collect();
         drop(resolved);
+        for item in &mut items {
+            item.context = context_keys.contains(&ServiceKey::of(item.service));
+        }
         // In plan order, so that a gate's canary is the service the plan would roll first.
         items.sort_by_key(Item::order);
         decide::hold_failed(&mut items, now, &self.settings.limits);

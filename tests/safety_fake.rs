@@ -727,3 +727,52 @@ async fn a_narrowed_pass_still_sees_the_hold() {
         .expect("pass");
     assert_eq!(fake.rollouts_of("prod", "b-x"), 0, "{:?}", pass.outcomes);
 }
+
+/// Found by review: a service looked at only for another secret's sake is never made that
+/// secret's canary (the pass would not roll it, and the selected service would wait for it).
+/// In a pass that cannot wait (the Lambda), X (S, T) is the canary of both; Y (T only, named to
+/// sort first) is context.
+#[tokio::test(start_paused = true)]
+async fn a_context_service_is_never_the_canary() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let s = fake.create_secret("app/s");
+    let t = fake.create_secret("app/t");
+    settle().await;
+    let td_x =
+        fake.register_task_definition("x", &[(site("S"), s.as_str()), (site("T"), t.as_str())]);
+    let td_y = fake.register_task_definition("y", &[(site("T"), t.as_str())]);
+    fake.create_service("prod", "b-x", &td_x, 1, &[]);
+    fake.create_service("prod", "a-y", &td_y, 1, &[]);
+    settle().await;
+    fake.put_secret_value("app/t", &[]);
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let mut config = Config::default();
+    config.rollout.canary = true;
+    let p = setup::assemble(
+        &config,
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::FireAndForget,
+    );
+    let pass = p
+        .reconciler
+        .pass(&Request {
+            selection: ecs_reloader::reconcile::Selection::Secrets(vec!["app/s".into()]),
+            ..Request::all()
+        })
+        .await
+        .expect("pass");
+    assert_eq!(
+        fake.rollouts_of("prod", "b-x"),
+        1,
+        "X waited for a canary this pass would never roll: {:?}",
+        decision(&pass, "b-x")
+    );
+    assert_eq!(
+        fake.rollouts_of("prod", "a-y"),
+        0,
+        "context is never rolled"
+    );
+}

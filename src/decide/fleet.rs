@@ -178,6 +178,10 @@ pub struct Item<'a> {
     pub secrets: Vec<SecretChange>,
     /// The decision, refined in place.
     pub decision: Decision,
+    /// Looked at for another secret's sake, not selected by the pass (see
+    /// `Reconciler::assess_with`): it counts for holds and waves, and is never made a canary
+    /// (the pass will not roll it).
+    pub context: bool,
 }
 
 impl<'a> Item<'a> {
@@ -199,6 +203,7 @@ impl<'a> Item<'a> {
             wave,
             secrets,
             decision,
+            context: false,
         }
     }
 
@@ -432,6 +437,9 @@ pub fn gate(
         }
     }
     for item in items.iter_mut() {
+        if item.context {
+            continue;
+        }
         let me = item.key();
         let wave = item.wave;
         let Decision::Stale { findings } = &mut item.decision else {
