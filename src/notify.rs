@@ -161,6 +161,11 @@ fn outcome_event(phase: &Phase) -> Option<(&'static str, &'static str)> {
 
 impl Progress for Notifier {
     fn update(&self, key: &ServiceKey, phase: &Phase) {
+        self.update_why(key, phase, &[]);
+    }
+
+    /// Every outcome event carries where its changes come from (`changes`).
+    fn update_why(&self, key: &ServiceKey, phase: &Phase, why: &[String]) {
         LogProgress.update(key, phase);
         if let Phase::Done(Outcome::Healthy {
             deployment,
@@ -198,7 +203,7 @@ impl Progress for Notifier {
                 json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "deployment": deployment, "changes": why})
             }
             Phase::Done(o) => {
-                json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "outcome": o})
+                json!({"cluster": key.cluster, "service": key.service, "account": key.account, "region": key.region, "outcome": o, "changes": why})
             }
             Phase::Waiting => return,
         };
@@ -214,23 +219,27 @@ mod tests {
     use std::time::Duration;
 
     /// A bus that answers slowly and records what it was given.
-    struct SlowBus(Mutex<Vec<String>>);
+    struct SlowBus(Mutex<Vec<String>>, Mutex<Vec<serde_json::Value>>);
 
     #[async_trait]
     impl Bus for SlowBus {
-        async fn put(&self, detail_type: &str, _: &serde_json::Value) -> AwsResult<()> {
+        async fn put(&self, detail_type: &str, detail: &serde_json::Value) -> AwsResult<()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             self.0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(detail_type.to_string());
+            self.1
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(detail.clone());
             Ok(())
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn flush_waits_for_every_put_under_way() {
-        let bus = Arc::new(SlowBus(Mutex::default()));
+        let bus = Arc::new(SlowBus(Mutex::default(), Mutex::default()));
         let n = Notifier::new(Arc::new(Metrics::new()), Some(bus.clone()));
         let key = ServiceKey {
             cluster: "prod".into(),
@@ -244,16 +253,28 @@ mod tests {
                 why: vec!["app/db: found by resync (no event)".into()],
             },
         );
-        n.update(
+        n.update_why(
             &key,
             &Phase::Done(Outcome::Failed {
                 reason: "boom".into(),
             }),
+            &["app/db: announced by api_call event e-1 by arn:aws:sts::1:assumed-role/r/x".into()],
         );
         assert!(bus.0.lock().expect("lock").is_empty(), "not yet answered");
         n.flush().await;
         let mut seen = bus.0.lock().expect("lock").clone();
         seen.sort();
         assert_eq!(seen, [detail_type::FAILED, detail_type::STARTED]);
+        // Every outcome event says where its changes come from.
+        let details = bus.1.lock().expect("lock").clone();
+        assert!(
+            details
+                .iter()
+                .all(|d| d["changes"].as_array().is_some_and(|c| !c.is_empty())),
+            "{details:?}"
+        );
+        assert!(details.iter().any(|d| d["changes"][0]
+            .as_str()
+            .is_some_and(|c| c.contains("assumed-role/r/x"))));
     }
 }

@@ -839,3 +839,63 @@ async fn a_decision_says_who_made_the_change() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A recording event bus.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(String, Value)>>);
+
+#[async_trait::async_trait]
+impl ecs_reloader::aws::queue::Bus for Recorded {
+    async fn put(&self, detail_type: &str, detail: &Value) -> ecs_reloader::aws::AwsResult<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((detail_type.to_string(), detail.clone()));
+        Ok(())
+    }
+}
+
+/// Every outcome event of a rollout says who made the change it rolled for (#25).
+#[tokio::test(start_paused = true)]
+async fn every_outcome_event_says_who_made_the_change() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let secret = fake.create_secret("app/db");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
+    fake.create_service("prod", "api", &td, 1, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fake.put_secret_value("app/db", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rotator = "arn:aws:sts::111122223333:assumed-role/rotator/lambda";
+    let body = json!({
+        "version": "0", "id": "e-7", "source": "aws.secretsmanager",
+        "detail-type": "AWS API Call via CloudTrail", "account": fake.account(),
+        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "detail": {"eventName": "PutSecretValue", "userIdentity": {"arn": rotator},
+                   "responseElements": {"arn": secret}}
+    });
+    let bus = Arc::new(Recorded::default());
+    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), Some(bus.clone())));
+    let h = Handler::over(
+        single(&fake, &clock, &notifier, Mode::FireAndForget),
+        notifier,
+        Some(Arc::new(SentQueue::default())),
+    );
+    h.handle(batch(&[body.to_string()]), deadline(&clock))
+        .await
+        .expect("answers");
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
+    let seen = bus.0.lock().expect("lock").clone();
+    let rollout_events: Vec<&(String, Value)> = seen
+        .iter()
+        .filter(|(t, _)| t.starts_with("Rollout"))
+        .collect();
+    assert!(rollout_events.len() >= 2, "started and succeeded: {seen:?}");
+    for (kind, detail) in rollout_events {
+        let changes = detail["changes"].to_string();
+        assert!(
+            changes.contains(rotator) && changes.contains("e-7"),
+            "{kind}: {detail}"
+        );
+    }
+}

@@ -251,14 +251,7 @@ impl Engine {
             key,
             &Phase::Rolling {
                 deployment: deployment.id.clone(),
-                why: change
-                    .findings
-                    .iter()
-                    .map(|f| match &f.provenance {
-                        Some(p) => format!("{}: {p}", f.secret),
-                        None => f.secret.clone(),
-                    })
-                    .collect(),
+                why: super::why_of(change),
             },
         );
         if !self.settings.wait {
@@ -440,9 +433,11 @@ impl Engine {
                 if let Outcome::Failed { reason } = &outcome {
                     halt.set(format!("{} failed: {reason}", change.key));
                 }
-                engine
-                    .progress
-                    .update(&change.key, &Phase::Done(outcome.clone()));
+                engine.progress.update_why(
+                    &change.key,
+                    &Phase::Done(outcome.clone()),
+                    &super::why_of(&change),
+                );
                 outcomes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -560,7 +555,9 @@ impl Rollout for EngineRollout {
                     let o = Outcome::Halted {
                         reason: reason.clone(),
                     };
-                    engine.progress.update(&c.key, &Phase::Done(o.clone()));
+                    engine
+                        .progress
+                        .update_why(&c.key, &Phase::Done(o.clone()), &super::why_of(&c));
                     out.push((c.key, o));
                 }
                 continue;

@@ -142,6 +142,25 @@ pub enum Phase {
 pub trait Progress: Send + Sync {
     /// `key` entered `phase`.
     fn update(&self, key: &ServiceKey, phase: &Phase);
+
+    /// [`update`](Self::update), with where the changes it rolls for come from (who made them,
+    /// which events: see [`crate::event::Provenance`]), for whoever reports outcomes.
+    fn update_why(&self, key: &ServiceKey, phase: &Phase, why: &[String]) {
+        let _ = why;
+        self.update(key, phase);
+    }
+}
+
+/// Where the changes behind a change set's entry come from, one line per stale reference.
+pub(crate) fn why_of(change: &crate::plan::Change) -> Vec<String> {
+    change
+        .findings
+        .iter()
+        .map(|f| match &f.provenance {
+            Some(p) => format!("{}: {p}", f.secret),
+            None => f.secret.clone(),
+        })
+        .collect()
 }
 
 /// Progress as log lines (for logs and non-terminals).
