@@ -23,10 +23,11 @@ fi
 export CHECKOV="$PWD/.venv-tools/bin/checkov"
 export AWS_EC2_METADATA_DISABLED=true
 
-# Docker (the image test), qemu and the arm64 C library (the arm64 smoke tests). The package
+# Docker (the image test), qemu and the arm64 C library (the arm64 smoke tests), Chromium (the
+# status page rendered in a real browser). The package
 # starts no daemon here: the image test starts its own dockerd and stops it by its pid.
 missing=()
-for p in docker.io qemu-user-static libc6-arm64-cross; do
+for p in docker.io qemu-user-static libc6-arm64-cross chromium; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -49,6 +49,8 @@ pub struct Notifier {
     metrics: Arc<Metrics>,
     bus: Option<Arc<dyn Bus>>,
     puts: Mutex<JoinSet<()>>,
+    /// `serve`'s status page, when there is one.
+    board: Option<Arc<crate::driver::status_page::Board>>,
 }
 
 impl Notifier {
@@ -58,7 +60,19 @@ impl Notifier {
             metrics,
             bus,
             puts: Mutex::new(JoinSet::new()),
+            board: None,
         }
+    }
+
+    /// Keeps `serve`'s status page up to date too.
+    pub(crate) fn with_board(mut self, board: Arc<crate::driver::status_page::Board>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// The status page's board, when there is one.
+    pub(crate) fn board(&self) -> Option<&Arc<crate::driver::status_page::Board>> {
+        self.board.as_ref()
     }
 
     /// The metrics it counts into.
@@ -93,6 +107,9 @@ impl Notifier {
     /// notify-only services that wait for approval (`Rollout Pending`, with the secrets and the
     /// reason).
     pub fn after_pass(&self, pass: &Pass) {
+        if let Some(board) = &self.board {
+            board.after_pass(pass, chrono::Utc::now());
+        }
         for t in &pass.targets {
             self.metrics
                 .set_target_up(&t.account, &t.region, t.problem.is_none());
@@ -167,6 +184,9 @@ impl Progress for Notifier {
     /// Every outcome event carries where its changes come from (`changes`).
     fn update_why(&self, key: &ServiceKey, phase: &Phase, why: &[String]) {
         LogProgress.update(key, phase);
+        if let Some(board) = &self.board {
+            board.rollout(key, phase, why, chrono::Utc::now());
+        }
         if let Phase::Done(Outcome::Healthy {
             deployment,
             proof: Some(proof),

@@ -237,6 +237,8 @@ pub struct Server {
     leadership: Arc<Leadership>,
     /// Changes a pass that began after them has decided: later copies need no pass.
     recent: intake::Recent,
+    /// The changes waiting, as the status page lists them.
+    in_flight: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -276,6 +278,7 @@ impl Server {
             settings,
             waiting: tokio::sync::Mutex::new(Vec::new()),
             leadership: Leadership::sole(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -306,16 +309,19 @@ impl Server {
             .map_err(|source| ServeError::Listen { addr, source })?;
         let state = HttpState {
             status: self.status.clone(),
+            board: self.notifier.board().cloned(),
+            in_flight: self.in_flight.clone(),
             leadership: self.leadership.clone(),
             metrics: self.metrics().clone(),
             stats: self.stats.clone(),
         };
         let app = Router::new()
+            .route("/", get(status_page))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(state);
-        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        tracing::info!(%addr, "serving / (status page), /healthz, /readyz and /metrics");
         Ok(tokio::spawn(async move {
             let stop = async move {
                 let _ = shutdown.wait_for(|v| *v).await;
@@ -527,6 +533,7 @@ impl Server {
         }
         waiting.clear();
         self.metrics().waiting.set(0);
+        self.show_waiting(&waiting);
         // Their messages reappear: if this replica leads again by then, they are no copies.
         self.recent.clear();
     }
@@ -583,6 +590,7 @@ impl Server {
         let i = waiting.iter().position(|(due, _)| *due <= now)?;
         let (_, batch) = waiting.remove(i);
         self.metrics().waiting.set(waiting.len() as i64);
+        self.show_waiting(&waiting);
         Some(batch)
     }
 
@@ -798,6 +806,40 @@ impl Server {
             None => waiting.push((due, batch)),
         }
         self.metrics().waiting.set(waiting.len() as i64);
+        self.show_waiting(&waiting);
+    }
+
+    /// The waiting changes as the status page lists them: what changed, who changed it, and
+    /// when it is decided again.
+    fn show_waiting(&self, waiting: &[(Instant, Batch)]) {
+        let now = Instant::now();
+        let shown: Vec<String> = waiting
+            .iter()
+            .flat_map(|(due, b)| {
+                let again = due.saturating_duration_since(now).as_secs();
+                b.changes.subjects.keys().map(move |subject| {
+                    let who: Vec<String> = b
+                        .changes
+                        .provenance
+                        .get(subject)
+                        .map(|p| p.iter().map(|p| p.to_string()).collect())
+                        .unwrap_or_default();
+                    let name = match subject {
+                        event::Subject::Secret(id) => id.clone(),
+                        event::Subject::Parameter { name, .. } => name.clone(),
+                    };
+                    if who.is_empty() {
+                        format!("{name}: decided again in {again} s")
+                    } else {
+                        format!(
+                            "{name} (announced by {}): decided again in {again} s",
+                            who.join("; ")
+                        )
+                    }
+                })
+            })
+            .collect();
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = shown;
     }
 
     /// Sends a batch's change events again, delayed, and deletes the originals; `false` (and
@@ -896,7 +938,10 @@ pub async fn run(
     let sdk = setup::sdk(&config, aws).await?;
     let queue = (!config.events.queue_url.is_empty())
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
-    let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone()));
+    let notifier = Arc::new(
+        Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone())
+            .with_board(Arc::new(crate::driver::status_page::Board::default())),
+    );
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
     let (tx, rx) = watch::channel(false);
     let (leadership, keeper) = if config.lease.table.is_empty() {
@@ -955,9 +1000,47 @@ pub(crate) fn replica_name() -> String {
 #[derive(Clone)]
 struct HttpState {
     status: Arc<Status>,
+    board: Option<Arc<crate::driver::status_page::Board>>,
+    in_flight: Arc<Mutex<Vec<String>>>,
     leadership: Arc<Leadership>,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
+}
+
+/// The status page (see [`crate::driver::status_page`]).
+async fn status_page(
+    State(s): State<HttpState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let (_, ready) = readyz(State(s.clone())).await;
+    let leader = match s.leadership.role() {
+        crate::lease::Role::Leader { term: 0 } => {
+            "this replica (no lease: the only one)".to_string()
+        }
+        crate::lease::Role::Leader { term } => {
+            format!("this replica ({}, term {term})", s.leadership.me())
+        }
+        crate::lease::Role::Standby { leader: Some(l) } => format!("{l} (this replica stands by)"),
+        crate::lease::Role::Standby { leader: None } => "nobody known yet".to_string(),
+    };
+    let live = crate::driver::status_page::Live {
+        leader,
+        ready: ready.trim().to_string(),
+        in_flight: s
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        busy: s.metrics.busy.get(),
+        now: chrono::Utc::now(),
+    };
+    let page = match &s.board {
+        Some(board) => board.render(&live),
+        None => crate::driver::status_page::Board::default().render(&live),
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
