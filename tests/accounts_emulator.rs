@@ -227,32 +227,6 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-/// A queue that a rule on the operator's default bus fills with ecs-reloader's outcome events.
-async fn outcome_queue(aws: &Aws) -> String {
-    let (url, arn, _) = aws.queue_with_dlq("outcomes", 30, 5).await;
-    aws.events
-        .put_rule()
-        .name("outcomes")
-        .event_pattern(r#"{"source": ["ecs-reloader"]}"#)
-        .send()
-        .await
-        .expect("rule");
-    aws.events
-        .put_targets()
-        .rule("outcomes")
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("q")
-                .arn(arn)
-                .build()
-                .expect("target"),
-        )
-        .send()
-        .await
-        .expect("targets");
-    url
-}
-
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
 
 /// Receives outcome events into `seen` (detail-type, account, region) until `done` says so.
@@ -571,7 +545,7 @@ async fn a_role_that_cannot_be_assumed_leaves_the_other_targets_rollouts_intact(
     // serve says so too: a metric per target, and outcome events naming account and region
     // (caught from the operator's default bus by a rule into a queue).
     let aws = Aws::connect(&url).await;
-    let outcomes = outcome_queue(&aws).await;
+    let outcomes = aws.outcome_queue().await;
     world.rotate().await;
     let serve = Serve::start(
         &url,
@@ -640,7 +614,7 @@ async fn the_lambda_routes_an_event_from_the_secrets_account_to_every_target() {
     let world = World::build(&url, &[A, B]).await;
     let cfg = config(&[(A, EXTERNAL_ID), (B, EXTERNAL_ID), (C, EXTERNAL_ID)], "");
     let aws = Aws::connect(&url).await;
-    let outcomes = outcome_queue(&aws).await;
+    let outcomes = aws.outcome_queue().await;
     let api = RuntimeApi::start().await;
     let log_path = std::env::temp_dir().join(format!(
         "ecs-reloader-accounts-emf-{}.log",

@@ -1,7 +1,7 @@
 //! `serve`'s status page (`GET /`) against the emulator, rendered by a real browser: headless
 //! Chromium (Debian's `chromium`, which `scripts/test.sh` installs) loads the page of a `serve`
 //! in a known state (one service rolled for a change a known role made, one pending approval)
-//! and the test checks what it shows.
+//! and the test checks what it shows, and what the outcome events say of who changed what.
 
 mod support;
 
@@ -72,10 +72,14 @@ async fn the_status_page_shows_who_changed_what_and_what_needs_a_person() {
     )
     .await;
     let (queue, _, _) = aws.queue_with_dlq("status", 5, 3).await;
+    let outcomes = aws.outcome_queue().await;
     let serve = Serve::start(
         &proxy.url(),
         &["--queue-url", &queue],
-        &[("ECS_RELOADER_RESYNC_INTERVAL", "1h")],
+        &[
+            ("ECS_RELOADER_RESYNC_INTERVAL", "1h"),
+            ("ECS_RELOADER_NOTIFY_EVENT_BUS", "default"),
+        ],
     );
     serve.ready().await;
     serve.idle().await;
@@ -91,6 +95,35 @@ async fn the_status_page_shows_who_changed_what_and_what_needs_a_person() {
     })
     .await;
     serve.idle().await;
+
+    // The outcome events say who made the change too.
+    let mut started = None;
+    for _ in 0..30 {
+        let out = aws
+            .sqs
+            .receive_message()
+            .queue_url(&outcomes)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        started = out
+            .messages()
+            .iter()
+            .filter_map(|m| m.body())
+            .find(|b| b.contains("Rollout Started") && b.contains("prod") && b.contains("\"api\""))
+            .map(String::from)
+            .or(started);
+        if started.is_some() {
+            break;
+        }
+    }
+    let started = started.expect("a Rollout Started event for prod/api");
+    assert!(
+        started.contains(ROTATOR) && started.contains("evt-status-1"),
+        "{started}"
+    );
 
     // What the page says, as served.
     let (code, page) = serve.get("/").await.expect("GET /");

@@ -370,6 +370,33 @@ impl Aws {
     }
 
     /// Messages visible + in flight.
+    /// A queue that receives every outcome event (source `ecs-reloader`) on the default bus.
+    #[allow(dead_code)]
+    pub async fn outcome_queue(&self) -> String {
+        let (url, arn, _) = self.queue_with_dlq("outcomes", 30, 5).await;
+        self.events
+            .put_rule()
+            .name("outcomes")
+            .event_pattern(r#"{"source": ["ecs-reloader"]}"#)
+            .send()
+            .await
+            .expect("rule");
+        self.events
+            .put_targets()
+            .rule("outcomes")
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("q")
+                    .arn(arn)
+                    .build()
+                    .expect("target"),
+            )
+            .send()
+            .await
+            .expect("targets");
+        url
+    }
+
     pub async fn queue_total(&self, url: &str) -> u64 {
         use aws_sdk_sqs::types::QueueAttributeName as A;
         let out = self
