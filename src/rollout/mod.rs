@@ -181,3 +181,56 @@ impl Progress for LogProgress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Each rollout's `rolling` log line says where its changes come from (#25).
+    #[test]
+    fn the_rolling_line_says_who_made_the_change() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            LogProgress.update(
+                &ServiceKey {
+                    cluster: "prod".into(),
+                    service: "api".into(),
+                    ..ServiceKey::default()
+                },
+                &Phase::Rolling {
+                    deployment: "ecs-svc/1".into(),
+                    why: vec!["app/db: announced by api_call event e-1 by arn:aws:sts::1:assumed-role/r/x".into()],
+                },
+            );
+        });
+        let text = String::from_utf8_lossy(&out.0.lock().expect("lock")).to_string();
+        assert!(
+            text.contains("rolling")
+                && text.contains("assumed-role/r/x")
+                && text.contains("prod/api"),
+            "{text}"
+        );
+    }
+}
