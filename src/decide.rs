@@ -692,12 +692,17 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
         let current = s.version_with(AWSCURRENT);
         let current_created = current.and_then(|v| s.created_at(v));
         let current_moved = s.label_moves.get(AWSCURRENT).copied();
-        for (at, how) in [
+        for (at, how, dates) in [
             (
                 current_created,
                 "the version AWSCURRENT moved to was created",
+                SM_DATES,
             ),
-            (current_moved, "AWSCURRENT moved (change event)"),
+            (
+                current_moved,
+                "AWSCURRENT moved (change event)",
+                EVENT_DATES,
+            ),
         ] {
             if let Some(at) = at.filter(|a| after(d, *a)) {
                 evidence.push((
@@ -705,7 +710,7 @@ fn judge_sm(sel: &VersionSelector, s: &SmState, d: DateTime<Utc>) -> Judgement {
                     format!(
                         "{how} at {}, {}, moving AWSPREVIOUS to version {version}",
                         fmt_time(at),
-                        relative(at, d, SM_DATES)
+                        relative(at, d, dates)
                     ),
                 ));
             }

@@ -65,6 +65,10 @@ pub struct Provenance {
     /// Who acted, where the event says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The account the change happened in (routing keeps each account's actors to its own
+    /// targets).
+    #[serde(skip)]
+    pub account: Option<String>,
 }
 
 impl std::fmt::Display for Provenance {
@@ -229,13 +233,19 @@ impl Changes {
         }
     }
 
-    /// Keeps who made a subject's changes (a few, without repeats).
+    /// Keeps who made a subject's changes: the newest few, without repeats (the change now
+    /// live is the last one).
     pub(crate) fn note(&mut self, subject: &Subject, provenance: &[Provenance]) {
         let kept = self.provenance.entry(subject.clone()).or_default();
         for p in provenance {
-            if kept.len() < PROVENANCE_PER_SUBJECT && !kept.contains(p) {
+            if !kept.contains(p) {
                 kept.push(p.clone());
             }
+        }
+        if kept.len() > PROVENANCE_PER_SUBJECT {
+            kept.sort_by_key(|p| p.at);
+            let excess = kept.len() - PROVENANCE_PER_SUBJECT;
+            kept.drain(..excess);
         }
     }
 
@@ -385,6 +395,19 @@ struct Envelope {
     detail: serde_json::Value,
 }
 
+/// An event's text as reports may show it: one line, at most 256 characters (an ARN is at most
+/// about 2 KB; anything longer, or with control characters, did not come from AWS as such).
+fn shown(s: &str) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(256) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
+    }
+}
+
 fn text<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
     let mut cur = v;
     for p in path {
@@ -451,14 +474,20 @@ fn parse_envelope(env: Envelope, origin: Origin) -> Result<Parsed, EventError> {
     let d = &env.detail;
     let actor = text(d, &["userIdentity", "arn"])
         .or_else(|| text(d, &["userIdentity", "invokedBy"]))
-        .map(String::from);
-    let id = env.id.clone().filter(|i| !i.trim().is_empty());
+        .map(shown);
+    let id = env
+        .id
+        .as_deref()
+        .filter(|i| !i.trim().is_empty())
+        .map(shown);
+    let account = origin.account.clone();
     let change = |secret: Subject, kind: ChangeKind| {
         let provenance = Box::new(Provenance {
             event: kind.label().to_string(),
             id: id.clone(),
             at,
             actor: actor.clone(),
+            account: account.clone(),
         });
         change(secret, kind, provenance)
     };
@@ -739,6 +768,46 @@ mod tests {
         let mut changes = Changes::default();
         assert!(changes.add(&parse(&deployment).expect("parses")));
         assert!(!changes.is_empty() && !changes.may_roll());
+    }
+
+    /// Found by review: a flood keeps the newest events' provenance (the change now live is
+    /// the last one), and what an event says of who acted is one bounded line.
+    #[test]
+    fn provenance_keeps_the_newest_and_stays_one_short_line() {
+        let ev = |id: &str, secs: u32, actor: &str| {
+            serde_json::json!({
+                "id": id, "source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail",
+                "time": format!("2026-12-07T12:00:{secs:02}Z"),
+                "detail": {"eventName": "PutSecretValue", "userIdentity": {"arn": actor},
+                           "responseElements": {"arn": ARN}}
+            })
+            .to_string()
+        };
+        let mut c = Changes::default();
+        for (id, secs) in [("r-1", 1), ("r-2", 2), ("r-3", 3)] {
+            c.add(&parse(&ev(id, secs, "arn:aws:sts::1:assumed-role/rotator/fn")).expect("event"));
+        }
+        c.add(&parse(&ev("h-1", 9, "arn:aws:sts::1:assumed-role/Admin/mallory")).expect("event"));
+        let kept: Vec<String> = c
+            .provenance
+            .values()
+            .flatten()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().any(|p| p.contains("mallory")), "{kept:?}");
+        assert!(!kept.iter().any(|p| p.contains("r-1")), "{kept:?}");
+        let huge = format!("arn:aws:iam::1:user/x\n<b>{}", "A".repeat(200_000));
+        let mut c = Changes::default();
+        c.add(&parse(&ev("a", 1, &huge)).expect("event"));
+        let p = c
+            .provenance
+            .values()
+            .flatten()
+            .next()
+            .expect("kept")
+            .to_string();
+        assert!(p.len() < 400 && !p.contains('\n'), "{} bytes", p.len());
     }
 
     fn change(body: &str) -> Change {

@@ -292,6 +292,7 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
         Parsed::Change(mut c) => {
             if c.origin.account.is_none() {
                 c.origin.account = Some(managed.own.clone());
+                c.provenance.account = Some(managed.own.clone());
             }
             Taken::Work(Parsed::Change(c))
         }

@@ -292,7 +292,7 @@ pub struct Pass {
 
 impl Pass {
     /// A pass that found nothing to look at.
-    fn empty(at: DateTime<Utc>) -> Self {
+    pub(crate) fn empty(at: DateTime<Utc>) -> Self {
         Pass {
             assessment: Assessment {
                 at,

@@ -418,6 +418,11 @@ impl Fleet {
                     for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
                         if origins.iter().any(|o| m.owns(o.account.as_deref(), None)) {
                             add(c, subject.clone());
+                            // A name means a parameter of each account: only this member's
+                            // account's actors made its change.
+                            if let Some(kept) = c.provenance.get_mut(subject) {
+                                kept.retain(|p| m.owns(p.account.as_deref(), None));
+                            }
                         }
                     }
                 }

@@ -899,3 +899,64 @@ async fn every_outcome_event_says_who_made_the_change() {
         );
     }
 }
+
+/// Found by review: one parameter name changed in two managed accounts in one batch; each
+/// account's dependant is told its own account's actor, not the other's.
+#[tokio::test(start_paused = true)]
+async fn each_account_is_told_its_own_actor() {
+    use ecs_reloader::decide::Decision;
+    use ecs_reloader::event::{self, Changes};
+    use ecs_reloader::reconcile::Request;
+    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let member = FakeAws::new("eu-west-1", clock.clone());
+    labelled_world(&own).await;
+    labelled_world(&member).await;
+    for fake in [&own, &member] {
+        let v = fake.put_parameter("/app/flag");
+        fake.label_parameter("/app/flag", v, "live");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let event = |account: &str, actor: &str| {
+        let mut v: Value = serde_json::from_str(&label_moved(&clock, Some(account))).expect("json");
+        v["detail"]["userIdentity"] = json!({"arn": actor});
+        v.to_string()
+    };
+    let alice = "arn:aws:sts::111122223333:assumed-role/a/alice";
+    let bob = "arn:aws:sts::444455556666:assumed-role/b/bob";
+    let mut changes = Changes::default();
+    changes.add(&event::parse(&event(own.account(), alice)).expect("event"));
+    changes.add(&event::parse(&event(MEMBER, bob)).expect("event"));
+    let (_, notifier) = observed();
+    let fleet = pair(&own, &member, &clock, &notifier, Mode::Watch);
+    let pass = fleet
+        .pass(&Request {
+            dry_run: true,
+            ..Request::changes(changes)
+        })
+        .await
+        .expect("pass");
+    let said: Vec<(String, String)> = pass
+        .assessment
+        .services
+        .iter()
+        .filter_map(|a| match &a.decision {
+            Decision::Stale { findings } => Some((
+                a.key.account.clone(),
+                findings[0].provenance.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    // The fake plays both accounts with one ARN account; the targets tell them apart by order.
+    let texts: Vec<&String> = said.iter().map(|(_, p)| p).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|p| p.contains("alice") && !p.contains("bob"))
+            && texts
+                .iter()
+                .any(|p| p.contains("bob") && !p.contains("alice")),
+        "{said:?}"
+    );
+}

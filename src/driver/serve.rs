@@ -534,6 +534,9 @@ impl Server {
         waiting.clear();
         self.metrics().waiting.set(0);
         self.show_waiting(&waiting);
+        if let Some(board) = self.notifier.board() {
+            board.forget();
+        }
         // Their messages reappear: if this replica leads again by then, they are no copies.
         self.recent.clear();
     }
@@ -573,6 +576,9 @@ impl Server {
                 let stale = pass.decisions().get(&Kind::Stale).copied().unwrap_or(0);
                 self.metrics().stale_services.set(stale as i64);
                 self.notifier.after_pass(&pass);
+                if let Some(board) = self.notifier.board() {
+                    board.resynced(&pass);
+                }
                 pass.requeue_after
                     .map_or(self.settings.resync_interval, |d| {
                         d.min(self.settings.resync_interval)

@@ -68,7 +68,8 @@ impl Board {
         for a in &pass.assessment.services {
             let needs = match &a.decision {
                 Decision::Held { reason, .. } => Some(("held", format!("{}. What to do: fix the failed service (or change the value again); the next pass looks again.", reason.trim_end_matches('.')))),
-                Decision::Pending { reason, .. } => Some(("pending", format!("{}. What to do: ecs-reloader reconcile --service {} approves it.", reason.trim_end_matches('.'), a.key))),
+                Decision::Pending { reason, .. } if reason.starts_with("notify-only") => Some(("pending", format!("notify-only: waits for a person's approval. What to do: ecs-reloader reconcile --service {} approves it.", a.key))),
+                Decision::Pending { reason, .. } => Some(("pending", format!("{}. What to do: approve what it waits for.", reason.trim_end_matches('.')))),
                 Decision::Scheduled { at, window, .. } => Some(("scheduled", format!("outside its maintenance window ({window}): rolls when it opens, {}.", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))),
                 Decision::Unknown { problems } => Some(("unknown", format!("{}. What to do: grant or fix what it names.", problems.join("; ").trim_end_matches('.')))),
                 _ => None,
@@ -86,6 +87,33 @@ impl Board {
             s.targets = pass.targets.clone();
         }
         s.last_pass = Some(at);
+    }
+
+    /// After a full resync: what it did not see needs no person any more (a service deleted, or
+    /// no longer resolving a changed value), except in targets it could not reach, whose
+    /// services it could not see.
+    pub(crate) fn resynced(&self, pass: &Pass) {
+        let seen: std::collections::BTreeSet<&ServiceKey> =
+            pass.assessment.services.iter().map(|a| &a.key).collect();
+        let unreachable: Vec<(&str, &str)> = pass
+            .targets
+            .iter()
+            .filter(|t| t.problem.is_some())
+            .map(|t| (t.account.as_str(), t.region.as_str()))
+            .collect();
+        self.state().attention.retain(|key, _| {
+            seen.contains(key)
+                || unreachable
+                    .iter()
+                    .any(|(a, r)| (a.is_empty() || *a == key.account) && *r == key.region)
+        });
+    }
+
+    /// A replica that stopped leading no longer knows: it shows nothing stale.
+    pub(crate) fn forget(&self) {
+        let mut s = self.state();
+        s.attention.clear();
+        s.targets.clear();
     }
 
     /// A rollout's phase: finished ones are listed, newest first.
@@ -253,6 +281,67 @@ mod tests {
             busy: 1,
             now: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
         }
+    }
+
+    fn pass_with(services: Vec<(&str, Decision)>) -> Pass {
+        use crate::aws::{Controller, Service};
+        let mut pass = Pass::empty(DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default());
+        pass.assessment.services = services
+            .into_iter()
+            .map(|(name, decision)| crate::reconcile::Assessed {
+                key: ServiceKey {
+                    cluster: "prod".into(),
+                    service: name.into(),
+                    ..ServiceKey::default()
+                },
+                decision,
+                secrets: vec![],
+                service: Service {
+                    arn: format!("arn:aws:ecs:eu-west-1:111122223333:service/prod/{name}"),
+                    name: name.into(),
+                    cluster_arn: "arn:aws:ecs:eu-west-1:111122223333:cluster/prod".into(),
+                    status: "ACTIVE".into(),
+                    task_definition: "td".into(),
+                    desired_count: 1,
+                    controller: Controller::Ecs,
+                    deployments: vec![],
+                    tags: Default::default(),
+                },
+            })
+            .collect();
+        pass
+    }
+
+    /// Found by review: a service a full resync no longer sees (deleted, or no longer
+    /// resolving a changed value) leaves "Needs a person"; an event's pass leaves others alone.
+    #[test]
+    fn a_resync_prunes_what_it_no_longer_sees() {
+        let board = Board::default();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let pending = || Decision::Pending {
+            reason: "notify-only: decided and reported, not rolled".into(),
+            findings: vec![],
+        };
+        board.after_pass(
+            &pass_with(vec![("billing", pending()), ("api", pending())]),
+            now,
+        );
+        let page = board.render(&live());
+        assert!(page.contains("prod/billing") && page.contains("prod/api"));
+        let event_pass = pass_with(vec![("api", pending())]);
+        board.after_pass(&event_pass, now);
+        assert!(
+            board.render(&live()).contains("prod/billing"),
+            "an event's pass keeps the rest"
+        );
+        board.resynced(&event_pass);
+        let page = board.render(&live());
+        assert!(
+            !page.contains("prod/billing") && page.contains("prod/api"),
+            "{page}"
+        );
+        board.forget();
+        assert!(!board.render(&live()).contains("prod/api"));
     }
 
     #[test]
