@@ -691,17 +691,6 @@ async fn serve_and_the_lambda_count_a_batch_the_same_way() {
             "not an event".to_string(),
         ]
     };
-    let world = || async {
-        let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-        let secret = fake.create_secret("app/db");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
-        fake.create_service("prod", "api", &td, 1, &[]);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        fake.put_secret_value("app/db", &[]);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        (fake, clock, secret)
-    };
     let counts = |m: &Metrics| -> Vec<String> {
         let mut v: Vec<String> = m
             .render(&Default::default())
@@ -716,7 +705,7 @@ async fn serve_and_the_lambda_count_a_batch_the_same_way() {
         v
     };
 
-    let (fake, clock, secret) = world().await;
+    let (fake, clock, secret) = rotated_world().await;
     let (serve_metrics, notifier) = observed();
     let queue = Arc::new(MemoryQueue::new(10));
     let running = serve(
@@ -737,7 +726,7 @@ async fn serve_and_the_lambda_count_a_batch_the_same_way() {
     }
     running.stop().await;
 
-    let (fake, clock, secret) = world().await;
+    let (fake, clock, secret) = rotated_world().await;
     let (lambda_metrics, notifier) = observed();
     let h = Handler::over(
         single(&fake, &clock, &notifier, Mode::FireAndForget),
@@ -775,14 +764,8 @@ async fn serve_and_the_lambda_count_a_batch_the_same_way() {
     }
 }
 
-/// Who made a change travels from its event to every decision it causes (#25): the table's
-/// reason and the JSON document name the event and the actor; a change found by a resync says
-/// so.
-#[tokio::test(start_paused = true)]
-async fn a_decision_says_who_made_the_change() {
-    use ecs_reloader::decide::Decision;
-    use ecs_reloader::event::{self, Changes};
-    use ecs_reloader::reconcile::Request;
+/// `prod/api` resolving `app/db`, which has since been written again: `api` is stale.
+async fn rotated_world() -> (FakeAws, Arc<dyn Clock>, String) {
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     let secret = fake.create_secret("app/db");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -791,14 +774,31 @@ async fn a_decision_says_who_made_the_change() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     fake.put_secret_value("app/db", &[]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rotator = "arn:aws:sts::111122223333:assumed-role/rotator/lambda";
-    let body = json!({
-        "version": "0", "id": "e-42", "source": "aws.secretsmanager",
+    (fake, clock, secret)
+}
+
+/// CloudTrail's record of `actor`'s `PutSecretValue` on `secret`, as event `id`.
+fn put_by(fake: &FakeAws, clock: &Arc<dyn Clock>, secret: &str, id: &str, actor: &str) -> Value {
+    json!({
+        "version": "0", "id": id, "source": "aws.secretsmanager",
         "detail-type": "AWS API Call via CloudTrail", "account": fake.account(),
         "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "detail": {"eventName": "PutSecretValue", "userIdentity": {"type": "AssumedRole", "arn": rotator},
+        "detail": {"eventName": "PutSecretValue", "userIdentity": {"type": "AssumedRole", "arn": actor},
                    "responseElements": {"arn": secret}}
-    });
+    })
+}
+
+/// Who made a change travels from its event to every decision it causes (#25): the table's
+/// reason and the JSON document name the event and the actor; a change found by a resync says
+/// so.
+#[tokio::test(start_paused = true)]
+async fn a_decision_says_who_made_the_change() {
+    use ecs_reloader::decide::Decision;
+    use ecs_reloader::event::{self, Changes};
+    use ecs_reloader::reconcile::Request;
+    let (fake, clock, secret) = rotated_world().await;
+    let rotator = "arn:aws:sts::111122223333:assumed-role/rotator/lambda";
+    let body = put_by(&fake, &clock, &secret, "e-42", rotator);
     let (_, notifier) = observed();
     let fleet = single(&fake, &clock, &notifier, Mode::Watch);
     let mut changes = Changes::default();
@@ -858,22 +858,9 @@ impl ecs_reloader::aws::queue::Bus for Recorded {
 /// Every outcome event of a rollout says who made the change it rolled for (#25).
 #[tokio::test(start_paused = true)]
 async fn every_outcome_event_says_who_made_the_change() {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let secret = fake.create_secret("app/db");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let td = fake.register_task_definition("api", &[(site("DB"), secret.as_str())]);
-    fake.create_service("prod", "api", &td, 1, &[]);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    fake.put_secret_value("app/db", &[]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (fake, clock, secret) = rotated_world().await;
     let rotator = "arn:aws:sts::111122223333:assumed-role/rotator/lambda";
-    let body = json!({
-        "version": "0", "id": "e-7", "source": "aws.secretsmanager",
-        "detail-type": "AWS API Call via CloudTrail", "account": fake.account(),
-        "time": clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "detail": {"eventName": "PutSecretValue", "userIdentity": {"arn": rotator},
-                   "responseElements": {"arn": secret}}
-    });
+    let body = put_by(&fake, &clock, &secret, "e-7", rotator);
     let bus = Arc::new(Recorded::default());
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), Some(bus.clone())));
     let h = Handler::over(
