@@ -429,7 +429,15 @@ pub struct RolloutConfig {
     /// Decide and report, but roll only what a person approves (`reconcile --service` /
     /// `--secret`). The service tag `ecs-reloader/notify-only` overrides it.
     pub notify_only: bool,
+    /// Roll `CODE_DEPLOY` services with a CodeDeploy deployment of their current revision;
+    /// `false` reports them as dependants that need attention instead.
+    pub codedeploy: bool,
+    /// What to do when a rollout would start a different image than the one running (a
+    /// mutable tag such as `:latest` moved since the deployment).
+    pub image_drift: ImageDrift,
 }
+
+pub use crate::decide::drift::ImageDrift;
 
 impl Default for RolloutConfig {
     fn default() -> Self {
@@ -443,6 +451,8 @@ impl Default for RolloutConfig {
             poll_interval: Dur(Duration::from_secs(15)),
             windows: String::new(),
             notify_only: false,
+            codedeploy: true,
+            image_drift: ImageDrift::Hold,
         }
     }
 }

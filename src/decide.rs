@@ -82,6 +82,15 @@
 //! read a value about to be replaced and need a second rollout minutes later: the service settles
 //! until the rotation is promoted or the grace runs out.
 //!
+//! **Who rolls it** (clause 7 in [`decide`]). An `ECS`-controlled service is rolled with a forced
+//! deployment, which runs its own strategy (rolling, blue/green, linear or canary); a
+//! `CODE_DEPLOY` one with a CodeDeploy deployment of the same revision. For both, and for
+//! `EXTERNAL` services, *d* is the creation of what new tasks start from: the primary deployment,
+//! or the primary task set (an `EXTERNAL` controller that named none: its newest). An `EXTERNAL`
+//! service (or a `CODE_DEPLOY` one with `[rollout] codedeploy = false`) that is stale can only be
+//! rolled by its own controller: it is `skipped` *with* its findings, a dependant that needs
+//! attention, and counts as a problem of the pass.
+//!
 //! **A deployment already in progress** (say, a CI deploy) is not stacked with another one: the
 //! service settles and is decided again once it is done. If that deployment was created after
 //! the change it is already fresh and the service is in sync. One in progress for longer than
@@ -118,6 +127,9 @@ pub struct Policy {
     /// A deployment in progress longer than this (`[rollout] timeout`) is stuck: a stale
     /// service waiting on it is `held`, for a person, rather than decided again forever.
     pub stuck_after: Duration,
+    /// Roll `CODE_DEPLOY` services through CodeDeploy (`[rollout] codedeploy`); when off they
+    /// are reported as dependants nobody rolls, as `EXTERNAL` ones are.
+    pub codedeploy: bool,
 }
 
 impl Default for Policy {
@@ -126,6 +138,7 @@ impl Default for Policy {
             clock_skew: Duration::from_secs(1),
             rotation_grace: Duration::from_secs(600),
             stuck_after: Duration::from_secs(15 * 60),
+            codedeploy: true,
         }
     }
 }
@@ -447,10 +460,15 @@ pub enum Decision {
         /// The stale references.
         findings: Vec<Finding>,
     },
-    /// Not a candidate at all.
+    /// Not a candidate: nothing holds an old value (scaled to 0, draining), or nobody here may
+    /// roll it (an `EXTERNAL` controller). With `findings`, it resolves a changed value all
+    /// the same: a dependant that needs attention (its own controller must roll it).
     Skipped {
         /// Why.
         reason: String,
+        /// What it resolves that changed after its deployment (empty: nothing).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        findings: Vec<Finding>,
     },
     /// A reference could not be parsed or resolved: rolling would start tasks that may fail to
     /// fetch their secrets, so the service is left alone and reported.
@@ -547,9 +565,16 @@ impl Decision {
             | Decision::Settling { findings, .. }
             | Decision::Held { findings, .. }
             | Decision::Scheduled { findings, .. }
-            | Decision::Pending { findings, .. } => Some(findings),
+            | Decision::Pending { findings, .. }
+            | Decision::Skipped { findings, .. } => Some(findings),
             _ => None,
         }
+    }
+
+    /// Whether it resolves a changed value that nobody here may roll (see
+    /// [`Decision::Skipped`]): a person, or its own controller, must.
+    pub fn needs_attention(&self) -> bool {
+        matches!(self, Decision::Skipped { findings, .. } if !findings.is_empty())
     }
 
     /// Its kind.
@@ -880,19 +905,16 @@ pub fn decide(
     if service.status != "ACTIVE" {
         return Decision::Skipped {
             reason: format!("service is {}", service.status),
-        };
-    }
-    if service.controller != Controller::Ecs {
-        return Decision::Skipped {
-            reason: format!(
-                "deployment controller {:?}: forceNewDeployment does not apply",
-                service.controller
-            ),
+            findings: Vec::new(),
         };
     }
     let Some(primary) = service.primary() else {
         return Decision::Skipped {
-            reason: "no primary deployment".into(),
+            reason: match service.controller {
+                Controller::Ecs => "no primary deployment".into(),
+                _ => "no primary task set: nothing runs".into(),
+            },
+            findings: Vec::new(),
         };
     };
     let d = primary.created_at;
@@ -964,6 +986,15 @@ pub fn decide(
     if service.desired_count == 0 {
         return Decision::Skipped {
             reason: "desired count is 0: no task holds an old value".into(),
+            findings: Vec::new(),
+        };
+    }
+    // 7. A stale service nobody here may roll: its tasks keep the old value until its own
+    //    controller starts new ones, so it is reported as a dependant that needs attention.
+    if let Err(why) = service.rolled_by(policy.codedeploy) {
+        return Decision::Skipped {
+            reason: format!("{why}; its tasks keep the old value until then"),
+            findings,
         };
     }
     if crate::deployment::busy(service) {
@@ -1006,6 +1037,7 @@ pub fn decide(
     Decision::Stale { findings }
 }
 
+pub mod drift;
 mod fleet;
 #[cfg(test)]
 pub(crate) use fleet::TAG_WAVE;

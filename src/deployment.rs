@@ -233,6 +233,7 @@ mod tests {
             task_definition: "td".into(),
             desired_count: 2,
             controller: Controller::Ecs,
+            shape: Default::default(),
             deployments,
             tags: Default::default(),
         }

@@ -77,6 +77,11 @@ impl TaskDefCache {
         map.get(arn).and_then(|c| c.get().cloned())
     }
 
+    /// Each container's image of a revision already described (none when it is not).
+    pub(crate) fn images_of(&self, arn: &str) -> Vec<(String, String)> {
+        self.peek(arn).map(|d| d.images.clone()).unwrap_or_default()
+    }
+
     /// How many `DescribeTaskDefinition` calls this cache has made.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -112,6 +117,9 @@ pub struct Entry {
     pub service: Service,
     /// Every reference: where, the text, and the parse result.
     pub refs: Vec<Written>,
+    /// Why its task definition could not be read: then what it resolves is unknown, and so is
+    /// its decision (one service's revision never fails the scan of the others).
+    pub(crate) unreadable: Option<String>,
 }
 
 impl Entry {
@@ -249,7 +257,10 @@ pub(crate) async fn describe(
     let described: Vec<DescribedBatch> = stream::iter(batches)
         .map(|(c, batch)| async move {
             match describe_batch(clients, cache, permits, c, batch).await {
-                Err(e) if e.kind == ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) if e.kind == ErrorKind::NotFound => Ok(DescribedBatch {
+                    services: Vec::new(),
+                    failed: Vec::new(),
+                }),
                 other => other,
             }
         })
@@ -259,13 +270,17 @@ pub(crate) async fn describe(
     let mut found: HashSet<String> = HashSet::new();
     let described: Vec<DescribedBatch> = described
         .into_iter()
-        .map(|services| {
-            let services: Vec<Service> = services
+        .map(|batch| {
+            let services: Vec<Service> = batch
+                .services
                 .into_iter()
                 .filter(|s| s.status != "INACTIVE")
                 .collect();
             found.extend(services.iter().map(|s| s.arn.clone()));
-            services
+            DescribedBatch {
+                services,
+                failed: batch.failed,
+            }
         })
         .collect();
     let gone = by_cluster
@@ -292,13 +307,31 @@ async fn describe_batch(
         let _p = permits.acquire().await.map_err(closed)?;
         clients.ecs.describe_services(&cluster, &batch).await?
     };
-    let revisions: HashSet<String> = services.iter().map(revision_of).collect();
-    futures::future::try_join_all(revisions.into_iter().map(|arn| async move {
+    // An `EXTERNAL` service without task sets names no revision: nothing of it runs.
+    let revisions: HashSet<String> = services
+        .iter()
+        .map(revision_of)
+        .filter(|r| !r.is_empty())
+        .collect();
+    let failed = futures::future::join_all(revisions.into_iter().map(|arn| async move {
         let _p = permits.acquire().await.map_err(closed)?;
-        cache.get(clients, &arn).await
+        match cache.get(clients, &arn).await {
+            Ok(_) => Ok(None),
+            // Setup problems are the whole pass's, not one revision's.
+            Err(e) if e.kind == ErrorKind::Setup => Err(e),
+            Err(e) => {
+                tracing::warn!(task_definition = %arn, error = %e, "could not read a task definition: its services are unknown");
+                Ok(Some((arn, e.to_string())))
+            }
+        }
     }))
-    .await?;
-    Ok(services)
+    .await
+    .into_iter()
+    .collect::<AwsResult<Vec<_>>>()?
+    .into_iter()
+    .flatten()
+    .collect();
+    Ok(DescribedBatch { services, failed })
 }
 
 /// Services with their revisions' references, in a stable order.
@@ -309,9 +342,12 @@ fn inventory(
     clusters: Vec<String>,
     described: Vec<DescribedBatch>,
 ) -> Inventory {
-    let mut services: Vec<Service> = Vec::with_capacity(described.iter().map(Vec::len).sum());
+    let mut services: Vec<Service> =
+        Vec::with_capacity(described.iter().map(|b| b.services.len()).sum());
+    let mut failed: HashMap<String, String> = HashMap::new();
     for batch in described {
-        services.extend(batch);
+        services.extend(batch.services);
+        failed.extend(batch.failed);
     }
     let mut defs: HashMap<String, Arc<TaskDefinition>> = HashMap::new();
     for s in &services {
@@ -351,25 +387,36 @@ fn inventory(
                 });
             }
         }
-        if refs.is_empty() {
+        let unreadable = failed.get(&revision_of(&service)).map(|e| {
+            format!("its task definition could not be read, so what it resolves is unknown: {e}")
+        });
+        if refs.is_empty() && unreadable.is_none() {
             inv.without_secrets += 1;
             inv.plain.push(service.arn);
         } else {
-            inv.entries.push(Entry { service, refs });
+            inv.entries.push(Entry {
+                service,
+                refs,
+                unreadable,
+            });
         }
     }
     inv
 }
 
-/// One `DescribeServices` batch (its revisions are in the cache by then).
-type DescribedBatch = Vec<Service>;
+/// One `DescribeServices` batch (its revisions are in the cache by then, but for those that
+/// could not be read: revision → why).
+struct DescribedBatch {
+    services: Vec<Service>,
+    failed: Vec<(String, String)>,
+}
 
 fn closed(_: tokio::sync::AcquireError) -> AwsError {
     AwsError::new("scan", "-", ErrorKind::Other, "scan cancelled")
 }
 
 /// The revision new tasks of a service start from: the primary deployment's.
-fn revision_of(s: &Service) -> String {
+pub(crate) fn revision_of(s: &Service) -> String {
     s.primary()
         .map(|d| d.task_definition.clone())
         .unwrap_or_else(|| s.task_definition.clone())

@@ -109,6 +109,11 @@ struct ReconcileArgs {
     /// --service.
     #[arg(long)]
     ignore_windows: bool,
+    /// Roll the services named with --service even if their rollout starts a different image
+    /// than they run (a mutable tag moved since their deployment): the approval
+    /// `[rollout] image_drift = "hold"` asks for.
+    #[arg(long)]
+    allow_image_drift: bool,
     /// Trigger the rollouts and return, without watching health. With [rollout] canary, only a
     /// change's canary rolls until a later run sees it healthy.
     #[arg(long)]
@@ -231,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         profile: cli.profile,
         ..setup::sdk_settings(&config)
     };
-    let (scope, dry_run, mode, ignore_windows) = match cli.command {
+    let (scope, dry_run, mode, ignore_windows, allow_image_drift) = match cli.command {
         Command::Reconcile(a) => {
             let mode = if a.no_wait {
                 Mode::FireAndForget
@@ -243,10 +248,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--ignore-windows rolls outside maintenance windows only what you name: add --secret or --service"
                 );
             }
-            (a.scope, a.dry_run, mode, a.ignore_windows)
+            if a.allow_image_drift && a.scope.services.is_empty() {
+                anyhow::bail!(
+                    "--allow-image-drift approves a different image only for the services you name: add --service"
+                );
+            }
+            (
+                a.scope,
+                a.dry_run,
+                mode,
+                a.ignore_windows,
+                a.allow_image_drift,
+            )
         }
         // The same pass as `reconcile --dry-run`, so that the plan is what a run would do.
-        Command::Plan(s) => (s, true, Mode::Watch, false),
+        Command::Plan(s) => (s, true, Mode::Watch, false, false),
         Command::Serve(a) => {
             let overrides = serve::Overrides {
                 queue_url: a.queue_url,
@@ -287,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         secrets: scope.secrets,
         services: scope.services,
         ignore_windows,
+        allow_image_drift,
         dry_run,
         output: scope.output,
     };

@@ -39,6 +39,11 @@ pub mod detail_type {
     pub(crate) const DEFERRED: &str = "Rollout Deferred";
     /// Stale, but notify-only: waits for a person's approval.
     pub(crate) const PENDING: &str = "Rollout Pending";
+    /// Started, and waiting for someone's action (a lifecycle hook) when its time ran out.
+    pub(crate) const PAUSED: &str = "Rollout Paused";
+    /// Resolves a changed value, but nobody here may roll it (an `EXTERNAL` controller): its own
+    /// controller must.
+    pub(crate) const NEEDS_ATTENTION: &str = "Rollout Needs Attention";
     /// After a healthy rollout: whether every running task started after the change (and if
     /// not, which did not).
     pub(crate) const VERIFIED: &str = "Rollout Verified";
@@ -134,6 +139,12 @@ impl Notifier {
                 Decision::Pending { reason, findings } => {
                     (detail_type::PENDING, "pending", reason, findings)
                 }
+                Decision::Skipped { reason, findings } if !findings.is_empty() => (
+                    detail_type::NEEDS_ATTENTION,
+                    "needs_attention",
+                    reason,
+                    findings,
+                ),
                 _ => continue,
             };
             self.metrics.rollout(kind);
@@ -173,6 +184,7 @@ fn outcome_event(phase: &Phase) -> Option<(&'static str, &'static str)> {
         Phase::Done(Outcome::Halted { .. }) => Some((detail_type::HALTED, "halted")),
         Phase::Done(Outcome::Skipped { .. }) => Some((detail_type::SKIPPED, "skipped")),
         Phase::Done(Outcome::Deferred { .. }) => Some((detail_type::DEFERRED, "deferred")),
+        Phase::Done(Outcome::Paused { .. }) => Some((detail_type::PAUSED, "paused")),
     }
 }
 

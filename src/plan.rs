@@ -61,6 +61,10 @@ pub struct Change {
     /// engine checks it right before rolling, in case someone deployed since the plan.
     #[serde(skip)]
     pub fresh_from: Option<DateTime<Utc>>,
+    /// The service as the plan described it: how it is rolled when it cannot be described again
+    /// right before its turn (throttled still).
+    #[serde(skip)]
+    pub planned: Option<Box<Service>>,
 }
 
 /// The ordered set of services to roll.
@@ -127,6 +131,7 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
                 wave: i.wave,
                 findings: findings.clone(),
                 fresh_from: fresh_from(findings),
+                planned: Some(Box::new(i.service.clone())),
             }),
             _ => None,
         })
@@ -157,6 +162,7 @@ mod tests {
             task_definition: "td".into(),
             desired_count: 1,
             controller: Controller::Ecs,
+            shape: Default::default(),
             deployments: vec![],
             tags,
         }

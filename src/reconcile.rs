@@ -231,6 +231,9 @@ pub struct Request {
     pub services: Vec<String>,
     /// Roll outside maintenance windows (an emergency, named by a person).
     pub ignore_windows: bool,
+    /// With `services`: roll them even if a rollout starts a different image than they run
+    /// (a person's approval of image drift).
+    pub allow_image_drift: bool,
 }
 
 impl Request {
@@ -252,6 +255,7 @@ impl Request {
             budget: None,
             services: Vec::new(),
             ignore_windows: false,
+            allow_image_drift: false,
         }
     }
 
@@ -367,8 +371,29 @@ impl Pass {
         }
         if n(Kind::Held) > 0 {
             out.push(format!(
-                "{} service(s) held: another rollout of the same change went wrong",
+                "{} service(s) held: another rollout of the same change went wrong, or an image tag moved",
                 n(Kind::Held)
+            ));
+        }
+        let attention = self
+            .assessment
+            .services
+            .iter()
+            .filter(|a| a.decision.needs_attention())
+            .count();
+        if attention > 0 {
+            out.push(format!(
+                "{attention} service(s) resolve a changed value that only their own controller can roll (EXTERNAL, or CODE_DEPLOY with [rollout] codedeploy = false)"
+            ));
+        }
+        let paused = self
+            .outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Paused { .. }))
+            .count();
+        if paused > 0 {
+            out.push(format!(
+                "{paused} rollout(s) wait for someone's action (a lifecycle hook): ContinueServiceDeployment, or stop it"
             ));
         }
         if self.cut_short {
@@ -403,6 +428,8 @@ pub struct Settings {
     pub windows: Windows,
     /// `[rollout] notify_only`.
     pub notify_only: bool,
+    /// `[rollout] image_drift`.
+    pub image_drift: crate::decide::drift::ImageDrift,
     /// A watch cache no full scan has replaced for this long is not trusted: a change pass scans
     /// instead (and so refills it). Covers a Lambda execution environment that never gets the
     /// scheduled resync, and a `serve` whose resyncs keep failing.
@@ -421,6 +448,7 @@ impl Default for Settings {
             settle_wait: Duration::from_secs(15),
             settle_recheck: Duration::from_secs(30),
             windows: Windows::any(),
+            image_drift: Default::default(),
             notify_only: false,
             watch_max_age: Duration::from_secs(20 * 60),
         }
@@ -664,6 +692,8 @@ impl Reconciler {
             notify_only: self.settings.notify_only,
             approved: req.approves(),
             ignore_windows: req.ignore_windows,
+            image_drift: self.settings.image_drift,
+            allow_image_drift: req.allow_image_drift && !req.services.is_empty(),
         };
         let filter = ServiceFilter(&req.services);
         let mut assessment = self
@@ -849,6 +879,7 @@ impl Reconciler {
         let policies = Policies {
             windows: self.settings.windows.clone(),
             notify_only: self.settings.notify_only,
+            image_drift: self.settings.image_drift,
             ..Policies::default()
         };
         self.assess_with(scope, targets, &ServiceFilter(&[]), &policies)
@@ -888,7 +919,7 @@ impl Reconciler {
         let decisions: Vec<Decision> = entries
             .iter()
             .zip(&resolved)
-            .map(|(entry, refs)| decide(&entry.service, refs, now, &self.settings.policy))
+            .map(|(entry, refs)| decide_entry(entry, refs, now, &self.settings.policy))
             .collect();
         // Every other changed secret the selected services would roll with: its other
         // dependants are looked at too, so that its hold or canary means the same here as in a
@@ -905,7 +936,7 @@ impl Reconciler {
         let context_decisions: Vec<Decision> = context
             .iter()
             .zip(&context_resolved)
-            .map(|(entry, refs)| decide(&entry.service, refs, now, &self.settings.policy))
+            .map(|(entry, refs)| decide_entry(entry, refs, now, &self.settings.policy))
             .collect();
         // Paired with their states now: only the services are needed from here on, and a
         // resync of ten thousand services holds a few megabytes of written references.
@@ -957,6 +988,7 @@ impl Reconciler {
         }
         // In plan order, so that a gate's canary is the service the plan would roll first.
         items.sort_by_key(Item::order);
+        self.hold_drifted(&mut items, now, policies).await;
         decide::hold_failed(&mut items, now, &self.settings.limits);
         decide::apply_policy(&mut items, now, policies);
         decide::gate(
@@ -995,6 +1027,134 @@ impl Reconciler {
             without_secrets,
             change_set,
         })
+    }
+
+    /// Holds each stale service that may roll now and whose rollout would start a different
+    /// image than it runs ([`decide::drift`]), unless `[rollout] image_drift` says otherwise or a
+    /// person approved it (`--allow-image-drift`). Reads, for those services only: one page of
+    /// `ListTasks` and one `DescribeTasks`, and one `ecr:DescribeImages` per repository. What
+    /// cannot be read is logged (`warn`), never held: a registry we cannot ask says nothing.
+    async fn hold_drifted(
+        &self,
+        items: &mut [Item<'_>],
+        now: chrono::DateTime<chrono::Utc>,
+        policies: &Policies,
+    ) {
+        use crate::decide::drift::{self, EcrTag, Image, ImageDrift};
+        if policies.image_drift == ImageDrift::Allow {
+            return;
+        }
+        let mut tags: BTreeMap<EcrTag, Option<String>> = BTreeMap::new();
+        for item in items.iter_mut() {
+            if item.context
+                || !item.decision.is_stale()
+                || decide::eligibility(item.service, now, policies) != decide::Eligibility::Now
+            {
+                continue;
+            }
+            let key = ServiceKey::of(item.service);
+            let images = self.cache.images_of(&index::revision_of(item.service));
+            let wanted: Vec<EcrTag> = images
+                .iter()
+                .filter_map(|(_, i)| match drift::image(i) {
+                    Image::Ecr(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let running = match self.running_digests(item.service).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(service = %key, error = %e, "could not read which images its tasks run: image drift unchecked");
+                    continue;
+                }
+            };
+            let mut unreadable = false;
+            for t in wanted {
+                if tags.contains_key(&t) {
+                    continue;
+                }
+                match self
+                    .clients
+                    .registry
+                    .describe_images(
+                        &t.region,
+                        &t.registry,
+                        &t.repository,
+                        std::slice::from_ref(&t.tag),
+                    )
+                    .await
+                {
+                    Ok(found) => {
+                        let digest = found.into_iter().find(|i| i.tag == t.tag).map(|i| i.digest);
+                        tags.insert(t, digest);
+                    }
+                    Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
+                        tags.insert(t, None);
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %key, error = %e, "could not ask the registry: image drift unchecked");
+                        unreadable = true;
+                    }
+                }
+            }
+            let drifted = drift::drifted(&images, &running, &tags);
+            if drifted.is_empty() {
+                if unreadable {
+                    tracing::warn!(service = %key, "rolling without knowing whether its image tags moved");
+                }
+                continue;
+            }
+            let what = drifted
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            if policies.image_drift == ImageDrift::Warn || policies.allow_image_drift {
+                tracing::warn!(service = %key, drift = %what, "its rollout starts a different image than it runs (allowed)");
+                continue;
+            }
+            let findings = item
+                .decision
+                .findings_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            item.decision = Decision::Held {
+                reason: format!(
+                    "held: image drift: a rollout would start a different image than it runs ({what}); `reconcile --service {key} --allow-image-drift` approves it"
+                ),
+                findings,
+            };
+        }
+    }
+
+    /// Container → the image digests its running tasks report (one page of tasks).
+    async fn running_digests(
+        &self,
+        service: &Service,
+    ) -> Result<BTreeMap<String, Vec<String>>, crate::aws::AwsError> {
+        let cluster = service.cluster_name();
+        let page = self
+            .clients
+            .ecs
+            .list_tasks(cluster, &service.name, None)
+            .await?;
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if page.items.is_empty() {
+            return Ok(out);
+        }
+        let batch: Vec<String> = page.items.into_iter().take(100).collect();
+        for t in self.clients.ecs.describe_tasks(cluster, &batch).await? {
+            for (c, d) in t.digests {
+                let seen = out.entry(c).or_default();
+                if !seen.contains(&d) {
+                    seen.push(d);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The services a targeted pass looks at beyond its selection (see
@@ -1146,5 +1306,20 @@ impl Reconciler {
             assessment = self.assess_with(scope, targets, services, policies).await?;
         }
         Ok(assessment)
+    }
+}
+
+/// The rule's decision, unless what the service resolves could not be read at all.
+fn decide_entry(
+    entry: &index::Entry,
+    refs: &[crate::decide::ResolvedRef],
+    now: chrono::DateTime<chrono::Utc>,
+    policy: &Policy,
+) -> Decision {
+    match &entry.unreadable {
+        Some(why) => Decision::Unknown {
+            problems: vec![why.clone()],
+        },
+        None => decide(&entry.service, refs, now, policy),
     }
 }

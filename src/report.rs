@@ -68,6 +68,10 @@ pub enum Action {
     WaitingForWindow,
     /// Notify-only: waits for a person's approval.
     NeedsApproval,
+    /// Started, and waiting for someone's action (a lifecycle hook).
+    Paused,
+    /// Resolves a changed value, but only its own controller can roll it.
+    NeedsController,
     /// Nothing to do.
     None,
 }
@@ -87,6 +91,8 @@ impl Action {
             Action::Deferred => "deferred",
             Action::WaitingForWindow => "waiting_for_window",
             Action::NeedsApproval => "needs_approval",
+            Action::Paused => "paused",
+            Action::NeedsController => "needs_controller",
             Action::None => "none",
         }
     }
@@ -99,6 +105,8 @@ impl Action {
             (Some(Outcome::Halted { .. }), _) => Action::Halted,
             (Some(Outcome::Skipped { .. }), _) => Action::Skipped,
             (Some(Outcome::Deferred { .. }), _) => Action::Deferred,
+            (Some(Outcome::Paused { .. }), _) => Action::Paused,
+            (None, d) if d.needs_attention() => Action::NeedsController,
             (None, Decision::Stale { .. }) if dry_run => Action::WouldRoll,
             (None, Decision::Stale { .. }) => Action::NotRolled,
             (None, Decision::Settling { .. }) => Action::Waiting,
@@ -428,7 +436,10 @@ fn why(d: &Decision) -> Why {
             }),
             findings: each(findings),
         },
-        Decision::Skipped { reason } => Why::just(reason.clone()),
+        Decision::Skipped { reason, findings } => Why {
+            head: Some(reason.clone()),
+            findings: each(findings),
+        },
         Decision::Unknown { problems } => Why {
             head: None,
             findings: problems.clone(),
@@ -493,6 +504,7 @@ mod tests {
                 task_definition: "td".into(),
                 desired_count: 1,
                 controller: Controller::Ecs,
+                shape: Default::default(),
                 deployments: vec![],
                 tags: BTreeMap::new(),
             },
@@ -647,6 +659,7 @@ mod tests {
             },
             Decision::Skipped {
                 reason: "CODE_DEPLOY".into(),
+                findings: vec![],
             },
             Decision::Unknown {
                 problems: vec!["deleted".into()],

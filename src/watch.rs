@@ -358,10 +358,12 @@ mod tests {
             task_definition: String::new(),
             desired_count: 1,
             controller: crate::aws::Controller::Ecs,
+            shape: Default::default(),
             deployments: Vec::new(),
             tags: Default::default(),
         };
         Entry {
+            unreadable: None,
             service,
             refs: refs
                 .iter()

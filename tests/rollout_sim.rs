@@ -344,6 +344,7 @@ async fn duplicates_in_a_change_set_roll_once() {
         wave: 0,
         findings: vec![],
         fresh_from: None,
+        planned: None,
     };
     let set = ChangeSet {
         policies: Default::default(),
@@ -390,6 +391,7 @@ async fn no_wait_triggers_without_watching() {
                 wave: 0,
                 findings: vec![],
                 fresh_from: None,
+                planned: None,
             })
             .collect(),
     };

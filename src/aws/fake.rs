@@ -38,6 +38,9 @@ pub enum Behaviour {
     /// Reports no `rolloutState` at all; after the given time running = desired and the old
     /// deployment is gone.
     NoRolloutState(Duration),
+    /// A blue/green, linear or canary rollout whose lifecycle hook waits for someone's
+    /// `ContinueServiceDeployment`: in progress forever, the hook awaiting action.
+    AwaitHook,
 }
 
 /// A token bucket, as ECS documents per API action.
@@ -84,6 +87,24 @@ struct FakeDeployment {
     dep: Deployment,
     started: DateTime<Utc>,
     behaviour: Option<Behaviour>,
+    /// Each container's image digest, as the image tags named them when it started.
+    digests: Vec<(String, String)>,
+}
+
+/// One CodeDeploy deployment the fake was asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeDeployRecord {
+    /// Its id.
+    pub id: String,
+    /// The application and group.
+    pub group: (String, String),
+    /// The AppSpec it was given.
+    pub appspec: String,
+    /// `cluster/service` it deploys.
+    pub service: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    behaviour: Behaviour,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +183,14 @@ struct World {
     seq: u64,
     /// The account `sts:GetCallerIdentity` answers (default: the fake's own).
     identity: Option<String>,
+    /// Task definition ARN → each container's (name, image).
+    images_of: HashMap<String, Vec<(String, String)>>,
+    /// `repository:tag` → the digest it names now.
+    tags: HashMap<String, String>,
+    /// CodeDeploy deployment groups.
+    groups: Vec<super::DeploymentGroup>,
+    /// CodeDeploy deployments made.
+    codedeploys: Vec<CodeDeployRecord>,
 }
 
 /// The fake. Cheap to clone (shared state).
@@ -201,6 +230,8 @@ impl FakeAws {
             secrets: Arc::new(self.clone()),
             parameters: Arc::new(self.clone()),
             identity: Arc::new(self.clone()),
+            codedeploy: Arc::new(self.clone()),
+            registry: Arc::new(self.clone()),
             region: self.region.clone(),
         }
     }
@@ -578,6 +609,62 @@ impl FakeAws {
         arn
     }
 
+    /// Gives a task definition's containers images (`repository:tag` or `…@sha256:…`).
+    pub fn set_images(&self, task_def: &str, images: &[(&str, &str)]) {
+        self.w().images_of.insert(
+            task_def.to_string(),
+            images
+                .iter()
+                .map(|(c, i)| (c.to_string(), i.to_string()))
+                .collect(),
+        );
+        // What runs now is what the tags name now.
+        let mut w = self.w();
+        let digests = digests_of(&w, task_def);
+        for s in w.clusters.values_mut().flat_map(|c| c.values_mut()) {
+            for d in &mut s.deployments {
+                if d.dep.task_definition == task_def {
+                    d.digests = digests.clone();
+                }
+            }
+        }
+    }
+
+    /// Points an image tag (`repository:tag`, the repository as a task definition names it) at
+    /// a digest: pushing a new image with that tag.
+    pub fn push_image(&self, image: &str, digest: &str) {
+        self.w().tags.insert(image.to_string(), digest.to_string());
+    }
+
+    /// Makes a service `CODE_DEPLOY`-controlled, deployed by `application`/`group`, with a load
+    /// balancer on `container`:`port`.
+    pub fn deploy_with_codedeploy(
+        &self,
+        cluster: &str,
+        name: &str,
+        application: &str,
+        group: &str,
+        (container, port): (&str, i32),
+    ) {
+        self.edit_service(cluster, name, |s| {
+            s.controller = Controller::CodeDeploy;
+            s.shape.load_balancers = vec![super::LoadBalancer {
+                container_name: container.into(),
+                container_port: port,
+            }];
+        });
+        self.w().groups.push(super::DeploymentGroup {
+            application: application.into(),
+            name: group.into(),
+            services: vec![(cluster.into(), name.into())],
+        });
+    }
+
+    /// The CodeDeploy deployments made so far.
+    pub fn codedeploys(&self) -> Vec<CodeDeployRecord> {
+        self.w().codedeploys.clone()
+    }
+
     /// Creates a service whose (completed) deployment was created now.
     pub fn create_service(
         &self,
@@ -600,6 +687,7 @@ impl FakeAws {
             task_definition: task_def.to_string(),
             desired_count: desired,
             controller: Controller::Ecs,
+            shape: Default::default(),
             deployments: vec![],
             tags: tags
                 .iter()
@@ -620,6 +708,7 @@ impl FakeAws {
             },
             started: now,
             behaviour: None,
+            digests: digests_of(&w, task_def),
         };
         w.clusters.entry(cluster.to_string()).or_default().insert(
             name.to_string(),
@@ -667,6 +756,7 @@ impl FakeAws {
             .push(Task {
                 arn,
                 started_at: Some(started_at),
+                digests: Vec::new(),
             });
     }
 
@@ -678,6 +768,12 @@ impl FakeAws {
         if let Some(s) = w.clusters.get(cluster).and_then(|c| c.get(service)) {
             for d in view(s, now).deployments {
                 let id = d.id.rsplit('/').next().unwrap_or(&d.id).to_string();
+                let digests = s
+                    .deployments
+                    .iter()
+                    .find(|f| f.dep.id == d.id)
+                    .map(|f| f.digests.clone())
+                    .unwrap_or_default();
                 for i in 0..d.running_count.max(0) {
                     out.push(Task {
                         arn: format!(
@@ -685,6 +781,7 @@ impl FakeAws {
                             self.region
                         ),
                         started_at: Some(d.created_at + chrono::Duration::seconds(1)),
+                        digests: digests.clone(),
                     });
                 }
             }
@@ -843,6 +940,73 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
     out
 }
 
+/// What each container of `task_def` would run if started now: its image's digest, as the tag
+/// names it now (an image named by digest is that digest).
+fn digests_of(w: &World, task_def: &str) -> Vec<(String, String)> {
+    w.images_of
+        .get(task_def)
+        .map(|images| {
+            images
+                .iter()
+                .filter_map(|(c, image)| {
+                    let digest = match image.split_once('@') {
+                        Some((_, d)) => d.to_string(),
+                        None => w.tags.get(image)?.clone(),
+                    };
+                    Some((c.clone(), digest))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A service deployment as ECS's blue/green, linear and canary strategies report it, played
+/// from a forced deployment's behaviour: the traffic shift takes the behaviour's time, then the
+/// bake time passes before it is successful.
+fn service_deployment(
+    d: &FakeDeployment,
+    s: &FakeService,
+    cluster: &str,
+    region: &str,
+    now: DateTime<Utc>,
+) -> super::ServiceDeployment {
+    let id = d.dep.id.rsplit('/').next().unwrap_or(&d.dep.id);
+    let bake = s.service.shape.bake_time.unwrap_or_default();
+    let e = elapsed(d, now);
+    let (status, stage, reason, awaiting) = match d.behaviour {
+        Some(Behaviour::Complete(t)) | Some(Behaviour::NoRolloutState(t)) if e >= t + bake => {
+            ("SUCCESSFUL", None, None, None)
+        }
+        Some(Behaviour::Complete(t)) | Some(Behaviour::NoRolloutState(t)) if e >= t => {
+            ("IN_PROGRESS", Some("BAKE_TIME"), None, None)
+        }
+        Some(Behaviour::Fail(t, _)) | Some(Behaviour::RollBack(t)) if e >= t => (
+            "ROLLBACK_SUCCESSFUL",
+            None,
+            Some("alarm in ALARM state during bake time: rolled back".to_string()),
+            None,
+        ),
+        Some(Behaviour::AwaitHook) => (
+            "IN_PROGRESS",
+            Some("POST_TEST_TRAFFIC_SHIFT"),
+            None,
+            Some("lifecycle hook hook-1 (PAUSE) awaits action (ContinueServiceDeployment) at POST_TEST_TRAFFIC_SHIFT".to_string()),
+        ),
+        _ => ("IN_PROGRESS", Some("PRODUCTION_TRAFFIC_SHIFT"), None, None),
+    };
+    super::ServiceDeployment {
+        arn: format!(
+            "arn:aws:ecs:{region}:{ACCOUNT}:service-deployment/{cluster}/{}/{id}",
+            s.service.name
+        ),
+        created_at: d.dep.created_at,
+        status: status.to_string(),
+        status_reason: reason,
+        stage: stage.map(str::to_string),
+        awaiting,
+    }
+}
+
 fn elapsed(d: &FakeDeployment, now: DateTime<Utc>) -> Duration {
     (now - d.started).to_std().unwrap_or_default()
 }
@@ -925,6 +1089,7 @@ impl Ecs for FakeAws {
             Some(refs) => Ok(TaskDefinition {
                 arn: arn.to_string(),
                 refs: refs.clone(),
+                images: w.images_of.get(arn).cloned().unwrap_or_default(),
             }),
             None => Err(AwsError::new(
                 "ecs:DescribeTaskDefinition",
@@ -975,6 +1140,34 @@ impl Ecs for FakeAws {
         Ok(all.into_iter().filter(|t| tasks.contains(&t.arn)).collect())
     }
 
+    async fn service_deployments(
+        &self,
+        cluster: &str,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> AwsResult<Vec<super::ServiceDeployment>> {
+        self.gate("ecs:ListServiceDeployments", service)?;
+        let now = self.now();
+        let w = self.w();
+        let c = cluster_name(cluster);
+        let Some(s) = w.clusters.get(c).and_then(|svcs| svcs.get(service)) else {
+            return Err(AwsError::new(
+                "ecs:ListServiceDeployments",
+                service,
+                ErrorKind::NotFound,
+                "ServiceNotFoundException",
+            ));
+        };
+        let mut out: Vec<super::ServiceDeployment> = s
+            .deployments
+            .iter()
+            .filter(|d| d.behaviour.is_some() && d.dep.created_at >= since)
+            .map(|d| service_deployment(d, s, c, &self.region, now))
+            .collect();
+        out.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+        Ok(out)
+    }
+
     async fn force_new_deployment(&self, cluster: &str, service: &str) -> AwsResult<Deployment> {
         self.round_trip().await;
         let resource = format!("{}/{service}", cluster_name(cluster));
@@ -994,6 +1187,14 @@ impl Ecs for FakeAws {
                 "ServiceNotFoundException",
             ));
         };
+        if s.service.controller != Controller::Ecs {
+            return Err(AwsError::new(
+                "ecs:UpdateService",
+                resource,
+                ErrorKind::Other,
+                "InvalidParameterException: Cannot force a new deployment on services with a CODE_DEPLOY or EXTERNAL deployment controller. Use AWS CodeDeploy or the controller to trigger a new deployment.",
+            ));
+        }
         // What ECS would show now becomes history, and a new primary starts.
         let current = view(s, now);
         let desired = s.service.desired_count;
@@ -1004,6 +1205,7 @@ impl Ecs for FakeAws {
                 dep,
                 started: now,
                 behaviour: None,
+                digests: Vec::new(),
             })
             .collect();
         for d in &mut s.deployments {
@@ -1025,7 +1227,18 @@ impl Ecs for FakeAws {
             dep: dep.clone(),
             started: now,
             behaviour: Some(behaviour),
+            digests: Vec::new(),
         });
+        let task_def = dep.task_definition.clone();
+        let digests = digests_of(&w, &task_def);
+        if let Some(d) = w
+            .clusters
+            .get_mut(cluster_name(cluster))
+            .and_then(|c| c.get_mut(service))
+            .and_then(|s| s.deployments.last_mut())
+        {
+            d.digests = digests;
+        }
         let in_progress_after = w
             .clusters
             .values()
@@ -1368,5 +1581,185 @@ impl super::queue::Queue for MemoryQueue {
     async fn send(&self, body: &str, delay: Duration) -> AwsResult<()> {
         self.push_at(body, tokio::time::Instant::now() + delay);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl super::CodeDeploy for FakeAws {
+    async fn list_applications(&self, next: Option<String>) -> AwsResult<Page<String>> {
+        self.gate("codedeploy:ListApplications", "-")?;
+        let w = self.w();
+        let mut apps: Vec<String> = w.groups.iter().map(|g| g.application.clone()).collect();
+        apps.sort();
+        apps.dedup();
+        Ok(Self::page(&w, &apps, next))
+    }
+
+    async fn list_deployment_groups(
+        &self,
+        application: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        self.gate("codedeploy:ListDeploymentGroups", application)?;
+        let w = self.w();
+        let groups: Vec<String> = w
+            .groups
+            .iter()
+            .filter(|g| g.application == application)
+            .map(|g| g.name.clone())
+            .collect();
+        Ok(Self::page(&w, &groups, next))
+    }
+
+    async fn get_deployment_group(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> AwsResult<super::DeploymentGroup> {
+        let resource = format!("{application}/{group}");
+        self.gate("codedeploy:GetDeploymentGroup", &resource)?;
+        self.w()
+            .groups
+            .iter()
+            .find(|g| g.application == application && g.name == group)
+            .cloned()
+            .ok_or_else(|| {
+                AwsError::new(
+                    "codedeploy:GetDeploymentGroup",
+                    resource,
+                    ErrorKind::NotFound,
+                    "DeploymentGroupDoesNotExistException",
+                )
+            })
+    }
+
+    /// Deploys like CodeDeploy's ECS blue/green: a new primary task set of the AppSpec's task
+    /// definition, which the service's behaviour plays out.
+    async fn create_deployment(
+        &self,
+        application: &str,
+        group: &str,
+        appspec: &str,
+    ) -> AwsResult<String> {
+        let resource = format!("{application}/{group}");
+        self.gate("codedeploy:CreateDeployment", &resource)?;
+        let now = self.now();
+        let mut w = self.w();
+        let Some((cluster, service)) = w
+            .groups
+            .iter()
+            .find(|g| g.application == application && g.name == group)
+            .and_then(|g| g.services.first().cloned())
+        else {
+            return Err(AwsError::new(
+                "codedeploy:CreateDeployment",
+                resource,
+                ErrorKind::NotFound,
+                "DeploymentGroupDoesNotExistException",
+            ));
+        };
+        let id = Self::next_id(&mut w, "d-");
+        let task_def = serde_json::from_str::<serde_json::Value>(appspec)
+            .ok()
+            .and_then(|v| {
+                v["Resources"][0]["TargetService"]["Properties"]["TaskDefinition"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let digests = digests_of(&w, &task_def);
+        let Some(s) = w
+            .clusters
+            .get_mut(&cluster)
+            .and_then(|c| c.get_mut(&service))
+        else {
+            return Err(AwsError::new(
+                "codedeploy:CreateDeployment",
+                resource,
+                ErrorKind::Other,
+                "the group's service does not exist",
+            ));
+        };
+        let behaviour = s.behaviour;
+        for d in &mut s.deployments {
+            d.dep.status = DeploymentStatus::Active;
+        }
+        s.deployments.push(FakeDeployment {
+            dep: Deployment {
+                id: format!("ecs-svc/{id}"),
+                status: DeploymentStatus::Primary,
+                task_definition: task_def,
+                created_at: now,
+                rollout_state: Some(RolloutState::InProgress),
+                rollout_state_reason: None,
+                desired_count: s.service.desired_count,
+                running_count: 0,
+                failed_tasks: 0,
+            },
+            started: now,
+            behaviour: Some(behaviour),
+            digests,
+        });
+        w.codedeploys.push(CodeDeployRecord {
+            id: id.clone(),
+            group: (application.to_string(), group.to_string()),
+            appspec: appspec.to_string(),
+            service: format!("{cluster}/{service}"),
+            at: now,
+            behaviour,
+        });
+        Ok(id)
+    }
+
+    async fn get_deployment(&self, id: &str) -> AwsResult<super::CodeDeployStatus> {
+        self.gate("codedeploy:GetDeployment", id)?;
+        let now = self.now();
+        let w = self.w();
+        let Some(r) = w.codedeploys.iter().find(|r| r.id == id) else {
+            return Err(AwsError::new(
+                "codedeploy:GetDeployment",
+                id,
+                ErrorKind::NotFound,
+                "DeploymentDoesNotExistException",
+            ));
+        };
+        let e = (now - r.at).to_std().unwrap_or_default();
+        Ok(match r.behaviour {
+            Behaviour::Complete(t) | Behaviour::NoRolloutState(t) if e >= t => {
+                super::CodeDeployStatus::Succeeded
+            }
+            Behaviour::Fail(t, _) | Behaviour::RollBack(t) if e >= t => {
+                super::CodeDeployStatus::Failed(
+                    "failed: The deployment failed because a specified health check failed".into(),
+                )
+            }
+            _ => super::CodeDeployStatus::InProgress("InProgress".into()),
+        })
+    }
+}
+
+#[async_trait]
+impl super::Registry for FakeAws {
+    async fn describe_images(
+        &self,
+        _region: &str,
+        _registry: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> AwsResult<Vec<super::TaggedImage>> {
+        self.gate("ecr:DescribeImages", repository)?;
+        let w = self.w();
+        Ok(tags
+            .iter()
+            .filter_map(|t| {
+                let key = w.tags.keys().find(|k| {
+                    k.ends_with(&format!("/{repository}:{t}")) || **k == format!("{repository}:{t}")
+                })?;
+                Some(super::TaggedImage {
+                    tag: t.clone(),
+                    digest: w.tags.get(key)?.clone(),
+                })
+            })
+            .collect())
     }
 }

@@ -71,11 +71,21 @@ pub enum Kind {
     DescribeParameters,
     /// `ssm:GetParameterHistory`
     GetParameterHistory,
+    /// `ecs:ListServiceDeployments`, each followed by one `ecs:DescribeServiceDeployments`
+    /// (watching a blue/green, linear or canary rollout).
+    ListServiceDeployments,
+    /// CodeDeploy's reads (`ListApplications`, `ListDeploymentGroups`, `GetDeploymentGroup`,
+    /// `GetDeployment`).
+    CodeDeployReads,
+    /// `codedeploy:CreateDeployment`: a production change, paced like `UpdateService`.
+    CreateDeployment,
+    /// `ecr:DescribeImages`
+    DescribeImages,
 }
 
 impl Kind {
     /// Every kind, in index order.
-    pub(crate) const ALL: [Kind; 11] = [
+    pub(crate) const ALL: [Kind; 15] = [
         Kind::ListClusters,
         Kind::ListServices,
         Kind::DescribeServices,
@@ -87,6 +97,10 @@ impl Kind {
         Kind::ListSecretVersionIds,
         Kind::DescribeParameters,
         Kind::GetParameterHistory,
+        Kind::ListServiceDeployments,
+        Kind::CodeDeployReads,
+        Kind::CreateDeployment,
+        Kind::DescribeImages,
     ];
 
     /// The operation's name, as in stats and metrics (`ecs:DescribeServices`).
@@ -103,6 +117,10 @@ impl Kind {
             Kind::ListSecretVersionIds => "secretsmanager:ListSecretVersionIds",
             Kind::DescribeParameters => "ssm:DescribeParameters",
             Kind::GetParameterHistory => "ssm:GetParameterHistory",
+            Kind::ListServiceDeployments => "ecs:ListServiceDeployments",
+            Kind::CodeDeployReads => "codedeploy:reads",
+            Kind::CreateDeployment => "codedeploy:CreateDeployment",
+            Kind::DescribeImages => "ecr:DescribeImages",
         }
     }
 
@@ -180,6 +198,10 @@ impl Default for Limits {
             (Kind::ListSecretVersionIds, Pace::new(20.0, 20)),
             (Kind::DescribeParameters, Pace::new(10.0, 10)),
             (Kind::GetParameterHistory, Pace::new(10.0, 10)),
+            (Kind::ListServiceDeployments, Pace::new(5.0, 10)),
+            (Kind::CodeDeployReads, Pace::new(10.0, 10)),
+            (Kind::CreateDeployment, Pace::new(1.0, 1)),
+            (Kind::DescribeImages, Pace::new(10.0, 10)),
         ] {
             paces[kind.index()] = pace;
         }
@@ -445,6 +467,8 @@ struct Shared {
     ecs: Arc<dyn Ecs>,
     secrets: Arc<dyn Secrets>,
     parameters: Arc<dyn Parameters>,
+    codedeploy: Arc<dyn crate::aws::CodeDeploy>,
+    registry: Arc<dyn crate::aws::Registry>,
     paced: Vec<Paced>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -559,6 +583,8 @@ fn guard_full(
         ecs: clients.ecs,
         secrets: clients.secrets,
         parameters: clients.parameters,
+        codedeploy: clients.codedeploy,
+        registry: clients.registry,
         paced: Kind::ALL
             .iter()
             .map(|k| Paced::new(k.operation(), limits.pace(*k), &limits))
@@ -572,6 +598,8 @@ fn guard_full(
         ecs: Arc::new(GuardedEcs(shared.clone())),
         secrets: Arc::new(GuardedSecrets(shared.clone())),
         parameters: Arc::new(GuardedParameters(shared.clone())),
+        codedeploy: Arc::new(GuardedCodeDeploy(shared.clone())),
+        registry: Arc::new(GuardedRegistry(shared.clone())),
         identity: clients.identity,
         region: clients.region,
     };
@@ -579,6 +607,97 @@ fn guard_full(
 }
 
 struct GuardedEcs(Arc<Shared>);
+
+struct GuardedCodeDeploy(Arc<Shared>);
+
+#[async_trait]
+impl crate::aws::CodeDeploy for GuardedCodeDeploy {
+    async fn list_applications(&self, next: Option<String>) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded(Kind::CodeDeployReads, "-", || {
+            s.codedeploy.list_applications(next.clone())
+        })
+        .await
+    }
+
+    async fn list_deployment_groups(
+        &self,
+        application: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded(Kind::CodeDeployReads, application, || {
+            s.codedeploy
+                .list_deployment_groups(application, next.clone())
+        })
+        .await
+    }
+
+    async fn get_deployment_group(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> AwsResult<crate::aws::DeploymentGroup> {
+        let s = &self.0;
+        s.guarded(Kind::CodeDeployReads, group, || {
+            s.codedeploy.get_deployment_group(application, group)
+        })
+        .await
+    }
+
+    /// Paced and sent once: CodeDeploy has no idempotency token for it, and no `took_effect`
+    /// reading tells a lost answer from a refused call, so a failure is reported, never retried.
+    async fn create_deployment(
+        &self,
+        application: &str,
+        group: &str,
+        appspec: &str,
+    ) -> AwsResult<String> {
+        let s = &self.0;
+        let call = async {
+            if !s.leadership.is_leader() {
+                return Err(AwsError::new(
+                    "codedeploy:CreateDeployment",
+                    format!("{application}/{group}"),
+                    ErrorKind::Other,
+                    LOST_LEASE,
+                ));
+            }
+            s.codedeploy
+                .create_deployment(application, group, appspec)
+                .await
+        };
+        s.attempt(Kind::CreateDeployment, call).await
+    }
+
+    async fn get_deployment(&self, id: &str) -> AwsResult<crate::aws::CodeDeployStatus> {
+        let s = &self.0;
+        s.guarded(Kind::CodeDeployReads, id, || {
+            s.codedeploy.get_deployment(id)
+        })
+        .await
+    }
+}
+
+struct GuardedRegistry(Arc<Shared>);
+
+#[async_trait]
+impl crate::aws::Registry for GuardedRegistry {
+    async fn describe_images(
+        &self,
+        region: &str,
+        registry: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> AwsResult<Vec<crate::aws::TaggedImage>> {
+        let s = &self.0;
+        s.guarded(Kind::DescribeImages, repository, || {
+            s.registry
+                .describe_images(region, registry, repository, tags)
+        })
+        .await
+    }
+}
 
 #[async_trait]
 impl Ecs for GuardedEcs {
@@ -635,6 +754,19 @@ impl Ecs for GuardedEcs {
         let s = &self.0;
         s.guarded(Kind::DescribeTasks, cluster, || {
             s.ecs.describe_tasks(cluster, tasks)
+        })
+        .await
+    }
+
+    async fn service_deployments(
+        &self,
+        cluster: &str,
+        service: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> AwsResult<Vec<crate::aws::ServiceDeployment>> {
+        let s = &self.0;
+        s.guarded(Kind::ListServiceDeployments, service, || {
+            s.ecs.service_deployments(cluster, service, since)
         })
         .await
     }

@@ -177,6 +177,80 @@ impl Deployment {
     }
 }
 
+/// How ECS itself rolls a service with the `ECS` controller (`deploymentConfiguration.strategy`).
+/// All but `Rolling` run the new revision beside the old one before traffic moves, so a forced
+/// deployment runs the whole strategy: bake time, alarms, lifecycle hooks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EcsStrategy {
+    /// Replace tasks in place (the default, and what an absent strategy means).
+    #[default]
+    Rolling,
+    /// Start the whole new revision, shift traffic at once, bake.
+    BlueGreen,
+    /// Shift traffic in equal steps.
+    Linear,
+    /// Shift a small share first, then the rest.
+    Canary,
+}
+
+impl EcsStrategy {
+    /// From ECS's string; an unknown one is read as a strategy that runs both revisions (the
+    /// costlier assumption for capacity, and watched through its service deployment).
+    pub(crate) fn from_ecs(s: &str) -> Self {
+        match s {
+            "ROLLING" | "" => EcsStrategy::Rolling,
+            "LINEAR" => EcsStrategy::Linear,
+            "CANARY" => EcsStrategy::Canary,
+            _ => EcsStrategy::BlueGreen,
+        }
+    }
+}
+
+/// A load balancer a service registers a container port with: what a CodeDeploy AppSpec must
+/// name to redeploy the same revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadBalancer {
+    /// The container that receives the traffic.
+    pub container_name: String,
+    /// Its port.
+    pub container_port: i32,
+}
+
+/// How a service deploys, beyond its controller: what its rollout strategy needs to start and
+/// watch a rollout, and what a rollout costs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Shape {
+    /// ECS's own strategy (meaningful for the `ECS` controller only).
+    pub strategy: EcsStrategy,
+    /// `deploymentConfiguration.bakeTimeInMinutes`: how long ECS keeps both revisions after the
+    /// traffic moved, before it calls the deployment successful.
+    pub bake_time: Option<std::time::Duration>,
+    /// Its load balancers' containers and ports.
+    pub load_balancers: Vec<LoadBalancer>,
+}
+
+/// One of ECS's service deployments (`ListServiceDeployments` / `DescribeServiceDeployments`):
+/// how a blue/green, linear or canary rollout is read, since the `deployments` array does not
+/// show its bake time, hooks or rollback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceDeployment {
+    /// Its ARN (its last part is the deployment's id without `ecs-svc/`).
+    pub arn: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// `status`, as ECS spells it (`PENDING`, `IN_PROGRESS`, `SUCCESSFUL`, `STOPPED`,
+    /// `ROLLBACK_*`, …).
+    pub status: String,
+    /// Why it is in its status.
+    pub status_reason: Option<String>,
+    /// `lifecycleStage` (`BAKE_TIME`, `PRODUCTION_TRAFFIC_SHIFT`, …).
+    pub stage: Option<String>,
+    /// A lifecycle hook awaiting someone's action (`ContinueServiceDeployment`): which, at which
+    /// stage.
+    pub awaiting: Option<String>,
+}
+
 /// An ECS service with what ecs-reloader needs of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
@@ -194,13 +268,56 @@ pub struct Service {
     pub desired_count: i32,
     /// The deployment controller.
     pub controller: Controller,
-    /// All current deployments.
+    /// ECS's strategy, bake time and load balancers.
+    pub shape: Shape,
+    /// All current deployments. For `CODE_DEPLOY` and `EXTERNAL` services, their task sets read
+    /// as deployments (the `PRIMARY` one as the primary), since those services have no
+    /// deployments of their own and their task sets carry the task definitions.
     pub deployments: Vec<Deployment>,
     /// Tags on the service.
     pub tags: BTreeMap<String, String>,
 }
 
+/// How a service is rolled, from its controller and strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolledBy {
+    /// `UpdateService(forceNewDeployment)`, watched through the `deployments` array.
+    ForcedRolling,
+    /// `UpdateService(forceNewDeployment)` running ECS's blue/green, linear or canary strategy,
+    /// watched through its service deployment.
+    ForcedNative(EcsStrategy),
+    /// A CodeDeploy deployment of the same revision.
+    CodeDeploy,
+}
+
 impl Service {
+    /// How it is rolled, or why nobody here may roll it. The one place that knows which
+    /// controller allows what: the decision and the rollout both ask it.
+    pub fn rolled_by(&self, codedeploy: bool) -> Result<RolledBy, String> {
+        match self.controller {
+            Controller::Ecs if self.shape.strategy == EcsStrategy::Rolling => {
+                Ok(RolledBy::ForcedRolling)
+            }
+            Controller::Ecs => Ok(RolledBy::ForcedNative(self.shape.strategy)),
+            Controller::CodeDeploy if codedeploy => Ok(RolledBy::CodeDeploy),
+            Controller::CodeDeploy => Err(
+                "deployment controller CODE_DEPLOY and [rollout] codedeploy = false: roll it through CodeDeploy".into(),
+            ),
+            Controller::External => Err(
+                "deployment controller EXTERNAL: only its controller can start new tasks; roll it through that controller".into(),
+            ),
+        }
+    }
+
+    /// How many of `[rollout] max_concurrent`'s slots a rollout of it takes: two while both
+    /// revisions run side by side (blue/green, linear and canary, ECS's or CodeDeploy's).
+    pub fn rollout_cost(&self) -> u32 {
+        match self.rolled_by(true) {
+            Ok(RolledBy::ForcedRolling) | Err(_) => 1,
+            Ok(RolledBy::ForcedNative(_)) | Ok(RolledBy::CodeDeploy) => 2,
+        }
+    }
+
     /// The primary deployment.
     pub fn primary(&self) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.is_primary())
@@ -232,6 +349,8 @@ pub struct TaskDefinition {
     pub arn: String,
     /// Every secret reference it holds.
     pub refs: Vec<RawRef>,
+    /// Each container's name and image as written (`repo:tag`, `repo@sha256:…`).
+    pub images: Vec<(String, String)>,
 }
 
 /// Metadata of a Secrets Manager secret (never its value).
@@ -296,6 +415,8 @@ pub struct Task {
     pub arn: String,
     /// When it started (its containers resolved their secrets then); `None` while pending.
     pub started_at: Option<DateTime<Utc>>,
+    /// Each container's name and the image digest it runs (what a moved tag is compared with).
+    pub digests: Vec<(String, String)>,
 }
 
 /// The ECS calls ecs-reloader makes.
@@ -325,6 +446,89 @@ pub trait Ecs: Send + Sync {
     ) -> AwsResult<Page<String>>;
     /// `DescribeTasks` for at most 100 tasks; missing ones are left out.
     async fn describe_tasks(&self, cluster: &str, tasks: &[String]) -> AwsResult<Vec<Task>>;
+    /// `ListServiceDeployments` of a service created at or after `since`, then
+    /// `DescribeServiceDeployments` of those (at most 20, newest first).
+    async fn service_deployments(
+        &self,
+        cluster: &str,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> AwsResult<Vec<ServiceDeployment>>;
+}
+
+/// A CodeDeploy deployment group that deploys ECS services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentGroup {
+    /// The application.
+    pub application: String,
+    /// The group.
+    pub name: String,
+    /// The services it deploys, as (cluster name, service name).
+    pub services: Vec<(String, String)>,
+}
+
+/// Where a CodeDeploy deployment stands (`GetDeployment`'s `status`, read once here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum CodeDeployStatus {
+    /// `Created`, `Queued`, `InProgress`, `Baking`, `Ready`: under way.
+    InProgress(String),
+    /// `Succeeded`.
+    Succeeded,
+    /// `Failed` or `Stopped`, with CodeDeploy's error message.
+    Failed(String),
+}
+
+/// The CodeDeploy calls ecs-reloader makes for services whose controller is `CODE_DEPLOY`.
+#[async_trait]
+pub trait CodeDeploy: Send + Sync {
+    /// One page of `ListApplications`.
+    async fn list_applications(&self, next: Option<String>) -> AwsResult<Page<String>>;
+    /// One page of `ListDeploymentGroups`.
+    async fn list_deployment_groups(
+        &self,
+        application: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>>;
+    /// `GetDeploymentGroup`.
+    async fn get_deployment_group(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> AwsResult<DeploymentGroup>;
+    /// `CreateDeployment` with an AppSpec given as content; returns the deployment id. Never
+    /// retried (a retry after a lost answer would deploy twice).
+    async fn create_deployment(
+        &self,
+        application: &str,
+        group: &str,
+        appspec: &str,
+    ) -> AwsResult<String>;
+    /// `GetDeployment`.
+    async fn get_deployment(&self, id: &str) -> AwsResult<CodeDeployStatus>;
+}
+
+/// One image tag as the registry names it now (`ecr:DescribeImages`: metadata, never layers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedImage {
+    /// The tag.
+    pub tag: String,
+    /// The digest the tag names now.
+    pub digest: String,
+}
+
+/// The ECR calls ecs-reloader makes to notice a moved image tag before a rollout would start
+/// a different image.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// `DescribeImages` of `tags` in a repository (`region`, registry id = account); unknown
+    /// tags are left out.
+    async fn describe_images(
+        &self,
+        region: &str,
+        registry: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> AwsResult<Vec<TaggedImage>>;
 }
 
 /// The Secrets Manager calls ecs-reloader makes. `region` is where the secret lives.
@@ -405,6 +609,10 @@ pub struct Clients {
     pub parameters: std::sync::Arc<dyn Parameters>,
     /// Who the credentials are (not paced: asked once).
     pub identity: std::sync::Arc<dyn Identity>,
+    /// CodeDeploy, for `CODE_DEPLOY` services.
+    pub codedeploy: std::sync::Arc<dyn CodeDeploy>,
+    /// ECR, to compare image tags with what runs.
+    pub registry: std::sync::Arc<dyn Registry>,
     /// The region the clients default to (for references without one).
     pub region: String,
 }

@@ -229,6 +229,7 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
         role: role.map(str::to_string),
         regional_sm: Mutex::default(),
         regional_ssm: Mutex::default(),
+        regional_ecr: Mutex::default(),
     });
     let ecs = aws_sdk_ecs::config::Builder::from(config)
         .retry_classifier(NoRetryWhenUnreachable)
@@ -242,6 +243,18 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
             },
         }),
         secrets: Arc::new(SdkSecrets(shared.clone())),
+        codedeploy: Arc::new(SdkCodeDeploy {
+            client: aws_sdk_codedeploy::Client::from_conf(
+                aws_sdk_codedeploy::config::Builder::from(config)
+                    .retry_classifier(NoRetryWhenUnreachable)
+                    .build(),
+            ),
+            place: Place {
+                role: role.map(str::to_string),
+                ..Place::of(config, &region)
+            },
+        }),
+        registry: Arc::new(SdkRegistry(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
         identity: Arc::new(SdkIdentity(aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(config)
@@ -283,6 +296,215 @@ struct Shared {
     role: Option<String>,
     regional_sm: Mutex<HashMap<String, aws_sdk_secretsmanager::Client>>,
     regional_ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
+    regional_ecr: Mutex<HashMap<String, aws_sdk_ecr::Client>>,
+}
+
+/// CodeDeploy in the clients' region (a service is deployed by a group of its own region).
+struct SdkCodeDeploy {
+    client: aws_sdk_codedeploy::Client,
+    place: Place,
+}
+
+#[async_trait]
+impl crate::aws::CodeDeploy for SdkCodeDeploy {
+    async fn list_applications(&self, next: Option<String>) -> AwsResult<Page<String>> {
+        let out = self
+            .client
+            .list_applications()
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| map_err_at("codedeploy:ListApplications", "-", &self.place, e))?;
+        Ok(Page {
+            items: out.applications().to_vec(),
+            next: out.next_token().map(str::to_string),
+        })
+    }
+
+    async fn list_deployment_groups(
+        &self,
+        application: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        let out = self
+            .client
+            .list_deployment_groups()
+            .application_name(application)
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| {
+                map_err_at(
+                    "codedeploy:ListDeploymentGroups",
+                    application,
+                    &self.place,
+                    e,
+                )
+            })?;
+        Ok(Page {
+            items: out.deployment_groups().to_vec(),
+            next: out.next_token().map(str::to_string),
+        })
+    }
+
+    async fn get_deployment_group(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> AwsResult<crate::aws::DeploymentGroup> {
+        let resource = format!("{application}/{group}");
+        let out = self
+            .client
+            .get_deployment_group()
+            .application_name(application)
+            .deployment_group_name(group)
+            .send()
+            .await
+            .map_err(|e| map_err_at("codedeploy:GetDeploymentGroup", &resource, &self.place, e))?;
+        let services = out
+            .deployment_group_info()
+            .map(|g| {
+                g.ecs_services()
+                    .iter()
+                    .filter_map(|s| {
+                        Some((s.cluster_name()?.to_string(), s.service_name()?.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(crate::aws::DeploymentGroup {
+            application: application.to_string(),
+            name: group.to_string(),
+            services,
+        })
+    }
+
+    async fn create_deployment(
+        &self,
+        application: &str,
+        group: &str,
+        appspec: &str,
+    ) -> AwsResult<String> {
+        use aws_sdk_codedeploy::types::{AppSpecContent, RevisionLocation, RevisionLocationType};
+        let resource = format!("{application}/{group}");
+        let revision = RevisionLocation::builder()
+            .revision_type(RevisionLocationType::AppSpecContent)
+            .app_spec_content(AppSpecContent::builder().content(appspec).build())
+            .build();
+        let out = self
+            .client
+            .create_deployment()
+            .application_name(application)
+            .deployment_group_name(group)
+            .revision(revision)
+            .description(
+                "ecs-reloader: the same revision again, so that new tasks resolve changed secrets",
+            )
+            // Not idempotent: a retry after a lost answer would deploy twice.
+            .customize()
+            .config_override(
+                aws_sdk_codedeploy::config::Builder::default()
+                    .retry_config(RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map_err(|e| map_err_at("codedeploy:CreateDeployment", &resource, &self.place, e))?;
+        out.deployment_id().map(str::to_string).ok_or_else(|| {
+            AwsError::new(
+                "codedeploy:CreateDeployment",
+                resource,
+                ErrorKind::Other,
+                "no deployment id in the answer",
+            )
+        })
+    }
+
+    async fn get_deployment(&self, id: &str) -> AwsResult<crate::aws::CodeDeployStatus> {
+        use aws_sdk_codedeploy::types::DeploymentStatus as S;
+        let out = self
+            .client
+            .get_deployment()
+            .deployment_id(id)
+            .send()
+            .await
+            .map_err(|e| map_err_at("codedeploy:GetDeployment", id, &self.place, e))?;
+        let info = out.deployment_info();
+        let error = info
+            .and_then(|i| i.error_information())
+            .and_then(|e| e.message())
+            .unwrap_or("no error information")
+            .to_string();
+        Ok(match info.and_then(|i| i.status()) {
+            Some(S::Succeeded) => crate::aws::CodeDeployStatus::Succeeded,
+            Some(S::Failed) => crate::aws::CodeDeployStatus::Failed(format!("failed: {error}")),
+            Some(S::Stopped) => crate::aws::CodeDeployStatus::Failed(format!("stopped: {error}")),
+            Some(other) => crate::aws::CodeDeployStatus::InProgress(other.as_str().to_string()),
+            None => crate::aws::CodeDeployStatus::InProgress("unknown".into()),
+        })
+    }
+}
+
+/// ECR, per region (an image may live in another region than its service).
+struct SdkRegistry(Arc<Shared>);
+
+#[async_trait]
+impl crate::aws::Registry for SdkRegistry {
+    async fn describe_images(
+        &self,
+        region: &str,
+        registry: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> AwsResult<Vec<crate::aws::TaggedImage>> {
+        let client = {
+            let mut map = self
+                .0
+                .regional_ecr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.entry(region.to_string())
+                .or_insert_with(|| {
+                    aws_sdk_ecr::Client::from_conf(
+                        aws_sdk_ecr::config::Builder::from(&self.0.config)
+                            .region(Region::new(region.to_string()))
+                            .retry_classifier(NoRetryWhenUnreachable)
+                            .build(),
+                    )
+                })
+                .clone()
+        };
+        let ids = tags
+            .iter()
+            .map(|t| {
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_tag(t)
+                    .build()
+            })
+            .collect();
+        let out = client
+            .describe_images()
+            .registry_id(registry)
+            .repository_name(repository)
+            .set_image_ids(Some(ids))
+            .send()
+            .await
+            .map_err(|e| map_err_at("ecr:DescribeImages", repository, &self.0.place(region), e))?;
+        Ok(out
+            .image_details()
+            .iter()
+            .flat_map(|d| {
+                let digest = d.image_digest().unwrap_or_default().to_string();
+                d.image_tags()
+                    .iter()
+                    .filter(|t| tags.contains(t))
+                    .map(move |t| crate::aws::TaggedImage {
+                        tag: t.clone(),
+                        digest: digest.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
 }
 
 impl Shared {
@@ -634,6 +856,30 @@ fn deployment(d: &aws_sdk_ecs::types::Deployment) -> Option<Deployment> {
     })
 }
 
+/// A task set read as a deployment: `CODE_DEPLOY` and `EXTERNAL` services have no deployments of
+/// their own, and their task sets carry what runs (the task definition, since when).
+fn task_set(t: &aws_sdk_ecs::types::TaskSet) -> Option<Deployment> {
+    let status = match t.status().unwrap_or_default() {
+        "PRIMARY" => DeploymentStatus::Primary,
+        "DRAINING" => DeploymentStatus::Inactive,
+        _ => DeploymentStatus::Active,
+    };
+    Some(Deployment {
+        id: t.id()?.to_string(),
+        status,
+        task_definition: t.task_definition().unwrap_or_default().to_string(),
+        created_at: to_chrono(t.created_at())?,
+        rollout_state: t.stability_status().map(|s| match s.as_str() {
+            "STEADY_STATE" => RolloutState::Completed,
+            _ => RolloutState::InProgress,
+        }),
+        rollout_state_reason: None,
+        desired_count: t.computed_desired_count(),
+        running_count: t.running_count(),
+        failed_tasks: 0,
+    })
+}
+
 fn service(s: &aws_sdk_ecs::types::Service) -> Service {
     use aws_sdk_ecs::types::DeploymentControllerType as T;
     let controller = match s.deployment_controller().map(|c| c.r#type()) {
@@ -651,6 +897,38 @@ fn service(s: &aws_sdk_ecs::types::Service) -> Service {
             ))
         })
         .collect();
+    let config = s.deployment_configuration();
+    let shape = crate::aws::Shape {
+        strategy: config
+            .and_then(|c| c.strategy())
+            .map(|st| crate::aws::EcsStrategy::from_ecs(st.as_str()))
+            .unwrap_or_default(),
+        bake_time: config
+            .and_then(|c| c.bake_time_in_minutes())
+            .and_then(|m| u64::try_from(m).ok())
+            .map(|m| std::time::Duration::from_secs(m * 60)),
+        load_balancers: s
+            .load_balancers()
+            .iter()
+            .filter_map(|lb| {
+                Some(crate::aws::LoadBalancer {
+                    container_name: lb.container_name()?.to_string(),
+                    container_port: lb.container_port()?,
+                })
+            })
+            .collect(),
+    };
+    let mut deployments: Vec<Deployment> = s.deployments().iter().filter_map(deployment).collect();
+    if controller != Controller::Ecs && deployments.is_empty() {
+        deployments = s.task_sets().iter().filter_map(task_set).collect();
+        // An EXTERNAL service whose controller never named a primary task set: the newest one
+        // is what it last started.
+        if !deployments.iter().any(Deployment::is_primary) {
+            if let Some(newest) = deployments.iter_mut().max_by_key(|d| d.created_at) {
+                newest.status = DeploymentStatus::Primary;
+            }
+        }
+    }
     Service {
         arn: s.service_arn().unwrap_or_default().to_string(),
         name: s.service_name().unwrap_or_default().to_string(),
@@ -659,7 +937,8 @@ fn service(s: &aws_sdk_ecs::types::Service) -> Service {
         task_definition: s.task_definition().unwrap_or_default().to_string(),
         desired_count: s.desired_count(),
         controller,
-        deployments: s.deployments().iter().filter_map(deployment).collect(),
+        shape,
+        deployments,
         tags,
     }
 }
@@ -732,9 +1011,13 @@ impl Ecs for SdkEcs {
             .await
             .map_err(|e| map_err_at("ecs:DescribeTaskDefinition", arn, &self.place, e))?;
         let mut refs = Vec::new();
+        let mut images = Vec::new();
         if let Some(td) = out.task_definition() {
             for c in td.container_definitions() {
                 let container = c.name().unwrap_or("?").to_string();
+                if let Some(image) = c.image() {
+                    images.push((container.clone(), image.to_string()));
+                }
                 for s in c.secrets() {
                     refs.push(RawRef {
                         site: Site::Secret {
@@ -768,6 +1051,7 @@ impl Ecs for SdkEcs {
         Ok(TaskDefinition {
             arn: arn.to_string(),
             refs,
+            images,
         })
     }
 
@@ -848,9 +1132,86 @@ impl Ecs for SdkEcs {
                 Some(Task {
                     arn: t.task_arn()?.to_string(),
                     started_at: to_chrono(t.started_at()),
+                    digests: t
+                        .containers()
+                        .iter()
+                        .filter_map(|c| {
+                            Some((c.name()?.to_string(), c.image_digest()?.to_string()))
+                        })
+                        .collect(),
                 })
             })
             .collect())
+    }
+
+    async fn service_deployments(
+        &self,
+        cluster: &str,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> AwsResult<Vec<crate::aws::ServiceDeployment>> {
+        let resource = format!("{cluster}/{service}");
+        let after = aws_smithy_types::DateTime::from_secs(since.timestamp());
+        let listed = self
+            .client
+            .list_service_deployments()
+            .cluster(cluster)
+            .service(service)
+            .created_at(
+                aws_sdk_ecs::types::CreatedAt::builder()
+                    .after(after)
+                    .build(),
+            )
+            .max_results(20)
+            .send()
+            .await
+            .map_err(|e| map_err_at("ecs:ListServiceDeployments", &resource, &self.place, e))?;
+        let arns: Vec<String> = listed
+            .service_deployments()
+            .iter()
+            .filter_map(|b| b.service_deployment_arn().map(str::to_string))
+            .collect();
+        if arns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .describe_service_deployments()
+            .set_service_deployment_arns(Some(arns))
+            .send()
+            .await
+            .map_err(|e| map_err_at("ecs:DescribeServiceDeployments", &resource, &self.place, e))?;
+        let mut found: Vec<crate::aws::ServiceDeployment> = out
+            .service_deployments()
+            .iter()
+            .filter_map(|d| {
+                let awaiting = d
+                    .lifecycle_hook_details()
+                    .iter()
+                    .find(|h| {
+                        h.status()
+                            == Some(&aws_sdk_ecs::types::DeploymentLifecycleHookStatus::AwaitingAction)
+                    })
+                    .map(|h| {
+                        format!(
+                            "lifecycle hook {} ({}) awaits action (ContinueServiceDeployment) at {}",
+                            h.hook_id().unwrap_or("?"),
+                            h.target_type().map_or("?", |t| t.as_str()),
+                            d.lifecycle_stage().map_or("?", |s| s.as_str())
+                        )
+                    });
+                Some(crate::aws::ServiceDeployment {
+                    arn: d.service_deployment_arn()?.to_string(),
+                    created_at: to_chrono(d.created_at())?,
+                    status: d.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    status_reason: d.status_reason().map(str::to_string),
+                    stage: d.lifecycle_stage().map(|s| s.as_str().to_string()),
+                    awaiting,
+                })
+            })
+            .collect();
+        found.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+        Ok(found)
     }
 }
 

@@ -49,6 +49,11 @@ pub struct Policies {
     pub approved: bool,
     /// `--ignore-windows`: an emergency roll now, whatever the windows say.
     pub ignore_windows: bool,
+    /// `[rollout] image_drift`.
+    pub image_drift: super::drift::ImageDrift,
+    /// `reconcile --service X --allow-image-drift`: the person approved starting whatever image
+    /// the named services' tags name now.
+    pub allow_image_drift: bool,
 }
 
 /// Whether a stale service may roll now, by the fleet's policies: the one check, asked when
@@ -557,6 +562,7 @@ mod tests {
             task_definition: "td:1".into(),
             desired_count: 2,
             controller: Controller::Ecs,
+            shape: Default::default(),
             deployments: vec![Deployment {
                 id: format!("ecs-svc/{name}-{deployed}"),
                 status: DeploymentStatus::Primary,

@@ -27,6 +27,7 @@ fn service(deployed: DateTime<Utc>) -> Service {
         task_definition: "arn:aws:ecs:eu-west-1:111122223333:task-definition/api:1".into(),
         desired_count: 2,
         controller: Controller::Ecs,
+        shape: Default::default(),
         deployments: vec![Deployment {
             id: "ecs-svc/1".into(),
             status: crate::aws::DeploymentStatus::Primary,
@@ -529,10 +530,16 @@ fn services_that_cannot_or_need_not_roll_are_skipped() {
     let refs = [resolved(ARN, secret.state())];
     let mut svc = service(t(200));
     svc.controller = Controller::CodeDeploy;
-    assert!(matches!(
-        decide_at(&svc, &refs, t(1000)),
-        Decision::Skipped { .. }
-    ));
+    let off = Policy {
+        codedeploy: false,
+        ..Policy::default()
+    };
+    let d = decide(&svc, &refs, t(1000), &off);
+    assert!(
+        matches!(&d, Decision::Skipped { reason, .. } if reason.contains("codedeploy = false"))
+            && d.needs_attention(),
+        "{d:?}"
+    );
     let mut svc = service(t(200));
     svc.desired_count = 0;
     assert!(matches!(
@@ -870,4 +877,30 @@ fn an_event_dates_a_custom_label_moved_back() {
         decide_at(&service(t(1000)), &[hinted], t(1001)),
         Decision::InSync
     );
+}
+
+/// Who may roll a stale service (clause 7): ECS's controller and CodeDeploy's are rolled; an
+/// `EXTERNAL` one only by its controller, so it is skipped *with* what changed: a dependant that
+/// needs attention. In sync, it is simply in sync.
+#[test]
+fn a_stale_service_nobody_here_may_roll_needs_attention() {
+    let secret = Secret::created_once(t(0)).put("v2", t(300));
+    let refs = [resolved(ARN, secret.state())];
+    let mut svc = service(t(200));
+    svc.controller = Controller::CodeDeploy;
+    assert!(
+        decide_at(&svc, &refs, t(1000)).is_stale(),
+        "CodeDeploy rolls it"
+    );
+    svc.controller = Controller::External;
+    let d = decide_at(&svc, &refs, t(1000));
+    assert!(
+        matches!(&d, Decision::Skipped { reason, findings } if reason.contains("EXTERNAL") && findings.len() == 1),
+        "{d:?}"
+    );
+    assert!(d.needs_attention());
+    let fresh = service(t(400));
+    let mut fresh = fresh;
+    fresh.controller = Controller::External;
+    assert_eq!(decide_at(&fresh, &refs, t(1000)), Decision::InSync);
 }

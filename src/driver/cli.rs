@@ -31,6 +31,8 @@ pub struct Options {
     pub services: Vec<String>,
     /// Roll outside maintenance windows.
     pub ignore_windows: bool,
+    /// Roll the named services even if their image tags moved.
+    pub allow_image_drift: bool,
     /// Change nothing.
     pub dry_run: bool,
     /// Output format.
@@ -63,6 +65,7 @@ pub async fn run(
         budget: None,
         services: opts.services.clone(),
         ignore_windows: opts.ignore_windows,
+        allow_image_drift: opts.allow_image_drift,
     };
     let pass = reconciler.run_pass(&req).await?;
     write_report(&pass, opts, out);

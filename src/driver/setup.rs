@@ -75,6 +75,7 @@ fn engine_settings(config: &Config, mode: Mode) -> engine::Settings {
         failed_tasks_threshold: limits.failed_tasks_threshold,
         poll_interval: r.poll_interval.0,
         wait: mode == Mode::Watch,
+        codedeploy: r.codedeploy,
     }
 }
 
@@ -85,6 +86,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
             clock_skew: config.decide.clock_skew.0,
             rotation_grace: config.decide.rotation_grace.0,
             stuck_after: config.rollout.timeout.0,
+            codedeploy: config.rollout.codedeploy,
         },
         scan_concurrency: config.scope.scan_concurrency,
         limits: deployment_limits(config),
@@ -94,6 +96,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
         // Validated when the configuration was loaded.
         windows: crate::window::Windows::parse(&config.rollout.windows).unwrap_or_default(),
         notify_only: config.rollout.notify_only,
+        image_drift: config.rollout.image_drift,
         // Two resync periods: one missed resync is tolerated, two are not.
         watch_max_age: config.resync.interval.0 * 2,
         settle_recheck: config

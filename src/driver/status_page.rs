@@ -304,6 +304,7 @@ mod tests {
                     task_definition: "td".into(),
                     desired_count: 1,
                     controller: Controller::Ecs,
+                    shape: Default::default(),
                     deployments: vec![],
                     tags: Default::default(),
                 },

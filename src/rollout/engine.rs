@@ -19,10 +19,10 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use super::{Outcome, Phase, Progress, Proof, Rollout};
-use crate::aws::Clients;
+use crate::aws::{Clients, Service};
 use crate::clock::Clock;
 use crate::decide::Policies;
-use crate::deployment::{self, Verdict};
+use crate::deployment;
 use crate::lease::Leadership;
 use crate::plan::{Change, ChangeSet, ServiceKey};
 
@@ -43,6 +43,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Watch health (`false`: trigger and return, as `--no-wait` and the Lambda do).
     pub wait: bool,
+    /// Roll `CODE_DEPLOY` services through CodeDeploy (`[rollout] codedeploy`).
+    pub codedeploy: bool,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             failed_tasks_threshold: 3,
             poll_interval: Duration::from_secs(15),
             wait: true,
+            codedeploy: true,
         }
     }
 }
@@ -63,6 +66,8 @@ impl Default for Settings {
 /// one global semaphore, one per cluster, and one lock per service.
 pub struct Engine {
     clients: Clients,
+    /// How each service is rolled and read ([`super::strategy`]).
+    strategies: super::strategy::Context,
     settings: Settings,
     progress: Arc<dyn Progress>,
     clock: Arc<dyn Clock>,
@@ -85,6 +90,15 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Engine {
+            strategies: super::strategy::Context::new(
+                clients.clone(),
+                deployment::Limits {
+                    stuck_after: settings.timeout,
+                    failed_tasks_threshold: settings.failed_tasks_threshold,
+                },
+                clock.clone(),
+                settings.codedeploy,
+            ),
             global: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             per_cluster: Mutex::new(HashMap::new()),
             services: Mutex::new(HashMap::new()),
@@ -110,12 +124,32 @@ impl Engine {
     }
 
     /// Describes the service again right before its turn: the fleet moves while a change set
-    /// rolls. `Some` when it must not be rolled now.
-    async fn recheck(&self, change: &Change, policies: &Policies) -> Option<Outcome> {
+    /// rolls. `Err` when it must not be rolled now; else the service to roll (as described now,
+    /// or as planned when it could not be described again).
+    async fn recheck(&self, change: &Change, policies: &Policies) -> Result<Service, Outcome> {
+        match self.look_again(change, policies).await? {
+            Some(service) => Ok(service),
+            None => change
+                .planned
+                .as_deref()
+                .cloned()
+                .ok_or_else(|| Outcome::Deferred {
+                    reason: "could not describe it again before rolling".into(),
+                }),
+        }
+    }
+
+    /// [`recheck`](Self::recheck)'s look: the service as described now, `None` when it could not
+    /// be described again.
+    async fn look_again(
+        &self,
+        change: &Change,
+        policies: &Policies,
+    ) -> Result<Option<Service>, Outcome> {
         let key = &change.key;
         let skipped = |reason: String| {
             tracing::info!(service = %key, reason, "skipped: changed since the plan");
-            Some(Outcome::Skipped { reason })
+            Err(Outcome::Skipped { reason })
         };
         let service = match self
             .clients
@@ -133,10 +167,10 @@ impl Engine {
             // planned (a throttle never surfaces as a failure or a skipped rollout).
             Err(e) if e.is_retryable() => {
                 tracing::warn!(service = %key, error = %e, "could not describe it again before rolling; rolling as planned");
-                return None;
+                return Ok(None);
             }
             Err(e) => {
-                return Some(Outcome::Deferred {
+                return Err(Outcome::Deferred {
                     reason: format!("could not describe it again before rolling: {e}"),
                 })
             }
@@ -153,8 +187,8 @@ impl Engine {
         if service.desired_count == 0 {
             return skipped("scaled to 0 since the plan: no task holds an old value".into());
         }
-        if service.controller != crate::aws::Controller::Ecs {
-            return skipped("its deployment controller changed since the plan".into());
+        if let Err(why) = service.rolled_by(self.settings.codedeploy) {
+            return skipped(format!("since the plan: {why}"));
         }
         // The fleet's policies, asked again: a window that closed while the change set rolled,
         // a notify-only tag added since the plan. Decided again later, it is `scheduled` or
@@ -162,7 +196,7 @@ impl Engine {
         match crate::decide::eligibility(&service, self.clock.now(), policies) {
             crate::decide::Eligibility::Now => {}
             crate::decide::Eligibility::Scheduled { at, window } => {
-                return Some(Outcome::Deferred {
+                return Err(Outcome::Deferred {
                     reason: format!(
                         "outside its maintenance window ({window}) since the plan: it rolls when the window opens ({})",
                         at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -170,17 +204,19 @@ impl Engine {
                 })
             }
             crate::decide::Eligibility::Pending(why) => {
-                return Some(Outcome::Deferred {
+                return Err(Outcome::Deferred {
                     reason: format!("since the plan: {why}"),
                 })
             }
             crate::decide::Eligibility::Unreadable(why) => {
-                return Some(Outcome::Deferred {
+                return Err(Outcome::Deferred {
                     reason: format!("since the plan: {why}"),
                 })
             }
         }
-        let primary = service.primary()?;
+        let Some(primary) = service.primary() else {
+            return Ok(Some(service));
+        };
         if let Some(fresh_from) = change.fresh_from.filter(|f| primary.created_at >= *f) {
             // A rollout after the change that failed, was rolled back or is stuck is the
             // change's failure (another pass's canary, say), for this pass too: never freshness.
@@ -194,7 +230,7 @@ impl Engine {
                         && crate::decide::carries_only_secrets(&service, dep)
                 }) {
                     tracing::warn!(service = %key, problem, "its rollout after the change went wrong: the change set halts");
-                    return Some(Outcome::Failed {
+                    return Err(Outcome::Failed {
                         reason: format!("its rollout after the change went wrong: {problem}"),
                     });
                 }
@@ -205,34 +241,35 @@ impl Engine {
             ));
         }
         if deployment::busy(&service) {
-            return Some(Outcome::Deferred {
+            return Err(Outcome::Deferred {
                 reason: format!(
                     "deployment {} started since the plan and is in progress: deciding again when it settles",
                     primary.id
                 ),
             });
         }
-        None
+        Ok(Some(service))
     }
 
-    /// Triggers one service and, when waiting, watches it to its end.
+    /// Triggers one service its own way ([`super::strategy`]) and, when waiting, watches it to
+    /// its end.
     async fn roll_one(&self, change: &Change, policies: &Policies) -> Outcome {
-        if let Some(outcome) = self.recheck(change, policies).await {
-            return outcome;
-        }
+        let service = match self.recheck(change, policies).await {
+            Ok(s) => s,
+            Err(outcome) => return outcome,
+        };
         let key = &change.key;
+        let strategy = match self.strategies.for_service(&service) {
+            Ok(s) => s,
+            Err(why) => return Outcome::Skipped { reason: why },
+        };
         // The last moment to notice a lost lease: another replica may lead by now.
         if !self.leadership.is_leader() {
             return Outcome::Deferred {
                 reason: "this replica no longer holds the lease: the leader decides it".into(),
             };
         }
-        let deployment = match self
-            .clients
-            .ecs
-            .force_new_deployment(&key.cluster, &key.service)
-            .await
-        {
+        let started = match strategy.start(&service).await {
             Ok(d) => d,
             Err(_) if !self.leadership.is_leader() => {
                 return Outcome::Deferred {
@@ -240,26 +277,27 @@ impl Engine {
                 }
             }
             Err(e) => {
-                tracing::error!(service = %key, error = %e, "UpdateService failed");
+                tracing::error!(service = %key, error = %e, strategy = strategy.name(), "could not start the rollout");
                 return Outcome::Failed {
                     reason: e.to_string(),
                 };
             }
         };
-        tracing::info!(service = %key, deployment = %deployment.id, "forced a new deployment");
+        tracing::info!(service = %key, deployment = %started.id, strategy = strategy.name(), "started a rollout");
         self.progress.update(
             key,
             &Phase::Rolling {
-                deployment: deployment.id.clone(),
+                deployment: started.id.clone(),
                 why: super::why_of(change),
             },
         );
         if !self.settings.wait {
             return Outcome::Triggered {
-                deployment: deployment.id,
+                deployment: started.id,
             };
         }
-        match self.watch(key, &deployment.id).await {
+        let limit = self.settings.timeout + strategy.allowance(&service);
+        match self.watch(key, strategy.as_ref(), &started, limit).await {
             Outcome::Healthy { deployment, .. } => {
                 let proof = self.prove(change).await;
                 Outcome::Healthy {
@@ -320,65 +358,64 @@ impl Engine {
         }
     }
 
-    async fn watch(&self, key: &ServiceKey, deployment: &str) -> Outcome {
-        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+    /// Reads a rollout until it is healthy, failed, or `limit` ran out: `[rollout] timeout`
+    /// plus what the strategy takes by design (a bake time). A rollout still waiting for a
+    /// lifecycle hook's action then is paused, not failed.
+    async fn watch(
+        &self,
+        key: &ServiceKey,
+        strategy: &dyn super::strategy::Strategy,
+        started: &super::strategy::Started,
+        limit: Duration,
+    ) -> Outcome {
+        use super::strategy::Reading;
+        let deployment = started.id.as_str();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut awaiting: Option<String> = None;
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                if let Some(hook) = awaiting {
+                    tracing::warn!(service = %key, deployment, hook, "paused: waiting for someone's action");
+                    return Outcome::Paused {
+                        deployment: deployment.to_string(),
+                        reason: hook,
+                    };
+                }
                 return Outcome::Failed {
                     reason: format!(
                         "deployment {deployment} not healthy after {} (timeout)",
-                        humantime::format_duration(self.settings.timeout)
+                        humantime::format_duration(limit)
                     ),
                 };
             }
             tokio::time::sleep(self.settings.poll_interval.min(deadline - now)).await;
-            let described = self
-                .clients
-                .ecs
-                .describe_services(&key.cluster, std::slice::from_ref(&key.service))
-                .await;
-            let service = match described {
-                Ok(mut found) if !found.is_empty() => found.remove(0),
-                Ok(_) => {
-                    return Outcome::Failed {
-                        reason: "the service disappeared during its rollout".into(),
+            match strategy.read(key, started).await {
+                Reading::InProgress => awaiting = None,
+                Reading::Awaiting(hook) => {
+                    if awaiting.is_none() {
+                        tracing::info!(service = %key, deployment, hook, "the rollout waits for someone's action");
                     }
+                    awaiting = Some(hook);
                 }
-                Err(e) => {
-                    // The guard already retried; keep watching until the timeout decides.
+                Reading::Unreadable(e) => {
+                    // The guard already retried; keep watching until the limit decides.
                     tracing::warn!(service = %key, error = %e, "could not read the rollout's state");
-                    continue;
                 }
-            };
-            match deployment::judge(&service, deployment, self.clock.now(), &self.limits()) {
-                Verdict::InProgress => {}
-                Verdict::Healthy => {
+                Reading::Healthy => {
                     return Outcome::Healthy {
                         deployment: deployment.to_string(),
                         proof: None,
                     }
                 }
-                Verdict::Superseded { by } => {
+                Reading::Superseded(by) => {
                     tracing::info!(service = %key, deployment, by = %by, "superseded by a newer deployment");
                     return Outcome::Healthy {
                         deployment: deployment.to_string(),
                         proof: None,
                     };
                 }
-                Verdict::Stuck { .. } => {
-                    return Outcome::Failed {
-                        reason: format!(
-                            "deployment {deployment} not healthy after {} (timeout)",
-                            humantime::format_duration(self.settings.timeout)
-                        ),
-                    }
-                }
-                v @ (Verdict::Failed { .. } | Verdict::RolledBack { .. }) => {
-                    return Outcome::Failed {
-                        reason: v.problem(deployment).unwrap_or_default(),
-                    }
-                }
+                Reading::Failed(reason) => return Outcome::Failed { reason },
             }
         }
     }
@@ -421,17 +458,42 @@ impl Engine {
                 // The service first (another change set may be rolling it: this one then finds it
                 // fresh), then the cluster's slot, so that waiting holds no global slot.
                 let _s = service.lock().await;
+                // A rollout that runs both revisions side by side (blue/green, linear, canary)
+                // takes two slots: `max_concurrent` counts what rollouts cost the cluster.
+                let cost = change
+                    .planned
+                    .as_ref()
+                    .map_or(1, |s| s.rollout_cost())
+                    .clamp(
+                        1,
+                        u32::try_from(engine.settings.max_concurrent.max(1)).unwrap_or(1),
+                    );
                 let _c = match &cluster_sem {
-                    Some(s) => s.clone().acquire_owned().await.ok(),
+                    Some(s) => {
+                        let n = engine
+                            .settings
+                            .max_concurrent_per_cluster
+                            .unwrap_or(1)
+                            .max(1);
+                        let c = cost.min(u32::try_from(n).unwrap_or(1));
+                        s.clone().acquire_many_owned(c).await.ok()
+                    }
                     None => None,
                 };
-                let _g = global.acquire_owned().await.ok();
+                let _g = global.acquire_many_owned(cost).await.ok();
                 let outcome = match halt.reason() {
                     Some(reason) => Outcome::Halted { reason },
                     None => engine.roll_one(&change, &policies).await,
                 };
-                if let Outcome::Failed { reason } = &outcome {
-                    halt.set(format!("{} failed: {reason}", change.key));
+                match &outcome {
+                    Outcome::Failed { reason } => {
+                        halt.set(format!("{} failed: {reason}", change.key))
+                    }
+                    Outcome::Paused { reason, .. } => halt.set(format!(
+                        "{} waits for someone's action: {reason}",
+                        change.key
+                    )),
+                    _ => {}
                 }
                 engine.progress.update_why(
                     &change.key,

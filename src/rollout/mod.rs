@@ -4,6 +4,7 @@
 //! amounts to is [`crate::deployment`]'s reading, shared with the decisions.
 
 pub mod engine;
+pub(crate) mod strategy;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -49,6 +50,15 @@ pub enum Outcome {
         /// Which deployment.
         reason: String,
     },
+    /// Started, and waiting for someone's action (a blue/green lifecycle hook awaiting
+    /// `ContinueServiceDeployment`) when its time ran out: neither a failure nor healthy. Nothing
+    /// further of the change set starts while it waits.
+    Paused {
+        /// The deployment.
+        deployment: String,
+        /// What it waits for.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -72,7 +82,8 @@ impl Outcome {
             Outcome::Failed { reason }
             | Outcome::Halted { reason }
             | Outcome::Skipped { reason }
-            | Outcome::Deferred { reason } => Some(reason),
+            | Outcome::Deferred { reason }
+            | Outcome::Paused { reason, .. } => Some(reason),
             Outcome::Triggered { .. } | Outcome::Healthy { .. } => None,
         }
     }
@@ -86,6 +97,7 @@ impl Outcome {
             Outcome::Halted { .. } => "halted",
             Outcome::Skipped { .. } => "skipped",
             Outcome::Deferred { .. } => "deferred",
+            Outcome::Paused { .. } => "paused (awaiting action)",
         }
     }
 }
