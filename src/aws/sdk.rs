@@ -157,8 +157,8 @@ fn shared_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClie
     })
 }
 
-/// The three clients over an already loaded configuration.
-pub(crate) fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
+/// The clients over an already loaded configuration (tests build one pointing at the emulator).
+pub fn clients_from(config: &SdkConfig) -> Result<Clients, SdkSetupError> {
     clients_as(config, None)
 }
 
@@ -556,7 +556,12 @@ fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
             "ResourceNotFoundException"
             | "ClusterNotFoundException"
             | "ServiceNotFoundException"
-            | "ParameterNotFound",
+            | "ParameterNotFound"
+            | "ImageNotFoundException"
+            | "RepositoryNotFoundException"
+            | "DeploymentGroupDoesNotExistException"
+            | "DeploymentDoesNotExistException"
+            | "ApplicationDoesNotExistException",
         ) => ErrorKind::NotFound,
         Some(
             "AccessDeniedException"

@@ -64,7 +64,7 @@ pub enum Outcome {
 impl Outcome {
     /// Whether this counts as a success (the service carries the change, or no longer needs
     /// to).
-    pub(crate) fn is_success(&self) -> bool {
+    pub fn is_success(&self) -> bool {
         matches!(
             self,
             Outcome::Triggered { .. } | Outcome::Healthy { .. } | Outcome::Skipped { .. }
@@ -72,7 +72,7 @@ impl Outcome {
     }
 
     /// Whether it went wrong (failed, or halted by a failure).
-    pub(crate) fn is_failure(&self) -> bool {
+    pub fn is_failure(&self) -> bool {
         matches!(self, Outcome::Failed { .. } | Outcome::Halted { .. })
     }
 

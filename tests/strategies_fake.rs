@@ -1,0 +1,452 @@
+//! Rolling each service the way it deploys (#23), over the in-memory fake on tokio's paused
+//! clock: ECS's blue/green (its bake time, rollback and lifecycle hooks read through its service
+//! deployment), CodeDeploy (the same revision through `CreateDeployment`, never `UpdateService`),
+//! `EXTERNAL` services (reported, never rolled, never failing the scan), what blue/green costs in
+//! `max_concurrent`, and an image tag that moved since the deployment.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ecs_reloader::aws::fake::{Behaviour, FakeAws};
+use ecs_reloader::aws::{AwsResult, Controller, EcsStrategy};
+use ecs_reloader::clock::Clock;
+use ecs_reloader::config::{Config, Dur, ImageDrift};
+use ecs_reloader::decide::Decision;
+use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::reconcile::{Mode, Pass, Request};
+use ecs_reloader::reference::Site;
+use ecs_reloader::rollout::{LogProgress, Outcome};
+
+const ECR: &str = "111122223333.dkr.ecr.eu-west-1.amazonaws.com";
+
+fn site(name: &str) -> Site {
+    Site::Secret {
+        container: "app".into(),
+        name: name.into(),
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.rollout.poll_interval = Dur(Duration::from_secs(5));
+    config
+}
+
+fn parts_with(fake: &FakeAws, clock: &Arc<dyn Clock>, config: &Config) -> Parts {
+    setup::assemble(
+        config,
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::Watch,
+    )
+}
+
+fn decision<'a>(pass: &'a Pass, service: &str) -> &'a Decision {
+    &pass
+        .assessment
+        .services
+        .iter()
+        .find(|a| a.key.service == service)
+        .unwrap_or_else(|| panic!("{service} was not decided"))
+        .decision
+}
+
+fn outcome<'a>(pass: &'a Pass, service: &str) -> Option<&'a Outcome> {
+    pass.outcomes
+        .iter()
+        .find(|(k, _)| k.service == service)
+        .map(|(_, o)| o)
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+}
+
+/// A world: secret `app/s` and a task definition resolving it; `services` created; then `s`
+/// changes. Returns the task definition.
+async fn rotated_world(fake: &FakeAws, services: &[&str]) -> String {
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    for n in services {
+        fake.create_service("prod", n, &td, 2, &[]);
+    }
+    settle().await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    td
+}
+
+fn blue_green(fake: &FakeAws, service: &str, bake: Duration) {
+    fake.edit_service("prod", service, |s| {
+        s.shape.strategy = EcsStrategy::BlueGreen;
+        s.shape.bake_time = Some(bake);
+    });
+}
+
+/// A blue/green service is done when its service deployment succeeded, after its bake time: not
+/// when the `deployments` array says COMPLETED (the traffic shift), and not failed by
+/// `[rollout] timeout` (15 min) for a 20-minute bake time it declares. The secret's next
+/// dependant starts only after the canary's bake.
+#[tokio::test(start_paused = true)]
+async fn a_blue_green_rollout_is_done_after_its_bake_time() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-bg", "b-rolling"]).await;
+    blue_green(&fake, "a-bg", Duration::from_secs(20 * 60));
+    fake.set_behaviour("prod", "a-bg", Behaviour::Complete(Duration::from_secs(60)));
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "a-bg"), Some(Outcome::Healthy { .. })),
+        "{:?}",
+        pass.outcomes
+    );
+    assert!(matches!(
+        outcome(&pass, "b-rolling"),
+        Some(Outcome::Healthy { .. })
+    ));
+    let updates = fake.updates();
+    let at = |s: &str| {
+        updates
+            .iter()
+            .find(|u| u.service == s)
+            .map(|u| u.at)
+            .unwrap_or_else(|| panic!("{s} not rolled"))
+    };
+    let waited = at("prod/b-rolling") - at("prod/a-bg");
+    assert!(
+        waited >= chrono::Duration::minutes(21),
+        "the next dependant started {waited} after the blue/green canary: before its bake time ended"
+    );
+    assert!(fake.calls("ecs:ListServiceDeployments") > 0);
+}
+
+/// A blue/green rollout that ECS rolls back (an alarm during the bake) is the change's failure:
+/// the rest of the change set is halted, and held by the next pass.
+#[tokio::test(start_paused = true)]
+async fn a_rolled_back_blue_green_rollout_halts_the_change() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-bg", "b-rolling"]).await;
+    blue_green(&fake, "a-bg", Duration::from_secs(300));
+    fake.set_behaviour("prod", "a-bg", Behaviour::RollBack(Duration::from_secs(90)));
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "a-bg"), Some(Outcome::Failed { reason }) if reason.contains("rolled back")),
+        "{:?}",
+        pass.outcomes
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
+    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&again, "b-rolling"), Decision::Held { .. }),
+        "{:?}",
+        decision(&again, "b-rolling")
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
+}
+
+/// A lifecycle hook awaiting someone's action is its own state: when the time runs out the
+/// rollout is `paused` (not failed, not a timeout), nothing further starts, and the pass says
+/// what to do.
+#[tokio::test(start_paused = true)]
+async fn a_hook_awaiting_action_pauses_the_change() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-bg", "b-rolling"]).await;
+    blue_green(&fake, "a-bg", Duration::from_secs(60));
+    fake.set_behaviour("prod", "a-bg", Behaviour::AwaitHook);
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    let paused = outcome(&pass, "a-bg").expect("a-bg rolled");
+    assert!(
+        matches!(paused, Outcome::Paused { reason, .. } if reason.contains("ContinueServiceDeployment")),
+        "{paused:?}"
+    );
+    assert!(!paused.is_failure() && !paused.is_success());
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
+    assert!(
+        pass.problems()
+            .iter()
+            .any(|p| p.contains("someone's action")),
+        "{:?}",
+        pass.problems()
+    );
+}
+
+/// `max_concurrent` counts what a rollout costs: a blue/green rollout runs both revisions, so
+/// two slots. With `max_concurrent = 2`, four blue/green services roll one at a time; four
+/// rolling ones two at a time.
+#[tokio::test(start_paused = true)]
+async fn blue_green_rollouts_take_two_slots() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let names = ["bg-1", "bg-2", "bg-3", "bg-4", "r-1", "r-2", "r-3", "r-4"];
+    rotated_world(&fake, &names).await;
+    for n in &names[..4] {
+        blue_green(&fake, n, Duration::from_secs(60));
+    }
+    let mut cfg = config();
+    cfg.rollout.canary = false;
+    cfg.rollout.max_concurrent = 2;
+    let p = parts_with(&fake, &clock, &cfg);
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        pass.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Healthy { .. }))
+            .count(),
+        8,
+        "{:?}",
+        pass.outcomes
+    );
+    let updates = fake.updates();
+    let most = |prefix: &str| {
+        updates
+            .iter()
+            .filter(|u| u.service.starts_with(prefix))
+            .map(|u| u.in_progress_after)
+            .max()
+            .unwrap_or(0)
+    };
+    assert_eq!(most("prod/bg-"), 1, "{updates:?}");
+    assert_eq!(most("prod/r-"), 2, "{updates:?}");
+}
+
+/// A `CODE_DEPLOY` service is rolled with a CodeDeploy deployment of its current task definition
+/// behind its load balancer's container and port, on the group that deploys it; `UpdateService`
+/// is never sent to it; the groups are read once for several rollouts.
+#[tokio::test(start_paused = true)]
+async fn a_codedeploy_service_is_rolled_through_codedeploy() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let td = rotated_world(&fake, &["cd-1", "cd-2"]).await;
+    fake.deploy_with_codedeploy("prod", "cd-1", "app", "dg-1", ("web", 8080));
+    fake.deploy_with_codedeploy("prod", "cd-2", "app", "dg-2", ("web", 8080));
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    for s in ["cd-1", "cd-2"] {
+        assert!(
+            matches!(outcome(&pass, s), Some(Outcome::Healthy { .. })),
+            "{s}: {:?}",
+            pass.outcomes
+        );
+    }
+    assert_eq!(fake.calls("ecs:UpdateService"), 0, "UpdateService sent");
+    let made = fake.codedeploys();
+    assert_eq!(made.len(), 2, "{made:?}");
+    let first = made
+        .iter()
+        .find(|m| m.service == "prod/cd-1")
+        .expect("cd-1");
+    assert_eq!(first.group, ("app".to_string(), "dg-1".to_string()));
+    let spec: serde_json::Value = serde_json::from_str(&first.appspec).expect("JSON AppSpec");
+    let props = &spec["Resources"][0]["TargetService"]["Properties"];
+    assert_eq!(props["TaskDefinition"], td.as_str(), "{spec}");
+    assert_eq!(props["LoadBalancerInfo"]["ContainerName"], "web");
+    assert_eq!(props["LoadBalancerInfo"]["ContainerPort"], 8080);
+    assert_eq!(
+        fake.calls("codedeploy:ListApplications"),
+        1,
+        "groups read once"
+    );
+    // Fresh now: a second pass rolls nothing.
+    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(again.outcomes.is_empty(), "{:?}", again.outcomes);
+    assert_eq!(fake.codedeploys().len(), 2);
+}
+
+/// A failed CodeDeploy deployment holds the rest of the change like any other failure.
+#[tokio::test(start_paused = true)]
+async fn a_failed_codedeploy_deployment_holds_the_rest() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-cd", "b-rolling"]).await;
+    fake.deploy_with_codedeploy("prod", "a-cd", "app", "dg", ("web", 80));
+    fake.set_behaviour("prod", "a-cd", Behaviour::Fail(Duration::from_secs(60), 2));
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "a-cd"), Some(Outcome::Failed { reason }) if reason.contains("CodeDeploy deployment")),
+        "{:?}",
+        pass.outcomes
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
+    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&again, "b-rolling"), Decision::Held { .. }),
+        "{:?}",
+        decision(&again, "b-rolling")
+    );
+}
+
+/// An outcome bus that records what it is given.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<(String, serde_json::Value)>>);
+
+#[async_trait]
+impl ecs_reloader::aws::queue::Bus for Recorded {
+    async fn put(&self, detail_type: &str, detail: &serde_json::Value) -> AwsResult<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((detail_type.to_string(), detail.clone()));
+        Ok(())
+    }
+}
+
+/// A stale `EXTERNAL` service (and a `CODE_DEPLOY` one with `[rollout] codedeploy = false`) is
+/// never rolled: it is `skipped` with what changed, counted as needing attention in the pass's
+/// problems, the outcome events and the metrics; the rest of the fleet rolls.
+#[tokio::test(start_paused = true)]
+async fn a_service_nobody_here_may_roll_needs_attention() {
+    use ecs_reloader::metrics::Metrics;
+    use ecs_reloader::notify::Notifier;
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["ext", "cd", "rolling"]).await;
+    fake.edit_service("prod", "ext", |s| s.controller = Controller::External);
+    fake.deploy_with_codedeploy("prod", "cd", "app", "dg", ("web", 80));
+    let mut cfg = config();
+    cfg.rollout.codedeploy = false;
+    let p = parts_with(&fake, &clock, &cfg);
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    for (s, why) in [("ext", "EXTERNAL"), ("cd", "codedeploy = false")] {
+        let d = decision(&pass, s);
+        assert!(
+            matches!(d, Decision::Skipped { reason, findings } if reason.contains(why) && !findings.is_empty()),
+            "{s}: {d:?}"
+        );
+        assert!(outcome(&pass, s).is_none(), "{s} rolled");
+    }
+    assert!(matches!(
+        outcome(&pass, "rolling"),
+        Some(Outcome::Healthy { .. })
+    ));
+    assert_eq!(fake.codedeploys().len(), 0);
+    assert!(
+        pass.problems()
+            .iter()
+            .any(|p| p.starts_with("2 service(s)") && p.contains("own controller")),
+        "{:?}",
+        pass.problems()
+    );
+    let bus = Arc::new(Recorded::default());
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Notifier::new(metrics.clone(), Some(bus.clone()));
+    notifier.after_pass(&pass);
+    notifier.flush().await;
+    let events = bus.0.lock().expect("lock").clone();
+    let attention: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|(t, _)| t == "Rollout Needs Attention")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(attention.len(), 2, "{events:?}");
+    assert!(attention
+        .iter()
+        .any(|d| d["service"] == "ext" && d["secrets"][0].as_str().is_some()));
+    let text = metrics.render(&Default::default());
+    assert!(
+        text.lines()
+            .any(|l| l.contains("kind=\"needs_attention\"") && l.ends_with(" 2")),
+        "{text}"
+    );
+}
+
+/// One service whose task definition cannot be read makes only that service `unknown`: the
+/// scan goes on, and the others roll.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_task_definition_costs_only_its_service() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["ok"]).await;
+    fake.create_service(
+        "prod",
+        "broken",
+        "arn:aws:ecs:eu-west-1:111122223333:task-definition/gone:1",
+        1,
+        &[],
+    );
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    let d = decision(&pass, "broken");
+    assert!(
+        matches!(d, Decision::Unknown { problems } if problems[0].contains("ecs:DescribeTaskDefinition")),
+        "{d:?}"
+    );
+    assert!(matches!(
+        outcome(&pass, "ok"),
+        Some(Outcome::Healthy { .. })
+    ));
+}
+
+/// The image-drift world: `app:latest` named sha256:aaa when `svc` deployed, and the secret
+/// changed; `pinned` names its image by digest.
+async fn drifted_world(fake: &FakeAws) {
+    let image = format!("{ECR}/app:latest");
+    fake.push_image(&image, "sha256:aaa");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    fake.set_images(&td, &[("app", image.as_str())]);
+    let pinned = fake.register_task_definition("p", &[(site("S"), s.as_str())]);
+    let by_digest = format!("{ECR}/app@sha256:aaa");
+    fake.set_images(&pinned, &[("app", by_digest.as_str())]);
+    fake.create_service("prod", "svc", &td, 1, &[]);
+    fake.create_service("prod", "pinned", &pinned, 1, &[]);
+    settle().await;
+    fake.push_image(&image, "sha256:bbb");
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+}
+
+/// A rollout for a secret must not ship an image by accident: `svc`'s tag moved since its
+/// deployment, so it is held, with a reason naming the container, the tag and both digests, and
+/// not rolled; the service whose image is named by digest rolls. `--allow-image-drift` with
+/// `--service` is the approval; `image_drift = "warn"` rolls and says so.
+#[tokio::test(start_paused = true)]
+async fn a_moved_image_tag_holds_the_rollout() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    drifted_world(&fake).await;
+    let mut cfg = config();
+    cfg.rollout.canary = false;
+    let p = parts_with(&fake, &clock, &cfg);
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    let d = decision(&pass, "svc");
+    assert!(
+        matches!(d, Decision::Held { reason, .. }
+            if reason.contains("container app") && reason.contains("app:latest")
+                && reason.contains("sha256:aaa") && reason.contains("sha256:bbb")
+                && reason.contains("--allow-image-drift")),
+        "{d:?}"
+    );
+    assert_eq!(fake.rollouts_of("prod", "svc"), 0);
+    assert_eq!(fake.rollouts_of("prod", "pinned"), 1);
+
+    // The approval, by name.
+    let approved = Request {
+        services: vec!["prod/svc".into()],
+        allow_image_drift: true,
+        ..Request::all()
+    };
+    let pass = p.reconciler.pass(&approved).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "svc"), Some(Outcome::Healthy { .. })),
+        "{:?}",
+        pass.outcomes
+    );
+    assert_eq!(fake.rollouts_of("prod", "svc"), 1);
+}
+
+/// `image_drift = "warn"` rolls a drifted service; `"allow"` does not even ask the registry.
+#[tokio::test(start_paused = true)]
+async fn image_drift_warn_and_allow_roll() {
+    for (mode, asks) in [(ImageDrift::Warn, true), (ImageDrift::Allow, false)] {
+        let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+        drifted_world(&fake).await;
+        let mut cfg = config();
+        cfg.rollout.canary = false;
+        cfg.rollout.image_drift = mode;
+        let p = parts_with(&fake, &clock, &cfg);
+        p.reconciler.pass(&Request::all()).await.expect("pass");
+        assert_eq!(fake.rollouts_of("prod", "svc"), 1, "{mode:?}");
+        assert_eq!(fake.calls("ecr:DescribeImages") > 0, asks, "{mode:?}");
+    }
+}
