@@ -206,7 +206,7 @@ impl<'a> Report<'a> {
     }
 
     /// The table, laid out for wherever stdout goes.
-    pub(crate) fn to_table(&self) -> String {
+    pub fn to_table(&self) -> String {
         self.to_table_as(Layout::for_stdout())
     }
 

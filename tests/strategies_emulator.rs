@@ -289,3 +289,17 @@ async fn the_registry_adapter_reads_tags_not_images() {
         .iter()
         .any(|o| o.contains("BatchGetImage") || o.contains("GetDownloadUrlForLayer")));
 }
+
+/// The approval of image drift is for services a person names: without `--service` it is
+/// refused before anything is read.
+#[tokio::test]
+async fn allowing_image_drift_needs_named_services() {
+    let emu = Emulator::start();
+    let run = run_binary(&emu.url(), &["reconcile", "--allow-image-drift"], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--allow-image-drift") && run.stderr.contains("--service"),
+        "{}",
+        run.stderr
+    );
+}

@@ -157,8 +157,28 @@ async fn a_hook_awaiting_action_pauses_the_change() {
     rotated_world(&fake, &["a-bg", "b-rolling"]).await;
     blue_green(&fake, "a-bg", Duration::from_secs(60));
     fake.set_behaviour("prod", "a-bg", Behaviour::AwaitHook);
-    let p = parts_with(&fake, &clock, &config());
+    let bus = Arc::new(Recorded::default());
+    let notifier = Arc::new(ecs_reloader::notify::Notifier::new(
+        Arc::new(ecs_reloader::metrics::Metrics::new()),
+        Some(bus.clone()),
+    ));
+    let p = setup::assemble(
+        &config(),
+        fake.clients(),
+        clock.clone(),
+        notifier.clone(),
+        Mode::Watch,
+    );
     let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    notifier.flush().await;
+    assert!(
+        bus.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(t, d)| t == "Rollout Paused" && d["service"] == "a-bg"),
+        "no Rollout Paused event"
+    );
     let paused = outcome(&pass, "a-bg").expect("a-bg rolled");
     assert!(
         matches!(paused, Outcome::Paused { reason, .. } if reason.contains("ContinueServiceDeployment")),
@@ -222,6 +242,16 @@ async fn a_codedeploy_service_is_rolled_through_codedeploy() {
     let td = rotated_world(&fake, &["cd-1", "cd-2"]).await;
     fake.deploy_with_codedeploy("prod", "cd-1", "app", "dg-1", ("web", 8080));
     fake.deploy_with_codedeploy("prod", "cd-2", "app", "dg-2", ("web", 8080));
+    // An application this operator may not deploy (not granted in infra/): skipped, not fatal.
+    let other_td = fake.register_task_definition("o", &[]);
+    fake.create_service("other", "theirs", &other_td, 1, &[]);
+    fake.deploy_with_codedeploy("other", "theirs", "not-ours", "dg", ("web", 80));
+    fake.refuse(
+        "codedeploy:ListDeploymentGroups",
+        "not-ours",
+        ecs_reloader::aws::ErrorKind::AccessDenied,
+        "AccessDeniedException",
+    );
     let p = parts_with(&fake, &clock, &config());
     let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
     for s in ["cd-1", "cd-2"] {
@@ -449,4 +479,88 @@ async fn image_drift_warn_and_allow_roll() {
         assert_eq!(fake.rollouts_of("prod", "svc"), 1, "{mode:?}");
         assert_eq!(fake.calls("ecr:DescribeImages") > 0, asks, "{mode:?}");
     }
+}
+
+/// A plan over a fleet mixing all five kinds shows each with its own decision and reason:
+/// rolling, ECS blue/green and CodeDeploy are stale (each rolled its own way), `EXTERNAL` needs
+/// its controller, and the service whose `:latest` moved is held.
+#[tokio::test(start_paused = true)]
+async fn a_plan_over_every_kind_shows_each_its_own_decision() {
+    use ecs_reloader::report::Report;
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let image = format!("{ECR}/app:latest");
+    fake.push_image(&image, "sha256:aaa");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    let latest = fake.register_task_definition("l", &[(site("S"), s.as_str())]);
+    fake.set_images(&latest, &[("app", image.as_str())]);
+    for n in ["rolling", "bluegreen", "codedeploy", "external"] {
+        fake.create_service("prod", n, &td, 1, &[]);
+    }
+    fake.create_service("prod", "latest", &latest, 1, &[]);
+    blue_green(&fake, "bluegreen", Duration::from_secs(600));
+    fake.deploy_with_codedeploy("prod", "codedeploy", "app", "dg", ("web", 80));
+    fake.edit_service("prod", "external", |s| s.controller = Controller::External);
+    settle().await;
+    fake.push_image(&image, "sha256:bbb");
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let mut cfg = config();
+    cfg.rollout.canary = false;
+    let p = parts_with(&fake, &clock, &cfg);
+    let plan = Request {
+        dry_run: true,
+        ..Request::all()
+    };
+    let pass = p.reconciler.pass(&plan).await.expect("plan");
+    assert!(pass.outcomes.is_empty());
+    let table = Report::new(&pass.assessment, &pass.outcomes, true).to_table();
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in the plan:\n{table}"))
+            .to_string()
+    };
+    for n in ["rolling", "bluegreen", "codedeploy"] {
+        assert!(
+            line(n).contains("stale") && line(n).contains("would_roll"),
+            "{table}"
+        );
+    }
+    assert!(
+        line("external").contains("skipped")
+            && line("external").contains("needs_controller")
+            && table.contains("EXTERNAL"),
+        "{table}"
+    );
+    assert!(
+        line("latest").contains("held") && table.contains("image drift"),
+        "{table}"
+    );
+    assert_eq!(fake.calls("ecs:UpdateService"), 0);
+    assert!(fake.codedeploys().is_empty());
+}
+
+/// `CreateDeployment` has no idempotency token: a failed attempt is reported, never retried
+/// (a retry after a lost answer would deploy twice).
+#[tokio::test(start_paused = true)]
+async fn create_deployment_is_never_retried() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["cd"]).await;
+    fake.deploy_with_codedeploy("prod", "cd", "app", "dg", ("web", 80));
+    fake.fail_next(
+        "codedeploy:CreateDeployment",
+        1,
+        ecs_reloader::aws::ErrorKind::Transient,
+    );
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "cd"), Some(Outcome::Failed { .. })),
+        "{:?}",
+        pass.outcomes
+    );
+    assert_eq!(fake.calls("codedeploy:CreateDeployment"), 1);
 }

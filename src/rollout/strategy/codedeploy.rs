@@ -68,7 +68,17 @@ async fn read_groups(cx: &Context) -> AwsResult<GroupMap> {
     let cd = &cx.clients.codedeploy;
     let mut map = HashMap::new();
     for app in all_pages(|t| cd.list_applications(t)).await? {
-        for group in all_pages(|t| cd.list_deployment_groups(&app, t)).await? {
+        // The operator is granted the applications it may deploy (`CodeDeployApplications` in
+        // infra/), not every application the account lists: a refused one is not ours.
+        let groups = match all_pages(|t| cd.list_deployment_groups(&app, t)).await {
+            Ok(g) => g,
+            Err(e) if e.kind == ErrorKind::AccessDenied => {
+                tracing::debug!(application = %app, error = %e, "not a CodeDeploy application this operator may deploy");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for group in groups {
             let g = cd.get_deployment_group(&app, &group).await?;
             for (cluster, service) in g.services {
                 map.insert((cluster, service), (app.clone(), group.clone()));
