@@ -218,9 +218,29 @@ def check_ecs_reads_scoped(statements):
         assert decide(statements, action, "*", {}) == "ImplicitDeny", f"{action} without a cluster"
 
 
+def check_service_deployments_read_only_in_managed_clusters(statements):
+    """BLUE_GREEN, LINEAR and CANARY rollouts are watched through service deployments: listed on
+    the service, described on the service and the service deployment (the Service Authorization
+    Reference's resource types), inside the managed clusters (prod, staging) only."""
+    inside = [("arn:aws:ecs:us-east-1:1:service/prod/api", ["ecs:ListServiceDeployments", "ecs:DescribeServiceDeployments"]),
+              ("arn:aws:ecs:eu-west-1:1:service-deployment/staging/api/Ab12", ["ecs:DescribeServiceDeployments"])]
+    for resource, actions in inside:
+        for action in actions:
+            assert decide(statements, action, resource, {}) == "Allow", (action, resource)
+    for resource in ["arn:aws:ecs:us-east-1:1:service/other/api", "arn:aws:ecs:us-east-1:1:service/prod-2/api",
+                     "arn:aws:ecs:us-east-1:1:service-deployment/other/api/Ab12", "arn:aws:ecs:us-east-1:1:service-deployment/prod-2/api/Ab12",
+                     "arn:aws:ecs:us-east-1:1:cluster/prod", "*"]:
+        for action in ["ecs:ListServiceDeployments", "ecs:DescribeServiceDeployments"]:
+            assert decide(statements, action, resource, {}) == "ImplicitDeny", (action, resource)
+    granted = [s for s in statements if s["Effect"] == "Allow" and any("ServiceDeployment" in a for a in _actions(s))]
+    assert sorted(a for s in granted for a in _actions(s)) == ["ecs:DescribeServiceDeployments", "ecs:ListServiceDeployments"]
+
+
 def test_ecs_reads_only_the_managed_clusters(template):
     r = refs()
-    check_ecs_reads_scoped(render(_statements(template, "OperatorPolicy"), r, conditions(r)))
+    statements = render(_statements(template, "OperatorPolicy"), r, conditions(r))
+    check_ecs_reads_scoped(statements)
+    check_service_deployments_read_only_in_managed_clusters(statements)
 
 
 def test_the_operator_puts_only_its_own_outcome_events(template):
