@@ -27,6 +27,7 @@ from test_templates import (
     assert_cfn_lint_clean,
     assert_checkov_clean,
     check_ecs_reads_scoped,
+    check_image_metadata_only,
     check_service_deployments_read_only_in_managed_clusters,
     check_update_service_only_forces,
     conditions,
@@ -98,6 +99,7 @@ def test_the_target_role_trusts_only_the_operator_with_the_external_id_and_reads
     check_update_service_only_forces(rendered, f"arn:aws:ecs:eu-west-1:{MEMBERS[0]}:service/staging/api")
     check_ecs_reads_scoped(rendered)
     check_service_deployments_read_only_in_managed_clusters(rendered)
+    check_image_metadata_only(rendered)
     assert member["Parameters"]["ManagedClusters"]["AllowedPattern"] == "^[A-Za-z0-9_-]{1,255}$", "no bare *"
     # The forwarder: only EventBridge acting for this account, only this account's events.
     [trust] = member["Resources"]["ForwarderRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]

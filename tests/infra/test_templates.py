@@ -49,21 +49,51 @@ UPDATE_SERVICE_KEYS = [
     "ecs:task-memory",
 ]
 VALUE_READS = ["secretsmanager:GetSecretValue", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "kms:Decrypt"]
+# What would read an image's content (its manifest, its layers): denied; ecr:DescribeImages
+# (digests and tags, for image drift) is all the operator reads of ECR.
+IMAGE_READS = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+
 
 
 def refs(account=ACCOUNT, **params):
     """Parameter and pseudo-parameter values for policy.render."""
     base = {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::StackName": "reloader",
-            "ManagedClusters": ["prod", "staging"], "MemberAccounts": [""], "OrganizationId": "", "MemberRoleName": ""}
+            "ManagedClusters": ["prod", "staging"], "MemberAccounts": [""], "OrganizationId": "", "MemberRoleName": "",
+            "LabelledParameterNames": [""]}
     base.update(params)
     return base
 
 
 def conditions(r, mode="ecs"):
-    members = r["MemberAccounts"] != [""]
+    """Both templates' conditions, as CloudFormation decides them for these refs (a
+    CommaDelimitedList is empty when its elements join to "")."""
+    members = "".join(r["MemberAccounts"]) != ""
     org = r["OrganizationId"] != ""
     return {"IsEcs": mode == "ecs", "IsLambda": mode == "lambda", "HasMemberAccounts": members, "HasOrganization": org,
-            "HasMembers": members or org, "HasMemberRole": r["MemberRoleName"] != ""}
+            "HasMembers": members or org, "HasMemberRole": r["MemberRoleName"] != "",
+            "HasLabelledParameters": "".join(r["LabelledParameterNames"]) != ""}
+
+
+def role_statements(template, role, r, conds):
+    """Every statement a role of the template holds for these refs and conditions: its managed
+    policies, its inline ones, and each AWS::IAM::Policy naming it whose Condition holds."""
+    res = template["Resources"]
+    if "Condition" in res[role] and not conds[res[role]["Condition"]]:
+        return []
+    r = {**{name: name for name in res}, **r}  # a Ref to a resource: its logical id
+    props = res[role]["Properties"]
+    statements = []
+    for arn in render(props.get("ManagedPolicyArns", []), r, conds):
+        statements += render(_statements(template, arn), r, conds)
+    for p in render(props.get("Policies", []), r, conds):
+        statements += p["PolicyDocument"]["Statement"]
+    for name, resource in res.items():
+        if resource["Type"] != "AWS::IAM::Policy" or ("Condition" in resource and not conds[resource["Condition"]]):
+            continue
+        policy = render(resource["Properties"], r, conds)
+        if role in policy["Roles"]:
+            statements += policy["PolicyDocument"]["Statement"]
+    return statements
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +273,28 @@ def test_ecs_reads_only_the_managed_clusters(template):
     check_service_deployments_read_only_in_managed_clusters(statements)
 
 
+def check_image_metadata_only(statements):
+    """ecr:DescribeImages (digests and tags, for image drift) on any repository; an image's
+    content (manifest, layers) explicitly denied, whatever else grants it."""
+    repos = ["arn:aws:ecr:us-east-1:123456789012:repository/app", "arn:aws:ecr:eu-west-1:999999999999:repository/team/api"]
+    for repo in repos:
+        assert decide(statements, "ecr:DescribeImages", repo, {}) == "Allow", repo
+        greedy = statements + [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]
+        for action in IMAGE_READS:
+            assert decide(greedy, action, repo, {}) == "Deny", (action, repo)
+    allowed = sorted({a for s in statements if s["Effect"] == "Allow" for a in _actions(s) if a.startswith("ecr:")})
+    assert allowed == ["ecr:DescribeImages"], allowed
+    [deny] = [s for s in statements if s.get("Sid") == "NeverReadAnImage"]
+    assert (deny["Effect"], sorted(_actions(deny)), deny["Resource"], deny.get("Condition")) == ("Deny", IMAGE_READS, "*", None)
+
+
+@pytest.mark.parametrize("mode", ["ecs", "lambda"])
+def test_ecr_gives_the_operator_digests_and_tags_only(template, mode):
+    r = refs()
+    role = "TaskRole" if mode == "ecs" else "FunctionRole"
+    check_image_metadata_only(role_statements(template, role, r, conditions(r, mode)))
+
+
 def test_the_operator_puts_only_its_own_outcome_events(template):
     [put] = [s for s in _statements(template, "OperatorPolicy") if "events:PutEvents" in _actions(s)]
     bus = "arn:aws:events:us-east-1:123456789012:event-bus/default"
@@ -406,6 +458,8 @@ def _check_events_queue_and_policy(aws, resources, outputs):
     document = json.loads(document) if isinstance(document, str) else document
     [deny] = [s for s in document["Statement"] if s["Sid"] == "NeverReadAValue"]
     assert deny["Effect"] == "Deny" and sorted(deny["Action"]) == sorted(VALUE_READS)
+    [deny] = [s for s in document["Statement"] if s["Sid"] == "NeverReadAnImage"]
+    assert deny["Effect"] == "Deny" and sorted(deny["Action"]) == IMAGE_READS
     # (The emulator's CloudFormation does not attach a role's ManagedPolicyArns, so that both
     # roles carry both policies is checked on the template: test_the_operator_can_never_read_...)
     assert "EventBusArn" not in outputs and "MemberEventBus" not in resources, "no forwarding bus without members"
