@@ -26,12 +26,15 @@ from test_templates import (
     _event,
     assert_cfn_lint_clean,
     assert_checkov_clean,
+    check_codedeploy_only_named_applications,
     check_ecs_reads_scoped,
     check_image_metadata_only,
+    check_no_codedeploy,
     check_service_deployments_read_only_in_managed_clusters,
     check_update_service_only_forces,
     conditions,
     refs,
+    role_statements,
 )
 
 MEMBER = ROOT / "infra/ecs-reloader-member.yaml"
@@ -106,6 +109,29 @@ def test_the_target_role_trusts_only_the_operator_with_the_external_id_and_reads
     assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
     for rule in CHANGE_RULES:
         assert member["Resources"][rule]["Properties"]["EventPattern"]["account"] == [{"Ref": "AWS::AccountId"}]
+
+
+def test_the_target_role_deploys_only_the_named_codedeploy_applications(member, central):
+    # The same parameter as the central template's, and the policy only where the role is.
+    same = ["Type", "Default", "AllowedPattern"]
+    assert {k: member["Parameters"]["CodeDeployApplications"][k] for k in same} == {k: central["Parameters"]["CodeDeployApplications"][k] for k in same}
+    policy = member["Resources"]["TargetCodeDeployPolicy"]
+    assert policy["Condition"] == "CreatesCodeDeployPolicy" and policy["Properties"]["Roles"] == [{"Ref": "TargetRole"}]
+    assert member["Conditions"]["CreatesCodeDeployPolicy"] == {"Fn::And": [
+        member["Conditions"]["CreatesRole"],
+        {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "CodeDeployApplications"}]}, ""]}]}]}
+    for name, resource in member["Resources"].items():
+        if name != "TargetCodeDeployPolicy":
+            assert "codedeploy:" not in json.dumps(resource), name
+    r = refs(account=MEMBERS[0])
+    check_no_codedeploy(role_statements(member, "TargetRole", r, conditions(r)))
+    r = refs(account=MEMBERS[0], CodeDeployApplications=["orders", "billing"])
+    statements = role_statements(member, "TargetRole", r, conditions(r))
+    check_codedeploy_only_named_applications(statements)
+    check_image_metadata_only(statements)
+    # Another region's stack instance: no role, no policy.
+    r = refs(account=MEMBERS[0], CodeDeployApplications=["orders"], RoleRegion="eu-west-1")
+    assert not conditions(r)["CreatesCodeDeployPolicy"] and role_statements(member, "TargetRole", r, conditions(r)) == []
 
 
 def test_the_central_bus_accepts_only_the_organisation_or_listed_accounts(central):
@@ -234,8 +260,11 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
             _client(endpoint, "cloudformation", builder),
             "ecs-reloader-member",
             MEMBER,
-            {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod,staging"},
+            {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod,staging",
+             # One member deploys CODE_DEPLOY services through CodeDeploy, the others none.
+             "CodeDeployApplications": "orders" if account == MEMBERS[0] else ""},
         )
+        assert ("TargetCodeDeployPolicy" in res) == (account == MEMBERS[0]), account
         assert out["TargetRoleArn"] == f"arn:aws:iam::{account}:role/ecs-reloader-target"
         role = _client(endpoint, "iam", builder).get_role(RoleName="ecs-reloader-target")["Role"]
         assert role["Arn"] == out["TargetRoleArn"]
@@ -274,7 +303,8 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
         _client(endpoint, "cloudformation", builder, region="eu-west-1"),
         "ecs-reloader-member",
         MEMBER,
-        {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod"},
+        {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod",
+         "CodeDeployApplications": "orders"},
     )
-    assert "TargetRole" not in res and "TargetRoleArn" not in out
+    assert "TargetRole" not in res and "TargetRoleArn" not in out and "TargetCodeDeployPolicy" not in res
     assert all(rule in res for rule in CHANGE_RULES)

@@ -52,14 +52,24 @@ VALUE_READS = ["secretsmanager:GetSecretValue", "ssm:GetParameter", "ssm:GetPara
 # What would read an image's content (its manifest, its layers): denied; ecr:DescribeImages
 # (digests and tags, for image drift) is all the operator reads of ECR.
 IMAGE_READS = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
-
+# Every CodeDeploy action the operator may be granted (CodeDeployApplications not empty).
+CODEDEPLOY_ACTIONS = [
+    "codedeploy:CreateDeployment",
+    "codedeploy:GetApplicationRevision",
+    "codedeploy:GetDeployment",
+    "codedeploy:GetDeploymentConfig",
+    "codedeploy:GetDeploymentGroup",
+    "codedeploy:ListApplications",
+    "codedeploy:ListDeploymentGroups",
+    "codedeploy:RegisterApplicationRevision",
+]
 
 
 def refs(account=ACCOUNT, **params):
     """Parameter and pseudo-parameter values for policy.render."""
     base = {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::StackName": "reloader",
             "ManagedClusters": ["prod", "staging"], "MemberAccounts": [""], "OrganizationId": "", "MemberRoleName": "",
-            "LabelledParameterNames": [""]}
+            "LabelledParameterNames": [""], "CodeDeployApplications": [""], "RoleRegion": "us-east-1"}
     base.update(params)
     return base
 
@@ -69,9 +79,13 @@ def conditions(r, mode="ecs"):
     CommaDelimitedList is empty when its elements join to "")."""
     members = "".join(r["MemberAccounts"]) != ""
     org = r["OrganizationId"] != ""
+    codedeploy = "".join(r["CodeDeployApplications"]) != ""
+    creates_role = r["AWS::Region"] == r["RoleRegion"]
     return {"IsEcs": mode == "ecs", "IsLambda": mode == "lambda", "HasMemberAccounts": members, "HasOrganization": org,
             "HasMembers": members or org, "HasMemberRole": r["MemberRoleName"] != "",
-            "HasLabelledParameters": "".join(r["LabelledParameterNames"]) != ""}
+            "HasLabelledParameters": "".join(r["LabelledParameterNames"]) != "", "HasCodeDeployApplications": codedeploy,
+            # The member template's.
+            "CreatesRole": creates_role, "CreatesCodeDeployPolicy": creates_role and codedeploy}
 
 
 def role_statements(template, role, r, conds):
@@ -295,6 +309,74 @@ def test_ecr_gives_the_operator_digests_and_tags_only(template, mode):
     check_image_metadata_only(role_statements(template, role, r, conditions(r, mode)))
 
 
+def check_codedeploy_only_named_applications(statements, pinned_region=None):
+    """With CodeDeployApplications = orders, billing: the CodeDeploy actions (and no others) on
+    those applications and their deployment groups only; ListApplications names no resource,
+    GetDeploymentConfig any configuration. With pinned_region, the writes only in that region."""
+    app = "arn:aws:codedeploy:us-east-1:123456789012:application:"
+    group = "arn:aws:codedeploy:us-east-1:123456789012:deploymentgroup:"
+    here = {"aws:RequestedRegion": pinned_region or "us-east-1"}
+    allowed = sorted({a for s in statements if s["Effect"] == "Allow" for a in _actions(s) if a.startswith("codedeploy:")})
+    assert allowed == CODEDEPLOY_ACTIONS, allowed
+    assert decide(statements, "codedeploy:ListApplications", "*", here) == "Allow"
+    assert decide(statements, "codedeploy:GetDeploymentConfig", "arn:aws:codedeploy:us-east-1:123456789012:deploymentconfig:CodeDeployDefault.ECSAllAtOnce", here) == "Allow"
+    for name in ["orders", "billing"]:
+        for action in ["codedeploy:ListDeploymentGroups", "codedeploy:RegisterApplicationRevision", "codedeploy:GetApplicationRevision"]:
+            assert decide(statements, action, app + name, here) == "Allow", (action, name)
+        for action in ["codedeploy:GetDeploymentGroup", "codedeploy:GetDeployment", "codedeploy:CreateDeployment"]:
+            assert decide(statements, action, f"{group}{name}/{name}-blue-green", here) == "Allow", (action, name)
+    for other in ["payments", "orders-2", "order"]:
+        for action in ["codedeploy:ListDeploymentGroups", "codedeploy:RegisterApplicationRevision", "codedeploy:GetApplicationRevision"]:
+            assert decide(statements, action, app + other, here) == "ImplicitDeny", (action, other)
+        for action in ["codedeploy:GetDeploymentGroup", "codedeploy:GetDeployment", "codedeploy:CreateDeployment"]:
+            assert decide(statements, action, f"{group}{other}/dg", here) == "ImplicitDeny", (action, other)
+    # Group-level actions never on an application, application-level ones never on a group.
+    assert decide(statements, "codedeploy:CreateDeployment", app + "orders", here) == "ImplicitDeny"
+    assert decide(statements, "codedeploy:RegisterApplicationRevision", group + "orders/dg", here) == "ImplicitDeny"
+    if pinned_region:
+        elsewhere = {"aws:RequestedRegion": "ap-south-1"}
+        assert decide(statements, "codedeploy:CreateDeployment", group + "orders/dg", elsewhere) == "ImplicitDeny"
+        assert decide(statements, "codedeploy:RegisterApplicationRevision", app + "orders", elsewhere) == "ImplicitDeny"
+
+
+def check_no_codedeploy(statements):
+    assert not [s for s in statements if any(a.startswith("codedeploy:") for a in _actions(s))], "no CodeDeploy action at all"
+    for action in CODEDEPLOY_ACTIONS:
+        assert decide(statements, action, "arn:aws:codedeploy:us-east-1:123456789012:deploymentgroup:orders/dg", {"aws:RequestedRegion": "us-east-1"}) == "ImplicitDeny"
+        assert decide(statements, action, "*", {"aws:RequestedRegion": "us-east-1"}) == "ImplicitDeny"
+
+
+@pytest.mark.parametrize("mode", ["ecs", "lambda"])
+def test_codedeploy_only_on_the_named_applications_and_none_by_default(template, mode):
+    role = "TaskRole" if mode == "ecs" else "FunctionRole"
+    r = refs()
+    check_no_codedeploy(role_statements(template, role, r, conditions(r, mode)))
+    r = refs(CodeDeployApplications=["orders", "billing"])
+    check_codedeploy_only_named_applications(role_statements(template, role, r, conditions(r, mode)), pinned_region="us-east-1")
+    # Only the policy that carries the condition grants CodeDeploy, and it refuses wildcards.
+    for name, resource in template["Resources"].items():
+        doc = resource.get("Properties", {}).get("PolicyDocument")
+        if doc and "codedeploy:" in json.dumps(doc):
+            assert (name, resource.get("Condition")) == ("CodeDeployRolloutPolicy", "HasCodeDeployApplications")
+    assert template["Parameters"]["CodeDeployApplications"]["Default"] == ""
+
+
+def _env(template, mode):
+    if mode == "ecs":
+        [container] = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+        return {e["Name"]: e["Value"] for e in container["Environment"]}
+    return template["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+
+
+@pytest.mark.parametrize("mode", ["ecs", "lambda"])
+def test_codedeploy_rollouts_are_on_exactly_when_granted(template, mode):
+    for apps, expected in [([""], "false"), (["orders"], "true"), (["orders", "billing"], "true")]:
+        r = refs(CodeDeployApplications=apps)
+        assert render(_env(template, mode)["ECS_RELOADER_ROLLOUT_CODEDEPLOY"], r, conditions(r, mode)) == expected, apps
+    # The variable names the key the binary reads ([rollout] codedeploy).
+    assert "pub codedeploy: bool" in (ROOT / "src/config.rs").read_text()
+
+
 def test_the_operator_puts_only_its_own_outcome_events(template):
     [put] = [s for s in _statements(template, "OperatorPolicy") if "events:PutEvents" in _actions(s)]
     bus = "arn:aws:events:us-east-1:123456789012:event-bus/default"
@@ -335,6 +417,11 @@ def test_parameters_refuse_a_bare_wildcard(template):
         assert re.fullmatch(labelled, ok), ok
     for bad in ["*", "/*", "app*", "*/db", "app/*/x", "/app/db"]:
         assert not re.fullmatch(labelled, bad), bad
+    codedeploy = template["Parameters"]["CodeDeployApplications"]["AllowedPattern"]
+    for ok in ["", "orders", "Orders.api_v2", "a+b=c@d-e"]:
+        assert re.fullmatch(codedeploy, ok), ok
+    for bad in ["*", "orders*", "ord?rs", "orders/blue", "arn:aws:codedeploy:us-east-1:1:application:orders", "x" * 101]:
+        assert not re.fullmatch(codedeploy, bad), bad
 
 
 def _event(name, **overrides):
@@ -518,10 +605,12 @@ def test_deploys_into_the_emulator_as_a_fargate_service(aws):
     env = {e["name"]: e["value"] for e in container["environment"]}
     assert env["ECS_RELOADER_EVENTS_QUEUE_URL"] == outputs["QueueUrl"]
     assert env["ECS_RELOADER_SCOPE_CLUSTERS"] == "prod,staging"
+    assert env["ECS_RELOADER_ROLLOUT_CODEDEPLOY"] == "false", "no CodeDeployApplications: CODE_DEPLOY services are reported"
     assert container["readonlyRootFilesystem"] is True
     attrs = aws("sqs").get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["VisibilityTimeout"])["Attributes"]
     assert int(attrs["VisibilityTimeout"]) == 300, "serve extends visibility itself; a crash must not hide events long"
     _check_no_parameter_history(aws, [resources["TaskRole"]])
+    _check_no_codedeploy(aws, [resources["TaskRole"]])
     _check_dashboard(aws, outputs, "ecs")
 
 
@@ -551,7 +640,9 @@ def test_deploys_into_the_emulator_as_a_lambda_function(aws):
     assert int(attrs["VisibilityTimeout"]) >= 6 * fn["Timeout"], (attrs, fn["Timeout"])
     assert int(json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]) >= 5
     assert fn["Architectures"] == ["x86_64"], "the default architecture never changes under an existing stack"
+    assert fn["Environment"]["Variables"]["ECS_RELOADER_ROLLOUT_CODEDEPLOY"] == "false"
     _check_no_parameter_history(aws, [resources["FunctionRole"]])
+    _check_no_codedeploy(aws, [resources["FunctionRole"]])
     _check_dashboard(aws, outputs, "lambda")
 
 
@@ -582,6 +673,34 @@ def _check_no_parameter_history(aws, roles):
     for role in roles:
         granted = [s for s in _role_statements(aws, role) if "ssm:GetParameterHistory" in _actions(s)]
         assert granted == [], f"{role}: GetParameterHistory returns values; by default it is granted on nothing: {granted}"
+
+
+def _check_no_codedeploy(aws, roles):
+    for role in roles:
+        granted = [s for s in _role_statements(aws, role) if any(a.startswith("codedeploy:") for a in _actions(s))]
+        assert granted == [], f"{role}: no CodeDeployApplications, no CodeDeploy action: {granted}"
+
+
+def test_codedeploy_is_granted_only_on_the_named_applications_in_the_emulator(aws):
+    aws("ecs").create_cluster(clusterName="ops")
+    resources, _ = _deploy(
+        aws,
+        "reloader-codedeploy",
+        {
+            "Mode": "ecs",
+            "ManagedClusters": "prod,staging",
+            "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ecs-reloader:1",
+            "OperatorCluster": "ops",
+            "Subnets": "subnet-0123456789abcdef0",
+            "SecurityGroups": "sg-0123456789abcdef0",
+            "CodeDeployApplications": "orders,billing",
+        },
+    )
+    statements = [s for s in _role_statements(aws, resources["TaskRole"]) if any(a.startswith("codedeploy:") for a in _actions(s))]
+    check_codedeploy_only_named_applications(statements, pinned_region="us-east-1")
+    td = aws("ecs").describe_task_definition(taskDefinition=resources["TaskDefinition"])["taskDefinition"]
+    env = {e["name"]: e["value"] for e in td["containerDefinitions"][0]["environment"]}
+    assert env["ECS_RELOADER_ROLLOUT_CODEDEPLOY"] == "true"
 
 
 def test_parameter_history_is_granted_only_on_the_named_parameters(aws):
