@@ -74,7 +74,10 @@ EXAMPLES = {
             "MemberRoleName": "ecs-reloader-target",
         },
         {"Mode": "lambda", "ManagedClusters": "prod,staging", "CodeBucket": "code", "Architecture": "x86_64"},
-        {"Mode": "lambda", "ManagedClusters": "prod,staging", "CodeBucket": "code", "Architecture": "arm64"},
+        # CODE_DEPLOY services rolled through CodeDeploy (ECS_RELOADER_ROLLOUT_CODEDEPLOY=true);
+        # the two above leave it off.
+        {"Mode": "lambda", "ManagedClusters": "prod,staging", "CodeBucket": "code", "Architecture": "arm64",
+         "CodeDeployApplications": "orders"},
     ],
     # No container or function: deployed, checked to complete, and removed (its end-to-end path,
     # in two accounts, is tests/infra/test_organisation.py's). The central bus is another
@@ -85,6 +88,7 @@ EXAMPLES = {
             "ExternalId": "example-external-id",
             "CentralEventBusArn": f"arn:aws:events:{REGION}:210987654321:event-bus/default",
             "ManagedClusters": "prod,staging",
+            "CodeDeployApplications": "orders",
         },
     ],
 }
