@@ -867,17 +867,17 @@ mod tests {
 
         static N: AtomicU32 = AtomicU32::new(0);
 
-        pub struct TempFile(pub PathBuf);
+        pub(super) struct TempFile(pub(super) PathBuf);
 
         impl TempFile {
-            pub fn new() -> Self {
+            pub(super) fn new() -> Self {
                 let n = N.fetch_add(1, Ordering::Relaxed);
                 TempFile(
                     std::env::temp_dir()
                         .join(format!("ecs-reloader-test-{}-{n}.toml", std::process::id())),
                 )
             }
-            pub fn file(&self) -> File {
+            pub(super) fn file(&self) -> File {
                 File::create(&self.0).expect("create")
             }
         }

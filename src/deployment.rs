@@ -26,7 +26,7 @@ use crate::aws::{Deployment, RolloutState, Service};
 
 /// What a deployment amounts to right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Done and healthy.
     Healthy,
     /// Replaced by a newer deployment that is not a rollback.
@@ -55,7 +55,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// Why it went wrong, for reports; `None` when it did not.
-    pub fn problem(&self, deployment: &str) -> Option<String> {
+    pub(crate) fn problem(&self, deployment: &str) -> Option<String> {
         match self {
             Verdict::Failed { reason } => Some(format!("deployment {deployment} failed: {reason}")),
             Verdict::RolledBack { reason } => {
@@ -170,7 +170,7 @@ pub(crate) fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Li
 /// The service's latest rollout as a whole: a failed deployment still listed wins (it is what
 /// the circuit breaker leaves behind while rolling back), else the primary's reading. Returns the
 /// deployment the verdict is about.
-pub fn current<'a>(
+pub(crate) fn current<'a>(
     service: &'a Service,
     now: DateTime<Utc>,
     limits: &Limits,
@@ -188,7 +188,7 @@ pub fn current<'a>(
 
 /// Whether a deployment of the service is under way (rolling, rolling back, or an older one still
 /// draining): another forced deployment must not be stacked on it.
-pub fn busy(service: &Service) -> bool {
+pub(crate) fn busy(service: &Service) -> bool {
     service.deployments.len() > 1
         || service
             .primary()

@@ -18,7 +18,7 @@ pub(crate) const NAMESPACE: &str = "ecs-reloader";
 type Labels = Vec<(String, String)>;
 
 /// Counter values last sent, by (metric, labels).
-pub type Sent = BTreeMap<(String, Labels), f64>;
+pub(crate) type Sent = BTreeMap<(String, Labels), f64>;
 
 /// One metric of a document: name, value, CloudWatch unit.
 type Datum = (String, f64, &'static str);
@@ -84,7 +84,7 @@ fn samples(text: &str) -> Vec<Sample> {
 
 /// The EMF documents for the registry's state `text` at `timestamp_ms`, given what was `sent`
 /// before (updated in place). Counters that did not grow are left out.
-pub fn documents(text: &str, sent: &mut Sent, timestamp_ms: i64) -> Vec<Value> {
+pub(crate) fn documents(text: &str, sent: &mut Sent, timestamp_ms: i64) -> Vec<Value> {
     // One document per set of dimensions.
     let mut groups: BTreeMap<Labels, Vec<Datum>> = BTreeMap::new();
     for s in samples(text) {

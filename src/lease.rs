@@ -77,6 +77,12 @@ pub struct Leadership {
     last_led: Mutex<Instant>,
 }
 
+impl crate::aws::guard::Leading for Leadership {
+    fn is_leader(&self) -> bool {
+        Leadership::is_leader(self)
+    }
+}
+
 impl Leadership {
     /// A replica that never competes: always the leader (one replica, no lease configured).
     pub(crate) fn sole() -> Arc<Self> {

@@ -26,7 +26,7 @@
 //! | `intake` | what `serve` and the Lambda make of a message: parsed, weighed (whose events count), counted |
 //! | [`index`] | scanning ECS, the task-definition cache, resolving references and targets |
 //! | [`decide`] | the staleness rule and its edge cases (read its docs); waves, holds, gates |
-//! | [`deployment`] | the one reading of an ECS deployment (healthy, in progress, failed, rolled back, stuck) |
+//! | `deployment` | the one reading of an ECS deployment (healthy, in progress, failed, rolled back, stuck) |
 //! | [`plan`] | ordering stale services into a change set |
 //! | [`reconcile`] | the pass every driver runs, and when to look again |
 //! | [`rollout`] | executing a change set |
@@ -39,13 +39,19 @@
 //! | [`metrics`] | Prometheus metrics of `serve` |
 //! | [`driver`] | the CLI, `serve` and the Lambda handler, and wiring the parts from configuration |
 
+// Public items must be reachable from outside the crate (the binary, the tests): everything else
+// is `pub(crate)`.
+#![warn(unreachable_pub)]
+
 pub mod aws;
 pub mod clock;
 pub mod config;
+#[cfg(test)]
+mod dashboards;
 pub mod decide;
-pub mod deployment;
+pub(crate) mod deployment;
 pub mod driver;
-pub mod emf;
+pub(crate) mod emf;
 pub mod event;
 pub mod index;
 pub(crate) mod intake;
@@ -57,6 +63,7 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
+pub(crate) mod status_page;
 pub mod targets;
 pub(crate) mod watch;
 pub mod window;

@@ -55,7 +55,7 @@ pub struct Notifier {
     bus: Option<Arc<dyn Bus>>,
     puts: Mutex<JoinSet<()>>,
     /// `serve`'s status page, when there is one.
-    board: Option<Arc<crate::driver::status_page::Board>>,
+    board: Option<Arc<crate::status_page::Board>>,
 }
 
 impl Notifier {
@@ -70,13 +70,13 @@ impl Notifier {
     }
 
     /// Keeps `serve`'s status page up to date too.
-    pub(crate) fn with_board(mut self, board: Arc<crate::driver::status_page::Board>) -> Self {
+    pub(crate) fn with_board(mut self, board: Arc<crate::status_page::Board>) -> Self {
         self.board = Some(board);
         self
     }
 
     /// The status page's board, when there is one.
-    pub(crate) fn board(&self) -> Option<&Arc<crate::driver::status_page::Board>> {
+    pub(crate) fn board(&self) -> Option<&Arc<crate::status_page::Board>> {
         self.board.as_ref()
     }
 

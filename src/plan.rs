@@ -10,42 +10,7 @@ use serde::Serialize;
 use crate::aws::Service;
 use crate::decide::{Decision, Finding, Item};
 
-/// Identifies a service: cluster and name within its account and region, which its ARN gives
-/// (empty when unknown). With several targets, two services of one name in two accounts or
-/// regions are two keys; the display stays `CLUSTER/SERVICE` (reports show account and region
-/// in columns of their own).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ServiceKey {
-    /// Cluster name.
-    pub cluster: String,
-    /// Service name.
-    pub service: String,
-    /// The service's account (from its ARN).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub account: String,
-    /// The service's region (from its ARN).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub region: String,
-}
-
-impl ServiceKey {
-    /// The key of a described service.
-    pub fn of(s: &Service) -> Self {
-        let home = crate::reference::Home::of_arn(&s.arn, "");
-        ServiceKey {
-            cluster: s.cluster_name().to_string(),
-            service: s.name.clone(),
-            account: home.account.unwrap_or_default(),
-            region: home.region,
-        }
-    }
-}
-
-impl std::fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.cluster, self.service)
-    }
-}
+pub use crate::aws::ServiceKey;
 
 /// One service to roll.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -282,7 +282,7 @@ pub struct Pass {
     pub requeue_after: Option<Duration>,
     /// With several targets ([`crate::targets::Fleet`]): each target (account, region) and
     /// whether its pass ran. Empty for one reconciler's own pass.
-    pub targets: Vec<crate::targets::TargetStatus>,
+    pub targets: Vec<TargetStatus>,
     /// A target could not be worked on (its role refused, its calls failed): its part of the
     /// change may be tried again after this. Apart from [`Pass::requeue_after`] because the
     /// drivers bound these retries ([`crate::intake::next_look`]) and the resync ignores them: a
@@ -400,6 +400,31 @@ impl Pass {
             out.push("the time ran out before every stale service was rolled".into());
         }
         out
+    }
+}
+
+/// A target and how its last pass went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    /// The account (empty: the operator's own credentials, whose account no service showed).
+    pub account: String,
+    /// The region.
+    pub region: String,
+    /// The role assumed in it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// Why its pass could not run; `None` when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Display for TargetStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.account.is_empty() {
+            write!(f, "(own account) {}", self.region)
+        } else {
+            write!(f, "{} {}", self.account, self.region)
+        }
     }
 }
 

@@ -30,13 +30,11 @@
 //! in metadata reads).
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use serde::Serialize;
 
 use crate::aws::guard::Stats;
 use crate::aws::{AwsResult, Identity, Page, SecretMeta, SecretVersion, Secrets};
@@ -64,30 +62,7 @@ impl Passes for Fleet {
     }
 }
 
-/// A target and how its last pass went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetStatus {
-    /// The account (empty: the operator's own credentials, whose account no service showed).
-    pub account: String,
-    /// The region.
-    pub region: String,
-    /// The role assumed in it, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role_arn: Option<String>,
-    /// Why its pass could not run; `None` when it ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
-
-impl fmt::Display for TargetStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.account.is_empty() {
-            write!(f, "(own account) {}", self.region)
-        } else {
-            write!(f, "{} {}", self.account, self.region)
-        }
-    }
-}
+pub use crate::reconcile::TargetStatus;
 
 /// One target's reconciler.
 pub struct Member {

@@ -40,7 +40,24 @@ use super::{
     TaskDefinition,
 };
 use crate::clock::Clock;
-use crate::lease::Leadership;
+
+/// Whether this replica may change production now: the single-writer lease's answer
+/// ([`crate::lease::Leadership`] implements it), asked right before a call that changes
+/// production leaves. A trait, so that the guard (a port) knows nothing of the lease (a driver's
+/// concern).
+pub trait Leading: Send + Sync {
+    /// Whether this replica leads.
+    fn is_leader(&self) -> bool;
+}
+
+/// A replica that never competes: always leads.
+struct Sole;
+
+impl Leading for Sole {
+    fn is_leader(&self) -> bool {
+        true
+    }
+}
 
 /// Why an `UpdateService` was not sent: the replica no longer holds the single-writer lease.
 pub(crate) const LOST_LEASE: &str = "this replica no longer holds the lease: the leader decides it";
@@ -473,7 +490,7 @@ struct Shared {
     limits: Limits,
     stats: Arc<Stats>,
     clock: Arc<dyn Clock>,
-    leadership: Arc<Leadership>,
+    leadership: Arc<dyn Leading>,
 }
 
 impl Shared {
@@ -547,7 +564,7 @@ impl Pacing {
 /// Wraps clients in the guard. `clock` is the wall clock used to tell whether an ambiguous
 /// `UpdateService` took effect.
 pub fn guard(clients: Clients, limits: Limits, clock: Arc<dyn Clock>) -> (Clients, Arc<Stats>) {
-    guard_with(clients, limits, clock, Leadership::sole())
+    guard_with(clients, limits, clock, Arc::new(Sole))
 }
 
 /// [`guard`], for a replica that may call `UpdateService` only while `leadership` says it leads:
@@ -557,7 +574,7 @@ pub(crate) fn guard_with(
     clients: Clients,
     limits: Limits,
     clock: Arc<dyn Clock>,
-    leadership: Arc<Leadership>,
+    leadership: Arc<dyn Leading>,
 ) -> (Clients, Arc<Stats>) {
     let (guarded, stats, _) = guard_full(clients, limits, clock, leadership);
     (guarded, stats)
@@ -569,14 +586,14 @@ pub fn guard_with_pacing(
     limits: Limits,
     clock: Arc<dyn Clock>,
 ) -> (Clients, Arc<Stats>, Pacing) {
-    guard_full(clients, limits, clock, Leadership::sole())
+    guard_full(clients, limits, clock, Arc::new(Sole))
 }
 
 fn guard_full(
     clients: Clients,
     limits: Limits,
     clock: Arc<dyn Clock>,
-    leadership: Arc<Leadership>,
+    leadership: Arc<dyn Leading>,
 ) -> (Clients, Arc<Stats>, Pacing) {
     let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {

@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{Decision, GRANULARITY};
+use crate::aws::ServiceKey;
 use crate::aws::{Deployment, Service};
 use crate::deployment::{self, Limits, Verdict};
-use crate::plan::ServiceKey;
 use crate::reference::SecretIdentity;
 use crate::window::{Opening, Windows, TAG_WINDOW};
 

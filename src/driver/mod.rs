@@ -6,4 +6,3 @@ pub mod healthcheck;
 pub mod lambda;
 pub mod serve;
 pub mod setup;
-pub(crate) mod status_page;

@@ -946,7 +946,7 @@ pub async fn run(
         .then(|| Arc::new(SdkQueue::new(&sdk.config, &config.events.queue_url)) as Arc<dyn Queue>);
     let notifier = Arc::new(
         Notifier::new(Arc::new(Metrics::new()), sdk.bus.clone())
-            .with_board(Arc::new(crate::driver::status_page::Board::default())),
+            .with_board(Arc::new(crate::status_page::Board::default())),
     );
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
     let (tx, rx) = watch::channel(false);
@@ -1006,14 +1006,14 @@ pub(crate) fn replica_name() -> String {
 #[derive(Clone)]
 struct HttpState {
     status: Arc<Status>,
-    board: Option<Arc<crate::driver::status_page::Board>>,
+    board: Option<Arc<crate::status_page::Board>>,
     in_flight: Arc<Mutex<Vec<String>>>,
     leadership: Arc<Leadership>,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
 }
 
-/// The status page (see [`crate::driver::status_page`]).
+/// The status page (see [`crate::status_page`]).
 async fn status_page(
     State(s): State<HttpState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
@@ -1028,7 +1028,7 @@ async fn status_page(
         crate::lease::Role::Standby { leader: Some(l) } => format!("{l} (this replica stands by)"),
         crate::lease::Role::Standby { leader: None } => "nobody known yet".to_string(),
     };
-    let live = crate::driver::status_page::Live {
+    let live = crate::status_page::Live {
         leader,
         ready: ready.trim().to_string(),
         in_flight: s
@@ -1041,7 +1041,7 @@ async fn status_page(
     };
     let page = match &s.board {
         Some(board) => board.render(&live),
-        None => crate::driver::status_page::Board::default().render(&live),
+        None => crate::status_page::Board::default().render(&live),
     };
     (
         [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
