@@ -328,6 +328,83 @@ pub(crate) fn record(taken: &Taken, message: &str, metrics: &Metrics) {
     }
 }
 
+/// A record that asks for work: its own handle (a message, a batch record id), its body, how
+/// many retries it has had, and whether it is a change (rather than a resync or an ECS event).
+pub(crate) struct Used<T> {
+    /// The driver's handle of the record.
+    pub(crate) handle: T,
+    /// The body, as handed on if the change must wait.
+    pub(crate) body: String,
+    /// Retries so far ([`retries_of`]).
+    pub(crate) retries: u32,
+    /// A change of a secret or parameter (what may be handed on to wait).
+    pub(crate) is_change: bool,
+}
+
+/// A batch of records sorted once, the same way for `serve` and the Lambda: counted and logged
+/// ([`record`]), copies of a change a later pass already decided acknowledged, unusable ones set
+/// apart for the dead-letter path, and the rest gathered into one [`Changes`].
+pub(crate) struct Sorted<T> {
+    /// What the records that ask for work change.
+    pub(crate) changes: Changes,
+    /// The records that ask for work.
+    pub(crate) used: Vec<Used<T>>,
+    /// Records done with now: ignored, another account's, or decided already by a later pass.
+    pub(crate) done: Vec<T>,
+    /// Records no pass can use: for the dead-letter path, never acknowledged.
+    pub(crate) poison: Vec<T>,
+}
+
+impl<T> Sorted<T> {
+    /// The fewest retries of the records used: a fresh change never inherits another's
+    /// exhausted count (`serve` retries a batch as one).
+    pub(crate) fn fewest_retries(&self) -> u32 {
+        self.used.iter().map(|u| u.retries).min().unwrap_or(0)
+    }
+}
+
+/// Sorts `records` (handle, id for the log line, body): see [`Sorted`].
+pub(crate) fn sort<T>(
+    records: impl IntoIterator<Item = (T, String, String)>,
+    managed: &Managed,
+    metrics: &Metrics,
+    recent: &Recent,
+) -> Sorted<T> {
+    let mut sorted = Sorted {
+        changes: Changes::default(),
+        used: Vec::new(),
+        done: Vec::new(),
+        poison: Vec::new(),
+    };
+    for (handle, id, body) in records {
+        let taken = take(&body, managed);
+        record(&taken, &id, metrics);
+        let is_change = taken.is_change();
+        match taken {
+            Taken::Work(Parsed::Change(c)) if !handed_on(&body) && recent.covers(&c) => {
+                tracing::info!(message = %id, "a pass that began after this change has decided it: acknowledged");
+                sorted.done.push(handle);
+            }
+            Taken::Work(parsed) => {
+                sorted.changes.add(&parsed);
+                let retries = retries_of(&body);
+                sorted.used.push(Used {
+                    handle,
+                    body,
+                    retries,
+                    is_change,
+                });
+            }
+            Taken::Ignored(_) | Taken::Foreign(_) => sorted.done.push(handle),
+            Taken::Poison(e) => {
+                tracing::warn!(message = %id, error = %e, "unusable event: left for the dead-letter path");
+                sorted.poison.push(handle);
+            }
+        }
+    }
+    sorted
+}
+
 /// The `reconciles` label of a pass over `changes`: ECS's events alone only refresh the watch
 /// cache, and are counted apart from decisions.
 pub(crate) fn pass_kind(changes: &Changes) -> &'static str {

@@ -66,6 +66,75 @@ pub struct ItemFailure {
     pub item_identifier: String,
 }
 
+/// What an invocation answers, typed: the runtime serialises it. A direct event's answer is
+/// informational; an SQS batch's is the contract with the event source mapping.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// An SQS batch: exactly the records to deliver again.
+    Batch(BatchResponse),
+    /// A direct event that ran a pass: what the pass did.
+    Pass(PassSummary),
+    /// A direct event that needed no pass, and why.
+    Note(Note),
+}
+
+impl Answer {
+    /// The answer as JSON (what the runtime sends).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Answer::Batch(b) => b.clone().into_value(),
+            Answer::Pass(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            Answer::Note(n) => serde_json::to_value(n).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Why a direct event needed no pass (`{"ignored": "..."}` and so on).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Note {
+    /// Needs no action (or a later pass decided it already).
+    Ignored(String),
+    /// Another account's event: nothing rolled or dated.
+    Foreign(String),
+    /// Handed on: another invocation holds the lease.
+    Deferred(String),
+    /// Left to the next schedule: another invocation holds the lease.
+    Skipped(String),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PassSummary {
+    /// Services decided.
+    pub decided: usize,
+    /// Decisions by kind.
+    pub decisions: BTreeMap<&'static str, usize>,
+    /// Services settling.
+    pub settling: usize,
+    /// Services held.
+    pub held: usize,
+    /// Services rolled (or no longer needing it).
+    pub triggered: Vec<String>,
+    /// Services whose rollout failed or was halted.
+    pub failed: Vec<String>,
+    /// Whether the deadline cut the pass short.
+    pub cut_short_by_deadline: bool,
+    /// When to look again, if something settles.
+    pub look_again_after_s: Option<u64>,
+}
+
+impl std::fmt::Display for PassSummary {
+    /// One line of JSON, for the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}
+
 impl BatchResponse {
     fn failing(ids: Vec<String>) -> Self {
         BatchResponse {
@@ -187,8 +256,8 @@ fn deferrable(pass: &Pass) -> Option<Duration> {
 }
 
 /// What one pass did, as the invocation answers it.
-fn summary(pass: &Pass) -> Value {
-    let decisions: BTreeMap<&str, usize> = pass
+fn summary(pass: &Pass) -> PassSummary {
+    let decisions: BTreeMap<&'static str, usize> = pass
         .decisions()
         .into_iter()
         .map(|(k, n)| (k.label(), n))
@@ -198,16 +267,16 @@ fn summary(pass: &Pass) -> Value {
     let names = |v: Vec<&(ServiceKey, Outcome)>| -> Vec<String> {
         v.into_iter().map(|(k, _)| k.to_string()).collect()
     };
-    json!({
-        "decided": pass.assessment.services.len(),
-        "decisions": decisions,
-        "settling": n(Kind::Settling),
-        "held": n(Kind::Held),
-        "triggered": names(ok),
-        "failed": names(bad),
-        "cut_short_by_deadline": pass.cut_short,
-        "look_again_after_s": pass.requeue_after.map(|d| d.as_secs()),
-    })
+    PassSummary {
+        decided: pass.assessment.services.len(),
+        decisions,
+        settling: n(Kind::Settling),
+        held: n(Kind::Held),
+        triggered: names(ok),
+        failed: names(bad),
+        cut_short_by_deadline: pass.cut_short,
+        look_again_after_s: pass.requeue_after.map(|d| d.as_secs()),
+    }
 }
 
 impl Handler {
@@ -295,13 +364,22 @@ impl Handler {
         failed
     }
 
-    /// Handles one invocation; `deadline` is the invocation's, as a wall-clock time. Every
-    /// outcome event is sent before it returns.
+    /// [`answer`](Self::answer), as JSON.
     pub async fn handle(
         &self,
         payload: Value,
         deadline: chrono::DateTime<chrono::Utc>,
     ) -> Result<Value, InvocationError> {
+        self.answer(payload, deadline).await.map(|a| a.to_value())
+    }
+
+    /// Handles one invocation; `deadline` is the invocation's, as a wall-clock time. Every
+    /// outcome event is sent before it returns.
+    pub async fn answer(
+        &self,
+        payload: Value,
+        deadline: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Answer, InvocationError> {
         let now = self.reconciler.clock().now();
         let budget = (deadline - now)
             .to_std()
@@ -323,7 +401,7 @@ impl Handler {
         keeper: Arc<Keeper>,
         payload: Value,
         budget: Duration,
-    ) -> Result<Value, InvocationError> {
+    ) -> Result<Answer, InvocationError> {
         if let Role::Standby { leader } = keeper.step().await {
             tracing::info!(leader = ?leader, "another invocation holds the lease: handing this one's changes on");
             return self.not_my_turn(payload, keeper.ttl()).await;
@@ -342,7 +420,11 @@ impl Handler {
     /// What an invocation that does not hold the lease does: change events go back to the queue,
     /// delayed by the lease time (a new message, so no receive count grows); a scheduled resync
     /// is left to the next schedule; unusable records are still reported.
-    async fn not_my_turn(&self, payload: Value, after: Duration) -> Result<Value, InvocationError> {
+    async fn not_my_turn(
+        &self,
+        payload: Value,
+        after: Duration,
+    ) -> Result<Answer, InvocationError> {
         let managed = self.managed().await?;
         // What is handed on is counted by the invocation that decides it; what is dropped here
         // (another account's event, one that needs nothing) is counted now.
@@ -362,9 +444,13 @@ impl Handler {
                         if self.queue.is_none() || !self.defer(&[body], after).await.is_empty() {
                             return Err(InvocationError::Deferral);
                         }
-                        Ok(json!({ "deferred": "another invocation holds the lease" }))
+                        Ok(Answer::Note(Note::Deferred(
+                            "another invocation holds the lease".into(),
+                        )))
                     }
-                    _ => Ok(json!({ "skipped": "another invocation holds the lease" })),
+                    _ => Ok(Answer::Note(Note::Skipped(
+                        "another invocation holds the lease".into(),
+                    ))),
                 }
             }
             Payload::SqsBatch(records) => {
@@ -391,12 +477,16 @@ impl Handler {
                         .filter(|(_, b)| not_handed.contains(b))
                         .map(|(id, _)| id),
                 );
-                Ok(BatchResponse::failing(failures).into_value())
+                Ok(Answer::Batch(BatchResponse::failing(failures)))
             }
         }
     }
 
-    async fn dispatched(&self, payload: Value, budget: Duration) -> Result<Value, InvocationError> {
+    async fn dispatched(
+        &self,
+        payload: Value,
+        budget: Duration,
+    ) -> Result<Answer, InvocationError> {
         let payload = dispatch(payload).inspect_err(|_| self.notifier.metrics().event("poison"))?;
         let managed = self.managed().await?;
         match payload {
@@ -406,14 +496,16 @@ impl Handler {
                 intake::record(&taken, "-", self.notifier.metrics());
                 let parsed = match taken {
                     Taken::Work(parsed) => parsed,
-                    Taken::Ignored(why) => return Ok(json!({ "ignored": why })),
-                    Taken::Foreign(why) => return Ok(json!({ "foreign": why })),
+                    Taken::Ignored(why) => return Ok(Answer::Note(Note::Ignored(why))),
+                    Taken::Foreign(why) => return Ok(Answer::Note(Note::Foreign(why))),
                     Taken::Poison(e) => return Err(PayloadError::from(e).into()),
                 };
                 if let Parsed::Change(c) = &parsed {
                     if !intake::handed_on(&body) && self.recent.covers(c) {
                         tracing::info!("a pass that began after this change has decided it");
-                        return Ok(json!({ "ignored": "decided already by a later pass" }));
+                        return Ok(Answer::Note(Note::Ignored(
+                            "decided already by a later pass".into(),
+                        )));
                     }
                 }
                 let retries = intake::retries_of(&body);
@@ -433,9 +525,11 @@ impl Handler {
                 }
                 // Done with, or handed on: a later copy needs no pass of its own.
                 self.recent.record(&changes, started);
-                Ok(summary(&pass))
+                Ok(Answer::Pass(summary(&pass)))
             }
-            Payload::SqsBatch(records) => Ok(self.batch(records, budget, &managed).await),
+            Payload::SqsBatch(records) => {
+                Ok(Answer::Batch(self.batch(records, budget, &managed).await))
+            }
         }
     }
 
@@ -447,34 +541,25 @@ impl Handler {
             .map_err(InvocationError::Identity)
     }
 
-    async fn batch(&self, records: Vec<Record>, budget: Duration, managed: &Managed) -> Value {
-        let mut failures: Vec<String> = Vec::new();
-        // Records that ask for work: (id, body, is a change rather than a resync, the retries
-        // it has had already; each record keeps its own count).
-        let mut used: Vec<(String, String, bool, u32)> = Vec::new();
-        let mut changes = Changes::default();
-        for r in records {
-            let taken = intake::take(&r.body, managed);
-            intake::record(&taken, &r.message_id, self.notifier.metrics());
-            let is_change = taken.is_change();
-            match taken {
-                Taken::Work(Parsed::Change(c))
-                    if !intake::handed_on(&r.body) && self.recent.covers(&c) =>
-                {
-                    tracing::info!(message = %r.message_id, "a pass that began after this change has decided it: acknowledged");
-                }
-                Taken::Work(parsed) => {
-                    changes.add(&parsed);
-                    let retries = intake::retries_of(&r.body);
-                    used.push((r.message_id, r.body, is_change, retries));
-                }
-                Taken::Ignored(_) | Taken::Foreign(_) => {}
-                Taken::Poison(e) => {
-                    tracing::warn!(message = %r.message_id, error = %e, "unusable record: reported as a batch item failure");
-                    failures.push(r.message_id);
-                }
-            }
-        }
+    async fn batch(
+        &self,
+        records: Vec<Record>,
+        budget: Duration,
+        managed: &Managed,
+    ) -> BatchResponse {
+        let sorted = intake::sort(
+            records
+                .into_iter()
+                .map(|r| (r.message_id.clone(), r.message_id, r.body)),
+            managed,
+            self.notifier.metrics(),
+            &self.recent,
+        );
+        // Unusable records are reported as batch item failures: the queue's redrive policy
+        // dead-letters them; everything else is acknowledged or handed on.
+        let mut failures: Vec<String> = sorted.poison;
+        let changes = sorted.changes;
+        let used = sorted.used;
         if !changes.is_empty() {
             let started = self.reconciler.clock().now();
             let result = self.run(&changes, budget).await;
@@ -493,14 +578,14 @@ impl Handler {
                 }
             };
             let mut later: BTreeMap<Duration, Vec<(String, String)>> = BTreeMap::new();
-            for (id, body, _, retries) in used.iter().filter(|(_, _, change, _)| *change) {
-                let look = intake::next_look(own, failed, *retries);
+            for u in used.iter().filter(|u| u.is_change) {
+                let look = intake::next_look(own, failed, u.retries);
                 if let Some(after) = look.after {
-                    let next = retries + u32::from(look.retry);
+                    let next = u.retries + u32::from(look.retry);
                     later
                         .entry(after)
                         .or_default()
-                        .push((id.clone(), intake::with_retries(body, next)));
+                        .push((u.handle.clone(), intake::with_retries(&u.body, next)));
                 }
             }
             let mut kept = true;
@@ -522,7 +607,7 @@ impl Handler {
                 self.recent.record(&changes, started);
             }
         }
-        BatchResponse::failing(failures).into_value()
+        BatchResponse::failing(failures)
     }
 
     /// One pass, bounded by the budget.
@@ -593,7 +678,7 @@ pub async fn run(
                 .and_then(chrono::DateTime::from_timestamp_millis)
                 .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::seconds(60));
             handler
-                .handle(ev.payload, deadline)
+                .answer(ev.payload, deadline)
                 .await
                 .map_err(|e| -> lambda_runtime::Error { Box::new(e) })
         }

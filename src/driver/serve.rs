@@ -49,7 +49,7 @@ use crate::config::Config;
 use crate::decide::Kind;
 use crate::driver::setup::{self, Parts};
 use crate::event::{self, Changes, Parsed};
-use crate::intake::{self, Taken};
+use crate::intake;
 use crate::lease::{DynamoStore, Keeper, Leadership};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -630,43 +630,31 @@ impl Server {
                 return None;
             }
         };
-        let mut work: Vec<Message> = Vec::new();
-        let mut changes = Changes::default();
-        // Retries a handed-on change has had already: the fewest of the batch's, so that a fresh
-        // change never inherits another's exhausted count (a tired one may ride along longer,
-        // as long as fresh changes keep coming).
-        let mut retries: Option<u32> = None;
-        for m in batch {
+        for m in &batch {
             if let Some(sent) = m.sent_at {
                 let lag = (now - sent).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics().queue_lag.observe(lag);
             }
-            let taken = intake::take(&m.body, &managed);
-            intake::record(&taken, &m.id, self.metrics());
-            match taken {
-                Taken::Work(Parsed::Change(c))
-                    if !intake::handed_on(&m.body) && self.recent.covers(&c) =>
-                {
-                    tracing::info!(message = %m.id, "a pass that began after this change has decided it: acknowledged");
-                    self.delete(queue, &m).await;
-                }
-                Taken::Work(parsed) => {
-                    changes.add(&parsed);
-                    let own = intake::retries_of(&m.body);
-                    retries = Some(retries.map_or(own, |r| r.min(own)));
-                    work.push(m);
-                }
-                Taken::Ignored(_) | Taken::Foreign(_) => self.delete(queue, &m).await,
-                Taken::Poison(e) => {
-                    tracing::warn!(
-                        message = %m.id,
-                        receive_count = m.receive_count,
-                        error = %e,
-                        "unusable message: left for the queue's redrive policy (dead-letter queue)"
-                    );
-                }
-            }
         }
+        let sorted = intake::sort(
+            batch.into_iter().map(|m| {
+                let (id, body) = (m.id.clone(), m.body.clone());
+                (m, id, body)
+            }),
+            &managed,
+            self.metrics(),
+            &self.recent,
+        );
+        for m in &sorted.done {
+            self.delete(queue, m).await;
+        }
+        for m in &sorted.poison {
+            // Left for the queue's redrive policy (the dead-letter queue).
+            tracing::debug!(message = %m.id, receive_count = m.receive_count, "unusable message left on the queue");
+        }
+        let retries = sorted.fewest_retries();
+        let changes = sorted.changes;
+        let work: Vec<Message> = sorted.used.into_iter().map(|u| u.handle).collect();
         if work.is_empty() {
             return None;
         }
@@ -679,7 +667,7 @@ impl Server {
             changes,
             received_at,
             heartbeat,
-            retries: retries.unwrap_or(0),
+            retries,
         })
     }
 
