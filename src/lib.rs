@@ -29,7 +29,7 @@
 //! | `deployment` | the one reading of an ECS deployment (healthy, in progress, failed, rolled back, stuck) |
 //! | [`plan`] | ordering stale services into a change set |
 //! | [`reconcile`] | the pass every driver runs, and when to look again |
-//! | [`rollout`] | executing a change set |
+//! | [`rollout`] | executing a change set: the engine schedules, paces and halts; `rollout::strategy` holds one file per way of rolling a service and reading its rollout |
 //! | [`report`] | table and JSON output |
 //! | [`notify`] | outcome events and rollout metrics |
 //! | [`aws`] | the AWS traits, the SDK implementation and (feature `test-util`) the in-memory fake |
@@ -38,6 +38,12 @@
 //! | [`clock`] | wall-clock time, pausable in tests |
 //! | [`metrics`] | Prometheus metrics of `serve` |
 //! | [`driver`] | the CLI, `serve` and the Lambda handler, and wiring the parts from configuration |
+//! | `status_page` | what `serve`'s page shows, kept up to date by [`notify`] |
+//!
+//! Seams: a new way of rolling is one file in `rollout::strategy` (plus its `RolledBy` variant
+//! in [`aws::Service::rolled_by`], its calls in the ports and the fake); a new driver is one file
+//! in [`driver`] over `intake::sort`, [`targets::Fleet`] and [`notify::Notifier`]. Data flows one
+//! way: no top-level module imports its way back to itself (`tests/architecture.rs`).
 
 // Public items must be reachable from outside the crate (the binary, the tests): everything else
 // is `pub(crate)`.
