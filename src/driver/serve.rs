@@ -205,6 +205,25 @@ pub enum ServeError {
     Identity(#[source] crate::aws::AwsError),
 }
 
+/// The main loop's state.
+struct Loop {
+    was_leading: bool,
+    /// `None` while a resync runs.
+    next_resync: Option<Instant>,
+    work: tokio::task::JoinSet<Done>,
+}
+
+/// What a turn of the main loop ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Take another turn.
+    Next,
+    /// Nothing was due: poll the queue.
+    Idle,
+    /// Stop was asked for.
+    Stop,
+}
+
 /// A batch of messages whose change is being worked on or waits to be decided again.
 struct Batch {
     messages: Vec<Message>,
@@ -353,172 +372,212 @@ impl Server {
             tracing::warn!("no queue configured: only periodic resyncs will run");
         }
         this.status.log_change();
-        let mut was_leading = false;
-        // `None` while a resync runs.
-        let mut next_resync = Some(Instant::now());
-        let mut work: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
+        let mut l = Loop {
+            was_leading: false,
+            next_resync: Some(Instant::now()),
+            work: tokio::task::JoinSet::new(),
+        };
+        // One turn: reap finished passes; follow the lease; start what is due (a resync, a
+        // change whose wait is over); else poll the queue until the next thing is due.
         loop {
             if *stop.borrow() {
                 break;
             }
-            while let Some(done) = work.try_join_next() {
-                finished(done, &mut next_resync, this.settings.retry_after);
+            while let Some(done) = l.work.try_join_next() {
+                finished(done, &mut l.next_resync, this.settings.retry_after);
             }
-            let leading = this.leadership.is_leader();
-            this.metrics().leader.set(i64::from(leading));
-            this.status.leading.store(leading, Ordering::SeqCst);
-            if leading != was_leading {
-                was_leading = leading;
-                if leading {
-                    // Whatever the last leader left undone, a resync finds.
-                    tracing::info!("leading: resyncing, then hearing events");
-                    this.status.set_standby(None);
-                    if next_resync.is_some() {
-                        next_resync = Some(Instant::now());
-                    }
-                } else {
-                    this.stand_down().await;
+            let step = if this.follow_lease(&mut l).await {
+                match this.start_due(&mut l, &mut stop).await {
+                    Step::Idle => this.poll(&mut l, &mut stop).await,
+                    other => other,
                 }
-                this.status.log_change();
-            }
-            if !leading {
-                // A pass that was running when the lease was lost may have parked its change
-                // after the stand-down: let it go too.
-                if !this.waiting.lock().await.is_empty() {
-                    this.stand_down().await;
-                }
-                let leader = match this.leadership.role() {
-                    crate::lease::Role::Standby { leader } => leader,
-                    crate::lease::Role::Leader { .. } => None,
-                };
-                // Ready as a standby only once another replica is known to lead: before the
-                // lease table has answered, this replica may be about to lead and is not ready.
-                this.status.set_standby(leader);
-                this.status.log_change();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|v| *v) => break,
-                }
-                continue;
-            }
-            let now = Instant::now();
-            if next_resync.is_some_and(|at| now >= at) {
-                if !this.status.index_built.load(Ordering::SeqCst) {
-                    // The startup resync runs alone: it fills the watch cache every event's
-                    // pass then uses, and events wait in the queue meanwhile.
-                    tracing::info!("startup resync");
-                    let Some(after) = this.with_grace(this.resync(), &mut stop).await else {
-                        break;
-                    };
-                    if *stop.borrow() {
-                        break;
-                    }
-                    this.status.set_index_built();
-                    next_resync = Some(Instant::now() + after);
-                } else {
-                    next_resync = None;
-                    let s = this.clone();
-                    work.spawn(async move { Done::Resync(s.resync().await) });
-                }
-                continue;
-            }
-            if work.len() >= MAX_PASSES {
-                tokio::select! {
-                    done = work.join_next() => {
-                        if let Some(done) = done {
-                            finished(done, &mut next_resync, this.settings.retry_after);
-                        }
-                    }
-                    _ = stop.wait_for(|v| *v) => break,
-                }
-                continue;
-            }
-            if let Some(batch) = this.due(now).await {
-                let s = this.clone();
-                work.spawn(async move {
-                    s.work(batch).await;
-                    Done::Batch
-                });
-                continue;
-            }
-            let wake = [this.next_due().await, next_resync]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now + this.settings.long_poll);
-            let Some(queue) = this.queue.clone() else {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(wake.min(now + Duration::from_secs(1))) => {}
-                    _ = stop.wait_for(|v| *v) => break,
-                }
-                continue;
+            } else {
+                this.stand_by(&mut stop).await
             };
-            let wait = this
-                .settings
-                .long_poll
-                .min(wake.saturating_duration_since(now));
-            let received = tokio::select! {
-                r = queue.receive(10, wait) => r,
-                _ = stop.wait_for(|v| *v) => break,
-            };
-            match received {
-                Ok(messages) => {
-                    this.status.set_queue(None);
-                    if !messages.is_empty() {
-                        // Busy from the first message to the end of its pass, without a gap a
-                        // watcher of the gauge could mistake for "done".
-                        this.metrics().busy.inc();
-                        match this.gather(queue.as_ref(), messages).await {
-                            // ECS's events only refresh the watch cache (a `DescribeServices`
-                            // per ten services): done at once, before anything else is received,
-                            // so that a change right behind them finds the cache up to date.
-                            Some(batch) if !batch.changes.may_roll() => {
-                                this.work(batch).await;
-                                this.metrics().busy.dec();
-                            }
-                            Some(batch) => {
-                                let s = this.clone();
-                                work.spawn(async move {
-                                    s.work(batch).await;
-                                    s.metrics().busy.dec();
-                                    Done::Batch
-                                });
-                            }
-                            None => {
-                                this.metrics().busy.dec();
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    this.status.set_queue(Some(e.to_string()));
-                    tracing::warn!(error = %e, "cannot receive from the queue; retrying in 5 s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = stop.wait_for(|v| *v) => break,
-                    }
-                }
+            if step == Step::Stop {
+                break;
             }
         }
-        if !work.is_empty() {
-            tracing::info!(
-                passes = work.len(),
-                grace_s = this.settings.shutdown_grace.as_secs(),
-                "shutting down: letting in-flight work reach a safe point"
-            );
-            let drained = tokio::time::timeout(this.settings.shutdown_grace, async {
-                while work.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    "in-flight work cut short; its messages will reappear and be decided again"
-                );
-                work.abort_all();
-                while work.join_next().await.is_some() {}
-            }
-        }
+        this.drain(l.work).await;
         tracing::info!("stopped");
+    }
+
+    /// Leadership: whether this replica leads now; on a change, a new leader resyncs (whatever
+    /// the last one left undone, a resync finds) and a replica that stopped leading stands down.
+    async fn follow_lease(self: &Arc<Self>, l: &mut Loop) -> bool {
+        let leading = self.leadership.is_leader();
+        self.metrics().leader.set(i64::from(leading));
+        self.status.leading.store(leading, Ordering::SeqCst);
+        if leading != l.was_leading {
+            l.was_leading = leading;
+            if leading {
+                tracing::info!("leading: resyncing, then hearing events");
+                self.status.set_standby(None);
+                if l.next_resync.is_some() {
+                    l.next_resync = Some(Instant::now());
+                }
+            } else {
+                self.stand_down().await;
+            }
+            self.status.log_change();
+        }
+        leading
+    }
+
+    /// A turn of a replica that does not lead: it says who does, and waits a second.
+    async fn stand_by(self: &Arc<Self>, stop: &mut watch::Receiver<bool>) -> Step {
+        // A pass that was running when the lease was lost may have parked its change after the
+        // stand-down: let it go too.
+        if !self.waiting.lock().await.is_empty() {
+            self.stand_down().await;
+        }
+        let leader = match self.leadership.role() {
+            crate::lease::Role::Standby { leader } => leader,
+            crate::lease::Role::Leader { .. } => None,
+        };
+        // Ready as a standby only once another replica is known to lead: before the lease
+        // table has answered, this replica may be about to lead and is not ready.
+        self.status.set_standby(leader);
+        self.status.log_change();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => Step::Next,
+            _ = stop.wait_for(|v| *v) => Step::Stop,
+        }
+    }
+
+    /// Scheduling: starts the resync when it is due (the startup one alone, before any event),
+    /// waits when [`MAX_PASSES`] run, and starts a waiting change whose time has come.
+    async fn start_due(self: &Arc<Self>, l: &mut Loop, stop: &mut watch::Receiver<bool>) -> Step {
+        let now = Instant::now();
+        if l.next_resync.is_some_and(|at| now >= at) {
+            if !self.status.index_built.load(Ordering::SeqCst) {
+                // The startup resync runs alone: it fills the watch cache every event's pass
+                // then uses, and events wait in the queue meanwhile.
+                tracing::info!("startup resync");
+                let Some(after) = self.with_grace(self.resync(), stop).await else {
+                    return Step::Stop;
+                };
+                if *stop.borrow() {
+                    return Step::Stop;
+                }
+                self.status.set_index_built();
+                l.next_resync = Some(Instant::now() + after);
+            } else {
+                l.next_resync = None;
+                let s = self.clone();
+                l.work.spawn(async move { Done::Resync(s.resync().await) });
+            }
+            return Step::Next;
+        }
+        if l.work.len() >= MAX_PASSES {
+            return tokio::select! {
+                done = l.work.join_next() => {
+                    if let Some(done) = done {
+                        finished(done, &mut l.next_resync, self.settings.retry_after);
+                    }
+                    Step::Next
+                }
+                _ = stop.wait_for(|v| *v) => Step::Stop,
+            };
+        }
+        if let Some(batch) = self.due(now).await {
+            let s = self.clone();
+            l.work.spawn(async move {
+                s.work(batch).await;
+                Done::Batch
+            });
+            return Step::Next;
+        }
+        Step::Idle
+    }
+
+    /// Polling: receives from the queue until the next waiting change or resync is due, and
+    /// starts a pass for what arrived.
+    async fn poll(self: &Arc<Self>, l: &mut Loop, stop: &mut watch::Receiver<bool>) -> Step {
+        let now = Instant::now();
+        let wake = [self.next_due().await, l.next_resync]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + self.settings.long_poll);
+        let Some(queue) = self.queue.clone() else {
+            return tokio::select! {
+                _ = tokio::time::sleep_until(wake.min(now + Duration::from_secs(1))) => Step::Next,
+                _ = stop.wait_for(|v| *v) => Step::Stop,
+            };
+        };
+        let wait = self
+            .settings
+            .long_poll
+            .min(wake.saturating_duration_since(now));
+        let received = tokio::select! {
+            r = queue.receive(10, wait) => r,
+            _ = stop.wait_for(|v| *v) => return Step::Stop,
+        };
+        match received {
+            Ok(messages) => {
+                self.status.set_queue(None);
+                if messages.is_empty() {
+                    return Step::Next;
+                }
+                // Busy from the first message to the end of its pass, without a gap a watcher of
+                // the gauge could mistake for "done".
+                self.metrics().busy.inc();
+                match self.gather(queue.as_ref(), messages).await {
+                    // ECS's events only refresh the watch cache (a `DescribeServices` per ten
+                    // services): done at once, before anything else is received, so that a
+                    // change right behind them finds the cache up to date.
+                    Some(batch) if !batch.changes.may_roll() => {
+                        self.work(batch).await;
+                        self.metrics().busy.dec();
+                    }
+                    Some(batch) => {
+                        let s = self.clone();
+                        l.work.spawn(async move {
+                            s.work(batch).await;
+                            s.metrics().busy.dec();
+                            Done::Batch
+                        });
+                    }
+                    None => {
+                        self.metrics().busy.dec();
+                    }
+                }
+                Step::Next
+            }
+            Err(e) => {
+                self.status.set_queue(Some(e.to_string()));
+                tracing::warn!(error = %e, "cannot receive from the queue; retrying in 5 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => Step::Next,
+                    _ = stop.wait_for(|v| *v) => Step::Stop,
+                }
+            }
+        }
+    }
+
+    /// Shutdown: lets the passes in flight reach a safe point within the grace, then cuts them
+    /// short (their messages reappear and are decided again).
+    async fn drain(&self, mut work: tokio::task::JoinSet<Done>) {
+        if work.is_empty() {
+            return;
+        }
+        tracing::info!(
+            passes = work.len(),
+            grace_s = self.settings.shutdown_grace.as_secs(),
+            "shutting down: letting in-flight work reach a safe point"
+        );
+        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
+            while work.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "in-flight work cut short; its messages will reappear and be decided again"
+            );
+            work.abort_all();
+            while work.join_next().await.is_some() {}
+        }
     }
 
     /// After losing the lease: what waits is the new leader's, so its messages are let go (they
