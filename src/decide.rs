@@ -1003,8 +1003,12 @@ pub fn decide(
             .deployments
             .iter()
             .filter(|dep| now - dep.created_at > stuck)
+            // A rollout in flight: one in progress, or a primary that reports no state (a
+            // service without the circuit breaker). A steady primary beside something else (a
+            // task set's original awaiting termination) is no rollout of its own.
             .filter(|dep| {
-                dep.is_primary() || dep.rollout_state == Some(crate::aws::RolloutState::InProgress)
+                dep.rollout_state == Some(crate::aws::RolloutState::InProgress)
+                    || (dep.is_primary() && dep.rollout_state.is_none())
             })
             .min_by_key(|dep| dep.created_at)
         {

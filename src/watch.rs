@@ -232,6 +232,12 @@ impl Watch {
             {
                 continue;
             }
+            // What a service resolves is unknown while its task definition cannot be read: the
+            // cache keeps what it knew (dropping it would hide the service from every change
+            // pass until the next resync).
+            if e.unreadable.is_some() {
+                continue;
+            }
             let arn = s.intern(&e.service.arn);
             let w = (!e.refs.is_empty()).then(|| s.watched(e, default_region, stamp));
             match &w {

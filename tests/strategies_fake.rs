@@ -285,9 +285,12 @@ async fn a_codedeploy_service_is_rolled_through_codedeploy() {
     assert_eq!(fake.codedeploys().len(), 2);
 }
 
-/// A failed CodeDeploy deployment holds the rest of the change like any other failure.
+/// A failed CodeDeploy deployment halts the rest of the change like any other failure. CodeDeploy
+/// then deletes the replacement task set, so ECS keeps no trace of the failure: the next pass
+/// reads it from CodeDeploy (`ListDeployments`) and neither deploys that service again nor rolls
+/// the rest.
 #[tokio::test(start_paused = true)]
-async fn a_failed_codedeploy_deployment_holds_the_rest() {
+async fn a_failed_codedeploy_deployment_is_not_tried_again_and_halts_the_rest() {
     let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
     rotated_world(&fake, &["a-cd", "b-rolling"]).await;
     fake.deploy_with_codedeploy("prod", "a-cd", "app", "dg", ("web", 80));
@@ -300,12 +303,76 @@ async fn a_failed_codedeploy_deployment_holds_the_rest() {
         pass.outcomes
     );
     assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
-    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
-    assert!(
-        matches!(decision(&again, "b-rolling"), Decision::Held { .. }),
-        "{:?}",
-        decision(&again, "b-rolling")
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+        assert!(
+            matches!(outcome(&again, "a-cd"), Some(Outcome::Failed { reason }) if reason.contains("not tried again")),
+            "{:?}",
+            again.outcomes
+        );
+    }
+    assert_eq!(fake.codedeploys().len(), 1, "deployed again");
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
+}
+
+/// A `CODE_DEPLOY` service no deployment group this operator may use deploys (its application is
+/// not granted) costs only itself: it is not rolled (skipped, with what to do), and the rest of
+/// the change rolls.
+#[tokio::test(start_paused = true)]
+async fn a_codedeploy_group_not_ours_costs_only_its_service() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-cd", "b-rolling"]).await;
+    fake.deploy_with_codedeploy("prod", "a-cd", "not-ours", "dg", ("web", 80));
+    fake.refuse(
+        "codedeploy:ListDeploymentGroups",
+        "not-ours",
+        ecs_reloader::aws::ErrorKind::AccessDenied,
+        "AccessDeniedException",
     );
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "a-cd"), Some(Outcome::Skipped { reason }) if reason.contains("CodeDeployApplications")),
+        "{:?}",
+        pass.outcomes
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 1);
+    assert!(fake.codedeploys().is_empty());
+}
+
+/// A deployment group replaced since it was read (the old one gone, a new one deploys the
+/// service): the groups are read again once, and the rollout goes through the new group.
+#[tokio::test(start_paused = true)]
+async fn a_replaced_deployment_group_is_read_again() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["cd"]).await;
+    fake.deploy_with_codedeploy("prod", "cd", "app", "dg-old", ("web", 80));
+    let p = parts_with(&fake, &clock, &config());
+    let first = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(matches!(
+        outcome(&first, "cd"),
+        Some(Outcome::Healthy { .. })
+    ));
+    fake.refuse(
+        "codedeploy:CreateDeployment",
+        "app/dg-old",
+        ecs_reloader::aws::ErrorKind::NotFound,
+        "DeploymentGroupDoesNotExistException",
+    );
+    fake.forget_groups_of("prod", "cd");
+    fake.deploy_with_codedeploy("prod", "cd", "app", "dg-new", ("web", 80));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "cd"), Some(Outcome::Healthy { .. })),
+        "{:?}",
+        pass.outcomes
+    );
+    let groups: Vec<String> = fake.codedeploys().into_iter().map(|c| c.group.1).collect();
+    assert_eq!(groups, ["dg-old", "dg-new"]);
 }
 
 /// An outcome bus that records what it is given.
@@ -563,4 +630,53 @@ async fn create_deployment_is_never_retried() {
         pass.outcomes
     );
     assert_eq!(fake.calls("codedeploy:CreateDeployment"), 1);
+}
+
+/// A revision that cannot be read this once (throttled beyond the guard's retries) during an
+/// event-driven refresh leaves the watch cache as it was: the next change of the secret still
+/// finds the service and rolls it.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_revision_keeps_the_service_watched() {
+    use ecs_reloader::event::{self, Changes};
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let p = parts_with(&fake, &clock, &Config::default());
+    let db = fake.create_secret("app/db");
+    settle().await;
+    let td1 = fake.register_task_definition("api", &[(site("S"), db.as_str())]);
+    fake.create_service("prod", "api", &td1, 1, &[]);
+    settle().await;
+    p.reconciler.pass(&Request::all()).await.expect("resync");
+    assert_eq!(p.reconciler.watched(), Some(1));
+    let td2 = fake.register_task_definition("api", &[(site("S"), db.as_str())]);
+    fake.create_service("prod", "api", &td2, 1, &[]);
+    let arn = fake.service("prod", "api").expect("exists").arn;
+    let started = format!(
+        r#"{{"source":"aws.ecs","detail-type":"ECS Deployment State Change","resources":["{arn}"],"detail":{{"eventType":"INFO","eventName":"SERVICE_DEPLOYMENT_IN_PROGRESS","deploymentId":"ecs-svc/9"}}}}"#
+    );
+    let mut c = Changes::default();
+    assert!(c.add(&event::parse(&started).expect("event")));
+    fake.fail_next(
+        "ecs:DescribeTaskDefinition",
+        13,
+        ecs_reloader::aws::ErrorKind::Throttled,
+    );
+    p.reconciler
+        .pass(&Request::changes(c))
+        .await
+        .expect("refresh");
+    assert_eq!(
+        p.reconciler.watched(),
+        Some(1),
+        "the service left the cache"
+    );
+    settle().await;
+    fake.put_secret_value("app/db", &[]);
+    settle().await;
+    let rotated = format!(
+        r#"{{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{{"eventName":"RotationSucceeded","additionalEventData":{{"SecretId":"{db}"}}}}}}"#
+    );
+    let mut c = Changes::default();
+    assert!(c.add(&event::parse(&rotated).expect("event")));
+    p.reconciler.pass(&Request::changes(c)).await.expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "api"), 1);
 }

@@ -660,6 +660,12 @@ impl FakeAws {
         });
     }
 
+    /// Deletes the deployment groups that deploy a service (a group replaced by its IaC).
+    pub fn forget_groups_of(&self, cluster: &str, name: &str) {
+        let key = (cluster.to_string(), name.to_string());
+        self.w().groups.retain(|g| !g.services.contains(&key));
+    }
+
     /// The CodeDeploy deployments made so far.
     pub fn codedeploys(&self) -> Vec<CodeDeployRecord> {
         self.w().codedeploys.clone()
@@ -876,6 +882,22 @@ impl FakeAws {
 
 /// The outward view of a service at `now`: deployments progress according to their behaviour.
 fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
+    // CodeDeploy deletes a failed deployment's replacement task set: the original stays
+    // primary, and ECS shows no trace of the failure.
+    if s.service.controller == Controller::CodeDeploy {
+        if let Some(last) = s.deployments.last() {
+            let failed = matches!(last.behaviour, Some(Behaviour::Fail(t, _)) | Some(Behaviour::RollBack(t)) if elapsed(last, now) >= t);
+            if failed && s.deployments.len() > 1 {
+                let mut kept = s.clone();
+                kept.deployments.pop();
+                if let Some(prev) = kept.deployments.last_mut() {
+                    prev.dep.status = DeploymentStatus::Primary;
+                    prev.behaviour = None;
+                }
+                return view(&kept, now);
+            }
+        }
+    }
     let mut out = s.service.clone();
     let mut deployments = Vec::new();
     let primary_done = |d: &FakeDeployment| -> bool {
@@ -994,9 +1016,19 @@ fn service_deployment(
         ),
         _ => ("IN_PROGRESS", Some("PRODUCTION_TRAFFIC_SHIFT"), None, None),
     };
+    // As AWS shows them: the service deployment has a random id of its own; the deployment's
+    // number is the tail of the service revision it deploys.
+    let own: String = id
+        .chars()
+        .rev()
+        .map(|c| match c {
+            '0'..='9' => char::from(b'a' + (c as u8 - b'0')),
+            other => other,
+        })
+        .collect();
     super::ServiceDeployment {
         arn: format!(
-            "arn:aws:ecs:{region}:{ACCOUNT}:service-deployment/{cluster}/{}/{id}",
+            "arn:aws:ecs:{region}:{ACCOUNT}:service-deployment/{cluster}/{}/{own}",
             s.service.name
         ),
         created_at: d.dep.created_at,
@@ -1004,6 +1036,10 @@ fn service_deployment(
         status_reason: reason,
         stage: stage.map(str::to_string),
         awaiting,
+        revision: Some(format!(
+            "arn:aws:ecs:{region}:{ACCOUNT}:service-revision/{cluster}/{}/{id}",
+            s.service.name
+        )),
     }
 }
 
@@ -1711,6 +1747,24 @@ impl super::CodeDeploy for FakeAws {
         Ok(id)
     }
 
+    async fn failed_since(
+        &self,
+        application: &str,
+        group: &str,
+        since: DateTime<Utc>,
+    ) -> AwsResult<Vec<String>> {
+        self.gate("codedeploy:ListDeployments", group)?;
+        let now = self.now();
+        Ok(self
+            .w()
+            .codedeploys
+            .iter()
+            .filter(|r| r.group == (application.to_string(), group.to_string()))
+            .filter(|r| r.at >= since && Self::codedeploy_failed(r, now))
+            .map(|r| r.id.clone())
+            .collect())
+    }
+
     async fn get_deployment(&self, id: &str) -> AwsResult<super::CodeDeployStatus> {
         self.gate("codedeploy:GetDeployment", id)?;
         let now = self.now();
@@ -1735,6 +1789,13 @@ impl super::CodeDeploy for FakeAws {
             }
             _ => super::CodeDeployStatus::InProgress("InProgress".into()),
         })
+    }
+}
+
+impl FakeAws {
+    fn codedeploy_failed(r: &CodeDeployRecord, now: DateTime<Utc>) -> bool {
+        let e = (now - r.at).to_std().unwrap_or_default();
+        matches!(r.behaviour, Behaviour::Fail(t, _) | Behaviour::RollBack(t) if e >= t)
     }
 }
 

@@ -92,7 +92,7 @@ pub enum Kind {
     /// (watching a blue/green, linear or canary rollout).
     ListServiceDeployments,
     /// CodeDeploy's reads (`ListApplications`, `ListDeploymentGroups`, `GetDeploymentGroup`,
-    /// `GetDeployment`).
+    /// `GetDeployment`, `ListDeployments`).
     CodeDeployReads,
     /// `codedeploy:CreateDeployment`: a production change, paced like `UpdateService`.
     CreateDeployment,
@@ -691,6 +691,19 @@ impl crate::aws::CodeDeploy for GuardedCodeDeploy {
         let s = &self.0;
         s.guarded(Kind::CodeDeployReads, id, || {
             s.codedeploy.get_deployment(id)
+        })
+        .await
+    }
+
+    async fn failed_since(
+        &self,
+        application: &str,
+        group: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> AwsResult<Vec<String>> {
+        let s = &self.0;
+        s.guarded(Kind::CodeDeployReads, group, || {
+            s.codedeploy.failed_since(application, group, since)
         })
         .await
     }

@@ -223,8 +223,8 @@ pub struct LoadBalancer {
 pub struct Shape {
     /// ECS's own strategy (meaningful for the `ECS` controller only).
     pub strategy: EcsStrategy,
-    /// `deploymentConfiguration.bakeTimeInMinutes`: how long ECS keeps both revisions after the
-    /// traffic moved, before it calls the deployment successful.
+    /// How long ECS's strategy waits by design before it calls a deployment successful:
+    /// `bakeTimeInMinutes`, plus a linear strategy's step bakes or a canary's bake.
     pub bake_time: Option<std::time::Duration>,
     /// Its load balancers' containers and ports.
     pub load_balancers: Vec<LoadBalancer>,
@@ -235,7 +235,7 @@ pub struct Shape {
 /// show its bake time, hooks or rollback.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceDeployment {
-    /// Its ARN (its last part is the deployment's id without `ecs-svc/`).
+    /// Its ARN.
     pub arn: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -249,6 +249,10 @@ pub struct ServiceDeployment {
     /// A lifecycle hook awaiting someone's action (`ContinueServiceDeployment`): which, at which
     /// stage.
     pub awaiting: Option<String>,
+    /// `targetServiceRevision.arn`: the service revision it deploys (its last part is the
+    /// number of the `ecs-svc/…` deployment id; the service deployment's own ARN has an id of
+    /// its own).
+    pub revision: Option<String>,
 }
 
 /// An ECS service with what ecs-reloader needs of it.
@@ -542,6 +546,15 @@ pub trait CodeDeploy: Send + Sync {
     ) -> AwsResult<String>;
     /// `GetDeployment`.
     async fn get_deployment(&self, id: &str) -> AwsResult<CodeDeployStatus>;
+    /// `ListDeployments` of a group that failed or were stopped, created at or after `since`
+    /// (one page: a handful at most). CodeDeploy deletes a failed deployment's replacement task
+    /// set, so ECS keeps no trace of the failure: this is where it is read.
+    async fn failed_since(
+        &self,
+        application: &str,
+        group: &str,
+        since: DateTime<Utc>,
+    ) -> AwsResult<Vec<String>>;
 }
 
 /// One image tag as the registry names it now (`ecr:DescribeImages`: metadata, never layers).

@@ -442,6 +442,32 @@ impl crate::aws::CodeDeploy for SdkCodeDeploy {
             None => crate::aws::CodeDeployStatus::InProgress("unknown".into()),
         })
     }
+
+    async fn failed_since(
+        &self,
+        application: &str,
+        group: &str,
+        since: DateTime<Utc>,
+    ) -> AwsResult<Vec<String>> {
+        use aws_sdk_codedeploy::types::{DeploymentStatus as S, TimeRange};
+        let resource = format!("{application}/{group}");
+        let out = self
+            .client
+            .list_deployments()
+            .application_name(application)
+            .deployment_group_name(group)
+            .include_only_statuses(S::Failed)
+            .include_only_statuses(S::Stopped)
+            .create_time_range(
+                TimeRange::builder()
+                    .start(aws_smithy_types::DateTime::from_secs(since.timestamp()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| map_err_at("codedeploy:ListDeployments", &resource, &self.place, e))?;
+        Ok(out.deployments().to_vec())
+    }
 }
 
 /// ECR, per region (an image may live in another region than its service).
@@ -861,28 +887,68 @@ fn deployment(d: &aws_sdk_ecs::types::Deployment) -> Option<Deployment> {
     })
 }
 
-/// A task set read as a deployment: `CODE_DEPLOY` and `EXTERNAL` services have no deployments of
-/// their own, and their task sets carry what runs (the task definition, since when).
-fn task_set(t: &aws_sdk_ecs::types::TaskSet) -> Option<Deployment> {
-    let status = match t.status().unwrap_or_default() {
-        "PRIMARY" => DeploymentStatus::Primary,
-        "DRAINING" => DeploymentStatus::Inactive,
-        _ => DeploymentStatus::Active,
-    };
-    Some(Deployment {
-        id: t.id()?.to_string(),
-        status,
-        task_definition: t.task_definition().unwrap_or_default().to_string(),
-        created_at: to_chrono(t.created_at())?,
-        rollout_state: t.stability_status().map(|s| match s.as_str() {
-            "STEADY_STATE" => RolloutState::Completed,
-            _ => RolloutState::InProgress,
-        }),
-        rollout_state_reason: None,
-        desired_count: t.computed_desired_count(),
-        running_count: t.running_count(),
-        failed_tasks: 0,
-    })
+/// `CODE_DEPLOY` and `EXTERNAL` services have no deployments of their own: their task sets carry
+/// what runs (the task definition, since when), read here as deployments. The `PRIMARY` task set
+/// (the one serving production traffic; the newest when the controller named none) is the
+/// primary, steady by definition: a task set scaling is no rollout. A newer one beside it is a
+/// rollout in flight (a CodeDeploy replacement before traffic moves), in progress until it is
+/// steady; a draining one is on its way out.
+fn task_sets(sets: &[aws_sdk_ecs::types::TaskSet]) -> Vec<Deployment> {
+    let mut out: Vec<Deployment> = sets
+        .iter()
+        .filter(|t| t.status() != Some("DRAINING"))
+        .filter_map(|t| {
+            Some(Deployment {
+                id: t.id()?.to_string(),
+                status: match t.status() {
+                    Some("PRIMARY") => DeploymentStatus::Primary,
+                    _ => DeploymentStatus::Active,
+                },
+                task_definition: t.task_definition().unwrap_or_default().to_string(),
+                created_at: to_chrono(t.created_at())?,
+                rollout_state: Some(match t.stability_status().map(|s| s.as_str()) {
+                    Some("STEADY_STATE") => RolloutState::Completed,
+                    _ => RolloutState::InProgress,
+                }),
+                rollout_state_reason: None,
+                desired_count: t.computed_desired_count(),
+                running_count: t.running_count(),
+                failed_tasks: 0,
+            })
+        })
+        .collect();
+    if !out.iter().any(Deployment::is_primary) {
+        if let Some(newest) = out.iter_mut().max_by_key(|d| d.created_at) {
+            newest.status = DeploymentStatus::Primary;
+        }
+    }
+    let primary_at = out.iter().find(|d| d.is_primary()).map(|d| d.created_at);
+    for d in &mut out {
+        if d.is_primary() || primary_at.is_some_and(|p| d.created_at <= p) {
+            // The primary, and an older set beside it (the original, awaiting its
+            // termination): no rollout of theirs is in flight.
+            d.rollout_state = Some(RolloutState::Completed);
+        }
+    }
+    out
+}
+
+/// How long a blue/green, linear or canary deployment waits by design: the bake time after the
+/// traffic moved, plus each linear step's bake or the canary's bake before the rest moves.
+fn designed_wait(c: &aws_sdk_ecs::types::DeploymentConfiguration) -> Option<std::time::Duration> {
+    let minutes = |m: Option<i32>| m.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
+    let bake = minutes(c.bake_time_in_minutes());
+    let linear = c.linear_configuration().map_or(0, |l| {
+        let step = l.step_percent().filter(|p| *p > 0.0).unwrap_or(100.0);
+        // The number of steps to 100 %, each baked.
+        let steps = (100.0 / step).ceil().clamp(1.0, 100.0) as u64;
+        steps * minutes(l.step_bake_time_in_minutes())
+    });
+    let canary = c
+        .canary_configuration()
+        .map_or(0, |k| minutes(k.canary_bake_time_in_minutes()));
+    let total = bake + linear + canary;
+    (total > 0).then(|| std::time::Duration::from_secs(total * 60))
 }
 
 fn service(s: &aws_sdk_ecs::types::Service) -> Service {
@@ -908,10 +974,7 @@ fn service(s: &aws_sdk_ecs::types::Service) -> Service {
             .and_then(|c| c.strategy())
             .map(|st| crate::aws::EcsStrategy::from_ecs(st.as_str()))
             .unwrap_or_default(),
-        bake_time: config
-            .and_then(|c| c.bake_time_in_minutes())
-            .and_then(|m| u64::try_from(m).ok())
-            .map(|m| std::time::Duration::from_secs(m * 60)),
+        bake_time: config.and_then(designed_wait),
         load_balancers: s
             .load_balancers()
             .iter()
@@ -925,14 +988,7 @@ fn service(s: &aws_sdk_ecs::types::Service) -> Service {
     };
     let mut deployments: Vec<Deployment> = s.deployments().iter().filter_map(deployment).collect();
     if controller != Controller::Ecs && deployments.is_empty() {
-        deployments = s.task_sets().iter().filter_map(task_set).collect();
-        // An EXTERNAL service whose controller never named a primary task set: the newest one
-        // is what it last started.
-        if !deployments.iter().any(Deployment::is_primary) {
-            if let Some(newest) = deployments.iter_mut().max_by_key(|d| d.created_at) {
-                newest.status = DeploymentStatus::Primary;
-            }
-        }
+        deployments = task_sets(s.task_sets());
     }
     Service {
         arn: s.service_arn().unwrap_or_default().to_string(),
@@ -1212,6 +1268,10 @@ impl Ecs for SdkEcs {
                     status_reason: d.status_reason().map(str::to_string),
                     stage: d.lifecycle_stage().map(|s| s.as_str().to_string()),
                     awaiting,
+                    revision: d
+                        .target_service_revision()
+                        .and_then(|r| r.arn())
+                        .map(str::to_string),
                 })
             })
             .collect();

@@ -263,6 +263,13 @@ impl Engine {
             Ok(s) => s,
             Err(why) => return Outcome::Skipped { reason: why },
         };
+        if let Some(why) = match change.fresh_from {
+            Some(since) => strategy.failed_since(&service, since).await,
+            None => None,
+        } {
+            tracing::warn!(service = %key, why, "its rollout after the change failed already: the change set halts");
+            return Outcome::Failed { reason: why };
+        }
         // The last moment to notice a lost lease: another replica may lead by now.
         if !self.leadership.is_leader() {
             return Outcome::Deferred {
@@ -275,6 +282,21 @@ impl Engine {
                 return Outcome::Deferred {
                     reason: crate::aws::guard::LOST_LEASE.into(),
                 }
+            }
+            // No CodeDeploy deployment group this operator may use deploys it: a fact about this
+            // service (it needs its own controller, or a grant), not a failure of the change.
+            Err(e)
+                if e.operation.starts_with("codedeploy:")
+                    && (e.kind == crate::aws::ErrorKind::AccessDenied
+                        || (e.kind == crate::aws::ErrorKind::NotFound
+                            && e.operation != "codedeploy:CreateDeployment")) =>
+            {
+                tracing::warn!(service = %key, error = %e, "no deployment group this operator may use deploys it: not rolled");
+                return Outcome::Skipped {
+                    reason: format!(
+                        "not rolled: {e}; roll it through CodeDeploy, or name its application in CodeDeployApplications (infra/)"
+                    ),
+                };
             }
             Err(e) => {
                 tracing::error!(service = %key, error = %e, strategy = strategy.name(), "could not start the rollout");

@@ -61,6 +61,7 @@ CODEDEPLOY_ACTIONS = [
     "codedeploy:GetDeploymentGroup",
     "codedeploy:ListApplications",
     "codedeploy:ListDeploymentGroups",
+    "codedeploy:ListDeployments",
     "codedeploy:RegisterApplicationRevision",
 ]
 
@@ -323,12 +324,12 @@ def check_codedeploy_only_named_applications(statements, pinned_region=None):
     for name in ["orders", "billing"]:
         for action in ["codedeploy:ListDeploymentGroups", "codedeploy:RegisterApplicationRevision", "codedeploy:GetApplicationRevision"]:
             assert decide(statements, action, app + name, here) == "Allow", (action, name)
-        for action in ["codedeploy:GetDeploymentGroup", "codedeploy:GetDeployment", "codedeploy:CreateDeployment"]:
+        for action in ["codedeploy:GetDeploymentGroup", "codedeploy:GetDeployment", "codedeploy:ListDeployments", "codedeploy:CreateDeployment"]:
             assert decide(statements, action, f"{group}{name}/{name}-blue-green", here) == "Allow", (action, name)
     for other in ["payments", "orders-2", "order"]:
         for action in ["codedeploy:ListDeploymentGroups", "codedeploy:RegisterApplicationRevision", "codedeploy:GetApplicationRevision"]:
             assert decide(statements, action, app + other, here) == "ImplicitDeny", (action, other)
-        for action in ["codedeploy:GetDeploymentGroup", "codedeploy:GetDeployment", "codedeploy:CreateDeployment"]:
+        for action in ["codedeploy:GetDeploymentGroup", "codedeploy:GetDeployment", "codedeploy:ListDeployments", "codedeploy:CreateDeployment"]:
             assert decide(statements, action, f"{group}{other}/dg", here) == "ImplicitDeny", (action, other)
     # Group-level actions never on an application, application-level ones never on a group.
     assert decide(statements, "codedeploy:CreateDeployment", app + "orders", here) == "ImplicitDeny"

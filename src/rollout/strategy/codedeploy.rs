@@ -26,6 +26,11 @@ type GroupMap = HashMap<(String, String), (String, String)>;
 pub(crate) struct Groups(Mutex<Option<(tokio::time::Instant, GroupMap)>>);
 
 impl Groups {
+    /// Forgets what was read: a group named there no longer exists.
+    fn forget(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn lookup(&self, key: &(String, String)) -> Option<Option<(String, String)>> {
         let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (at, map) = g.as_ref()?;
@@ -139,20 +144,55 @@ impl Strategy for CodeDeployStrategy<'_> {
                 why,
             )
         })?;
+        let at = self.cx.clock.now() - chrono::Duration::seconds(1);
+        let mut fresh = false;
+        let (id, app, group) = loop {
+            let (app, group) = self
+                .cx
+                .groups
+                .group_of(self.cx, service.cluster_name(), &service.name)
+                .await?;
+            match self
+                .cx
+                .clients
+                .codedeploy
+                .create_deployment(&app, &group, &spec)
+                .await
+            {
+                Ok(id) => break (id, app, group),
+                // The group was replaced since it was read: read the groups again, once.
+                Err(e) if e.kind == ErrorKind::NotFound && !fresh => {
+                    tracing::info!(service = %resource, group = %group, error = %e, "the deployment group is gone: reading the groups again");
+                    self.cx.groups.forget();
+                    fresh = true;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(service = %resource, application = %app, group = %group, deployment = %id, "CodeDeploy deployment created");
+        Ok(Started { id, at })
+    }
+
+    async fn failed_since(
+        &self,
+        service: &Service,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Option<String> {
         let (app, group) = self
             .cx
             .groups
             .group_of(self.cx, service.cluster_name(), &service.name)
-            .await?;
-        let at = self.cx.clock.now() - chrono::Duration::seconds(1);
-        let id = self
-            .cx
-            .clients
-            .codedeploy
-            .create_deployment(&app, &group, &spec)
-            .await?;
-        tracing::info!(service = %resource, application = %app, group = %group, deployment = %id, "CodeDeploy deployment created");
-        Ok(Started { id, at })
+            .await
+            .ok()?;
+        match self.cx.clients.codedeploy.failed_since(&app, &group, since).await {
+            Ok(failed) => failed.first().map(|id| {
+                format!("its CodeDeploy deployment {id} after the change failed or was stopped (CodeDeploy rolled it back): not tried again until the value changes again")
+            }),
+            Err(e) => {
+                tracing::warn!(service = %service.name, error = %e, "could not read the group's failed deployments");
+                None
+            }
+        }
     }
 
     async fn read(&self, _key: &ServiceKey, started: &Started) -> Reading {

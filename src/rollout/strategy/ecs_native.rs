@@ -11,6 +11,9 @@ use super::{Context, Reading, Started, Strategy};
 use crate::aws::{AwsResult, EcsStrategy, Service};
 use crate::plan::ServiceKey;
 
+/// How far before the call the listing reaches back (our clock and AWS's may differ).
+const LIST_MARGIN: chrono::Duration = chrono::Duration::seconds(30);
+
 pub(crate) struct EcsNative<'a> {
     pub(crate) cx: &'a Context,
     pub(crate) strategy: EcsStrategy,
@@ -41,15 +44,26 @@ impl Strategy for EcsNative<'_> {
             .cx
             .clients
             .ecs
-            .service_deployments(&key.cluster, &key.service, started.at)
+            // A margin for the distance between our clock and AWS's.
+            .service_deployments(&key.cluster, &key.service, started.at - LIST_MARGIN)
             .await
         {
             Ok(f) => f,
             Err(e) => return Reading::Unreadable(e.to_string()),
         };
-        // The service deployment's ARN ends with the deployment id (without `ecs-svc/`).
+        // Ours: the one whose service revision (or ARN) ends with the deployment's number;
+        // else the first created since the call (found is newest first).
         let id = started.id.rsplit('/').next().unwrap_or(&started.id);
-        let Some(ours) = found.iter().find(|d| d.arn.rsplit('/').next() == Some(id)) else {
+        let tail = |arn: &str| arn.rsplit('/').next().map(str::to_string);
+        let named = found.iter().find(|d| {
+            tail(&d.arn).as_deref() == Some(id)
+                || d.revision.as_deref().and_then(tail).as_deref() == Some(id)
+        });
+        let since_call = found
+            .iter()
+            .rev()
+            .find(|d| d.created_at >= started.at - chrono::Duration::seconds(2));
+        let Some(ours) = named.or(since_call).or_else(|| found.first()) else {
             // Not listed yet (ECS creates it a moment after the call answers).
             return Reading::InProgress;
         };

@@ -63,6 +63,13 @@ pub(crate) trait Strategy: Send + Sync {
     async fn start(&self, service: &Service) -> AwsResult<Started>;
     /// Reads where the rollout stands.
     async fn read(&self, key: &ServiceKey, started: &Started) -> Reading;
+    /// A rollout of `service` made since `since` that failed, when the way it deploys hides
+    /// that from ECS's deployments (CodeDeploy deletes a failed replacement): then the change
+    /// is not tried again, and the rest of the change set halts.
+    async fn failed_since(&self, service: &Service, since: DateTime<Utc>) -> Option<String> {
+        let _ = (service, since);
+        None
+    }
 }
 
 /// What every strategy shares: the clients, the deployment limits, the clock, and CodeDeploy's
