@@ -998,7 +998,11 @@ pub fn decide(
         };
     }
     if crate::deployment::busy(service) {
-        let stuck = chrono::Duration::from_std(policy.stuck_after).unwrap_or(chrono::Duration::MAX);
+        // A strategy's designed wait (a blue/green bake time) is not being stuck.
+        let stuck = chrono::Duration::from_std(
+            policy.stuck_after + service.shape.bake_time.unwrap_or_default(),
+        )
+        .unwrap_or(chrono::Duration::MAX);
         if let Some(oldest) = service
             .deployments
             .iter()

@@ -158,7 +158,11 @@ pub(crate) fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Li
     {
         return Verdict::Healthy;
     }
-    let stuck = chrono::Duration::from_std(limits.stuck_after).unwrap_or(chrono::Duration::MAX);
+    // A strategy's designed wait (a blue/green bake time) is not being stuck.
+    let stuck = chrono::Duration::from_std(
+        limits.stuck_after + service.shape.bake_time.unwrap_or_default(),
+    )
+    .unwrap_or(chrono::Duration::MAX);
     if now - ours.created_at > stuck {
         return Verdict::Stuck {
             since: ours.created_at,

@@ -935,6 +935,7 @@ impl Reconciler {
                         .flat_map(|t| &t.identities)
                         .any(|id| e.references(id, home)))
         });
+        self.read_native_rollouts(&mut entries).await;
         let mut resolved = index::resolve(&self.clients, &entries, conc).await;
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
@@ -954,6 +955,7 @@ impl Reconciler {
                 scope, targets, services, &entries, &decisions, rest, scanned, policies,
             )
             .await?;
+        self.read_native_rollouts(&mut context).await;
         apply_label_moves(&mut context_resolved, targets, now + skew);
         apply_label_moves(&mut context_resolved, &remembered, now + skew);
         let context_keys: std::collections::HashSet<ServiceKey> =
@@ -1052,6 +1054,89 @@ impl Reconciler {
             without_secrets,
             change_set,
         })
+    }
+
+    /// ECS's blue/green, linear and canary rollouts, read where they can be: the `deployments`
+    /// array says `COMPLETED` once traffic moved, before the bake time ends, and nothing of a
+    /// hook awaiting action or an alarm's rollback. For each such service whose primary
+    /// deployment may still be in flight (created within `[rollout] timeout` plus its bake time),
+    /// its service deployment sets the primary's state: in progress until it succeeded, failed
+    /// when it rolled back or stopped. So a canary means the same without waiting (the Lambda,
+    /// `--no-wait`) as with it. One `ListServiceDeployments` (+ `DescribeServiceDeployments`)
+    /// per such service; a read that fails leaves the array's reading.
+    async fn read_native_rollouts(&self, entries: &mut [index::Entry]) {
+        use crate::aws::{EcsStrategy, RolloutState};
+        let now = self.clock.now();
+        for e in entries.iter_mut() {
+            let s = &mut e.service;
+            if s.controller != crate::aws::Controller::Ecs
+                || s.shape.strategy == EcsStrategy::Rolling
+            {
+                continue;
+            }
+            let window = self.settings.limits.stuck_after + s.shape.bake_time.unwrap_or_default();
+            let Some(primary) = s.primary().cloned() else {
+                continue;
+            };
+            if now - primary.created_at
+                > chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX)
+            {
+                continue;
+            }
+            let since = primary.created_at - chrono::Duration::seconds(30);
+            let found = match self
+                .clients
+                .ecs
+                .service_deployments(s.cluster_name(), &s.name, since)
+                .await
+            {
+                Ok(f) => f,
+                Err(err) => {
+                    tracing::warn!(service = %s.name, error = %err, "could not read its service deployment: judged by its deployments");
+                    continue;
+                }
+            };
+            let id = primary
+                .id
+                .rsplit('/')
+                .next()
+                .unwrap_or(&primary.id)
+                .to_string();
+            let tail = |arn: &str| arn.rsplit('/').next().map(str::to_string);
+            let Some(sd) = found.iter().find(|d| {
+                tail(&d.arn).as_deref() == Some(id.as_str())
+                    || d.revision.as_deref().and_then(tail).as_deref() == Some(id.as_str())
+            }) else {
+                continue;
+            };
+            let (state, reason) = match sd.status.as_str() {
+                "SUCCESSFUL" => (RolloutState::Completed, None),
+                "ROLLBACK_REQUESTED"
+                | "ROLLBACK_IN_PROGRESS"
+                | "ROLLBACK_SUCCESSFUL"
+                | "ROLLBACK_FAILED"
+                | "STOPPED"
+                | "STOP_REQUESTED" => (
+                    RolloutState::Failed,
+                    Some(format!(
+                        "service deployment {} {}{}",
+                        sd.arn,
+                        sd.status.to_lowercase(),
+                        sd.status_reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )),
+                ),
+                _ => (RolloutState::InProgress, sd.awaiting.clone()),
+            };
+            if let Some(d) = s.deployments.iter_mut().find(|d| d.id == primary.id) {
+                d.rollout_state = Some(state);
+                if reason.is_some() {
+                    d.rollout_state_reason = reason;
+                }
+            }
+        }
     }
 
     /// Holds each stale service that may roll now and whose rollout would start a different

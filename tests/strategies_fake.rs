@@ -680,3 +680,38 @@ async fn an_unreadable_revision_keeps_the_service_watched() {
     p.reconciler.pass(&Request::changes(c)).await.expect("pass");
     assert_eq!(fake.rollouts_of("prod", "api"), 1);
 }
+
+/// Without waiting (the Lambda, `--no-wait`), a blue/green canary guards its change until its
+/// service deployment succeeded: the `deployments` array says COMPLETED once traffic moved, but
+/// the bake time has not passed, so the rest of the change waits.
+#[tokio::test(start_paused = true)]
+async fn without_waiting_a_blue_green_canary_guards_until_its_bake_ends() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-bg", "b-rolling"]).await;
+    blue_green(&fake, "a-bg", Duration::from_secs(20 * 60));
+    fake.set_behaviour("prod", "a-bg", Behaviour::Complete(Duration::from_secs(60)));
+    let p = setup::assemble(
+        &config(),
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::FireAndForget,
+    );
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "a-bg"), 1);
+    // Traffic moved a minute in; the bake runs twenty.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        fake.rollouts_of("prod", "b-rolling"),
+        0,
+        "rolled during the bake"
+    );
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        fake.rollouts_of("prod", "b-rolling"),
+        1,
+        "never rolled after the bake"
+    );
+}
