@@ -30,6 +30,21 @@ pub struct Change {
     /// right before its turn (throttled still).
     #[serde(skip)]
     pub planned: Option<Box<Service>>,
+    /// Its ECR image tags as checked for drift (`[rollout] image_drift = "hold"`): asked again
+    /// right before its rollout, since a tag may move while a change set rolls.
+    #[serde(skip)]
+    pub images: Vec<CheckedImage>,
+}
+
+/// A container's image tag and the digests its running tasks ran when it was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedImage {
+    /// The container.
+    pub container: String,
+    /// Its image as written (an ECR tag).
+    pub image: String,
+    /// The digests its running tasks ran.
+    pub running: Vec<String>,
 }
 
 /// The ordered set of services to roll.
@@ -97,6 +112,7 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
                 findings: findings.clone(),
                 fresh_from: fresh_from(findings),
                 planned: Some(Box::new(i.service.clone())),
+                images: Vec::new(),
             }),
             _ => None,
         })

@@ -1015,7 +1015,7 @@ impl Reconciler {
         }
         // In plan order, so that a gate's canary is the service the plan would roll first.
         items.sort_by_key(Item::order);
-        self.hold_drifted(&mut items, now, policies).await;
+        let checked_images = self.hold_drifted(&mut items, now, policies).await;
         decide::hold_failed(&mut items, now, &self.settings.limits);
         decide::apply_policy(&mut items, now, policies);
         decide::gate(
@@ -1028,6 +1028,12 @@ impl Reconciler {
         // The context has done its part.
         items.retain(|i| !context_keys.contains(&ServiceKey::of(i.service)));
         let mut change_set = plan(&items);
+        // What each rollout's image tags named when checked: asked again right before acting.
+        for c in &mut change_set.changes {
+            if let Some(images) = checked_images.get(&c.key) {
+                c.images = images.clone();
+            }
+        }
         change_set.policies = policies.clone();
         let decisions: BTreeMap<ServiceKey, Decision> = items
             .into_iter()
@@ -1149,10 +1155,11 @@ impl Reconciler {
         items: &mut [Item<'_>],
         now: chrono::DateTime<chrono::Utc>,
         policies: &Policies,
-    ) {
+    ) -> BTreeMap<ServiceKey, Vec<crate::plan::CheckedImage>> {
         use crate::decide::drift::{self, EcrTag, Image, ImageDrift};
+        let mut checked: BTreeMap<ServiceKey, Vec<crate::plan::CheckedImage>> = BTreeMap::new();
         if policies.image_drift == ImageDrift::Allow {
-            return;
+            return checked;
         }
         let mut tags: BTreeMap<EcrTag, Option<String>> = BTreeMap::new();
         for item in items.iter_mut() {
@@ -1214,6 +1221,20 @@ impl Reconciler {
             if drifted.is_empty() {
                 if unreadable {
                     tracing::warn!(service = %key, "rolling without knowing whether its image tags moved");
+                } else if policies.image_drift == ImageDrift::Hold && !policies.allow_image_drift {
+                    // Asked again right before its rollout: a tag may move during a canary.
+                    checked.insert(
+                        key.clone(),
+                        images
+                            .iter()
+                            .filter(|(_, i)| matches!(drift::image(i), Image::Ecr(_)))
+                            .map(|(c, i)| crate::plan::CheckedImage {
+                                container: c.clone(),
+                                image: i.clone(),
+                                running: running.get(c).cloned().unwrap_or_default(),
+                            })
+                            .collect(),
+                    );
                 }
                 continue;
             }
@@ -1238,6 +1259,7 @@ impl Reconciler {
                 findings,
             };
         }
+        checked
     }
 
     /// Container → the image digests its running tasks report (one page of tasks).

@@ -345,6 +345,7 @@ async fn duplicates_in_a_change_set_roll_once() {
         findings: vec![],
         fresh_from: None,
         planned: None,
+        images: Vec::new(),
     };
     let set = ChangeSet {
         policies: Default::default(),
@@ -392,6 +393,7 @@ async fn no_wait_triggers_without_watching() {
                 findings: vec![],
                 fresh_from: None,
                 planned: None,
+                images: Vec::new(),
             })
             .collect(),
     };

@@ -715,3 +715,42 @@ async fn without_waiting_a_blue_green_canary_guards_until_its_bake_ends() {
         "never rolled after the bake"
     );
 }
+
+/// Image drift is asked again right before each rollout: a tag pushed while the canary rolls is
+/// not shipped with the next dependant (skipped, then held by the next pass).
+#[tokio::test(start_paused = true)]
+async fn a_tag_moved_during_the_canary_is_not_shipped() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let image = format!("{ECR}/app:latest");
+    fake.push_image(&image, "sha256:aaa");
+    let s = fake.create_secret("app/s");
+    settle().await;
+    let td = fake.register_task_definition("s", &[(site("S"), s.as_str())]);
+    fake.set_images(&td, &[("app", image.as_str())]);
+    fake.create_service("prod", "a-svc", &td, 1, &[]);
+    fake.create_service("prod", "b-svc", &td, 1, &[]);
+    settle().await;
+    fake.put_secret_value("app/s", &[]);
+    settle().await;
+    let p = parts_with(&fake, &clock, &config());
+    let all = Request::all();
+    let (pass, _) = tokio::join!(p.reconciler.pass(&all), async {
+        // The canary (a-svc) rolls for 60 s; CI pushes :latest meanwhile.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        fake.push_image(&image, "sha256:bbb");
+    });
+    let pass = pass.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "b-svc"), Some(Outcome::Skipped { reason }) if reason.contains("sha256:bbb")),
+        "{:?}",
+        pass.outcomes
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-svc"), 0);
+    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&again, "b-svc"), Decision::Held { reason, .. } if reason.contains("image drift")),
+        "{:?}",
+        decision(&again, "b-svc")
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-svc"), 0);
+}

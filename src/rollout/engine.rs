@@ -263,6 +263,12 @@ impl Engine {
             Ok(s) => s,
             Err(why) => return Outcome::Skipped { reason: why },
         };
+        if let Some(why) = self.drifted_since_the_plan(change).await {
+            tracing::warn!(service = %key, why, "an image tag moved since the plan: not rolled");
+            return Outcome::Skipped {
+                reason: format!("not rolled: {why}; the next pass holds it until `reconcile --service {key} --allow-image-drift`"),
+            };
+        }
         if let Some(why) = match change.fresh_from {
             Some(since) => strategy.failed_since(&service, since).await,
             None => None,
@@ -329,6 +335,44 @@ impl Engine {
             }
             other => other,
         }
+    }
+
+    /// Whether an image tag checked at plan time names another digest now (a push during the
+    /// canary, say): what a rollout now would start is not what was approved.
+    async fn drifted_since_the_plan(&self, change: &Change) -> Option<String> {
+        use crate::decide::drift::{self, Image};
+        for c in &change.images {
+            let Image::Ecr(t) = drift::image(&c.image) else {
+                continue;
+            };
+            let now = match self
+                .clients
+                .registry
+                .describe_images(
+                    &t.region,
+                    &t.registry,
+                    &t.repository,
+                    std::slice::from_ref(&t.tag),
+                )
+                .await
+            {
+                Ok(found) => found.into_iter().find(|i| i.tag == t.tag).map(|i| i.digest),
+                Err(e) if e.kind == crate::aws::ErrorKind::NotFound => None,
+                // Could not ask again: the plan's check stands.
+                Err(_) => continue,
+            };
+            if now.as_ref().is_some_and(|d| c.running.contains(d)) {
+                continue;
+            }
+            return Some(format!(
+                "container {}: tag {} now names {}, its tasks run {}",
+                c.container,
+                c.image,
+                now.as_deref().unwrap_or("nothing (the tag is gone)"),
+                c.running.join(", ")
+            ));
+        }
+        None
     }
 
     /// Checks that every running task of a healthy service started after the change it was
