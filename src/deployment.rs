@@ -127,6 +127,24 @@ pub(crate) fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Li
                 .unwrap_or_else(|| "rolloutState FAILED".into()),
         };
     }
+    // A replacement in flight beside a primary that still serves traffic (a CodeDeploy
+    // blue/green task set before traffic moves): in progress, until it is stuck.
+    if !ours.is_primary()
+        && ours.rollout_state == Some(RolloutState::InProgress)
+        && primary.is_none_or(|p| ours.created_at > p.created_at)
+    {
+        let stuck = chrono::Duration::from_std(
+            limits.stuck_after + service.shape.bake_time.unwrap_or_default(),
+        )
+        .unwrap_or(chrono::Duration::MAX);
+        return if now - ours.created_at > stuck {
+            Verdict::Stuck {
+                since: ours.created_at,
+            }
+        } else {
+            Verdict::InProgress
+        };
+    }
     if !ours.is_primary() {
         return match primary {
             Some(p) if is_rollback(p) => Verdict::RolledBack {
@@ -187,6 +205,17 @@ pub(crate) fn current<'a>(
         return Some((failed, judge(service, &failed.id, now, limits)));
     }
     let p = service.primary()?;
+    // A replacement in flight beside a primary that still serves traffic (a CodeDeploy
+    // blue/green task set before traffic moves) is the rollout to read.
+    if let Some(replacement) = service
+        .deployments
+        .iter()
+        .filter(|d| !d.is_primary() && d.rollout_state == Some(RolloutState::InProgress))
+        .filter(|d| d.created_at > p.created_at)
+        .max_by_key(|d| d.created_at)
+    {
+        return Some((replacement, judge(service, &replacement.id, now, limits)));
+    }
     Some((p, judge(service, &p.id, now, limits)))
 }
 

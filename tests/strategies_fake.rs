@@ -754,3 +754,45 @@ async fn a_tag_moved_during_the_canary_is_not_shipped() {
     );
     assert_eq!(fake.rollouts_of("prod", "b-svc"), 0);
 }
+
+/// Without waiting, a CodeDeploy canary in flight (its replacement task set beside the original,
+/// which still serves traffic) guards its change: the next pass neither picks another canary nor
+/// calls the CodeDeploy service stuck; once it succeeded, the rest rolls.
+#[tokio::test(start_paused = true)]
+async fn without_waiting_a_codedeploy_canary_in_flight_guards_its_change() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-cd", "b-rolling"]).await;
+    fake.deploy_with_codedeploy("prod", "a-cd", "app", "dg", ("web", 80));
+    fake.set_behaviour(
+        "prod",
+        "a-cd",
+        Behaviour::Complete(Duration::from_secs(600)),
+    );
+    // Deployed long before the change.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let p = setup::assemble(
+        &config(),
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::FireAndForget,
+    );
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(fake.codedeploys().len(), 1);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let again = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(
+        fake.rollouts_of("prod", "b-rolling"),
+        0,
+        "rolled beside the canary in flight"
+    );
+    assert!(
+        !matches!(decision(&again, "a-cd"), Decision::Held { .. }),
+        "{:?}",
+        decision(&again, "a-cd")
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 1);
+    assert_eq!(fake.codedeploys().len(), 1);
+}

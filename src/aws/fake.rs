@@ -956,6 +956,19 @@ fn view(s: &FakeService, now: DateTime<Utc>) -> Service {
         }
         deployments.push(dep);
     }
+    // A CODE_DEPLOY service as ECS shows its task sets: until CodeDeploy reroutes traffic, the
+    // replacement is ACTIVE (in progress) and the original stays PRIMARY (steady).
+    if s.service.controller == Controller::CodeDeploy {
+        deployments.sort_by_key(|d| d.created_at);
+        let n = deployments.len();
+        if n > 1 && deployments[n - 1].rollout_state == Some(RolloutState::InProgress) {
+            for d in &mut deployments {
+                d.status = DeploymentStatus::Active;
+            }
+            deployments[n - 2].status = DeploymentStatus::Primary;
+            deployments[n - 2].rollout_state = Some(RolloutState::Completed);
+        }
+    }
     // ECS lists the primary first.
     deployments.sort_by_key(|d| d.status != DeploymentStatus::Primary);
     out.deployments = deployments;
