@@ -1178,6 +1178,12 @@ impl Reconciler {
                     _ => None,
                 })
                 .collect();
+            for (container, image) in images
+                .iter()
+                .filter(|(_, i)| drift::image(i) == Image::Elsewhere)
+            {
+                tracing::warn!(service = %key, container, image, "image drift unchecked: not an ECR tag ecs-reloader can ask about");
+            }
             if wanted.is_empty() {
                 continue;
             }

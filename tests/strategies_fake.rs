@@ -796,3 +796,20 @@ async fn without_waiting_a_codedeploy_canary_in_flight_guards_its_change() {
     assert_eq!(fake.rollouts_of("prod", "b-rolling"), 1);
     assert_eq!(fake.codedeploys().len(), 1);
 }
+
+/// A CodeDeploy deployment `Ready` (waiting for someone to reroute traffic) is someone's action,
+/// not a slow rollout: paused when the time is up, not failed.
+#[tokio::test(start_paused = true)]
+async fn a_codedeploy_deployment_waiting_to_reroute_is_paused() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["cd"]).await;
+    fake.deploy_with_codedeploy("prod", "cd", "app", "dg", ("web", 80));
+    fake.set_behaviour("prod", "cd", Behaviour::AwaitHook);
+    let p = parts_with(&fake, &clock, &config());
+    let pass = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(outcome(&pass, "cd"), Some(Outcome::Paused { reason, .. }) if reason.contains("ContinueDeployment")),
+        "{:?}",
+        pass.outcomes
+    );
+}

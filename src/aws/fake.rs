@@ -1800,6 +1800,8 @@ impl super::CodeDeploy for FakeAws {
                     "failed: The deployment failed because a specified health check failed".into(),
                 )
             }
+            // Traffic waits for someone to reroute it.
+            Behaviour::AwaitHook => super::CodeDeployStatus::InProgress("Ready".into()),
             _ => super::CodeDeployStatus::InProgress("InProgress".into()),
         })
     }

@@ -198,6 +198,12 @@ impl Strategy for CodeDeployStrategy<'_> {
     async fn read(&self, _key: &ServiceKey, started: &Started) -> Reading {
         match self.cx.clients.codedeploy.get_deployment(&started.id).await {
             Ok(CodeDeployStatus::Succeeded) => Reading::Healthy,
+            // `Ready`: the replacement is up and CodeDeploy waits for someone to reroute traffic
+            // (ContinueDeployment): someone's action, not a slow rollout.
+            Ok(CodeDeployStatus::InProgress(status)) if status == "Ready" => Reading::Awaiting(format!(
+                "CodeDeploy deployment {} is Ready: it waits for someone to reroute traffic (ContinueDeployment)",
+                started.id
+            )),
             Ok(CodeDeployStatus::InProgress(_)) => Reading::InProgress,
             Ok(CodeDeployStatus::Failed(why)) => {
                 Reading::Failed(format!("CodeDeploy deployment {} {why}", started.id))
