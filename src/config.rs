@@ -92,24 +92,23 @@ pub struct RoleArn(pub String);
 impl RoleArn {
     /// The account of the role.
     pub fn account(&self) -> &str {
-        self.0.split(':').nth(4).unwrap_or_default()
+        crate::reference::arn_account(&self.0).unwrap_or_default()
     }
 }
 
 impl<'de> Deserialize<'de> for RoleArn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let parts: Vec<&str> = s.splitn(6, ':').collect();
-        let ok = parts.len() == 6
-            && parts[0] == "arn"
-            && parts[1].starts_with("aws")
-            && parts[2] == "iam"
-            && parts[3].is_empty()
-            && parts[4].len() == 12
-            && parts[4].chars().all(|c| c.is_ascii_digit())
-            && parts[5]
-                .strip_prefix("role/")
-                .is_some_and(|n| !n.is_empty());
+        let ok = crate::reference::Arn::parse(&s).is_some_and(|a| {
+            a.partition.starts_with("aws")
+                && a.service == "iam"
+                && a.region.is_empty()
+                && a.account.len() == 12
+                && a.account.chars().all(|c| c.is_ascii_digit())
+                && a.resource
+                    .strip_prefix("role/")
+                    .is_some_and(|n| !n.is_empty())
+        });
         if !ok {
             return Err(serde::de::Error::custom(format!(
                 "{s:?} is not an IAM role ARN like \"arn:aws:iam::111122223333:role/ecs-reloader-target\""

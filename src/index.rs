@@ -763,12 +763,7 @@ fn named_parameter(n: &str, home: &Home) -> Lookup {
     }
 }
 
-/// The account an ARN names, if `id` is one.
-fn arn_account(id: &str) -> Option<&str> {
-    id.strip_prefix("arn:")
-        .and_then(|rest| rest.split(':').nth(3))
-        .filter(|a| !a.is_empty())
-}
+use crate::reference::arn_account;
 
 /// What a failed call means for the references that needed it: the call, the resource, and what
 /// to grant or fix. `owner` is the account the resource belongs to, when the reference says.

@@ -300,14 +300,7 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
     }
 }
 
-/// The account of an ARN (`arn:PARTITION:SERVICE:REGION:ACCOUNT:…`), if it names one.
-fn arn_account(id: &str) -> Option<&str> {
-    let mut parts = id.splitn(6, ':');
-    (parts.next() == Some("arn"))
-        .then(|| parts.nth(3))
-        .flatten()
-        .filter(|a| !a.is_empty())
-}
+use crate::reference::arn_account;
 
 /// Counts a message and logs what became of it, the same way in every driver. A poison message
 /// is counted here and logged by its driver, which knows where it goes (a redrive policy, a

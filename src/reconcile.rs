@@ -614,10 +614,7 @@ impl Reconciler {
             .first()
             .map(|e| e.service.arn.as_str())
             .or(inv.plain.first().map(String::as_str));
-        if let Some(account) = arn
-            .and_then(|a| a.split(':').nth(4))
-            .filter(|a| !a.is_empty())
-        {
+        if let Some(account) = arn.and_then(crate::reference::arn_account) {
             *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(account.to_string());
         }
     }
@@ -802,11 +799,7 @@ impl Reconciler {
         let Some(own) = self.account() else {
             return false;
         };
-        id.starts_with("arn:")
-            && id
-                .split(':')
-                .nth(4)
-                .is_some_and(|a| !a.is_empty() && a != own)
+        crate::reference::arn_account(id).is_some_and(|a| a != own)
     }
 
     /// Resolves what events said changed into targets. A secret that no longer exists, or a name

@@ -484,28 +484,84 @@ pub enum RefError {
     },
 }
 
-struct ArnParts<'a> {
-    partition: &'a str,
-    service: &'a str,
-    region: &'a str,
-    account: &'a str,
-    resource: &'a str,
+/// An ARN read into its six fields: the one ARN type every module reads ARNs with (secret and
+/// parameter ARNs, service and cluster ARNs, role ARNs, the accounts events name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Arn<'a> {
+    /// `aws`, `aws-cn`, …
+    pub(crate) partition: &'a str,
+    /// `secretsmanager`, `ecs`, `iam`, …
+    pub(crate) service: &'a str,
+    /// Empty for global services.
+    pub(crate) region: &'a str,
+    /// Empty where the resource names none.
+    pub(crate) account: &'a str,
+    /// What follows the account (`secret:name-AbCdEf`, `service/cluster/name`, …).
+    pub(crate) resource: &'a str,
 }
 
+impl<'a> Arn<'a> {
+    /// `arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE`, or `None`.
+    pub(crate) fn parse(input: &'a str) -> Option<Arn<'a>> {
+        let mut it = input.splitn(6, ':');
+        let (
+            Some("arn"),
+            Some(partition),
+            Some(service),
+            Some(region),
+            Some(account),
+            Some(resource),
+        ) = (
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+        )
+        else {
+            return None;
+        };
+        Some(Arn {
+            partition,
+            service,
+            region,
+            account,
+            resource,
+        })
+    }
+
+    /// The account, when the ARN names one.
+    pub(crate) fn account(&self) -> Option<&'a str> {
+        Some(self.account).filter(|a| !a.is_empty())
+    }
+
+    /// The region, when the ARN names one.
+    pub(crate) fn region(&self) -> Option<&'a str> {
+        Some(self.region).filter(|r| !r.is_empty())
+    }
+}
+
+/// The account an ARN names, if `id` is an ARN that names one.
+pub(crate) fn arn_account(id: &str) -> Option<&str> {
+    Arn::parse(id)?.account()
+}
+
+type ArnParts<'a> = Arn<'a>;
+
 fn split_arn(input: &str) -> Result<ArnParts<'_>, RefError> {
-    let mut it = input.splitn(6, ':');
     let malformed = |why| RefError::MalformedArn {
         input: input.to_string(),
         why,
     };
-    let (Some("arn"), Some(partition), Some(service), Some(region), Some(account), Some(resource)) = (
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-    ) else {
+    let Some(Arn {
+        partition,
+        service,
+        region,
+        account,
+        resource,
+    }) = Arn::parse(input)
+    else {
         return Err(malformed("an ARN has six ':'-separated fields"));
     };
     if partition.is_empty() || service.is_empty() {

@@ -483,9 +483,8 @@ fn named_elsewhere(e: &ReconcileError, req: &Request) -> bool {
 
 /// The account and region of an ARN with both.
 fn arn_place(id: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = id.splitn(6, ':').collect();
-    (parts.len() == 6 && parts[0] == "arn" && !parts[3].is_empty() && !parts[4].is_empty())
-        .then(|| (parts[4].to_string(), parts[3].to_string()))
+    let arn = crate::reference::Arn::parse(id)?;
+    Some((arn.account()?.to_string(), arn.region()?.to_string()))
 }
 
 fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
