@@ -57,6 +57,7 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
+pub mod sources;
 pub mod targets;
 pub(crate) mod watch;
 pub mod window;

@@ -40,7 +40,10 @@ fn apply_label_moves(
         for refs in resolved.iter_mut() {
             for r in refs.iter_mut() {
                 let Ok(state) = &mut r.state else { continue };
-                if !t.identities.contains(&state.identity()) {
+                // An object has no labels: its every write is dated by the listing.
+                if matches!(**state, RefState::S3Object(_))
+                    || !t.identities.contains(&state.identity())
+                {
                     continue;
                 }
                 // Copied on write: the state is shared by every reference to the secret.
@@ -48,6 +51,7 @@ fn apply_label_moves(
                 let moves = match state {
                     RefState::SecretsManager(s) => &mut s.label_moves,
                     RefState::Parameter(p) => &mut p.label_moves,
+                    RefState::S3Object(_) => continue,
                 };
                 for m in &t.label_moves {
                     if m.at > latest {
@@ -823,6 +827,22 @@ impl Reconciler {
                     }
                     Err(e) => return Err(e.into()),
                 },
+                Subject::S3Object {
+                    region,
+                    bucket,
+                    key,
+                } => out.push(Target {
+                    given: format!("s3://{bucket}/{key}"),
+                    identities: vec![SecretIdentity::S3Object(
+                        crate::sources::s3::S3ObjectId::in_region(
+                            region.as_deref().unwrap_or(&self.clients.region),
+                            bucket,
+                            key,
+                        ),
+                    )],
+                    label_moves: Vec::new(),
+                    provenance: changes.provenance.get(subject).cloned().unwrap_or_default(),
+                }),
                 Subject::Parameter { region, name } => out.push(Target {
                     given: name.clone(),
                     identities: vec![SecretIdentity::Parameter(ParameterId::own(

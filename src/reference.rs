@@ -41,6 +41,9 @@ pub enum Site {
     RepositoryCredentials { container: String },
     /// The service tag `ecs-reloader/secrets`.
     ServiceTag,
+    /// `containerDefinitions[].environmentFiles[]` (type `s3`), by container: read by ECS at
+    /// task start like a secret (see [`crate::sources::s3`]).
+    EnvironmentFile { container: String },
 }
 
 impl fmt::Display for Site {
@@ -52,6 +55,7 @@ impl fmt::Display for Site {
                 write!(f, "{container}: repository credentials")
             }
             Site::ServiceTag => f.write_str("tag ecs-reloader/secrets"),
+            Site::EnvironmentFile { container } => write!(f, "{container}: environment file"),
         }
     }
 }
@@ -176,6 +180,8 @@ pub enum SecretRef {
     Parameter(SsmRef),
     /// A bare name from the service tag: a secret or a parameter of that name, whichever exists.
     Named(String),
+    /// An S3 object (an environment file), by bucket and key.
+    S3File(crate::sources::s3::S3ObjectId),
 }
 
 impl fmt::Display for SecretRef {
@@ -198,6 +204,7 @@ impl fmt::Display for SecretRef {
                 }
             }
             SecretRef::Named(n) => f.write_str(n),
+            SecretRef::S3File(o) => write!(f, "{o}"),
         }
     }
 }
@@ -431,6 +438,8 @@ pub enum SecretIdentity {
     SecretsManager(SecretsManagerId),
     /// An SSM parameter, by region, account and canonical name.
     Parameter(ParameterId),
+    /// An S3 object, by partition, bucket and key (bucket names are unique in a partition).
+    S3Object(crate::sources::s3::S3ObjectId),
 }
 
 impl fmt::Display for SecretIdentity {
@@ -438,6 +447,7 @@ impl fmt::Display for SecretIdentity {
         let (name, qualifier) = match self {
             SecretIdentity::SecretsManager(id) => (id.name.clone(), &id.qualifier),
             SecretIdentity::Parameter(p) => (format!("ssm:{}", p.name), &p.qualifier),
+            SecretIdentity::S3Object(o) => return write!(f, "{o}"),
         };
         f.write_str(&name)?;
         match qualifier {
@@ -474,8 +484,14 @@ pub enum RefError {
         /// The offending input.
         input: String,
     },
+    /// `environmentFiles[].value` that is not an S3 object ARN (`arn:aws:s3:::bucket/key`).
+    #[error("environment file {input:?} must be an S3 object ARN (arn:aws:s3:::bucket/key)")]
+    NotAnS3Object {
+        /// The offending input.
+        input: String,
+    },
     /// An ARN of a service that cannot hold secrets for ECS.
-    #[error("ARN {input:?} is for service {service:?}, not secretsmanager or ssm")]
+    #[error("ARN {input:?} is for service {service:?}, not secretsmanager, ssm or s3")]
     WrongService {
         /// The offending input.
         input: String,
@@ -545,7 +561,14 @@ fn check_chars(input: &str) -> Result<&str, RefError> {
 pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
     let s = check_chars(input)?;
     if s.starts_with("arn:") {
-        parse_arn(s)
+        // ECS resolves S3 objects only as environment files, never as `valueFrom`.
+        match parse_arn(s)? {
+            SecretRef::S3File(_) => Err(RefError::WrongService {
+                input: s.to_string(),
+                service: "s3".into(),
+            }),
+            r => Ok(r),
+        }
     } else {
         Ok(SecretRef::Parameter(parse_param_name(s, None, None)))
     }
@@ -555,6 +578,16 @@ pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
 /// Secrets Manager secret by name or ARN (never an SSM parameter); everything else as
 /// [`parse_value_from`].
 pub(crate) fn parse_at(site: &Site, input: &str) -> Result<SecretRef, RefError> {
+    if matches!(site, Site::EnvironmentFile { .. }) {
+        let s = check_chars(input)?;
+        return match s.starts_with("arn:").then(|| parse_arn(s)) {
+            Some(Ok(r @ SecretRef::S3File(_))) => Ok(r),
+            Some(Err(e @ RefError::MalformedArn { .. })) => Err(e),
+            _ => Err(RefError::NotAnS3Object {
+                input: s.to_string(),
+            }),
+        };
+    }
     if !matches!(site, Site::RepositoryCredentials { .. }) {
         return parse_value_from(input);
     }
@@ -658,6 +691,14 @@ fn parse_arn(s: &str) -> Result<SecretRef, RefError> {
                 non_empty(parts.account),
             )))
         }
+        "s3" => crate::sources::s3::S3ObjectId::from_arn(
+            parts.partition,
+            parts.region,
+            parts.account,
+            parts.resource,
+        )
+        .map(SecretRef::S3File)
+        .map_err(malformed),
         other => Err(RefError::WrongService {
             input: s.to_string(),
             service: other.to_string(),

@@ -414,6 +414,13 @@ impl Fleet {
                         }
                     }
                 }
+                // Any target's services may name any bucket (another account's included), and each
+                // lists it with its own credentials: every target looks at its dependants.
+                Subject::S3Object { .. } => {
+                    for c in per_member.iter_mut() {
+                        add(c, subject.clone());
+                    }
+                }
                 Subject::Parameter { .. } => {
                     for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
                         if origins.iter().any(|o| m.owns(o.account.as_deref(), None)) {
@@ -472,7 +479,7 @@ impl Fleet {
             match crate::index::resolve_target(owner.reconciler.clients(), id).await {
                 Ok(t) => out.extend(t.identities.into_iter().filter_map(|i| match i {
                     SecretIdentity::SecretsManager(s) => Some(s.arn),
-                    SecretIdentity::Parameter(_) => None,
+                    SecretIdentity::Parameter(_) | SecretIdentity::S3Object(_) => None,
                 })),
                 Err(TargetError::NotFound(_)) => {}
                 Err(e) => {

@@ -23,6 +23,8 @@ use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPR
 
 const ACCOUNT: &str = "111122223333";
 
+mod s3;
+
 /// How a forced deployment of a service plays out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
@@ -147,6 +149,8 @@ struct World {
     families: HashMap<String, u32>,
     secrets: Vec<FakeSecret>,
     params: BTreeMap<(String, String), FakeParam>,
+    /// S3 objects by (bucket, key): environment files (see `fake/s3.rs`).
+    objects: BTreeMap<(String, String), s3::FakeObject>,
     calls: BTreeMap<&'static str, u64>,
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
@@ -200,6 +204,7 @@ impl FakeAws {
             ecs: Arc::new(self.clone()),
             secrets: Arc::new(self.clone()),
             parameters: Arc::new(self.clone()),
+            objects: Arc::new(self.clone()),
             identity: Arc::new(self.clone()),
             region: self.region.clone(),
         }

@@ -35,8 +35,8 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{middleware::NoOpMiddleware, Quota, RateLimiter};
 
 use super::{
-    AwsError, AwsResult, Clients, Deployment, Ecs, ErrorKind, Page, ParameterMeta,
-    ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, Task,
+    AwsError, AwsResult, Clients, Deployment, Ecs, ErrorKind, ObjectMeta, Objects, Page,
+    ParameterMeta, ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, Task,
     TaskDefinition,
 };
 use crate::clock::Clock;
@@ -71,11 +71,13 @@ pub enum Kind {
     DescribeParameters,
     /// `ssm:GetParameterHistory`
     GetParameterHistory,
+    /// `s3:ListObjectsV2` (environment files; IAM action `s3:ListBucket`)
+    ListObjects,
 }
 
 impl Kind {
     /// Every kind, in index order.
-    pub(crate) const ALL: [Kind; 11] = [
+    pub(crate) const ALL: [Kind; 12] = [
         Kind::ListClusters,
         Kind::ListServices,
         Kind::DescribeServices,
@@ -87,6 +89,7 @@ impl Kind {
         Kind::ListSecretVersionIds,
         Kind::DescribeParameters,
         Kind::GetParameterHistory,
+        Kind::ListObjects,
     ];
 
     /// The operation's name, as in stats and metrics (`ecs:DescribeServices`).
@@ -103,6 +106,7 @@ impl Kind {
             Kind::ListSecretVersionIds => "secretsmanager:ListSecretVersionIds",
             Kind::DescribeParameters => "ssm:DescribeParameters",
             Kind::GetParameterHistory => "ssm:GetParameterHistory",
+            Kind::ListObjects => crate::sources::s3::LIST_CALL,
         }
     }
 
@@ -180,6 +184,9 @@ impl Default for Limits {
             (Kind::ListSecretVersionIds, Pace::new(20.0, 20)),
             (Kind::DescribeParameters, Pace::new(10.0, 10)),
             (Kind::GetParameterHistory, Pace::new(10.0, 10)),
+            // S3 allows thousands of listings per second per prefix; one per environment file
+            // per pass needs no more than this.
+            (Kind::ListObjects, Pace::new(50.0, 50)),
         ] {
             paces[kind.index()] = pace;
         }
@@ -445,6 +452,7 @@ struct Shared {
     ecs: Arc<dyn Ecs>,
     secrets: Arc<dyn Secrets>,
     parameters: Arc<dyn Parameters>,
+    objects: Arc<dyn Objects>,
     paced: Vec<Paced>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -559,6 +567,7 @@ fn guard_full(
         ecs: clients.ecs,
         secrets: clients.secrets,
         parameters: clients.parameters,
+        objects: clients.objects,
         paced: Kind::ALL
             .iter()
             .map(|k| Paced::new(k.operation(), limits.pace(*k), &limits))
@@ -572,6 +581,7 @@ fn guard_full(
         ecs: Arc::new(GuardedEcs(shared.clone())),
         secrets: Arc::new(GuardedSecrets(shared.clone())),
         parameters: Arc::new(GuardedParameters(shared.clone())),
+        objects: Arc::new(GuardedObjects(shared.clone())),
         identity: clients.identity,
         region: clients.region,
     };
@@ -753,6 +763,19 @@ impl Parameters for GuardedParameters {
         let s = &self.0;
         s.guarded(Kind::GetParameterHistory, name, || {
             s.parameters.parameter_history(region, name)
+        })
+        .await
+    }
+}
+
+struct GuardedObjects(Arc<Shared>);
+
+#[async_trait]
+impl Objects for GuardedObjects {
+    async fn object_meta(&self, bucket: &str, key: &str) -> AwsResult<Option<ObjectMeta>> {
+        let s = &self.0;
+        s.guarded(Kind::ListObjects, &format!("{bucket}/{key}"), || {
+            s.objects.object_meta(bucket, key)
         })
         .await
     }

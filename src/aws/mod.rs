@@ -358,6 +358,24 @@ pub trait Parameters: Send + Sync {
 
 /// Drains a paginated call: `call(token)` until the token runs out. An empty token ends the
 /// listing as an absent one does (moto sends `""`).
+/// One S3 object's entry in a bucket listing: when it was written, never what it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectMeta {
+    /// `LastModified`.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// `ETag`.
+    pub etag: Option<String>,
+}
+
+/// S3, for environment files: listing only. There is deliberately no call that reads an
+/// object (`GetObject`): ecs-reloader never reads a value.
+#[async_trait]
+pub trait Objects: Send + Sync {
+    /// `ListObjectsV2` of `bucket` with `key` as prefix (IAM: `s3:ListBucket`): the entry whose
+    /// key is exactly `key`, or `None` when there is none (deleted, or a delete marker current).
+    async fn object_meta(&self, bucket: &str, key: &str) -> AwsResult<Option<ObjectMeta>>;
+}
+
 pub(crate) async fn all_pages<T, F, Fut>(mut call: F) -> AwsResult<Vec<T>>
 where
     F: FnMut(Option<String>) -> Fut,
@@ -403,6 +421,8 @@ pub struct Clients {
     pub secrets: std::sync::Arc<dyn Secrets>,
     /// SSM Parameter Store.
     pub parameters: std::sync::Arc<dyn Parameters>,
+    /// S3 listings, for environment files (never an object's content).
+    pub objects: std::sync::Arc<dyn Objects>,
     /// Who the credentials are (not paced: asked once).
     pub identity: std::sync::Arc<dyn Identity>,
     /// The region the clients default to (for references without one).

@@ -37,6 +37,8 @@ use super::{
 };
 use crate::reference::Site;
 
+mod s3;
+
 /// How the SDK retries on its own (below ecs-reloader's own backoff).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryMode {
@@ -243,6 +245,7 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
         }),
         secrets: Arc::new(SdkSecrets(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
+        objects: Arc::new(s3::SdkObjects::new(config, role)),
         identity: Arc::new(SdkIdentity(aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(config)
                 .retry_classifier(NoRetryWhenUnreachable)
@@ -754,6 +757,14 @@ impl Ecs for SdkEcs {
                             value: s.value_from().to_string(),
                         });
                     }
+                }
+                for f in c.environment_files() {
+                    refs.push(RawRef {
+                        site: Site::EnvironmentFile {
+                            container: container.clone(),
+                        },
+                        value: f.value().to_string(),
+                    });
                 }
                 if let Some(rc) = c.repository_credentials() {
                     refs.push(RawRef {
