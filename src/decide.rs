@@ -888,6 +888,33 @@ impl RefState {
     }
 }
 
+/// The references among `refs` that changed after `d`, as findings: what a task started at `d`
+/// outside any service still holds (reported, never rolled: see [`crate::tasks`]). The same
+/// rule as for a service's deployment; references that cannot be judged are left out (the
+/// services that share them report why).
+pub(crate) fn findings_at(refs: &[ResolvedRef], d: DateTime<Utc>) -> Vec<Finding> {
+    refs.iter()
+        .filter_map(|r| match judge(r, d) {
+            Judgement::Stale {
+                reason,
+                fresh_after,
+                ..
+            } => {
+                let identity = r.state.as_ref().ok().map(|s| s.identity());
+                Some(Finding {
+                    provenance: None,
+                    secret: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                    identity,
+                    fresh_after: Some(fresh_after),
+                    site: r.site.to_string(),
+                    reason,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether the service's tags opt it out.
 pub fn opted_out(service: &Service) -> bool {
     service

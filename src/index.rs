@@ -363,6 +363,19 @@ fn inventory(
     inv
 }
 
+/// The references a task definition revision writes, parsed as ECS reads each site (for tasks
+/// outside services, which have no tag: see [`crate::tasks`]).
+pub(crate) fn written_refs(def: &TaskDefinition) -> Vec<Written> {
+    def.refs
+        .iter()
+        .map(|raw| Written {
+            site: raw.site.clone(),
+            text: raw.value.clone(),
+            parsed: parse_at(&raw.site, &raw.value),
+        })
+        .collect()
+}
+
 /// One `DescribeServices` batch (its revisions are in the cache by then).
 type DescribedBatch = Vec<Service>;
 

@@ -59,5 +59,6 @@ pub mod report;
 pub mod rollout;
 pub mod sources;
 pub mod targets;
+pub mod tasks;
 pub(crate) mod watch;
 pub mod window;

@@ -182,6 +182,9 @@ pub struct Assessment {
     /// The stale services in rollout order.
     #[serde(skip)]
     pub change_set: ChangeSet,
+    /// Standalone tasks that hold a changed value (full passes only; see [`crate::tasks`]).
+    #[serde(skip)]
+    pub standalone_tasks: Vec<crate::tasks::StandaloneTask>,
 }
 
 impl Assessment {
@@ -303,6 +306,7 @@ impl Pass {
                 services: Vec::new(),
                 without_secrets: 0,
                 change_set: ChangeSet::default(),
+                standalone_tasks: Vec::new(),
             },
             outcomes: Vec::new(),
             cut_short: false,
@@ -411,6 +415,8 @@ pub struct Settings {
     /// instead (and so refills it). Covers a Lambda execution environment that never gets the
     /// scheduled resync, and a `serve` whose resyncs keep failing.
     pub watch_max_age: Duration,
+    /// `[scope] tasks`: full passes report standalone tasks that hold a changed value.
+    pub tasks: bool,
 }
 
 impl Default for Settings {
@@ -427,6 +433,7 @@ impl Default for Settings {
             windows: Windows::any(),
             notify_only: false,
             watch_max_age: Duration::from_secs(20 * 60),
+            tasks: true,
         }
     }
 }
@@ -674,6 +681,18 @@ impl Reconciler {
             .assess_settled(&scope, &targets, &filter, &policies, settle_wait)
             .await?;
         attribute(&mut assessment, &targets);
+        // Standalone tasks cannot be rolled: reported by full passes only (never per event).
+        let full = matches!(&req.selection, Selection::All)
+            || matches!(&req.selection, Selection::Changes(c) if c.resync);
+        if full && self.settings.tasks && req.services.is_empty() {
+            assessment.standalone_tasks = crate::tasks::standalone(
+                &self.clients,
+                &self.cache,
+                &scope.clusters,
+                self.settings.scan_concurrency,
+            )
+            .await;
+        }
         let mut pass = Pass {
             outcomes: Vec::new(),
             cut_short: false,
@@ -1014,6 +1033,7 @@ impl Reconciler {
             services,
             without_secrets,
             change_set,
+            standalone_tasks: Vec::new(),
         })
     }
 

@@ -527,6 +527,7 @@ fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
             services: Vec::new(),
             without_secrets: 0,
             change_set: crate::plan::ChangeSet::default(),
+            standalone_tasks: Vec::new(),
         },
         outcomes: Vec::new(),
         cut_short: false,
@@ -542,6 +543,9 @@ fn merge(mut a: Pass, b: Pass) -> Pass {
     a.assessment.at = a.assessment.at.max(b.assessment.at);
     a.assessment.services.extend(b.assessment.services);
     a.assessment.without_secrets += b.assessment.without_secrets;
+    a.assessment
+        .standalone_tasks
+        .extend(b.assessment.standalone_tasks);
     a.assessment
         .change_set
         .changes

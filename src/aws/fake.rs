@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AwsError, AwsResult, Clients, Controller, Deployment, DeploymentStatus, Ecs, ErrorKind, Page,
-    ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, SecretMeta, SecretVersion,
-    Secrets, Service, Task, TaskDefinition,
+    ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, RunningTask, SecretMeta,
+    SecretVersion, Secrets, Service, Task, TaskDefinition,
 };
 use crate::clock::Clock;
 use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPREVIOUS};
@@ -24,6 +24,7 @@ use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPR
 const ACCOUNT: &str = "111122223333";
 
 mod s3;
+mod tasks;
 
 /// How a forced deployment of a service plays out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +152,8 @@ struct World {
     params: BTreeMap<(String, String), FakeParam>,
     /// S3 objects by (bucket, key): environment files (see `fake/s3.rs`).
     objects: BTreeMap<(String, String), s3::FakeObject>,
+    /// Standalone tasks (`RunTask`) by cluster (see `fake/tasks.rs`).
+    standalone: BTreeMap<String, Vec<RunningTask>>,
     calls: BTreeMap<&'static str, u64>,
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
@@ -205,6 +208,7 @@ impl FakeAws {
             secrets: Arc::new(self.clone()),
             parameters: Arc::new(self.clone()),
             objects: Arc::new(self.clone()),
+            tasks: Arc::new(self.clone()),
             identity: Arc::new(self.clone()),
             region: self.region.clone(),
         }

@@ -35,9 +35,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{middleware::NoOpMiddleware, Quota, RateLimiter};
 
 use super::{
-    AwsError, AwsResult, Clients, Deployment, Ecs, ErrorKind, ObjectMeta, Objects, Page,
-    ParameterMeta, ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, Task,
-    TaskDefinition,
+    AwsError, AwsResult, Clients, ClusterTasks, Deployment, Ecs, ErrorKind, ObjectMeta, Objects,
+    Page, ParameterMeta, ParameterVersion, Parameters, RunningTask, SecretMeta, SecretVersion,
+    Secrets, Service, Task, TaskDefinition,
 };
 use crate::clock::Clock;
 use crate::lease::Leadership;
@@ -453,6 +453,7 @@ struct Shared {
     secrets: Arc<dyn Secrets>,
     parameters: Arc<dyn Parameters>,
     objects: Arc<dyn Objects>,
+    tasks: Arc<dyn ClusterTasks>,
     paced: Vec<Paced>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -568,6 +569,7 @@ fn guard_full(
         secrets: clients.secrets,
         parameters: clients.parameters,
         objects: clients.objects,
+        tasks: clients.tasks,
         paced: Kind::ALL
             .iter()
             .map(|k| Paced::new(k.operation(), limits.pace(*k), &limits))
@@ -582,6 +584,7 @@ fn guard_full(
         secrets: Arc::new(GuardedSecrets(shared.clone())),
         parameters: Arc::new(GuardedParameters(shared.clone())),
         objects: Arc::new(GuardedObjects(shared.clone())),
+        tasks: Arc::new(GuardedTasks(shared.clone())),
         identity: clients.identity,
         region: clients.region,
     };
@@ -763,6 +766,36 @@ impl Parameters for GuardedParameters {
         let s = &self.0;
         s.guarded(Kind::GetParameterHistory, name, || {
             s.parameters.parameter_history(region, name)
+        })
+        .await
+    }
+}
+
+/// Paced as the proof of rotation's task calls: the same ECS buckets.
+struct GuardedTasks(Arc<Shared>);
+
+#[async_trait]
+impl ClusterTasks for GuardedTasks {
+    async fn list_cluster_tasks(
+        &self,
+        cluster: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded(Kind::ListTasks, cluster, || {
+            s.tasks.list_cluster_tasks(cluster, next.clone())
+        })
+        .await
+    }
+
+    async fn describe_cluster_tasks(
+        &self,
+        cluster: &str,
+        tasks: &[String],
+    ) -> AwsResult<Vec<RunningTask>> {
+        let s = &self.0;
+        s.guarded(Kind::DescribeTasks, cluster, || {
+            s.tasks.describe_cluster_tasks(cluster, tasks)
         })
         .await
     }

@@ -358,6 +358,55 @@ pub trait Parameters: Send + Sync {
 
 /// Drains a paginated call: `call(token)` until the token runs out. An empty token ends the
 /// listing as an absent one does (moto sends `""`).
+/// A running task of a cluster, as `DescribeTasks` tells it: enough to say whether it belongs
+/// to a service and what it resolved when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningTask {
+    /// The task's ARN.
+    pub arn: String,
+    /// Its task definition revision.
+    pub task_definition: String,
+    /// `group`: `service:<name>` for a service's task, `family:<name>` (or what `RunTask` was
+    /// given) for a standalone one.
+    pub group: Option<String>,
+    /// `startedBy`: `ecs-svc/…` for a service's task, `events-rule/…` for a scheduled one.
+    pub started_by: Option<String>,
+    /// When it started (its values were resolved just before).
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl RunningTask {
+    /// Whether it belongs to a service (rolled with it, so not reported apart).
+    pub fn of_service(&self) -> bool {
+        self.group
+            .as_deref()
+            .is_some_and(|g| g.starts_with("service:"))
+            || self
+                .started_by
+                .as_deref()
+                .is_some_and(|s| s.starts_with("ecs-svc/"))
+    }
+}
+
+/// Every running task of a cluster, services' and standalone ones alike (`RunTask`,
+/// `StartTask`, scheduled): read on `plan` and resyncs only, to report standalone tasks that
+/// hold an old value. Apart from [`Ecs`], whose task calls are per service.
+#[async_trait]
+pub trait ClusterTasks: Send + Sync {
+    /// One page of `ListTasks` of `cluster` (desired status `RUNNING`).
+    async fn list_cluster_tasks(
+        &self,
+        cluster: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>>;
+    /// `DescribeTasks` (at most 100).
+    async fn describe_cluster_tasks(
+        &self,
+        cluster: &str,
+        tasks: &[String],
+    ) -> AwsResult<Vec<RunningTask>>;
+}
+
 /// One S3 object's entry in a bucket listing: when it was written, never what it holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectMeta {
@@ -423,6 +472,8 @@ pub struct Clients {
     pub parameters: std::sync::Arc<dyn Parameters>,
     /// S3 listings, for environment files (never an object's content).
     pub objects: std::sync::Arc<dyn Objects>,
+    /// Every task of a cluster, for the standalone-task report.
+    pub tasks: std::sync::Arc<dyn ClusterTasks>,
     /// Who the credentials are (not paced: asked once).
     pub identity: std::sync::Arc<dyn Identity>,
     /// The region the clients default to (for references without one).

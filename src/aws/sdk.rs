@@ -38,6 +38,7 @@ use super::{
 use crate::reference::Site;
 
 mod s3;
+mod tasks;
 
 /// How the SDK retries on its own (below ecs-reloader's own backoff).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,14 +236,16 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
     let ecs = aws_sdk_ecs::config::Builder::from(config)
         .retry_classifier(NoRetryWhenUnreachable)
         .build();
+    let ecs = Arc::new(SdkEcs {
+        client: aws_sdk_ecs::Client::from_conf(ecs),
+        place: Place {
+            role: role.map(str::to_string),
+            ..Place::of(config, &region)
+        },
+    });
     Ok(Clients {
-        ecs: Arc::new(SdkEcs {
-            client: aws_sdk_ecs::Client::from_conf(ecs),
-            place: Place {
-                role: role.map(str::to_string),
-                ..Place::of(config, &region)
-            },
-        }),
+        tasks: ecs.clone(),
+        ecs,
         secrets: Arc::new(SdkSecrets(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
         objects: Arc::new(s3::SdkObjects::new(config, role)),
