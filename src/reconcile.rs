@@ -185,6 +185,9 @@ pub struct Assessment {
     /// Standalone tasks that hold a changed value (full passes only; see [`crate::tasks`]).
     #[serde(skip)]
     pub standalone_tasks: Vec<crate::tasks::StandaloneTask>,
+    /// Scheduled tasks that resolve a changed value (full passes only).
+    #[serde(skip)]
+    pub scheduled_tasks: Vec<crate::tasks::ScheduledTask>,
 }
 
 impl Assessment {
@@ -307,6 +310,7 @@ impl Pass {
                 without_secrets: 0,
                 change_set: ChangeSet::default(),
                 standalone_tasks: Vec::new(),
+                scheduled_tasks: Vec::new(),
             },
             outcomes: Vec::new(),
             cut_short: false,
@@ -692,6 +696,14 @@ impl Reconciler {
                 self.settings.scan_concurrency,
             )
             .await;
+            assessment.scheduled_tasks = crate::tasks::scheduled(
+                &self.clients,
+                &self.cache,
+                &crate::tasks::changed_identities(&assessment),
+                self.clock.now(),
+                self.settings.scan_concurrency,
+            )
+            .await;
         }
         let mut pass = Pass {
             outcomes: Vec::new(),
@@ -1034,6 +1046,7 @@ impl Reconciler {
             without_secrets,
             change_set,
             standalone_tasks: Vec::new(),
+            scheduled_tasks: Vec::new(),
         })
     }
 

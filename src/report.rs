@@ -30,6 +30,9 @@ pub struct Report<'a> {
     /// Standalone tasks holding a changed value: reported, never rolled or stopped.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub standalone_tasks: &'a [crate::tasks::StandaloneTask],
+    /// Scheduled tasks that resolve a changed value: their next run picks it up (information).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub scheduled_tasks: &'a [crate::tasks::ScheduledTask],
 }
 
 /// The counts of a report. Every service has exactly one decision and exactly one action, so
@@ -186,6 +189,7 @@ impl<'a> Report<'a> {
             summary,
             targets: &[],
             standalone_tasks: &assessment.standalone_tasks,
+            scheduled_tasks: &assessment.scheduled_tasks,
         }
     }
 
@@ -336,6 +340,30 @@ impl<'a> Report<'a> {
                     t.started_at
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     one_line(&reasons.join("; "))
+                );
+            }
+        }
+        if !self.scheduled_tasks.is_empty() {
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "SCHEDULED TASKS resolving a changed value (each picks the new value up at its next run; nothing to do):"
+            );
+            for t in self.scheduled_tasks {
+                let kind = match t.kind {
+                    crate::aws::ScheduleKind::EventbridgeRule => "rule",
+                    crate::aws::ScheduleKind::SchedulerSchedule => "schedule",
+                };
+                let _ = writeln!(
+                    out,
+                    "{kind} {}  {}  {}  {}",
+                    t.name,
+                    t.cluster,
+                    t.task_definition
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&t.task_definition),
+                    t.secrets.join(" ")
                 );
             }
         }
@@ -537,6 +565,7 @@ mod tests {
             without_secrets: 2,
             change_set: Default::default(),
             standalone_tasks: Vec::new(),
+            scheduled_tasks: Vec::new(),
         }
     }
 

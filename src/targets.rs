@@ -528,6 +528,7 @@ fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
             without_secrets: 0,
             change_set: crate::plan::ChangeSet::default(),
             standalone_tasks: Vec::new(),
+            scheduled_tasks: Vec::new(),
         },
         outcomes: Vec::new(),
         cut_short: false,
@@ -546,6 +547,9 @@ fn merge(mut a: Pass, b: Pass) -> Pass {
     a.assessment
         .standalone_tasks
         .extend(b.assessment.standalone_tasks);
+    a.assessment
+        .scheduled_tasks
+        .extend(b.assessment.scheduled_tasks);
     a.assessment
         .change_set
         .changes

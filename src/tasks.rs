@@ -9,15 +9,24 @@
 //! revisions come from the task-definition cache and metadata through [`index::resolve`], so a
 //! secret both a service and a task use is read once per task pass. A refused or failing
 //! cluster is logged and skipped: the report is information, never a reason to fail a pass.
+//!
+//! Scheduled tasks (EventBridge rules and EventBridge Scheduler schedules with an ECS target)
+//! start with the current value at their next run: a full pass lists which task definitions
+//! they run and reports those that resolve something the pass found changed, as "picks the new
+//! value up at its next run" (information: the exit status is unaffected).
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::{
-    all_pages, Clients, Controller, Deployment, DeploymentStatus, RunningTask, Service,
+    all_pages, Clients, Controller, Deployment, DeploymentStatus, RunningTask, ScheduleKind,
+    Service,
 };
-use crate::decide::{findings_at, Finding};
+use crate::decide::{findings_at, Decision, Finding};
 use crate::index::{self, Entry, TaskDefCache};
+use crate::reference::SecretIdentity;
 
 /// `DescribeTasks` takes at most this many tasks per call.
 const DESCRIBE_TASKS_BATCH: usize = 100;
@@ -160,4 +169,118 @@ fn as_service(cluster: &str, t: &RunningTask, started: DateTime<Utc>) -> Service
         }],
         tags: Default::default(),
     }
+}
+
+/// A rule or schedule whose task resolves a value that changed: its next run starts with the
+/// new value. Information, not a problem.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledTask {
+    /// An EventBridge rule or a Scheduler schedule.
+    pub kind: ScheduleKind,
+    /// Its name.
+    pub name: String,
+    /// The cluster it runs the task in (name).
+    pub cluster: String,
+    /// The task definition it runs.
+    pub task_definition: String,
+    /// The changed secrets, parameters and files it resolves.
+    pub secrets: Vec<String>,
+}
+
+/// What a pass found changed: every identity a finding names (services' and standalone tasks').
+pub(crate) fn changed_identities(
+    assessment: &crate::reconcile::Assessment,
+) -> BTreeSet<SecretIdentity> {
+    let mut out = BTreeSet::new();
+    for a in &assessment.services {
+        let findings: &[Finding] = match &a.decision {
+            Decision::Stale { findings }
+            | Decision::OptedOut { findings }
+            | Decision::Settling { findings, .. }
+            | Decision::Held { findings, .. }
+            | Decision::Scheduled { findings, .. }
+            | Decision::Pending { findings, .. } => findings,
+            _ => &[],
+        };
+        out.extend(findings.iter().filter_map(|f| f.identity.clone()));
+    }
+    for t in &assessment.standalone_tasks {
+        out.extend(t.findings.iter().filter_map(|f| f.identity.clone()));
+    }
+    out
+}
+
+/// The rules and schedules whose task definitions resolve one of `changed`.
+pub(crate) async fn scheduled(
+    clients: &Clients,
+    cache: &TaskDefCache,
+    changed: &BTreeSet<SecretIdentity>,
+    now: DateTime<Utc>,
+    concurrency: usize,
+) -> Vec<ScheduledTask> {
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    let runs = match clients.schedules.ecs_schedules().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "scheduled tasks not reported: their rules and schedules could not be read");
+            return Vec::new();
+        }
+    };
+    let mut entries = Vec::new();
+    let mut kept = Vec::new();
+    for run in runs {
+        let def = match cache.get(clients, &run.task_definition).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(schedule = %run.name, error = %e, "a scheduled task's revision could not be described: not reported");
+                continue;
+            }
+        };
+        let refs = index::written_refs(&def);
+        if refs.is_empty() {
+            continue;
+        }
+        // Its next run starts now or later: no version dates are needed, only identities.
+        let task = RunningTask {
+            arn: run.cluster.clone(),
+            task_definition: run.task_definition.clone(),
+            group: None,
+            started_by: None,
+            started_at: Some(now),
+        };
+        entries.push(Entry {
+            service: as_service(&run.cluster, &task, now),
+            refs,
+        });
+        kept.push(run);
+    }
+    let resolved = index::resolve(clients, &entries, concurrency).await;
+    kept.into_iter()
+        .zip(resolved)
+        .filter_map(|(run, refs)| {
+            let mut secrets: Vec<String> = refs
+                .iter()
+                .filter_map(|r| r.state.as_ref().ok())
+                .map(|s| s.identity())
+                .filter(|i| changed.contains(i))
+                .map(|i| i.to_string())
+                .collect();
+            secrets.sort();
+            secrets.dedup();
+            (!secrets.is_empty()).then(|| ScheduledTask {
+                kind: run.kind,
+                name: run.name,
+                cluster: run
+                    .cluster
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&run.cluster)
+                    .to_string(),
+                task_definition: run.task_definition,
+                secrets,
+            })
+        })
+        .collect()
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ecs_reloader::aws::fake::FakeAws;
+use ecs_reloader::aws::ScheduleKind;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Options, Output};
 use ecs_reloader::driver::setup::{self, Parts};
@@ -70,6 +71,8 @@ async fn world(fake: &FakeAws) -> (String, String) {
     fake.create_service("prod", "web", &td, 2, &[]);
     let old = fake.run_task("prod", &td);
     fake.run_task("prod", &plain);
+    fake.schedule_task(ScheduleKind::EventbridgeRule, "nightly", "prod", &td);
+    fake.schedule_task(ScheduleKind::SchedulerSchedule, "hourly", "prod", &plain);
     tokio::time::sleep(Duration::from_secs(5)).await;
     fake.put_secret_value("app/db", &[]);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -130,11 +133,27 @@ async fn a_standalone_task_holding_a_rotated_secret_is_reported_and_left_alone()
     assert!(page.items.contains(&old) && page.items.contains(&new));
     assert_eq!(fake.updates().len(), 1);
 
-    // The table says it too.
-    let (_, table) = run(&r, true, Output::Text).await;
+    // The rule that runs the same revision picks the new value up at its next run; the
+    // schedule whose revision resolves nothing is not mentioned.
+    let scheduled = report["scheduled_tasks"]
+        .as_array()
+        .expect("under their own key");
+    assert_eq!(scheduled.len(), 1, "{json}");
+    assert_eq!(scheduled[0]["kind"], "eventbridge_rule");
+    assert_eq!(scheduled[0]["name"], "nightly");
+    assert_eq!(scheduled[0]["cluster"], "prod");
+    assert_eq!(scheduled[0]["secrets"], serde_json::json!(["app/db"]));
+
+    // The table says both.
+    let (ending, table) = run(&r, true, Output::Text).await;
+    assert!(ending.ok, "information, not a problem: {}", ending.message);
     let task_id = old.rsplit('/').next().expect("id");
     assert!(
         table.contains("STANDALONE TASKS") && table.contains(&format!("prod/{task_id}")),
+        "{table}"
+    );
+    assert!(
+        table.contains("SCHEDULED TASKS") && table.contains("rule nightly  prod  job:1  app/db"),
         "{table}"
     );
 }
@@ -168,9 +187,15 @@ async fn tasks_are_read_on_full_passes_only_and_not_at_all_when_opted_out() {
         .any(|a| a.key.service == "web"));
     assert!(pass.assessment.standalone_tasks.is_empty());
     assert_eq!(fake.calls("ecs:ListTasks"), 0, "not per event");
+    assert_eq!(
+        fake.calls("events+scheduler:ListSchedules"),
+        0,
+        "not per event"
+    );
 
     let (_, json) = run(&r, true, Output::Json).await;
     assert!(fake.calls("ecs:ListTasks") > 0 && fake.calls("ecs:DescribeTasks") > 0);
+    assert_eq!(fake.calls("events+scheduler:ListSchedules"), 1);
     assert!(json.contains("standalone_tasks"));
 
     let mut off = Config::default();
@@ -179,5 +204,6 @@ async fn tasks_are_read_on_full_passes_only_and_not_at_all_when_opted_out() {
     world(&fake).await;
     let (_, json) = run(&r, true, Output::Json).await;
     assert_eq!(fake.calls("ecs:ListTasks"), 0, "opted out: no reads");
+    assert_eq!(fake.calls("events+scheduler:ListSchedules"), 0);
     assert!(!json.contains("standalone_tasks"), "{json}");
 }

@@ -154,6 +154,8 @@ struct World {
     objects: BTreeMap<(String, String), s3::FakeObject>,
     /// Standalone tasks (`RunTask`) by cluster (see `fake/tasks.rs`).
     standalone: BTreeMap<String, Vec<RunningTask>>,
+    /// Rules and schedules with ECS targets (see `fake/tasks.rs`).
+    schedules: Vec<super::ScheduledRun>,
     calls: BTreeMap<&'static str, u64>,
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
@@ -209,6 +211,7 @@ impl FakeAws {
             parameters: Arc::new(self.clone()),
             objects: Arc::new(self.clone()),
             tasks: Arc::new(self.clone()),
+            schedules: Arc::new(self.clone()),
             identity: Arc::new(self.clone()),
             region: self.region.clone(),
         }

@@ -36,8 +36,8 @@ use governor::{middleware::NoOpMiddleware, Quota, RateLimiter};
 
 use super::{
     AwsError, AwsResult, Clients, ClusterTasks, Deployment, Ecs, ErrorKind, ObjectMeta, Objects,
-    Page, ParameterMeta, ParameterVersion, Parameters, RunningTask, SecretMeta, SecretVersion,
-    Secrets, Service, Task, TaskDefinition,
+    Page, ParameterMeta, ParameterVersion, Parameters, RunningTask, ScheduledRun, Schedules,
+    SecretMeta, SecretVersion, Secrets, Service, Task, TaskDefinition,
 };
 use crate::clock::Clock;
 use crate::lease::Leadership;
@@ -73,11 +73,14 @@ pub enum Kind {
     GetParameterHistory,
     /// `s3:ListObjectsV2` (environment files; IAM action `s3:ListBucket`)
     ListObjects,
+    /// Scheduled tasks: `events:ListRules` / `ListTargetsByRule` and `scheduler:ListSchedules`
+    /// / `GetSchedule`, read together once per full pass
+    Schedules,
 }
 
 impl Kind {
     /// Every kind, in index order.
-    pub(crate) const ALL: [Kind; 12] = [
+    pub(crate) const ALL: [Kind; 13] = [
         Kind::ListClusters,
         Kind::ListServices,
         Kind::DescribeServices,
@@ -90,6 +93,7 @@ impl Kind {
         Kind::DescribeParameters,
         Kind::GetParameterHistory,
         Kind::ListObjects,
+        Kind::Schedules,
     ];
 
     /// The operation's name, as in stats and metrics (`ecs:DescribeServices`).
@@ -107,6 +111,7 @@ impl Kind {
             Kind::DescribeParameters => "ssm:DescribeParameters",
             Kind::GetParameterHistory => "ssm:GetParameterHistory",
             Kind::ListObjects => crate::sources::s3::LIST_CALL,
+            Kind::Schedules => "events+scheduler:ListSchedules",
         }
     }
 
@@ -187,6 +192,7 @@ impl Default for Limits {
             // S3 allows thousands of listings per second per prefix; one per environment file
             // per pass needs no more than this.
             (Kind::ListObjects, Pace::new(50.0, 50)),
+            (Kind::Schedules, Pace::new(1.0, 5)),
         ] {
             paces[kind.index()] = pace;
         }
@@ -454,6 +460,7 @@ struct Shared {
     parameters: Arc<dyn Parameters>,
     objects: Arc<dyn Objects>,
     tasks: Arc<dyn ClusterTasks>,
+    schedules: Arc<dyn Schedules>,
     paced: Vec<Paced>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -570,6 +577,7 @@ fn guard_full(
         parameters: clients.parameters,
         objects: clients.objects,
         tasks: clients.tasks,
+        schedules: clients.schedules,
         paced: Kind::ALL
             .iter()
             .map(|k| Paced::new(k.operation(), limits.pace(*k), &limits))
@@ -585,6 +593,7 @@ fn guard_full(
         parameters: Arc::new(GuardedParameters(shared.clone())),
         objects: Arc::new(GuardedObjects(shared.clone())),
         tasks: Arc::new(GuardedTasks(shared.clone())),
+        schedules: Arc::new(GuardedSchedules(shared.clone())),
         identity: clients.identity,
         region: clients.region,
     };
@@ -798,6 +807,18 @@ impl ClusterTasks for GuardedTasks {
             s.tasks.describe_cluster_tasks(cluster, tasks)
         })
         .await
+    }
+}
+
+/// One paced, retried reading of every rule and schedule (a handful of calls per full pass).
+struct GuardedSchedules(Arc<Shared>);
+
+#[async_trait]
+impl Schedules for GuardedSchedules {
+    async fn ecs_schedules(&self) -> AwsResult<Vec<ScheduledRun>> {
+        let s = &self.0;
+        s.guarded(Kind::Schedules, "-", || s.schedules.ecs_schedules())
+            .await
     }
 }
 

@@ -407,6 +407,39 @@ pub trait ClusterTasks: Send + Sync {
     ) -> AwsResult<Vec<RunningTask>>;
 }
 
+/// What starts a scheduled ECS task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// An EventBridge rule (on the default bus) with an ECS target.
+    EventbridgeRule,
+    /// An EventBridge Scheduler schedule with an ECS target.
+    SchedulerSchedule,
+}
+
+/// A rule or schedule that runs an ECS task: which revision, in which cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScheduledRun {
+    /// A rule or a schedule.
+    pub kind: ScheduleKind,
+    /// Its name (`group/name` for a schedule outside the default group).
+    pub name: String,
+    /// The target cluster's ARN.
+    pub cluster: String,
+    /// The task definition it runs (a revision, or a family for its latest).
+    pub task_definition: String,
+}
+
+/// Which task definitions scheduled tasks run: EventBridge rules and EventBridge Scheduler
+/// schedules with an ECS target. Read on full passes only. The adapters page through both
+/// services themselves and keep only the target's cluster and task definition: a target's
+/// `Input` (container overrides, which may carry environment values) is dropped on receipt.
+#[async_trait]
+pub trait Schedules: Send + Sync {
+    /// Every rule and schedule with an ECS target.
+    async fn ecs_schedules(&self) -> AwsResult<Vec<ScheduledRun>>;
+}
+
 /// One S3 object's entry in a bucket listing: when it was written, never what it holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectMeta {
@@ -474,6 +507,8 @@ pub struct Clients {
     pub objects: std::sync::Arc<dyn Objects>,
     /// Every task of a cluster, for the standalone-task report.
     pub tasks: std::sync::Arc<dyn ClusterTasks>,
+    /// Scheduled tasks' rules and schedules.
+    pub schedules: std::sync::Arc<dyn Schedules>,
     /// Who the credentials are (not paced: asked once).
     pub identity: std::sync::Arc<dyn Identity>,
     /// The region the clients default to (for references without one).

@@ -38,6 +38,7 @@ use super::{
 use crate::reference::Site;
 
 mod s3;
+mod schedules;
 mod tasks;
 
 /// How the SDK retries on its own (below ecs-reloader's own backoff).
@@ -249,6 +250,7 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
         secrets: Arc::new(SdkSecrets(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
         objects: Arc::new(s3::SdkObjects::new(config, role)),
+        schedules: Arc::new(schedules::SdkSchedules::new(config, role)),
         identity: Arc::new(SdkIdentity(aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(config)
                 .retry_classifier(NoRetryWhenUnreachable)

@@ -276,8 +276,12 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
         let len: usize = header("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        // The SigV4 credential scope names the service (`…/us-east-1/s3/aws4_request`): other
+        // REST services (EventBridge Scheduler) carry no target header either.
+        let signed_for_s3 = header("authorization").is_some_and(|a| a.contains("/s3/aws4_request"));
         let rest = head
             .first()
+            .filter(|_| signed_for_s3)
             .and_then(|l| s3_operation(l, header("x-amz-target").is_some()));
         let target = match &rest {
             Some((op, _)) => format!("S3.{op}"),
@@ -433,7 +437,7 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
 
 /// The S3 operation of a REST request line (S3 calls carry no `X-Amz-Target`), with its path and
 /// query: path-style requests (`GET /bucket?list-type=2&prefix=…`), as the SDK sends them to a
-/// custom endpoint. `None` for the JSON and query protocols (a target header, or `POST /`).
+/// custom endpoint. Asked only of requests signed for S3.
 fn s3_operation(request_line: &str, has_target: bool) -> Option<(String, String)> {
     if has_target {
         return None;

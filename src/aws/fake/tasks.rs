@@ -99,3 +99,30 @@ impl ClusterTasks for FakeAws {
             .collect())
     }
 }
+
+impl FakeAws {
+    /// An EventBridge rule or Scheduler schedule named `name` that runs `task_def` in `cluster`.
+    pub fn schedule_task(
+        &self,
+        kind: crate::aws::ScheduleKind,
+        name: &str,
+        cluster: &str,
+        task_def: &str,
+    ) {
+        let cluster = format!("arn:aws:ecs:{}:{ACCOUNT}:cluster/{cluster}", self.region);
+        self.w().schedules.push(crate::aws::ScheduledRun {
+            kind,
+            name: name.to_string(),
+            cluster,
+            task_definition: task_def.to_string(),
+        });
+    }
+}
+
+#[async_trait]
+impl crate::aws::Schedules for FakeAws {
+    async fn ecs_schedules(&self) -> AwsResult<Vec<crate::aws::ScheduledRun>> {
+        self.gate("events+scheduler:ListSchedules", "-")?;
+        Ok(self.w().schedules.clone())
+    }
+}
