@@ -656,3 +656,17 @@ def test_environment_file_buckets_deploy_a_rule_and_a_listing_grant(aws):
     assert [(_actions(s), s["Resource"]) for s in granted] == [(["s3:ListBucket"], ["arn:*:s3:::conf", "arn:*:s3:::team-env"])]
     targets = aws("events").list_targets_by_rule(Rule=resources["EnvironmentFileRule"])["Targets"]
     assert [t["Arn"] for t in targets] == [outputs["QueueArn"]]
+
+
+def test_scheduled_tasks_are_read_in_this_account_and_region_only(template):
+    r = refs()
+    statements = render(_statements(template, "OperatorPolicy") + _statements(template, "OperatorGuardrails"), r, conditions(r))
+    rule = "arn:aws:events:us-east-1:123456789012:rule/nightly"
+    for action in ["events:ListRules", "events:ListTargetsByRule"]:
+        assert decide(statements, action, rule, {}) == "Allow", action
+        assert decide(statements, action, "arn:aws:events:eu-west-1:123456789012:rule/nightly", {}) == "ImplicitDeny"
+    assert decide(statements, "scheduler:ListSchedules", "*", {}) == "Allow"
+    assert decide(statements, "scheduler:GetSchedule", "arn:aws:scheduler:us-east-1:123456789012:schedule/default/hourly", {}) == "Allow"
+    assert decide(statements, "scheduler:GetSchedule", "arn:aws:scheduler:us-east-1:210987654321:schedule/default/hourly", {}) == "ImplicitDeny"
+    for write in ["events:PutRule", "events:PutTargets", "scheduler:UpdateSchedule", "scheduler:CreateSchedule", "ecs:StopTask", "ecs:RunTask"]:
+        assert decide(statements, write, "*", {}) != "Allow", write
