@@ -1,7 +1,11 @@
 //! S3 environment files, end to end: the real binary against the emulator's S3 (a versioned
 //! bucket) and ECS, through the recording proxy. A written file rolls exactly its dependants,
 //! once; a second run rolls nothing; a bucket the proxy refuses makes only its dependants
-//! `unknown`, naming the call and the grant; and no call ever reads an object.
+//! `unknown`, naming the call and the grant; and no call ever reads an object. And `serve` hears
+//! S3's own `Object Created` / `Object Deleted` events (the bucket's EventBridge notifications
+//! on, a rule shaped as the template's): a write rolls exactly the file's dependants, once; a
+//! deletion (its event sent by the test: moto sends none) rolls nothing and dead-letters
+//! nothing.
 
 mod support;
 
@@ -11,7 +15,7 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ecs::types::{ContainerDefinition, EnvironmentFile, EnvironmentFileType};
 use support::proxy::Proxy;
-use support::{run_binary, Aws, Emulator, REGION};
+use support::{run_binary, wait_for, Aws, Emulator, Serve, REGION};
 
 /// An S3 client straight at the emulator (path-style: the emulator has no bucket host names).
 async fn s3(url: &str) -> aws_sdk_s3::Client {
@@ -212,5 +216,155 @@ async fn an_env_file_write_rolls_its_dependants_once_and_no_object_is_ever_read(
             .filter(|c| c.operation() == "GetObject")
             .count(),
         0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rolls_an_env_files_dependants_on_s3s_own_event() {
+    let emu = Emulator::start();
+    let proxy = Proxy::start(emu.port).await;
+    let aws = Aws::connect(&emu.url()).await;
+    let s3 = s3(&emu.url()).await;
+    bucket(&s3, "conf").await;
+    s3.put_bucket_notification_configuration()
+        .bucket("conf")
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .event_bridge_configuration(
+                    aws_sdk_s3::types::EventBridgeConfiguration::builder().build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("EventBridge notifications on");
+    write(&s3, "conf", "app.env", "LEVEL=info\n").await;
+    write(&s3, "conf", "other.env", "LEVEL=warn\n").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    aws.cluster("prod").await;
+    let td_app = env_file_task_def(&aws, "app", "arn:aws:s3:::conf/app.env").await;
+    let td_other = env_file_task_def(&aws, "other", "arn:aws:s3:::conf/other.env").await;
+    aws.service("prod", "api", &td_app, &[]).await;
+    aws.service("prod", "other", &td_other, &[]).await;
+    let (queue, queue_arn, dlq) = aws.queue_with_dlq("changes", 2, 2).await;
+    // The template's EnvironmentFileRule, for the bucket "conf".
+    aws.events
+        .put_rule()
+        .name("environment-files")
+        .event_pattern(
+            serde_json::json!({
+                "source": ["aws.s3"],
+                "detail-type": ["Object Created", "Object Deleted"],
+                "detail": {"bucket": {"name": ["conf"]}}
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("rule");
+    aws.events
+        .put_targets()
+        .rule("environment-files")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&queue_arn)
+                .build()
+                .expect("target"),
+        )
+        .send()
+        .await
+        .expect("targets");
+
+    let serve = Serve::start(
+        &proxy.url(),
+        &["--queue-url", &queue],
+        &[
+            ("ECS_RELOADER_RESYNC_INTERVAL", "1h"),
+            ("ECS_RELOADER_EVENTS_DEBOUNCE", "1s"),
+        ],
+    );
+    serve.ready().await;
+    assert!(proxy.updated_services().is_empty(), "in sync at start");
+
+    // A write: S3's event reaches the queue through the rule, and rolls the file's dependant.
+    write(&s3, "conf", "app.env", "LEVEL=debug\n").await;
+    wait_for("api rolled", Duration::from_secs(60), || async {
+        !proxy.updated_services().is_empty()
+    })
+    .await;
+    let (_, metrics) = serve.get("/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("ecs_reloader_events_received_total{kind=\"s3_object_created\"} 1"),
+        "rolled by S3's own event: {metrics}"
+    );
+    wait_for("the queue to drain", Duration::from_secs(60), || async {
+        aws.queue_total(&queue).await == 0
+    })
+    .await;
+    serve.idle().await;
+    let rolled = proxy.updated_services();
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert!(rolled[0].contains("api"), "{rolled:?}");
+
+    // A deletion: its dependant cannot start new tasks; nothing is rolled, nothing poisoned.
+    s3.delete_object()
+        .bucket("conf")
+        .key("other.env")
+        .send()
+        .await
+        .expect("delete");
+    // moto 5.2.1 sends no `Object Deleted` event of its own: the test sends AWS's shape.
+    aws.events
+        .put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .source("aws.s3")
+                .detail_type("Object Deleted")
+                .resources("arn:aws:s3:::conf")
+                .detail(
+                    serde_json::json!({
+                        "version": "0", "bucket": {"name": "conf"},
+                        "object": {"key": "other.env", "sequencer": "617f08299329d189"},
+                        "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012",
+                        "reason": "DeleteObject", "deletion-type": "Delete Marker Created"
+                    })
+                    .to_string(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("put events");
+    // Done signal: serve counted the deletion's event; then the queue drains and serve idles.
+    wait_for(
+        "the deletion's event to be received",
+        Duration::from_secs(60),
+        || async {
+            serve.get("/metrics").await.is_some_and(|(_, body)| {
+                body.contains("ecs_reloader_events_received_total{kind=\"s3_object_deleted\"} 1")
+            })
+        },
+    )
+    .await;
+    wait_for("the queue to drain", Duration::from_secs(60), || async {
+        aws.queue_total(&queue).await == 0
+    })
+    .await;
+    serve.idle().await;
+    assert_eq!(
+        proxy.updated_services().len(),
+        1,
+        "a deletion rolls nothing"
+    );
+    assert_eq!(aws.queue_total(&dlq).await, 0, "and dead-letters nothing");
+    assert_eq!(
+        proxy
+            .calls()
+            .iter()
+            .filter(|c| c.target.starts_with("S3.") && c.operation() != "ListObjectsV2")
+            .count(),
+        0,
+        "only listings"
     );
 }
