@@ -415,10 +415,14 @@ impl Fleet {
                     }
                 }
                 // Any target's services may name any bucket (another account's included), and each
-                // lists it with its own credentials: every target looks at its dependants.
+                // lists it with its own credentials: every target looks at its dependants. Who
+                // wrote the object is told only to the targets of the bucket owner's account.
                 Subject::S3Object { .. } => {
-                    for c in per_member.iter_mut() {
+                    for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
                         add(c, subject.clone());
+                        if let Some(kept) = c.provenance.get_mut(subject) {
+                            kept.retain(|p| m.owns(p.account.as_deref(), None));
+                        }
                     }
                 }
                 Subject::Parameter { .. } => {

@@ -221,3 +221,87 @@ async fn a_refused_bucket_or_a_deleted_object_makes_only_its_dependants_unknown(
     rolled.sort();
     assert_eq!(rolled, ["prod/api", "prod/plain", "prod/worker"]);
 }
+
+/// Two targets (the operator's own account and a member's) whose `prod/api` names the same
+/// object. The bucket's `Object Created` event reaches both; each lists the bucket with its own
+/// credentials. The member's listing is refused: only its dependant is `unknown`, and the own
+/// account's dependant is rolled at once.
+#[tokio::test(start_paused = true)]
+async fn an_object_event_reaches_every_target_and_a_refusal_stays_in_its_target() {
+    use ecs_reloader::driver::setup::TargetSpec;
+
+    let (own, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    let member = FakeAws::new("eu-west-1", clock.clone());
+    for fake in [&own, &member] {
+        fake.put_object("shared", "app.env");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for fake in [&own, &member] {
+        let td =
+            fake.register_task_definition("api", &[(env_file(), "arn:aws:s3:::shared/app.env")]);
+        fake.create_service("prod", "api", &td, 1, &[]);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    member.refuse(
+        "s3:ListObjectsV2",
+        "shared/",
+        ErrorKind::AccessDenied,
+        "AccessDenied: Access Denied",
+    );
+    for fake in [&own, &member] {
+        fake.put_object("shared", "app.env");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spec = |account: &str| TargetSpec {
+        account: account.into(),
+        region: "eu-west-1".into(),
+        role: None,
+        clusters: vec!["prod".into()],
+    };
+    let fleet = setup::assemble_fleet(
+        &Config::default(),
+        vec![
+            (spec(""), own.clients()),
+            (spec("222233334444"), member.clients()),
+        ],
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::Watch,
+        None,
+    )
+    .with_identity(own.clients().identity);
+
+    let mut changes = Changes::default();
+    let parsed =
+        event::parse(&object_event("Object Created", "shared", "app.env")).expect("parsed");
+    assert!(changes.add(&parsed));
+    let pass = fleet.pass(&Request::changes(changes)).await.expect("pass");
+    assert_eq!(
+        own.rollouts_of("prod", "api"),
+        1,
+        "the own account's dependant"
+    );
+    assert!(
+        member.updates().is_empty(),
+        "the refused target rolls nothing"
+    );
+    let unknown: Vec<String> = pass
+        .assessment
+        .services
+        .iter()
+        .filter_map(|a| match &a.decision {
+            Decision::Unknown { problems } => Some(problems.join("; ")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unknown.len(), 1, "{:?}", pass.assessment.services);
+    assert!(
+        unknown[0].contains("allow s3:ListBucket on arn:aws:s3:::shared"),
+        "{}",
+        unknown[0]
+    );
+    assert!(
+        member.calls("s3:ListObjectsV2") > 0,
+        "the member listed with its own credentials"
+    );
+}
