@@ -685,26 +685,6 @@ impl Reconciler {
             .assess_settled(&scope, &targets, &filter, &policies, settle_wait)
             .await?;
         attribute(&mut assessment, &targets);
-        // Standalone tasks cannot be rolled: reported by full passes only (never per event).
-        let full = matches!(&req.selection, Selection::All)
-            || matches!(&req.selection, Selection::Changes(c) if c.resync);
-        if full && self.settings.tasks && req.services.is_empty() {
-            assessment.standalone_tasks = crate::tasks::standalone(
-                &self.clients,
-                &self.cache,
-                &scope.clusters,
-                self.settings.scan_concurrency,
-            )
-            .await;
-            assessment.scheduled_tasks = crate::tasks::scheduled(
-                &self.clients,
-                &self.cache,
-                &crate::tasks::changed_identities(&assessment),
-                self.clock.now(),
-                self.settings.scan_concurrency,
-            )
-            .await;
-        }
         let mut pass = Pass {
             outcomes: Vec::new(),
             cut_short: false,
@@ -732,6 +712,54 @@ impl Reconciler {
                         }
                     }
                 }
+            }
+        }
+        // Tasks outside services cannot be rolled: reported by full passes only (never per
+        // event), after the rollouts so as never to delay one, and within what is left of the
+        // budget (the Lambda's next resync reports them otherwise).
+        let full = matches!(&req.selection, Selection::All)
+            || matches!(&req.selection, Selection::Changes(c) if c.resync);
+        if full && self.settings.tasks && req.services.is_empty() && !pass.cut_short {
+            let report = async {
+                let standalone = crate::tasks::standalone(
+                    &self.clients,
+                    &self.cache,
+                    &scope.clusters,
+                    self.settings.scan_concurrency,
+                )
+                .await;
+                let mut changed = crate::tasks::changed_identities(&pass.assessment);
+                changed.extend(
+                    standalone
+                        .iter()
+                        .flat_map(|t| t.findings.iter().filter_map(|f| f.identity.clone())),
+                );
+                let scheduled = crate::tasks::scheduled(
+                    &self.clients,
+                    &self.cache,
+                    &changed,
+                    self.clock.now(),
+                    self.settings.scan_concurrency,
+                )
+                .await;
+                (standalone, scheduled)
+            };
+            let left = req.budget.map(|b| {
+                b.saturating_sub(started.elapsed())
+                    .saturating_sub(Duration::from_millis(200))
+            });
+            let found = match left {
+                None => Some(report.await),
+                Some(left) => tokio::time::timeout(left, report).await.ok(),
+            };
+            match found {
+                Some((standalone, scheduled)) => {
+                    pass.assessment.standalone_tasks = standalone;
+                    pass.assessment.scheduled_tasks = scheduled;
+                }
+                None => tracing::warn!(
+                    "the time ran out before tasks outside services were read: the next resync reports them"
+                ),
             }
         }
         pass.requeue_after = self.requeue_after(&pass);

@@ -87,6 +87,7 @@ pub(crate) async fn standalone(
     let mut tasks: Vec<(String, RunningTask, DateTime<Utc>)> = Vec::new();
     for (cluster, t) in running {
         let Some(started) = t.started_at else {
+            tracing::debug!(task = %t.arn, "a standalone task without a start time: not judged");
             continue;
         };
         let def = match cache.get(clients, &t.task_definition).await {
@@ -107,11 +108,17 @@ pub(crate) async fn standalone(
         tasks.push((cluster, t, started));
     }
     let resolved = index::resolve(clients, &entries, concurrency).await;
+    tracing::debug!(
+        clusters = clusters.len(),
+        standalone = tasks.len(),
+        "standalone tasks with references"
+    );
     tasks
         .into_iter()
         .zip(resolved)
         .filter_map(|((cluster, t, started), refs)| {
             let findings = findings_at(&refs, started);
+            tracing::debug!(task = %t.arn, started = %started, findings = findings.len(), "standalone task judged");
             (!findings.is_empty()).then(|| StandaloneTask {
                 cluster: cluster.rsplit('/').next().unwrap_or(&cluster).to_string(),
                 task_id: t.arn.rsplit('/').next().unwrap_or(&t.arn).to_string(),
@@ -187,7 +194,7 @@ pub struct ScheduledTask {
     pub secrets: Vec<String>,
 }
 
-/// What a pass found changed: every identity a finding names (services' and standalone tasks').
+/// What a pass found changed: every identity its services' findings name.
 pub(crate) fn changed_identities(
     assessment: &crate::reconcile::Assessment,
 ) -> BTreeSet<SecretIdentity> {
@@ -203,9 +210,6 @@ pub(crate) fn changed_identities(
             _ => &[],
         };
         out.extend(findings.iter().filter_map(|f| f.identity.clone()));
-    }
-    for t in &assessment.standalone_tasks {
-        out.extend(t.findings.iter().filter_map(|f| f.identity.clone()));
     }
     out
 }

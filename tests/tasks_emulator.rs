@@ -178,9 +178,23 @@ async fn a_standalone_task_resolving_a_rotated_secret_is_reported_and_untouched(
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     aws.rotate("app/db").await;
-    let plan = run_binary(&url, &["plan", "--output", "json"], &[]).await;
+    let plan = run_binary(
+        &url,
+        &["plan", "--output", "json"],
+        &[(
+            "ECS_RELOADER_LOG",
+            "warn,ecs_reloader::tasks=debug,ecs_reloader::index=debug",
+        )],
+    )
+    .await;
     let report = plan.json();
-    assert_eq!(reported(&report), [task.as_str()], "{}", plan.stdout);
+    assert_eq!(
+        reported(&report),
+        [task.as_str()],
+        "{}\n{}",
+        plan.stdout,
+        plan.stderr
+    );
     let t = &report["standalone_tasks"][0];
     assert_eq!(t["cluster"], "prod");
     assert_eq!(t["task_definition"], td.as_str());
