@@ -221,6 +221,9 @@ pub struct ScopeConfig {
     /// If above 0, caps every read kind's rate (`[pacing]`) at this many calls per second; 0:
     /// no cap. Kept for configurations written when it was the only read setting.
     pub reads_per_second: f64,
+    /// Report standalone tasks that hold a changed value (`plan` and resyncs only: `ListTasks`
+    /// and `DescribeTasks` per cluster); `false` opts out.
+    pub tasks: bool,
 }
 
 impl Default for ScopeConfig {
@@ -229,6 +232,7 @@ impl Default for ScopeConfig {
             clusters: vec![],
             scan_concurrency: 8,
             reads_per_second: 0.0,
+            tasks: true,
         }
     }
 }

@@ -67,6 +67,16 @@
 //!    ciphertext for `SecureString`), so the index calls it only in this case (it asks
 //!    [`needs_label_history`]).
 //!
+//! S3 environment files (`environmentFiles[]`, see [`crate::sources::s3`]): *W* is the object's
+//! `LastModified`, as listing the bucket with the key as prefix shows it (the object is never
+//! read):
+//!
+//! 1. no object has the key (deleted; a delete marker is current) → **unresolved**: new tasks
+//!    cannot start, the service is [`Decision::Unknown`] ([`Unresolved::ObjectMissing`]);
+//! 2. *d* < *W* + 1 s → **stale**: the file was written after the deployment;
+//! 3. otherwise **fresh**. Every write moves *W* (even one of identical bytes), and nothing else
+//!    does: there is no undated case as for secrets' labels.
+//!
 //! **Granularity.** Secrets Manager dates are whole seconds and *d* has milliseconds. A version
 //! created in the same second as *d* may be before or after it, so ties count as stale (the
 //! `+ 1 s` above). The converse matters for idempotence: a rollout made in the same second as the
@@ -147,7 +157,7 @@ impl Default for Policy {
 const GRANULARITY: chrono::Duration = chrono::Duration::seconds(1);
 
 /// Whether a date may be after the deployment `d`, at whole-second granularity.
-fn after(d: DateTime<Utc>, date: DateTime<Utc>) -> bool {
+pub(crate) fn after(d: DateTime<Utc>, date: DateTime<Utc>) -> bool {
     d < date + GRANULARITY
 }
 
@@ -286,6 +296,13 @@ pub enum Unresolved {
         /// The stage.
         stage: String,
     },
+    /// No object has the key an environment file names (deleted, or a delete marker is
+    /// current): ECS cannot start new tasks of the service (S3 clause 1).
+    #[error("no object {object} (listed with its key as prefix): ECS cannot start new tasks that name it as an environment file; restore the object or fix environmentFiles")]
+    ObjectMissing {
+        /// The object, `s3://bucket/key`.
+        object: String,
+    },
     /// The label the reference follows is on no version.
     #[error("no version of SSM parameter {name} carries label {label}, so ECS cannot resolve it: label a version (ssm:LabelParameterVersion), or fix the reference")]
     NoSuchLabel {
@@ -384,6 +401,8 @@ pub enum RefState {
     SecretsManager(SmState),
     /// An SSM parameter.
     Parameter(SsmState),
+    /// An S3 object (an environment file): its listing entry, never its content.
+    S3Object(crate::reference::S3State),
 }
 
 impl RefState {
@@ -392,6 +411,7 @@ impl RefState {
         match self {
             RefState::SecretsManager(s) => SecretIdentity::SecretsManager(s.id.clone()),
             RefState::Parameter(p) => SecretIdentity::Parameter(p.id.clone()),
+            RefState::S3Object(o) => SecretIdentity::S3Object(o.id.clone()),
         }
     }
 }
@@ -604,6 +624,39 @@ impl Decision {
     }
 }
 
+/// S3 clauses 2 and 3 for a deployment created at `d`: the date that makes it stale, with why,
+/// or `None` when it is fresh.
+pub(crate) fn judge_s3(
+    s: &crate::reference::S3State,
+    d: DateTime<Utc>,
+) -> Result<Option<(DateTime<Utc>, String)>, Unresolved> {
+    let Some(w) = s.last_modified else {
+        return Err(Unresolved::MissingMetadata {
+            resource: s.id.to_string(),
+            what: "LastModified",
+        });
+    };
+    // 2. Written after the deployment.
+    if after(d, w) {
+        let etag = s
+            .etag
+            .as_deref()
+            .map(|e| format!(" (ETag {})", e.trim_matches('"')))
+            .unwrap_or_default();
+        return Ok(Some((
+            w,
+            format!(
+                "environment file {} written {}{etag}, {}",
+                s.id,
+                fmt_time(w),
+                relative(w, d, "S3 dates")
+            ),
+        )));
+    }
+    // 3. Otherwise fresh.
+    Ok(None)
+}
+
 /// The judgement of a single reference.
 #[derive(Debug, Clone, PartialEq)]
 enum Judgement {
@@ -618,14 +671,14 @@ enum Judgement {
     Error(Unresolved),
 }
 
-fn fmt_time(t: DateTime<Utc>) -> String {
+pub(crate) fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// "after the deployment (…)", or, for a date in the deployment's own second (a whole-second
 /// date that reads as earlier than the deployment's milliseconds), why it counts as after:
 /// otherwise the reason would read as a contradiction.
-fn relative(date: DateTime<Utc>, d: DateTime<Utc>, dates: &str) -> String {
+pub(crate) fn relative(date: DateTime<Utc>, d: DateTime<Utc>, dates: &str) -> String {
     if date <= d {
         format!(
             "in the same second as the deployment ({}); {dates} are whole seconds, so it counts as after",
@@ -850,6 +903,11 @@ fn judge(r: &ResolvedRef, d: DateTime<Utc>) -> Judgement {
             judge_sm(&sm.selector, s, d)
         }
         (SecretRef::Parameter(p), RefState::Parameter(s)) => judge_ssm(&p.selector, s, d),
+        // S3 clauses 2 and 3 (clause 1, a missing object, is an unresolved state).
+        (SecretRef::S3File(_), RefState::S3Object(o)) => match judge_s3(o, d) {
+            Ok(found) => Evidence(found.into_iter().collect()).judge(None),
+            Err(e) => Judgement::Error(e),
+        },
         _ => Judgement::Error(Unresolved::MissingMetadata {
             resource: r.text.clone(),
             what: "a state of the same service as the reference",
@@ -882,9 +940,37 @@ impl RefState {
         let (date, moves) = match self {
             RefState::SecretsManager(s) => (s.last_changed, &s.label_moves),
             RefState::Parameter(p) => (p.last_modified, &p.label_moves),
+            RefState::S3Object(o) => return o.last_modified,
         };
         date.into_iter().chain(moves.values().copied()).max()
     }
+}
+
+/// The references among `refs` that changed after `d`, as findings: what a task started at `d`
+/// outside any service still holds (reported, never rolled: see [`crate::tasks`]). The same
+/// rule as for a service's deployment; references that cannot be judged are left out (the
+/// services that share them report why).
+pub(crate) fn findings_at(refs: &[ResolvedRef], d: DateTime<Utc>) -> Vec<Finding> {
+    refs.iter()
+        .filter_map(|r| match judge(r, d) {
+            Judgement::Stale {
+                reason,
+                fresh_after,
+                ..
+            } => {
+                let identity = r.state.as_ref().ok().map(|s| s.identity());
+                Some(Finding {
+                    provenance: None,
+                    secret: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                    identity,
+                    fresh_after: Some(fresh_after),
+                    site: r.site.to_string(),
+                    reason,
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether the service's tags opt it out.

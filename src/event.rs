@@ -130,6 +130,15 @@ pub enum Subject {
         /// The parameter name.
         name: String,
     },
+    /// An S3 object (an environment file), by bucket and key; the region gives the partition.
+    S3Object {
+        /// The event's region.
+        region: Option<String>,
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
 }
 
 /// The kind of change.
@@ -163,6 +172,12 @@ pub enum ChangeKind {
         /// `Create`, `Update` or `LabelParameterVersion`.
         operation: String,
     },
+    /// An S3 object was written (`Object Created`) or deleted (`Object Deleted`: its
+    /// dependants become `unknown`, since new tasks cannot start).
+    S3Object {
+        /// Whether it was a deletion.
+        deleted: bool,
+    },
 }
 
 impl ChangeKind {
@@ -174,6 +189,8 @@ impl ChangeKind {
             ChangeKind::ApiCall { .. } => "api_call",
             ChangeKind::Parameter { .. } => "parameter_change",
             ChangeKind::ParameterLabels { .. } => "parameter_labels",
+            ChangeKind::S3Object { deleted: false } => "s3_object_created",
+            ChangeKind::S3Object { deleted: true } => "s3_object_deleted",
         }
     }
 }
@@ -301,7 +318,9 @@ impl Change {
                 moved_stage: Some(stage),
                 ..
             } => vec![stage.as_str()],
-            ChangeKind::ApiCall { .. } | ChangeKind::Parameter { .. } => Vec::new(),
+            ChangeKind::ApiCall { .. }
+            | ChangeKind::Parameter { .. }
+            | ChangeKind::S3Object { .. } => Vec::new(),
         };
         labels
             .into_iter()
@@ -474,6 +493,8 @@ fn parse_envelope(env: Envelope, origin: Origin) -> Result<Parsed, EventError> {
     let d = &env.detail;
     let actor = text(d, &["userIdentity", "arn"])
         .or_else(|| text(d, &["userIdentity", "invokedBy"]))
+        // S3's own events name only the requester (an account id or a service principal).
+        .or_else(|| text(d, &["requester"]))
         .map(shown);
     let id = env
         .id
@@ -648,6 +669,23 @@ fn parse_envelope(env: Envelope, origin: Origin) -> Result<Parsed, EventError> {
                     name: param.to_string(),
                 },
                 ChangeKind::ParameterLabels { labels },
+            )
+        }
+        ("aws.s3", kind @ ("Object Created" | "Object Deleted")) => {
+            let (bucket, key) =
+                crate::sources::s3::event_object(d).map_err(|field| EventError::Missing {
+                    shape: "S3 object",
+                    field,
+                })?;
+            change(
+                Subject::S3Object {
+                    region: env.region.clone(),
+                    bucket,
+                    key,
+                },
+                ChangeKind::S3Object {
+                    deleted: kind == "Object Deleted",
+                },
             )
         }
         ("aws.events", "Scheduled Event") => Ok(Parsed::Resync),
@@ -1016,13 +1054,51 @@ mod tests {
     }
 
     #[test]
+    fn s3_object_events_name_bucket_and_key_and_who_wrote() {
+        let event = |kind: &str| {
+            serde_json::json!({
+                "version": "0", "id": "e-1", "detail-type": kind, "source": "aws.s3",
+                "account": "111122223333", "time": "2026-12-07T12:00:03Z", "region": "eu-west-1",
+                "resources": ["arn:aws:s3:::conf"],
+                "detail": {"version": "0", "bucket": {"name": "conf"},
+                    "object": {"key": "app/prod.env", "size": 12, "etag": "abc"},
+                    "requester": "111122223333", "reason": "PutObject"}
+            })
+            .to_string()
+        };
+        let Parsed::Change(c) = parse(&event("Object Created")).expect("parsed") else {
+            panic!("a change");
+        };
+        assert_eq!(
+            c.secret,
+            Subject::S3Object {
+                region: Some("eu-west-1".into()),
+                bucket: "conf".into(),
+                key: "app/prod.env".into()
+            }
+        );
+        assert_eq!(c.kind, ChangeKind::S3Object { deleted: false });
+        assert_eq!(c.provenance.actor.as_deref(), Some("111122223333"));
+        assert!(c.label_moves().is_empty());
+        let Parsed::Change(d) = parse(&event("Object Deleted")).expect("parsed") else {
+            panic!("a change");
+        };
+        assert_eq!(d.kind, ChangeKind::S3Object { deleted: true });
+        assert_eq!(d.kind.label(), "s3_object_deleted");
+    }
+
+    #[test]
     fn poison_is_rejected_with_a_reason() {
         let cases = [
             ("not json at all", "invalid JSON"),
             ("{}", "missing field"),
             (
-                r#"{"source":"aws.s3","detail-type":"Object Created","detail":{}}"#,
+                r#"{"source":"aws.s3","detail-type":"Object Restore Completed","detail":{}}"#,
                 "unsupported event",
+            ),
+            (
+                r#"{"source":"aws.s3","detail-type":"Object Created","detail":{}}"#,
+                "detail.bucket.name",
             ),
             (
                 r#"{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{"eventName":"RotationSucceeded","additionalEventData":{}}}"#,

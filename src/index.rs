@@ -27,6 +27,7 @@ use crate::decide::{
     needs_label_history, needs_version_dates, Fetched, RefState, ResolvedRef, SmState, SsmState,
     Unresolved,
 };
+use crate::reference::S3ObjectId;
 use crate::reference::{
     canonical_param_name, parse_at, parse_tag_value, Home, ParamSelector, ParameterId, RefError,
     SecretIdentity, SecretRef, SecretsManagerId, Site, SmRef, SsmRef,
@@ -162,6 +163,7 @@ pub(crate) fn ref_names(r: &SecretRef, target: &SecretIdentity, home: &Home) -> 
         (SecretRef::Named(n), SecretIdentity::Parameter(id)) => {
             id.region == home.region && id.account.is_none() && canonical_param_name(n) == id.name
         }
+        (SecretRef::S3File(o), SecretIdentity::S3Object(id)) => o == id,
         _ => false,
     }
 }
@@ -411,6 +413,19 @@ struct DescribedBatch {
     failed: Vec<(String, String)>,
 }
 
+/// The references a task definition revision writes, parsed as ECS reads each site (for tasks
+/// outside services, which have no tag: see [`crate::tasks`]).
+pub(crate) fn written_refs(def: &TaskDefinition) -> Vec<Written> {
+    def.refs
+        .iter()
+        .map(|raw| Written {
+            site: raw.site.clone(),
+            text: raw.value.clone(),
+            parsed: parse_at(&raw.site, &raw.value),
+        })
+        .collect()
+}
+
 fn closed(_: tokio::sync::AcquireError) -> AwsError {
     AwsError::new("scan", "-", ErrorKind::Other, "scan cancelled")
 }
@@ -478,6 +493,8 @@ pub(crate) async fn resolve_target(clients: &Clients, given: &str) -> Result<Tar
                 Err(e) => failure = Some(e),
             }
         }
+        // Identified by its ARN alone: nothing to look up.
+        SecretRef::S3File(o) => identities.push(SecretIdentity::S3Object(o.clone())),
         SecretRef::Parameter(p) => identities.push(SecretIdentity::Parameter(ParameterId::new(
             p.region.as_deref().unwrap_or(&home.region),
             p.account.as_deref(),
@@ -543,6 +560,8 @@ enum Lookup {
         account: Option<String>,
         name: String,
     },
+    /// `ListObjectsV2` of an environment file's bucket, with the key as prefix.
+    Object(S3ObjectId),
 }
 
 type States = HashMap<Lookup, Result<Arc<RefState>, Unresolved>>;
@@ -588,7 +607,7 @@ pub async fn resolve(
         .iter()
         .filter_map(|(k, d)| match k {
             Lookup::Secret { region, id } => Some((k.clone(), region.clone(), id.clone(), *d)),
-            Lookup::Parameter { .. } => None,
+            Lookup::Parameter { .. } | Lookup::Object(_) => None,
         })
         .collect();
     let home_ref = &home;
@@ -600,6 +619,22 @@ pub async fn resolve(
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    let objects: Vec<S3ObjectId> = oldest
+        .keys()
+        .filter_map(|k| match k {
+            Lookup::Object(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let object_states: Vec<(Lookup, Result<Arc<RefState>, Unresolved>)> = stream::iter(objects)
+        .map(|id| async move {
+            let state = crate::sources::s3::object_state(clients, &id).await;
+            (Lookup::Object(id), state.map(Arc::new))
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    states.extend(object_states);
 
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for key in oldest.keys() {
@@ -626,7 +661,7 @@ pub async fn resolve(
                     }),
                 );
             }
-            Lookup::Secret { .. } => {}
+            Lookup::Secret { .. } | Lookup::Object(_) => {}
         }
     }
     for (region, names) in by_region {
@@ -730,6 +765,7 @@ fn lookups_of(r: &SecretRef, home: &Home) -> Vec<(Lookup, bool)> {
             (named_secret(n, home), false),
             (named_parameter(n, home), false),
         ],
+        SecretRef::S3File(o) => vec![(Lookup::Object(o.clone()), false)],
     }
 }
 
@@ -990,6 +1026,10 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
             SecretRef::Parameter(p) => out.push(resolved(
                 Ok(r.clone()),
                 looked_up(&ssm_lookup(p, home), &p.name),
+            )),
+            SecretRef::S3File(o) => out.push(resolved(
+                Ok(r.clone()),
+                looked_up(&Lookup::Object(o.clone()), &o.to_string()),
             )),
         }
     }

@@ -47,6 +47,9 @@ pub mod detail_type {
     /// After a healthy rollout: whether every running task started after the change (and if
     /// not, which did not).
     pub(crate) const VERIFIED: &str = "Rollout Verified";
+    /// A standalone task (not in a service) holds a value changed since it started: never
+    /// rolled or stopped, for a person to act on.
+    pub(crate) const STANDALONE_TASK_STALE: &str = "Standalone Task Stale";
 }
 
 /// Logs, counts and publishes.
@@ -128,6 +131,29 @@ impl Notifier {
                     "region": t.region,
                     "role_arn": t.role_arn,
                     "error": problem,
+                }),
+            );
+        }
+        for t in &pass.assessment.standalone_tasks {
+            // Counted with the rollout outcomes that need a person (held, pending).
+            self.metrics.rollout("standalone_task_stale");
+            let secrets = t.secrets();
+            tracing::warn!(cluster = %t.cluster, task = %t.task_id, secrets = ?secrets, "a standalone task holds an old value (not rolled, not stopped)");
+            let reasons: Vec<String> = t
+                .findings
+                .iter()
+                .map(|f| format!("{}: {}", f.secret, f.reason))
+                .collect();
+            self.publish(
+                detail_type::STANDALONE_TASK_STALE,
+                json!({
+                    "cluster": t.cluster,
+                    "task": t.task_id,
+                    "task_arn": t.task_arn,
+                    "task_definition": t.task_definition,
+                    "started_at": t.started_at,
+                    "secrets": secrets,
+                    "reasons": reasons,
                 }),
             );
         }

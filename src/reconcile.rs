@@ -40,7 +40,10 @@ fn apply_label_moves(
         for refs in resolved.iter_mut() {
             for r in refs.iter_mut() {
                 let Ok(state) = &mut r.state else { continue };
-                if !t.identities.contains(&state.identity()) {
+                // An object has no labels: its every write is dated by the listing.
+                if matches!(**state, RefState::S3Object(_))
+                    || !t.identities.contains(&state.identity())
+                {
                     continue;
                 }
                 // Copied on write: the state is shared by every reference to the secret.
@@ -48,6 +51,7 @@ fn apply_label_moves(
                 let moves = match state {
                     RefState::SecretsManager(s) => &mut s.label_moves,
                     RefState::Parameter(p) => &mut p.label_moves,
+                    RefState::S3Object(_) => continue,
                 };
                 for m in &t.label_moves {
                     if m.at > latest {
@@ -178,6 +182,12 @@ pub struct Assessment {
     /// The stale services in rollout order.
     #[serde(skip)]
     pub change_set: ChangeSet,
+    /// Standalone tasks that hold a changed value (full passes only; see [`crate::tasks`]).
+    #[serde(skip)]
+    pub standalone_tasks: Vec<crate::tasks::StandaloneTask>,
+    /// Scheduled tasks that resolve a changed value (full passes only).
+    #[serde(skip)]
+    pub scheduled_tasks: Vec<crate::tasks::ScheduledTask>,
 }
 
 impl Assessment {
@@ -303,6 +313,8 @@ impl Pass {
                 services: Vec::new(),
                 without_secrets: 0,
                 change_set: ChangeSet::default(),
+                standalone_tasks: Vec::new(),
+                scheduled_tasks: Vec::new(),
             },
             outcomes: Vec::new(),
             cut_short: false,
@@ -459,6 +471,8 @@ pub struct Settings {
     /// instead (and so refills it). Covers a Lambda execution environment that never gets the
     /// scheduled resync, and a `serve` whose resyncs keep failing.
     pub watch_max_age: Duration,
+    /// `[scope] tasks`: full passes report standalone tasks that hold a changed value.
+    pub tasks: bool,
 }
 
 impl Default for Settings {
@@ -476,6 +490,7 @@ impl Default for Settings {
             image_drift: Default::default(),
             notify_only: false,
             watch_max_age: Duration::from_secs(20 * 60),
+            tasks: true,
         }
     }
 }
@@ -751,6 +766,56 @@ impl Reconciler {
                 }
             }
         }
+        // Tasks outside services cannot be rolled: reported by full passes only (never per
+        // event), after the rollouts so as never to delay one, and within what is left of the
+        // budget (the Lambda's next resync reports them otherwise).
+        let full = matches!(&req.selection, Selection::All)
+            || matches!(&req.selection, Selection::Changes(c) if c.resync);
+        if full && self.settings.tasks && req.services.is_empty() && !pass.cut_short {
+            let report = async {
+                let standalone = crate::tasks::standalone(
+                    &self.clients,
+                    &self.cache,
+                    &scope.clusters,
+                    self.settings.scan_concurrency,
+                )
+                .await;
+                let mut changed = crate::tasks::changed_identities(
+                    pass.assessment.services.iter().map(|a| &a.decision),
+                );
+                changed.extend(
+                    standalone
+                        .iter()
+                        .flat_map(|t| t.findings.iter().filter_map(|f| f.identity.clone())),
+                );
+                let scheduled = crate::tasks::scheduled(
+                    &self.clients,
+                    &self.cache,
+                    &changed,
+                    self.clock.now(),
+                    self.settings.scan_concurrency,
+                )
+                .await;
+                (standalone, scheduled)
+            };
+            let left = req.budget.map(|b| {
+                b.saturating_sub(started.elapsed())
+                    .saturating_sub(Duration::from_millis(200))
+            });
+            let found = match left {
+                None => Some(report.await),
+                Some(left) => tokio::time::timeout(left, report).await.ok(),
+            };
+            match found {
+                Some((standalone, scheduled)) => {
+                    pass.assessment.standalone_tasks = standalone;
+                    pass.assessment.scheduled_tasks = scheduled;
+                }
+                None => tracing::warn!(
+                    "the time ran out before tasks outside services were read: the next resync reports them"
+                ),
+            }
+        }
         pass.requeue_after = self.requeue_after(&pass);
         Ok(pass)
     }
@@ -871,6 +936,22 @@ impl Reconciler {
                     }
                     Err(e) => return Err(e.into()),
                 },
+                Subject::S3Object {
+                    region,
+                    bucket,
+                    key,
+                } => out.push(Target {
+                    given: format!("s3://{bucket}/{key}"),
+                    identities: vec![SecretIdentity::S3Object(
+                        crate::reference::S3ObjectId::in_region(
+                            region.as_deref().unwrap_or(&self.clients.region),
+                            bucket,
+                            key,
+                        ),
+                    )],
+                    label_moves: Vec::new(),
+                    provenance: changes.provenance.get(subject).cloned().unwrap_or_default(),
+                }),
                 Subject::Parameter { region, name } => out.push(Target {
                     given: name.clone(),
                     identities: vec![SecretIdentity::Parameter(ParameterId::own(
@@ -1052,6 +1133,8 @@ impl Reconciler {
             services,
             without_secrets,
             change_set,
+            standalone_tasks: Vec::new(),
+            scheduled_tasks: Vec::new(),
         })
     }
 

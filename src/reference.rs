@@ -27,6 +27,7 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// Where in a task definition (or service) a reference was found.
@@ -41,6 +42,9 @@ pub enum Site {
     RepositoryCredentials { container: String },
     /// The service tag `ecs-reloader/secrets`.
     ServiceTag,
+    /// `containerDefinitions[].environmentFiles[]` (type `s3`), by container: read by ECS at
+    /// task start like a secret (see [`crate::sources::s3`]).
+    EnvironmentFile { container: String },
 }
 
 impl fmt::Display for Site {
@@ -52,6 +56,7 @@ impl fmt::Display for Site {
                 write!(f, "{container}: repository credentials")
             }
             Site::ServiceTag => f.write_str("tag ecs-reloader/secrets"),
+            Site::EnvironmentFile { container } => write!(f, "{container}: environment file"),
         }
     }
 }
@@ -176,6 +181,8 @@ pub enum SecretRef {
     Parameter(SsmRef),
     /// A bare name from the service tag: a secret or a parameter of that name, whichever exists.
     Named(String),
+    /// An S3 object (an environment file), by bucket and key.
+    S3File(S3ObjectId),
 }
 
 impl fmt::Display for SecretRef {
@@ -198,8 +205,84 @@ impl fmt::Display for SecretRef {
                 }
             }
             SecretRef::Named(n) => f.write_str(n),
+            SecretRef::S3File(o) => write!(f, "{o}"),
         }
     }
+}
+
+// ---- S3 environment files: what identifies one and what its listing says (the source's
+// logic is `crate::sources::s3`; these are here, with the other identities, so that every
+// module below the sources can name them).
+
+/// The call that dates an object: `ListObjectsV2` (IAM action `s3:ListBucket`).
+pub(crate) const S3_LIST_CALL: &str = "s3:ListObjectsV2";
+
+/// An S3 object, by partition, bucket and key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct S3ObjectId {
+    /// `aws`, `aws-cn`, …
+    pub partition: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The object key (as written, no leading `/`).
+    pub key: String,
+}
+
+impl fmt::Display for S3ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+impl S3ObjectId {
+    /// The object an ARN's fields name (`arn:aws:s3:::bucket/key`): S3 object ARNs carry no
+    /// region or account, and one that does is not an object ARN.
+    pub(crate) fn from_arn(
+        partition: &str,
+        region: &str,
+        account: &str,
+        resource: &str,
+    ) -> Result<S3ObjectId, &'static str> {
+        if !region.is_empty() || !account.is_empty() {
+            return Err("an S3 object ARN names no region or account (arn:aws:s3:::bucket/key)");
+        }
+        let Some((bucket, key)) = resource.split_once('/') else {
+            return Err("an S3 object ARN's resource is bucket/key");
+        };
+        if bucket.is_empty() || key.is_empty() {
+            return Err("an S3 object ARN names a bucket and a key");
+        }
+        Ok(S3ObjectId {
+            partition: partition.to_string(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    /// The object in the partition of `region` (what an event names: bucket and key).
+    pub(crate) fn in_region(region: &str, bucket: &str, key: &str) -> S3ObjectId {
+        S3ObjectId {
+            partition: partition_of(region).to_string(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    /// The bucket's ARN, as IAM policies name it.
+    pub(crate) fn bucket_arn(&self) -> String {
+        format!("arn:{}:s3:::{}", self.partition, self.bucket)
+    }
+}
+
+/// What the listing says about an object: when it was written, never what it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3State {
+    /// The object.
+    pub id: S3ObjectId,
+    /// `LastModified` (*W*).
+    pub last_modified: Option<DateTime<Utc>>,
+    /// `ETag`, for reports.
+    pub etag: Option<String>,
 }
 
 /// Where a task resolves references that name no account or region: the account and region of
@@ -431,6 +514,8 @@ pub enum SecretIdentity {
     SecretsManager(SecretsManagerId),
     /// An SSM parameter, by region, account and canonical name.
     Parameter(ParameterId),
+    /// An S3 object, by partition, bucket and key (bucket names are unique in a partition).
+    S3Object(S3ObjectId),
 }
 
 impl fmt::Display for SecretIdentity {
@@ -438,6 +523,7 @@ impl fmt::Display for SecretIdentity {
         let (name, qualifier) = match self {
             SecretIdentity::SecretsManager(id) => (id.name.clone(), &id.qualifier),
             SecretIdentity::Parameter(p) => (format!("ssm:{}", p.name), &p.qualifier),
+            SecretIdentity::S3Object(o) => return write!(f, "{o}"),
         };
         f.write_str(&name)?;
         match qualifier {
@@ -474,8 +560,14 @@ pub enum RefError {
         /// The offending input.
         input: String,
     },
+    /// `environmentFiles[].value` that is not an S3 object ARN (`arn:aws:s3:::bucket/key`).
+    #[error("environment file {input:?} must be an S3 object ARN (arn:aws:s3:::bucket/key)")]
+    NotAnS3Object {
+        /// The offending input.
+        input: String,
+    },
     /// An ARN of a service that cannot hold secrets for ECS.
-    #[error("ARN {input:?} is for service {service:?}, not secretsmanager or ssm")]
+    #[error("ARN {input:?} is for service {service:?}, not secretsmanager, ssm or s3")]
     WrongService {
         /// The offending input.
         input: String,
@@ -601,7 +693,14 @@ fn check_chars(input: &str) -> Result<&str, RefError> {
 pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
     let s = check_chars(input)?;
     if s.starts_with("arn:") {
-        parse_arn(s)
+        // ECS resolves S3 objects only as environment files, never as `valueFrom`.
+        match parse_arn(s)? {
+            SecretRef::S3File(_) => Err(RefError::WrongService {
+                input: s.to_string(),
+                service: "s3".into(),
+            }),
+            r => Ok(r),
+        }
     } else {
         Ok(SecretRef::Parameter(parse_param_name(s, None, None)))
     }
@@ -611,6 +710,16 @@ pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
 /// Secrets Manager secret by name or ARN (never an SSM parameter); everything else as
 /// [`parse_value_from`].
 pub(crate) fn parse_at(site: &Site, input: &str) -> Result<SecretRef, RefError> {
+    if matches!(site, Site::EnvironmentFile { .. }) {
+        let s = check_chars(input)?;
+        return match s.starts_with("arn:").then(|| parse_arn(s)) {
+            Some(Ok(r @ SecretRef::S3File(_))) => Ok(r),
+            Some(Err(e @ RefError::MalformedArn { .. })) => Err(e),
+            _ => Err(RefError::NotAnS3Object {
+                input: s.to_string(),
+            }),
+        };
+    }
     if !matches!(site, Site::RepositoryCredentials { .. }) {
         return parse_value_from(input);
     }
@@ -714,6 +823,9 @@ fn parse_arn(s: &str) -> Result<SecretRef, RefError> {
                 non_empty(parts.account),
             )))
         }
+        "s3" => S3ObjectId::from_arn(parts.partition, parts.region, parts.account, parts.resource)
+            .map(SecretRef::S3File)
+            .map_err(malformed),
         other => Err(RefError::WrongService {
             input: s.to_string(),
             service: other.to_string(),

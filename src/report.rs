@@ -27,6 +27,12 @@ pub struct Report<'a> {
     /// With several targets: each (account, region), and why it could not be worked on if so.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub targets: &'a [crate::targets::TargetStatus],
+    /// Standalone tasks holding a changed value: reported, never rolled or stopped.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub standalone_tasks: &'a [crate::tasks::StandaloneTask],
+    /// Scheduled tasks that resolve a changed value: their next run picks it up (information).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub scheduled_tasks: &'a [crate::tasks::ScheduledTask],
 }
 
 /// The counts of a report. Every service has exactly one decision and exactly one action, so
@@ -190,6 +196,8 @@ impl<'a> Report<'a> {
             services_without_secrets: assessment.without_secrets,
             summary,
             targets: &[],
+            standalone_tasks: &assessment.standalone_tasks,
+            scheduled_tasks: &assessment.scheduled_tasks,
         }
     }
 
@@ -314,6 +322,57 @@ impl<'a> Report<'a> {
             for d in down {
                 summary.push_str("\nUNREACHABLE ");
                 summary.push_str(&d);
+            }
+        }
+        if !self.standalone_tasks.is_empty() {
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "STANDALONE TASKS holding an old value (never rolled or stopped by ecs-reloader: replace them when you can):"
+            );
+            for t in self.standalone_tasks {
+                let reasons: Vec<String> = t
+                    .findings
+                    .iter()
+                    .map(|f| format!("{}: {}", f.secret, f.reason))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{}/{}  {}  started {}  {}",
+                    t.cluster,
+                    t.task_id,
+                    t.task_definition
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&t.task_definition),
+                    t.started_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    one_line(&reasons.join("; "))
+                );
+            }
+        }
+        if !self.scheduled_tasks.is_empty() {
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "SCHEDULED TASKS resolving a changed value (each picks the new value up at its next run; nothing to do):"
+            );
+            for t in self.scheduled_tasks {
+                let kind = match t.kind {
+                    crate::aws::ScheduleKind::EventbridgeRule => "rule",
+                    crate::aws::ScheduleKind::SchedulerSchedule => "schedule",
+                };
+                let _ = writeln!(
+                    out,
+                    "{kind} {}  {}  {}  {}",
+                    t.name,
+                    t.cluster,
+                    t.task_definition
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&t.task_definition),
+                    t.secrets.join(" ")
+                );
             }
         }
         out.push('\n');
@@ -517,6 +576,8 @@ mod tests {
             services,
             without_secrets: 2,
             change_set: Default::default(),
+            standalone_tasks: Vec::new(),
+            scheduled_tasks: Vec::new(),
         }
     }
 

@@ -389,6 +389,17 @@ impl Fleet {
                         }
                     }
                 }
+                // Any target's services may name any bucket (another account's included), and each
+                // lists it with its own credentials: every target looks at its dependants. Who
+                // wrote the object is told only to the targets of the bucket owner's account.
+                Subject::S3Object { .. } => {
+                    for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
+                        add(c, subject.clone());
+                        if let Some(kept) = c.provenance.get_mut(subject) {
+                            kept.retain(|p| m.owns(p.account.as_deref(), None));
+                        }
+                    }
+                }
                 Subject::Parameter { .. } => {
                     for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
                         if origins.iter().any(|o| m.owns(o.account.as_deref(), None)) {
@@ -447,7 +458,7 @@ impl Fleet {
             match crate::index::resolve_target(owner.reconciler.clients(), id).await {
                 Ok(t) => out.extend(t.identities.into_iter().filter_map(|i| match i {
                     SecretIdentity::SecretsManager(s) => Some(s.arn),
-                    SecretIdentity::Parameter(_) => None,
+                    SecretIdentity::Parameter(_) | SecretIdentity::S3Object(_) => None,
                 })),
                 Err(TargetError::NotFound(_)) => {}
                 Err(e) => {
@@ -494,6 +505,8 @@ fn empty_pass(at: chrono::DateTime<chrono::Utc>) -> Pass {
             services: Vec::new(),
             without_secrets: 0,
             change_set: crate::plan::ChangeSet::default(),
+            standalone_tasks: Vec::new(),
+            scheduled_tasks: Vec::new(),
         },
         outcomes: Vec::new(),
         cut_short: false,
@@ -509,6 +522,12 @@ fn merge(mut a: Pass, b: Pass) -> Pass {
     a.assessment.at = a.assessment.at.max(b.assessment.at);
     a.assessment.services.extend(b.assessment.services);
     a.assessment.without_secrets += b.assessment.without_secrets;
+    a.assessment
+        .standalone_tasks
+        .extend(b.assessment.standalone_tasks);
+    a.assessment
+        .scheduled_tasks
+        .extend(b.assessment.scheduled_tasks);
     a.assessment
         .change_set
         .changes

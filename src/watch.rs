@@ -323,6 +323,7 @@ fn ref_keys(r: &SecretRef, home: &Home) -> Vec<String> {
             sm_key(&home.region, n),
             ssm_key(&home.region, &canonical_param_name(n)),
         ],
+        SecretRef::S3File(o) => vec![s3_key(o)],
     }
 }
 
@@ -331,7 +332,13 @@ fn identity_key(id: &SecretIdentity) -> String {
     match id {
         SecretIdentity::SecretsManager(s) => sm_key(&s.region, &s.name),
         SecretIdentity::Parameter(p) => ssm_key(&p.region, &p.name),
+        SecretIdentity::S3Object(o) => s3_key(o),
     }
+}
+
+/// An object's key: its identity, whole (it has no lookalike forms).
+fn s3_key(o: &crate::reference::S3ObjectId) -> String {
+    format!("s3 {} {} {}", o.partition, o.bucket, o.key)
 }
 
 fn sm_key(region: &str, name: &str) -> String {

@@ -15,13 +15,16 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AwsError, AwsResult, Clients, Controller, Deployment, DeploymentStatus, Ecs, ErrorKind, Page,
-    ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, SecretMeta, SecretVersion,
-    Secrets, Service, Task, TaskDefinition,
+    ParameterMeta, ParameterVersion, Parameters, RawRef, RolloutState, RunningTask, SecretMeta,
+    SecretVersion, Secrets, Service, Task, TaskDefinition,
 };
 use crate::clock::Clock;
 use crate::reference::{canonical_param_name, Site, AWSCURRENT, AWSPENDING, AWSPREVIOUS};
 
 const ACCOUNT: &str = "111122223333";
+
+mod s3;
+mod tasks;
 
 /// How a forced deployment of a service plays out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +171,12 @@ struct World {
     families: HashMap<String, u32>,
     secrets: Vec<FakeSecret>,
     params: BTreeMap<(String, String), FakeParam>,
+    /// S3 objects by (bucket, key): environment files (see `fake/s3.rs`).
+    objects: BTreeMap<(String, String), s3::FakeObject>,
+    /// Standalone tasks (`RunTask`) by cluster (see `fake/tasks.rs`).
+    standalone: BTreeMap<String, Vec<RunningTask>>,
+    /// Rules and schedules with ECS targets (see `fake/tasks.rs`).
+    schedules: Vec<super::ScheduledRun>,
     calls: BTreeMap<&'static str, u64>,
     throttled: BTreeMap<&'static str, u64>,
     buckets: HashMap<&'static str, BucketState>,
@@ -229,6 +238,9 @@ impl FakeAws {
             ecs: Arc::new(self.clone()),
             secrets: Arc::new(self.clone()),
             parameters: Arc::new(self.clone()),
+            objects: Arc::new(self.clone()),
+            tasks: Arc::new(self.clone()),
+            schedules: Arc::new(self.clone()),
             identity: Arc::new(self.clone()),
             codedeploy: Arc::new(self.clone()),
             registry: Arc::new(self.clone()),

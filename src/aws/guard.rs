@@ -35,9 +35,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{middleware::NoOpMiddleware, Quota, RateLimiter};
 
 use super::{
-    AwsError, AwsResult, Clients, Deployment, Ecs, ErrorKind, Page, ParameterMeta,
-    ParameterVersion, Parameters, SecretMeta, SecretVersion, Secrets, Service, Task,
-    TaskDefinition,
+    AwsError, AwsResult, Clients, ClusterTasks, Deployment, Ecs, ErrorKind, ObjectMeta, Objects,
+    Page, ParameterMeta, ParameterVersion, Parameters, RunningTask, ScheduledRun, Schedules,
+    SecretMeta, SecretVersion, Secrets, Service, Task, TaskDefinition,
 };
 use crate::clock::Clock;
 
@@ -98,11 +98,16 @@ pub enum Kind {
     CreateDeployment,
     /// `ecr:DescribeImages`
     DescribeImages,
+    /// `s3:ListObjectsV2` (environment files; IAM action `s3:ListBucket`)
+    ListObjects,
+    /// Scheduled tasks: `events:ListRules` / `ListTargetsByRule` and `scheduler:ListSchedules`
+    /// / `GetSchedule`, read together once per full pass
+    Schedules,
 }
 
 impl Kind {
     /// Every kind, in index order.
-    pub(crate) const ALL: [Kind; 15] = [
+    pub(crate) const ALL: [Kind; 17] = [
         Kind::ListClusters,
         Kind::ListServices,
         Kind::DescribeServices,
@@ -118,6 +123,8 @@ impl Kind {
         Kind::CodeDeployReads,
         Kind::CreateDeployment,
         Kind::DescribeImages,
+        Kind::ListObjects,
+        Kind::Schedules,
     ];
 
     /// The operation's name, as in stats and metrics (`ecs:DescribeServices`).
@@ -138,6 +145,8 @@ impl Kind {
             Kind::CodeDeployReads => "codedeploy:reads",
             Kind::CreateDeployment => "codedeploy:CreateDeployment",
             Kind::DescribeImages => "ecr:DescribeImages",
+            Kind::ListObjects => crate::reference::S3_LIST_CALL,
+            Kind::Schedules => "events+scheduler:ListSchedules",
         }
     }
 
@@ -219,6 +228,10 @@ impl Default for Limits {
             (Kind::CodeDeployReads, Pace::new(10.0, 10)),
             (Kind::CreateDeployment, Pace::new(1.0, 1)),
             (Kind::DescribeImages, Pace::new(10.0, 10)),
+            // S3 allows thousands of listings per second per prefix; one per environment file
+            // per pass needs no more than this.
+            (Kind::ListObjects, Pace::new(50.0, 50)),
+            (Kind::Schedules, Pace::new(1.0, 5)),
         ] {
             paces[kind.index()] = pace;
         }
@@ -486,6 +499,9 @@ struct Shared {
     parameters: Arc<dyn Parameters>,
     codedeploy: Arc<dyn crate::aws::CodeDeploy>,
     registry: Arc<dyn crate::aws::Registry>,
+    objects: Arc<dyn Objects>,
+    tasks: Arc<dyn ClusterTasks>,
+    schedules: Arc<dyn Schedules>,
     paced: Vec<Paced>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -602,6 +618,9 @@ fn guard_full(
         parameters: clients.parameters,
         codedeploy: clients.codedeploy,
         registry: clients.registry,
+        objects: clients.objects,
+        tasks: clients.tasks,
+        schedules: clients.schedules,
         paced: Kind::ALL
             .iter()
             .map(|k| Paced::new(k.operation(), limits.pace(*k), &limits))
@@ -617,6 +636,9 @@ fn guard_full(
         parameters: Arc::new(GuardedParameters(shared.clone())),
         codedeploy: Arc::new(GuardedCodeDeploy(shared.clone())),
         registry: Arc::new(GuardedRegistry(shared.clone())),
+        objects: Arc::new(GuardedObjects(shared.clone())),
+        tasks: Arc::new(GuardedTasks(shared.clone())),
+        schedules: Arc::new(GuardedSchedules(shared.clone())),
         identity: clients.identity,
         region: clients.region,
     };
@@ -915,6 +937,61 @@ impl Parameters for GuardedParameters {
         let s = &self.0;
         s.guarded(Kind::GetParameterHistory, name, || {
             s.parameters.parameter_history(region, name)
+        })
+        .await
+    }
+}
+
+/// Paced as the proof of rotation's task calls: the same ECS buckets.
+struct GuardedTasks(Arc<Shared>);
+
+#[async_trait]
+impl ClusterTasks for GuardedTasks {
+    async fn list_cluster_tasks(
+        &self,
+        cluster: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>> {
+        let s = &self.0;
+        s.guarded(Kind::ListTasks, cluster, || {
+            s.tasks.list_cluster_tasks(cluster, next.clone())
+        })
+        .await
+    }
+
+    async fn describe_cluster_tasks(
+        &self,
+        cluster: &str,
+        tasks: &[String],
+    ) -> AwsResult<Vec<RunningTask>> {
+        let s = &self.0;
+        s.guarded(Kind::DescribeTasks, cluster, || {
+            s.tasks.describe_cluster_tasks(cluster, tasks)
+        })
+        .await
+    }
+}
+
+/// One paced, retried reading of every rule and schedule (a handful of calls per full pass).
+struct GuardedSchedules(Arc<Shared>);
+
+#[async_trait]
+impl Schedules for GuardedSchedules {
+    async fn ecs_schedules(&self) -> AwsResult<Vec<ScheduledRun>> {
+        let s = &self.0;
+        s.guarded(Kind::Schedules, "-", || s.schedules.ecs_schedules())
+            .await
+    }
+}
+
+struct GuardedObjects(Arc<Shared>);
+
+#[async_trait]
+impl Objects for GuardedObjects {
+    async fn object_meta(&self, bucket: &str, key: &str) -> AwsResult<Option<ObjectMeta>> {
+        let s = &self.0;
+        s.guarded(Kind::ListObjects, &format!("{bucket}/{key}"), || {
+            s.objects.object_meta(bucket, key)
         })
         .await
     }

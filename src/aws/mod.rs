@@ -612,6 +612,106 @@ pub trait Parameters: Send + Sync {
 
 /// Drains a paginated call: `call(token)` until the token runs out. An empty token ends the
 /// listing as an absent one does (moto sends `""`).
+/// A running task of a cluster, as `DescribeTasks` tells it: enough to say whether it belongs
+/// to a service and what it resolved when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningTask {
+    /// The task's ARN.
+    pub arn: String,
+    /// Its task definition revision.
+    pub task_definition: String,
+    /// `group`: `service:<name>` for a service's task, `family:<name>` (or what `RunTask` was
+    /// given) for a standalone one.
+    pub group: Option<String>,
+    /// `startedBy`: `ecs-svc/…` for a service's task, `events-rule/…` for a scheduled one.
+    pub started_by: Option<String>,
+    /// When it started (its values were resolved just before).
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl RunningTask {
+    /// Whether it belongs to a service (rolled with it, so not reported apart).
+    pub fn of_service(&self) -> bool {
+        self.group
+            .as_deref()
+            .is_some_and(|g| g.starts_with("service:"))
+            || self
+                .started_by
+                .as_deref()
+                .is_some_and(|s| s.starts_with("ecs-svc/"))
+    }
+}
+
+/// Every running task of a cluster, services' and standalone ones alike (`RunTask`,
+/// `StartTask`, scheduled): read on `plan` and resyncs only, to report standalone tasks that
+/// hold an old value. Apart from [`Ecs`], whose task calls are per service.
+#[async_trait]
+pub trait ClusterTasks: Send + Sync {
+    /// One page of `ListTasks` of `cluster` (desired status `RUNNING`).
+    async fn list_cluster_tasks(
+        &self,
+        cluster: &str,
+        next: Option<String>,
+    ) -> AwsResult<Page<String>>;
+    /// `DescribeTasks` (at most 100).
+    async fn describe_cluster_tasks(
+        &self,
+        cluster: &str,
+        tasks: &[String],
+    ) -> AwsResult<Vec<RunningTask>>;
+}
+
+/// What starts a scheduled ECS task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// An EventBridge rule (on the default bus) with an ECS target.
+    EventbridgeRule,
+    /// An EventBridge Scheduler schedule with an ECS target.
+    SchedulerSchedule,
+}
+
+/// A rule or schedule that runs an ECS task: which revision, in which cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScheduledRun {
+    /// A rule or a schedule.
+    pub kind: ScheduleKind,
+    /// Its name (`group/name` for a schedule outside the default group).
+    pub name: String,
+    /// The target cluster's ARN.
+    pub cluster: String,
+    /// The task definition it runs (a revision, or a family for its latest).
+    pub task_definition: String,
+}
+
+/// Which task definitions scheduled tasks run: EventBridge rules and EventBridge Scheduler
+/// schedules with an ECS target. Read on full passes only. The adapters page through both
+/// services themselves and keep only the target's cluster and task definition: a target's
+/// `Input` (container overrides, which may carry environment values) is dropped on receipt.
+#[async_trait]
+pub trait Schedules: Send + Sync {
+    /// Every rule and schedule with an ECS target.
+    async fn ecs_schedules(&self) -> AwsResult<Vec<ScheduledRun>>;
+}
+
+/// One S3 object's entry in a bucket listing: when it was written, never what it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectMeta {
+    /// `LastModified`.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// `ETag`.
+    pub etag: Option<String>,
+}
+
+/// S3, for environment files: listing only. There is deliberately no call that reads an
+/// object (`GetObject`): ecs-reloader never reads a value.
+#[async_trait]
+pub trait Objects: Send + Sync {
+    /// `ListObjectsV2` of `bucket` with `key` as prefix (IAM: `s3:ListBucket`): the entry whose
+    /// key is exactly `key`, or `None` when there is none (deleted, or a delete marker current).
+    async fn object_meta(&self, bucket: &str, key: &str) -> AwsResult<Option<ObjectMeta>>;
+}
+
 pub(crate) async fn all_pages<T, F, Fut>(mut call: F) -> AwsResult<Vec<T>>
 where
     F: FnMut(Option<String>) -> Fut,
@@ -657,6 +757,12 @@ pub struct Clients {
     pub secrets: std::sync::Arc<dyn Secrets>,
     /// SSM Parameter Store.
     pub parameters: std::sync::Arc<dyn Parameters>,
+    /// S3 listings, for environment files (never an object's content).
+    pub objects: std::sync::Arc<dyn Objects>,
+    /// Every task of a cluster, for the standalone-task report.
+    pub tasks: std::sync::Arc<dyn ClusterTasks>,
+    /// Scheduled tasks' rules and schedules.
+    pub schedules: std::sync::Arc<dyn Schedules>,
     /// Who the credentials are (not paced: asked once).
     pub identity: std::sync::Arc<dyn Identity>,
     /// CodeDeploy, for `CODE_DEPLOY` services.

@@ -37,6 +37,10 @@ use super::{
 };
 use crate::reference::Site;
 
+mod s3;
+mod schedules;
+mod tasks;
+
 /// How the SDK retries on its own (below ecs-reloader's own backoff).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryMode {
@@ -234,14 +238,16 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
     let ecs = aws_sdk_ecs::config::Builder::from(config)
         .retry_classifier(NoRetryWhenUnreachable)
         .build();
+    let ecs = Arc::new(SdkEcs {
+        client: aws_sdk_ecs::Client::from_conf(ecs),
+        place: Place {
+            role: role.map(str::to_string),
+            ..Place::of(config, &region)
+        },
+    });
     Ok(Clients {
-        ecs: Arc::new(SdkEcs {
-            client: aws_sdk_ecs::Client::from_conf(ecs),
-            place: Place {
-                role: role.map(str::to_string),
-                ..Place::of(config, &region)
-            },
-        }),
+        tasks: ecs.clone(),
+        ecs,
         secrets: Arc::new(SdkSecrets(shared.clone())),
         codedeploy: Arc::new(SdkCodeDeploy {
             client: aws_sdk_codedeploy::Client::from_conf(
@@ -256,6 +262,8 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
         }),
         registry: Arc::new(SdkRegistry(shared.clone())),
         parameters: Arc::new(SdkParameters(shared)),
+        objects: Arc::new(s3::SdkObjects::new(config, role)),
+        schedules: Arc::new(schedules::SdkSchedules::new(config, role)),
         identity: Arc::new(SdkIdentity(aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(config)
                 .retry_classifier(NoRetryWhenUnreachable)
@@ -1098,6 +1106,14 @@ impl Ecs for SdkEcs {
                             value: s.value_from().to_string(),
                         });
                     }
+                }
+                for f in c.environment_files() {
+                    refs.push(RawRef {
+                        site: Site::EnvironmentFile {
+                            container: container.clone(),
+                        },
+                        value: f.value().to_string(),
+                    });
                 }
                 if let Some(rc) = c.repository_credentials() {
                     refs.push(RawRef {

@@ -880,6 +880,9 @@ impl Server {
                     let name = match subject {
                         event::Subject::Secret(id) => id.clone(),
                         event::Subject::Parameter { name, .. } => name.clone(),
+                        event::Subject::S3Object { bucket, key, .. } => {
+                            format!("s3://{bucket}/{key}")
+                        }
                     };
                     if who.is_empty() {
                         format!("{name}: decided again in {again} s")

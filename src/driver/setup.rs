@@ -97,6 +97,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
         windows: crate::window::Windows::parse(&config.rollout.windows).unwrap_or_default(),
         notify_only: config.rollout.notify_only,
         image_drift: config.rollout.image_drift,
+        tasks: config.scope.tasks,
         // Two resync periods: one missed resync is tolerated, two are not.
         watch_max_age: config.resync.interval.0 * 2,
         settle_recheck: config

@@ -24,6 +24,10 @@ service does where ecs-reloader depends on it (see ../shared/emulator-notes.md):
    sts:ExternalId, the caller passed that external ID: what AWS checks before handing out a
    target account's credentials. A role ARN that names no existing role is still assumed, as
    moto does (tests that only need credentials in another account create no role).
+7. A task started by RunTask or StartTask carries createdAt and startedAt (moto leaves both
+   out): ecs-reloader judges a standalone task by when it started, as AWS reports it. Its
+   containers' cpu and memory are strings, as ECS's API spells them (moto answered numbers,
+   which the AWS SDK for Rust refuses to parse).
 
 Everything else is moto as released. Usage: python3 moto_launcher.py PORT
 """
@@ -260,6 +264,31 @@ def _patch_assume_role():
     sts.STSBackend.assume_role = assume_role
 
 
+def _patch_task_dates():
+    from moto.ecs import models as ecs_models
+
+    original = ecs_models.Task.__init__
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        now = time.time()
+        self.created_at = now
+        self.started_at = now
+
+    ecs_models.Task.__init__ = init
+
+    container_init = ecs_models.Container.__init__
+
+    @functools.wraps(container_init)
+    def container(self, *args, **kwargs):
+        container_init(self, *args, **kwargs)
+        self.cpu = None if self.cpu is None else str(self.cpu)
+        self.memory = None if self.memory is None else str(self.memory)
+
+    ecs_models.Container.__init__ = container
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: moto_launcher.py PORT")
@@ -269,6 +298,7 @@ def main():
     _patch_rotation()
     _patch_cross_account()
     _patch_assume_role()
+    _patch_task_dates()
     from moto.server import main as serve
 
     serve(["-H", "127.0.0.1", "-p", sys.argv[1]])

@@ -48,7 +48,8 @@ UPDATE_SERVICE_KEYS = [
     "ecs:task-definition",
     "ecs:task-memory",
 ]
-VALUE_READS = ["secretsmanager:GetSecretValue", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "kms:Decrypt"]
+VALUE_READS = ["secretsmanager:GetSecretValue", "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "kms:Decrypt",
+               "s3:GetObject", "s3:GetObjectVersion"]
 # What would read an image's content (its manifest, its layers): denied; ecr:DescribeImages
 # (digests and tags, for image drift) is all the operator reads of ECR.
 IMAGE_READS = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
@@ -70,7 +71,8 @@ def refs(account=ACCOUNT, **params):
     """Parameter and pseudo-parameter values for policy.render."""
     base = {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::StackName": "reloader",
             "ManagedClusters": ["prod", "staging"], "MemberAccounts": [""], "OrganizationId": "", "MemberRoleName": "",
-            "LabelledParameterNames": [""], "CodeDeployApplications": [""], "RoleRegion": "us-east-1"}
+            "LabelledParameterNames": [""], "CodeDeployApplications": [""], "RoleRegion": "us-east-1",
+            "EnvironmentFileBuckets": [""]}
     base.update(params)
     return base
 
@@ -86,7 +88,8 @@ def conditions(r, mode="ecs"):
             "HasMembers": members or org, "HasMemberRole": r["MemberRoleName"] != "",
             "HasLabelledParameters": "".join(r["LabelledParameterNames"]) != "", "HasCodeDeployApplications": codedeploy,
             # The member template's.
-            "CreatesRole": creates_role, "CreatesCodeDeployPolicy": creates_role and codedeploy}
+            "CreatesRole": creates_role, "CreatesCodeDeployPolicy": creates_role and codedeploy,
+            "HasEnvironmentFileBuckets": r["EnvironmentFileBuckets"] != [""]}
 
 
 def role_statements(template, role, r, conds):
@@ -157,8 +160,9 @@ def test_the_queue_accepts_only_the_change_rules(template):
     assert allow["Action"] == "sqs:SendMessage"
     sources = allow["Condition"]["ArnEquals"]["aws:SourceArn"]
     assert sources[:7] == [{"Fn::GetAtt": [r, "Arn"]} for r in CHANGE_RULES]
-    assert sources[7:] == [{"Fn::If": ["HasMembers", {"Fn::GetAtt": [r, "Arn"]}, {"Ref": "AWS::NoValue"}]} for r in MEMBER_RULES]
-    for rule in CHANGE_RULES + MEMBER_RULES:
+    assert sources[7:14] == [{"Fn::If": ["HasMembers", {"Fn::GetAtt": [r, "Arn"]}, {"Ref": "AWS::NoValue"}]} for r in MEMBER_RULES]
+    assert sources[14:] == [{"Fn::If": ["HasEnvironmentFileBuckets", {"Fn::GetAtt": ["EnvironmentFileRule", "Arn"]}, {"Ref": "AWS::NoValue"}]}]
+    for rule in CHANGE_RULES + MEMBER_RULES + ["EnvironmentFileRule"]:
         targets = template["Resources"][rule]["Properties"]["Targets"]
         assert targets == [{"Id": "queue", "Arn": {"Fn::GetAtt": ["ChangeQueue", "Arn"]}}]
     # Nobody else may send, whatever an identity policy grants; the operator's role may.
@@ -174,11 +178,15 @@ def test_the_queue_accepts_only_the_change_rules(template):
 @pytest.mark.parametrize("mode", ["ecs", "lambda"])
 @pytest.mark.parametrize("members", [False, True])
 def test_the_queue_policy_decides_as_meant(template, mode, members):
-    r = refs(MemberAccounts=["111111111111"] if members else [""])
+    # With members, environment-file buckets too: their rule may send, and without them it may not.
+    r = refs(MemberAccounts=["111111111111"] if members else [""], EnvironmentFileBuckets=["conf"] if members else [""])
     doc = render(template["Resources"]["ChangeQueuePolicy"]["Properties"]["PolicyDocument"], r, conditions(r, mode))
     statements = doc["Statement"]
     queue, role = "ChangeQueue.Arn", "TaskRole.Arn" if mode == "ecs" else "FunctionRole.Arn"
-    rules = CHANGE_RULES + (MEMBER_RULES if members else [])
+    if not members:
+        ctx = {"aws:SourceArn": "EnvironmentFileRule.Arn", "aws:SecureTransport": "true"}
+        assert decide(statements, "sqs:SendMessage", queue, ctx) == "Deny", "no buckets, no environment-file rule"
+    rules = CHANGE_RULES + (MEMBER_RULES + ["EnvironmentFileRule"] if members else [])
     for rule in rules:  # EventBridge, for one of the rules: no aws:PrincipalArn (a service principal)
         ctx = {"aws:SourceArn": f"{rule}.Arn", "aws:SecureTransport": "true"}
         assert decide(statements, "sqs:SendMessage", queue, ctx) == "Allow", rule
@@ -408,6 +416,12 @@ def test_trust_policies_name_this_account(template):
 def test_parameters_refuse_a_bare_wildcard(template):
     import re
 
+    buckets = template["Parameters"]["EnvironmentFileBuckets"]["AllowedPattern"]
+    for ok in ["", "conf", "team.env-files", "a1b"]:
+        assert re.fullmatch(buckets, ok), ok
+    for bad in ["*", "conf*", "conf/app.env", "arn:aws:s3:::conf", "Conf"]:
+        assert not re.fullmatch(buckets, bad), bad
+
     clusters = template["Parameters"]["ManagedClusters"]["AllowedPattern"]
     labelled = template["Parameters"]["LabelledParameterNames"]["AllowedPattern"]
     for ok in ["prod", "staging-2", "a_b"]:
@@ -551,6 +565,7 @@ def _check_events_queue_and_policy(aws, resources, outputs):
     # (The emulator's CloudFormation does not attach a role's ManagedPolicyArns, so that both
     # roles carry both policies is checked on the template: test_the_operator_can_never_read_...)
     assert "EventBusArn" not in outputs and "MemberEventBus" not in resources, "no forwarding bus without members"
+    assert "EnvironmentFileRule" not in resources and "EnvironmentFileListingPolicy" not in resources, "no S3 access without buckets"
 
 
 def _check_dashboard(aws, outputs, mode):
@@ -778,3 +793,74 @@ def test_the_architecture_reaches_the_function_and_the_task(template):
     assert template["Resources"]["Function"]["Properties"]["Architectures"] == [{"Ref": "Architecture"}]
     platform = template["Resources"]["TaskDefinition"]["Properties"]["RuntimePlatform"]
     assert platform["CpuArchitecture"] == {"Fn::If": ["IsArm64", "ARM64", "X86_64"]}
+
+
+def _s3_event(kind="Object Created", bucket="conf", account=ACCOUNT):
+    """An S3 EventBridge event as AWS documents it (the bucket's EventBridge notifications on)."""
+    return {
+        "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": kind, "source": "aws.s3",
+        "account": account, "time": "2026-12-07T12:00:03Z", "region": "us-east-1", "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {"version": "0", "bucket": {"name": bucket}, "object": {"key": "app/prod.env", "size": 12, "etag": "b1946ac92492d2347c6235b4d2611184"},
+                   "request-id": "N4N7GDK58NMKJ12R", "requester": account, "reason": "PutObject"},
+    }
+
+
+def test_environment_file_events_of_the_named_buckets_only(template):
+    rules = CHANGE_RULES + ["EnvironmentFileRule"]
+    named = {"EnvironmentFileBuckets": ["conf", "team-env"]}
+    for kind in ["Object Created", "Object Deleted"]:
+        assert _matching_rules(template, _s3_event(kind), rules, **named) == ["EnvironmentFileRule"], kind
+    assert _matching_rules(template, _s3_event(bucket="team-env"), rules, **named) == ["EnvironmentFileRule"]
+    assert _matching_rules(template, _s3_event(bucket="other"), rules, **named) == [], "a bucket not named"
+    assert _matching_rules(template, _s3_event("Object Restore Completed"), rules, **named) == []
+    assert _matching_rules(template, _s3_event(account="210987654321"), rules, account=ACCOUNT, **named) == [], "another account's bucket event"
+    assert template["Resources"]["EnvironmentFileRule"]["Condition"] == "HasEnvironmentFileBuckets"
+
+
+def test_environment_files_are_listed_never_read(template):
+    r = refs(EnvironmentFileBuckets=["conf", "team-env"])
+    listing = template["Resources"]["EnvironmentFileListingPolicy"]
+    assert listing["Condition"] == "HasEnvironmentFileBuckets"
+    statements = render(listing["Properties"]["PolicyDocument"]["Statement"] + _statements(template, "OperatorGuardrails")
+                        + _statements(template, "OperatorPolicy"), r, conditions(r))
+    assert [_actions(s) for s in render(listing["Properties"]["PolicyDocument"]["Statement"], r)] == [["s3:ListBucket"]]
+    for bucket in ["conf", "team-env"]:
+        assert decide(statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {}) == "Allow", bucket
+    assert decide(statements, "s3:ListBucket", "arn:aws:s3:::other", {}) == "ImplicitDeny"
+    for read in ["s3:GetObject", "s3:GetObjectVersion"]:
+        assert decide(statements, read, "arn:aws:s3:::conf/app/prod.env", {}) == "Deny", read
+
+
+def test_environment_file_buckets_deploy_a_rule_and_a_listing_grant(aws):
+    aws("ecs").create_cluster(clusterName="ops")
+    resources, outputs = _deploy(
+        aws,
+        "reloader-env-files",
+        {
+            "Mode": "ecs",
+            "ManagedClusters": "prod",
+            "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ecs-reloader:1",
+            "OperatorCluster": "ops",
+            "Subnets": "subnet-0123456789abcdef0",
+            "SecurityGroups": "sg-0123456789abcdef0",
+            "EnvironmentFileBuckets": "conf,team-env",
+        },
+    )
+    granted = [s for s in _role_statements(aws, resources["TaskRole"]) if "s3:ListBucket" in _actions(s)]
+    assert [(_actions(s), s["Resource"]) for s in granted] == [(["s3:ListBucket"], ["arn:*:s3:::conf", "arn:*:s3:::team-env"])]
+    targets = aws("events").list_targets_by_rule(Rule=resources["EnvironmentFileRule"])["Targets"]
+    assert [t["Arn"] for t in targets] == [outputs["QueueArn"]]
+
+
+def test_scheduled_tasks_are_read_in_this_account_and_region_only(template):
+    r = refs()
+    statements = render(_statements(template, "OperatorPolicy") + _statements(template, "OperatorGuardrails"), r, conditions(r))
+    rule = "arn:aws:events:us-east-1:123456789012:rule/nightly"
+    for action in ["events:ListRules", "events:ListTargetsByRule"]:
+        assert decide(statements, action, rule, {}) == "Allow", action
+        assert decide(statements, action, "arn:aws:events:eu-west-1:123456789012:rule/nightly", {}) == "ImplicitDeny"
+    assert decide(statements, "scheduler:ListSchedules", "*", {}) == "Allow"
+    assert decide(statements, "scheduler:GetSchedule", "arn:aws:scheduler:us-east-1:123456789012:schedule/default/hourly", {}) == "Allow"
+    assert decide(statements, "scheduler:GetSchedule", "arn:aws:scheduler:us-east-1:210987654321:schedule/default/hourly", {}) == "ImplicitDeny"
+    for write in ["events:PutRule", "events:PutTargets", "scheduler:UpdateSchedule", "scheduler:CreateSchedule", "ecs:StopTask", "ecs:RunTask"]:
+        assert decide(statements, write, "*", {}) != "Allow", write

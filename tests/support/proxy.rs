@@ -276,11 +276,25 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
         let len: usize = header("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let target = header("x-amz-target").unwrap_or_default();
+        // The SigV4 credential scope names the service (`…/us-east-1/s3/aws4_request`): other
+        // REST services (EventBridge Scheduler) carry no target header either.
+        let signed_for_s3 = header("authorization").is_some_and(|a| a.contains("/s3/aws4_request"));
+        let rest = head
+            .first()
+            .filter(|_| signed_for_s3)
+            .and_then(|l| s3_operation(l, header("x-amz-target").is_some()));
+        let target = match &rest {
+            Some((op, _)) => format!("S3.{op}"),
+            None => header("x-amz-target").unwrap_or_default(),
+        };
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).await?;
 
-        let body_text = String::from_utf8_lossy(&body).into_owned();
+        // An S3 call is named by its path: that is what a refusal matches (`/bucket`).
+        let body_text = match &rest {
+            Some((_, path)) => path.clone(),
+            None => String::from_utf8_lossy(&body).into_owned(),
+        };
         let refusal = state
             .refusals
             .lock()
@@ -326,6 +340,20 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
             tokio::time::sleep(plan.latency).await;
         }
         match fault {
+            Some(Fault::Refused) if rest.is_some() => {
+                // S3 answers in XML, with 403 for a refusal.
+                let r = refusal.expect("a refusal");
+                let b = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>proxy</RequestId></Error>",
+                    r.error, r.message
+                );
+                let resp = format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nx-amz-request-id: proxy\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                w.write_all(resp.as_bytes()).await?;
+                continue;
+            }
             Some(Fault::Refused) => {
                 let r = refusal.expect("a refusal");
                 let b = serde_json::json!({"__type": r.error, "message": r.message}).to_string();
@@ -405,4 +433,39 @@ async fn serve(sock: TcpStream, upstream: u16, state: Arc<State>) -> std::io::Re
         w.write_all(out.as_bytes()).await?;
         w.write_all(rbody).await?;
     }
+}
+
+/// The S3 operation of a REST request line (S3 calls carry no `X-Amz-Target`), with its path and
+/// query: path-style requests (`GET /bucket?list-type=2&prefix=…`), as the SDK sends them to a
+/// custom endpoint. Asked only of requests signed for S3.
+fn s3_operation(request_line: &str, has_target: bool) -> Option<(String, String)> {
+    if has_target {
+        return None;
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next()?;
+    let uri = parts.next()?;
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    if path == "/" || path.is_empty() {
+        return None;
+    }
+    // `/bucket` and `/bucket/` name the bucket; `/bucket/key` an object.
+    let object = path.trim_matches('/').contains('/');
+    let has = |q: &str| {
+        query
+            .split('&')
+            .any(|kv| kv == q || kv.starts_with(&format!("{q}=")))
+    };
+    let op = match (method, object) {
+        ("GET", false) if has("list-type") => "ListObjectsV2",
+        ("GET", false) if has("versions") => "ListObjectVersions",
+        ("GET", false) => "ListObjects",
+        ("GET", true) => "GetObject",
+        ("HEAD", true) => "HeadObject",
+        ("HEAD", false) => "HeadBucket",
+        ("PUT", true) => "PutObject",
+        ("DELETE", true) => "DeleteObject",
+        (m, _) => return Some((format!("S3{m}"), uri.to_string())),
+    };
+    Some((op.to_string(), uri.to_string()))
 }

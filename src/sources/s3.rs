@@ -1,0 +1,211 @@
+//! S3 environment files: `containerDefinitions[].environmentFiles[]` of type `s3`
+//! (`arn:aws:s3:::bucket/key.env`), which ECS reads when a task starts, exactly like a secret. A
+//! service is stale when an object it names was written after its deployment began.
+//!
+//! **Never the object.** Its date comes from *listing* the bucket with the key as prefix
+//! (`ListObjectsV2`, the `s3:ListBucket` permission), which answers `LastModified` and `ETag` and
+//! not a byte of the file; `s3:GetObject` is never called (there is no port for it), never
+//! granted, and denied explicitly by the templates. On a versioned bucket the listing shows the
+//! current version; a delete marker hides the object as it hides it from ECS.
+//!
+//! **Identity** is partition + bucket + key: bucket names are unique within a partition, and an
+//! object ARN carries neither account nor region. A bucket of another account is listed with
+//! the credentials of the target whose services reference it; a refusal makes only the
+//! references to that object unresolved ([`Unresolved::Denied`], naming the call, the object and
+//! the grant), so only its dependants are `unknown`.
+//!
+//! **The rule** (numbered as the S3 clauses in [`crate::decide`], with *d* the deployment's
+//! `createdAt` and *W* the object's `LastModified`):
+//!
+//! 1. the listing has no such key (deleted, or a delete marker is current) → **unresolved**: new
+//!    tasks of the service cannot start ([`Unresolved::ObjectMissing`]);
+//! 2. *d* < *W* + 1 s → **stale**: the object was written after the deployment (S3 dates are whole
+//!    seconds, so a write in the deployment's own second counts as after, and the usual settling
+//!    keeps our own rollout out of that second);
+//! 3. otherwise **fresh**.
+//!
+//! Every write moves *W*, also one that rewrites identical bytes: ecs-reloader cannot tell
+//! without reading the object (or a version history, not read yet), so such a write rolls, once.
+
+use crate::aws::{AwsError, Clients, ErrorKind};
+use crate::decide::{RefState, Unresolved};
+
+#[cfg(test)]
+use crate::reference::S3_LIST_CALL as LIST_CALL;
+pub use crate::reference::{S3ObjectId, S3State};
+
+/// Lists the object (never reads it) and returns its state; S3 clause 1 and refusals as
+/// [`Unresolved`].
+pub(crate) async fn object_state(
+    clients: &Clients,
+    id: &S3ObjectId,
+) -> Result<RefState, Unresolved> {
+    match clients.objects.object_meta(&id.bucket, &id.key).await {
+        Ok(Some(meta)) => Ok(RefState::S3Object(S3State {
+            id: id.clone(),
+            last_modified: meta.last_modified,
+            etag: meta.etag,
+        })),
+        // 1. No such key: new tasks cannot start.
+        Ok(None) => Err(Unresolved::ObjectMissing {
+            object: id.to_string(),
+        }),
+        Err(e) => Err(unresolved(&e, id)),
+    }
+}
+
+/// What a failed listing means for the references to `id`: the call, the object, what to grant.
+fn unresolved(e: &AwsError, id: &S3ObjectId) -> Unresolved {
+    let resource = id.to_string();
+    match e.kind {
+        ErrorKind::NotFound => Unresolved::ObjectMissing { object: resource },
+        ErrorKind::AccessDenied => Unresolved::Denied {
+            call: e.operation,
+            resource,
+            message: e.message.clone(),
+            fix: format!(
+                "allow s3:ListBucket on {} in the operator's IAM policy (the key is the listing's prefix; never s3:GetObject); a bucket of another account must allow it in its bucket policy too; if both do, an SCP or a permissions boundary denies it",
+                id.bucket_arn()
+            ),
+        },
+        ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Setup => Unresolved::Unavailable {
+            call: e.operation,
+            resource,
+            message: e.message.clone(),
+        },
+        ErrorKind::Other => Unresolved::Failed {
+            call: e.operation,
+            resource,
+            message: e.message.clone(),
+        },
+    }
+}
+
+/// What an S3 EventBridge event (`Object Created`, `Object Deleted`; the bucket's EventBridge
+/// notifications must be on) says changed: bucket, key, and whether it was a deletion.
+pub(crate) fn event_object(detail: &serde_json::Value) -> Result<(String, String), &'static str> {
+    let text = |p: &str| {
+        detail
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+    };
+    let bucket = text("/bucket/name").ok_or("detail.bucket.name")?;
+    let key = text("/object/key").ok_or("detail.object.key")?;
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::judge_s3 as judge;
+    use crate::reference::{parse_at, parse_declared, parse_value_from, RefError, SecretRef, Site};
+    use chrono::{DateTime, Utc};
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).expect("time")
+    }
+
+    fn env_file() -> Site {
+        Site::EnvironmentFile {
+            container: "app".into(),
+        }
+    }
+
+    #[test]
+    fn an_environment_file_arn_is_bucket_and_key() {
+        let r = parse_at(&env_file(), "arn:aws:s3:::conf-bucket/app/prod.env").expect("parses");
+        assert_eq!(
+            r,
+            SecretRef::S3File(S3ObjectId {
+                partition: "aws".into(),
+                bucket: "conf-bucket".into(),
+                key: "app/prod.env".into()
+            })
+        );
+        assert_eq!(r.to_string(), "s3://conf-bucket/app/prod.env");
+    }
+
+    #[test]
+    fn malformed_environment_files_are_errors_never_panics() {
+        for bad in [
+            "",
+            "conf-bucket/app.env",
+            "arn:aws:s3:::conf-bucket",
+            "arn:aws:s3:::/key",
+            "arn:aws:s3:::bucket/",
+            "arn:aws:s3:eu-west-1:111122223333:bucket/key",
+            "arn:aws:secretsmanager:eu-west-1:111122223333:secret:x-AbCdEf",
+        ] {
+            assert!(parse_at(&env_file(), bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            parse_at(&env_file(), "/app/db"),
+            Err(RefError::NotAnS3Object { .. })
+        ));
+    }
+
+    #[test]
+    fn an_s3_arn_is_no_secret_value_from_but_may_be_declared_by_tag() {
+        assert!(matches!(
+            parse_value_from("arn:aws:s3:::b/k.env"),
+            Err(RefError::WrongService { .. })
+        ));
+        assert!(matches!(
+            parse_declared("arn:aws:s3:::b/k.env"),
+            Ok(SecretRef::S3File(_))
+        ));
+    }
+
+    fn state(w: Option<DateTime<Utc>>) -> S3State {
+        S3State {
+            id: S3ObjectId::in_region("eu-west-1", "b", "k.env"),
+            last_modified: w,
+            etag: Some("\"abc\"".into()),
+        }
+    }
+
+    #[test]
+    fn written_after_the_deployment_is_stale_before_is_fresh() {
+        let d = t(100);
+        let (at, why) = judge(&state(Some(t(200))), d)
+            .expect("judged")
+            .expect("stale");
+        assert_eq!(at, t(200));
+        assert!(
+            why.contains("s3://b/k.env") && why.contains("ETag abc"),
+            "{why}"
+        );
+        assert_eq!(judge(&state(Some(t(50))), d), Ok(None));
+        // The deployment's own second counts as after (whole-second dates).
+        let d_ms = t(100) + chrono::Duration::milliseconds(400);
+        assert!(judge(&state(Some(t(100))), d_ms).expect("judged").is_some());
+        assert!(judge(&state(None), d).is_err());
+    }
+
+    #[test]
+    fn event_objects_need_bucket_and_key() {
+        let ok = serde_json::json!({"bucket": {"name": "b"}, "object": {"key": "k.env"}});
+        assert_eq!(event_object(&ok), Ok(("b".into(), "k.env".into())));
+        let no_key = serde_json::json!({"bucket": {"name": "b"}, "object": {}});
+        assert!(event_object(&no_key).is_err());
+    }
+
+    #[test]
+    fn a_refusal_names_the_call_the_object_and_the_grant() {
+        let e = AwsError::new(
+            LIST_CALL,
+            "b/k.env",
+            ErrorKind::AccessDenied,
+            "AccessDenied",
+        );
+        let u = unresolved(&e, &S3ObjectId::in_region("eu-west-1", "b", "k.env"));
+        let text = u.to_string();
+        assert!(
+            text.contains("s3:ListObjectsV2")
+                && text.contains("s3://b/k.env")
+                && text.contains("s3:ListBucket on arn:aws:s3:::b"),
+            "{text}"
+        );
+    }
+}
