@@ -132,6 +132,17 @@ pub(crate) async fn standalone(
         .collect()
 }
 
+/// Whether a task definition names a revision (`family:3`, or an ARN ending so), which is
+/// immutable and may be cached, rather than a family, which means its latest revision.
+fn is_revision(task_definition: &str) -> bool {
+    let name = task_definition
+        .rsplit('/')
+        .next()
+        .unwrap_or(task_definition);
+    name.rsplit_once(':')
+        .is_some_and(|(family, rev)| !family.is_empty() && rev.parse::<u32>().is_ok())
+}
+
 /// The running tasks of one cluster that belong to no service.
 async fn cluster_standalone(
     clients: &Clients,
@@ -237,7 +248,17 @@ pub(crate) async fn scheduled(
     let mut entries = Vec::new();
     let mut kept = Vec::new();
     for run in runs {
-        let def = match cache.get(clients, &run.task_definition).await {
+        // A family without a revision runs its latest: not immutable, so never cached.
+        let def = if is_revision(&run.task_definition) {
+            cache.get(clients, &run.task_definition).await
+        } else {
+            clients
+                .ecs
+                .describe_task_definition(&run.task_definition)
+                .await
+                .map(std::sync::Arc::new)
+        };
+        let def = match def {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(schedule = %run.name, error = %e, "a scheduled task's revision could not be described: not reported");
@@ -290,4 +311,27 @@ pub(crate) async fn scheduled(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_revision;
+
+    #[test]
+    fn only_a_revision_is_immutable() {
+        for rev in [
+            "job:3",
+            "arn:aws:ecs:eu-west-1:111122223333:task-definition/job:12",
+        ] {
+            assert!(is_revision(rev), "{rev}");
+        }
+        for family in [
+            "job",
+            "arn:aws:ecs:eu-west-1:111122223333:task-definition/job",
+            "arn:aws:ecs:eu-west-1:111122223333:task-definition/job:latest",
+            ":3",
+        ] {
+            assert!(!is_revision(family), "{family}");
+        }
+    }
 }

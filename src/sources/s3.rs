@@ -81,8 +81,9 @@ fn unresolved(e: &AwsError, id: &S3ObjectId) -> Unresolved {
     }
 }
 
-/// What an S3 EventBridge event (`Object Created`, `Object Deleted`; the bucket's EventBridge
-/// notifications must be on) says changed: bucket, key, and whether it was a deletion.
+/// Which object an S3 EventBridge event (`Object Created`, `Object Deleted`; the bucket's
+/// EventBridge notifications must be on) is about: its bucket and key, as the event gives them.
+/// (The event's kind says whether it was a deletion; either way the listing decides.)
 pub(crate) fn event_object(detail: &serde_json::Value) -> Result<(String, String), &'static str> {
     let text = |p: &str| {
         detail
