@@ -14,6 +14,10 @@
 //! references to that object unresolved ([`Unresolved::Denied`], naming the call, the object and
 //! the grant), so only its dependants are `unknown`.
 //!
+//! Its identity and listing state ([`S3ObjectId`], [`S3State`]) live with the other identities
+//! in [`crate::reference`], and clauses 2 and 3 with the rule in [`crate::decide`], so that the
+//! modules below the sources can name them without importing this one.
+//!
 //! **The rule** (numbered as the S3 clauses in [`crate::decide`], with *d* the deployment's
 //! `createdAt` and *W* the object's `LastModified`):
 //!
