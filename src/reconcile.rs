@@ -791,6 +791,7 @@ impl Reconciler {
                 let scheduled = crate::tasks::scheduled(
                     &self.clients,
                     &self.cache,
+                    &scope.clusters,
                     &changed,
                     self.clock.now(),
                     self.settings.scan_concurrency,
@@ -1275,23 +1276,17 @@ impl Reconciler {
                 if tags.contains_key(&t) {
                     continue;
                 }
-                match self
-                    .clients
-                    .registry
-                    .describe_images(
-                        &t.region,
-                        &t.registry,
-                        &t.repository,
-                        std::slice::from_ref(&t.tag),
-                    )
-                    .await
+                match crate::aws::current_digest(
+                    self.clients.registry.as_ref(),
+                    &t.region,
+                    &t.registry,
+                    &t.repository,
+                    &t.tag,
+                )
+                .await
                 {
-                    Ok(found) => {
-                        let digest = found.into_iter().find(|i| i.tag == t.tag).map(|i| i.digest);
+                    Ok(digest) => {
                         tags.insert(t, digest);
-                    }
-                    Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
-                        tags.insert(t, None);
                     }
                     Err(e) => {
                         tracing::warn!(service = %key, error = %e, "could not ask the registry: image drift unchecked");

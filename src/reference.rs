@@ -711,7 +711,16 @@ pub fn parse_value_from(input: &str) -> Result<SecretRef, RefError> {
 /// [`parse_value_from`].
 pub(crate) fn parse_at(site: &Site, input: &str) -> Result<SecretRef, RefError> {
     if matches!(site, Site::EnvironmentFile { .. }) {
-        let s = check_chars(input)?;
+        // An S3 key may hold spaces: only control characters are refused.
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(RefError::Empty);
+        }
+        if s.chars().any(char::is_control) {
+            return Err(RefError::BadCharacter {
+                input: input.to_string(),
+            });
+        }
         return match s.starts_with("arn:").then(|| parse_arn(s)) {
             Some(Ok(r @ SecretRef::S3File(_))) => Ok(r),
             Some(Err(e @ RefError::MalformedArn { .. })) => Err(e),

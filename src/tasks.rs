@@ -231,6 +231,7 @@ pub(crate) fn changed_identities<'a>(
 pub(crate) async fn scheduled(
     clients: &Clients,
     cache: &TaskDefCache,
+    clusters: &[String],
     changed: &BTreeSet<SecretIdentity>,
     now: DateTime<Utc>,
     concurrency: usize,
@@ -247,7 +248,11 @@ pub(crate) async fn scheduled(
     };
     let mut entries = Vec::new();
     let mut kept = Vec::new();
-    for run in runs {
+    let in_scope = |cluster: &str| {
+        let name = cluster.rsplit('/').next().unwrap_or(cluster);
+        clusters.is_empty() || clusters.iter().any(|c| c == cluster || c == name)
+    };
+    for run in runs.into_iter().filter(|r| in_scope(&r.cluster)) {
         // A family without a revision runs its latest: not immutable, so never cached.
         let def = if is_revision(&run.task_definition) {
             cache.get(clients, &run.task_definition).await

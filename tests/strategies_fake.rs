@@ -43,6 +43,17 @@ fn parts_with(fake: &FakeAws, clock: &Arc<dyn Clock>, config: &Config) -> Parts 
     )
 }
 
+/// The parts as the Lambda and `--no-wait` run them: trigger, never watch.
+fn without_waiting(fake: &FakeAws, clock: &Arc<dyn Clock>) -> Parts {
+    setup::assemble(
+        &config(),
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::FireAndForget,
+    )
+}
+
 fn decision<'a>(pass: &'a Pass, service: &str) -> &'a Decision {
     &pass
         .assessment
@@ -690,13 +701,7 @@ async fn without_waiting_a_blue_green_canary_guards_until_its_bake_ends() {
     rotated_world(&fake, &["a-bg", "b-rolling"]).await;
     blue_green(&fake, "a-bg", Duration::from_secs(20 * 60));
     fake.set_behaviour("prod", "a-bg", Behaviour::Complete(Duration::from_secs(60)));
-    let p = setup::assemble(
-        &config(),
-        fake.clients(),
-        clock.clone(),
-        Arc::new(LogProgress),
-        Mode::FireAndForget,
-    );
+    let p = without_waiting(&fake, &clock);
     p.reconciler.pass(&Request::all()).await.expect("pass");
     assert_eq!(fake.rollouts_of("prod", "a-bg"), 1);
     // Traffic moved a minute in; the bake runs twenty.
@@ -770,13 +775,7 @@ async fn without_waiting_a_codedeploy_canary_in_flight_guards_its_change() {
     );
     // Deployed long before the change.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    let p = setup::assemble(
-        &config(),
-        fake.clients(),
-        clock.clone(),
-        Arc::new(LogProgress),
-        Mode::FireAndForget,
-    );
+    let p = without_waiting(&fake, &clock);
     p.reconciler.pass(&Request::all()).await.expect("pass");
     assert_eq!(fake.codedeploys().len(), 1);
     tokio::time::sleep(Duration::from_secs(60)).await;

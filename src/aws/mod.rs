@@ -610,6 +610,24 @@ pub trait Parameters: Send + Sync {
         -> AwsResult<Vec<ParameterVersion>>;
 }
 
+/// The digest an image tag names now (`None`: the tag, or its repository, does not exist).
+pub(crate) async fn current_digest(
+    registry: &dyn Registry,
+    region: &str,
+    account: &str,
+    repository: &str,
+    tag: &str,
+) -> AwsResult<Option<String>> {
+    match registry
+        .describe_images(region, account, repository, &[tag.to_string()])
+        .await
+    {
+        Ok(found) => Ok(found.into_iter().find(|i| i.tag == tag).map(|i| i.digest)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Drains a paginated call: `call(token)` until the token runs out. An empty token ends the
 /// listing as an absent one does (moto sends `""`).
 /// A running task of a cluster, as `DescribeTasks` tells it: enough to say whether it belongs

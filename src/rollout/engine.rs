@@ -345,19 +345,16 @@ impl Engine {
             let Image::Ecr(t) = drift::image(&c.image) else {
                 continue;
             };
-            let now = match self
-                .clients
-                .registry
-                .describe_images(
-                    &t.region,
-                    &t.registry,
-                    &t.repository,
-                    std::slice::from_ref(&t.tag),
-                )
-                .await
+            let now = match crate::aws::current_digest(
+                self.clients.registry.as_ref(),
+                &t.region,
+                &t.registry,
+                &t.repository,
+                &t.tag,
+            )
+            .await
             {
-                Ok(found) => found.into_iter().find(|i| i.tag == t.tag).map(|i| i.digest),
-                Err(e) if e.kind == crate::aws::ErrorKind::NotFound => None,
+                Ok(now) => now,
                 // Could not ask again: the plan's check stands.
                 Err(_) => continue,
             };

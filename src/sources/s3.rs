@@ -97,7 +97,13 @@ pub(crate) fn event_object(detail: &serde_json::Value) -> Result<(String, String
     };
     let bucket = text("/bucket/name").ok_or("detail.bucket.name")?;
     let key = text("/object/key").ok_or("detail.object.key")?;
-    Ok((bucket.to_string(), key.to_string()))
+    // S3's notifications URL-encode the key (a space as `+`); task definitions name it as it is.
+    let plus_as_space = key.replace('+', " ");
+    let key = percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .unwrap_or_else(|_| key.to_string());
+    Ok((bucket.to_string(), key))
 }
 
 #[cfg(test)]

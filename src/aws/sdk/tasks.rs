@@ -50,7 +50,10 @@ impl ClusterTasks for SdkEcs {
                     task_definition: t.task_definition_arn()?.to_string(),
                     group: t.group().map(str::to_string),
                     started_by: t.started_by().map(str::to_string),
-                    started_at: to_chrono(t.started_at().or(t.created_at())),
+                    // Created, not started: a task resolves its values before its containers
+                    // start (an image pull can take minutes), so a change in between is one it
+                    // may not hold; judging from creation never misses it.
+                    started_at: to_chrono(t.created_at().or(t.started_at())),
                 })
             })
             .collect())
