@@ -40,6 +40,8 @@ pub(crate) enum Verdict {
     Stuck {
         /// When the deployment was created.
         since: DateTime<Utc>,
+        /// What it waits for, when it says (a lifecycle hook awaiting someone's action).
+        waiting_for: Option<String>,
     },
     /// ECS gave up, or too many tasks failed to start.
     Failed {
@@ -61,9 +63,13 @@ impl Verdict {
             Verdict::RolledBack { reason } => {
                 Some(format!("deployment {deployment} was rolled back: {reason}"))
             }
-            Verdict::Stuck { since } => Some(format!(
-                "deployment {deployment} in progress since {}",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            Verdict::Stuck { since, waiting_for } => Some(format!(
+                "deployment {deployment} in progress since {}{}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                waiting_for
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
             )),
             _ => None,
         }
@@ -140,6 +146,7 @@ pub(crate) fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Li
         return if now - ours.created_at > stuck {
             Verdict::Stuck {
                 since: ours.created_at,
+                waiting_for: ours.rollout_state_reason.clone(),
             }
         } else {
             Verdict::InProgress
@@ -184,6 +191,7 @@ pub(crate) fn judge(service: &Service, id: &str, now: DateTime<Utc>, limits: &Li
     if now - ours.created_at > stuck {
         return Verdict::Stuck {
             since: ours.created_at,
+            waiting_for: ours.rollout_state_reason.clone(),
         };
     }
     Verdict::InProgress
@@ -390,7 +398,10 @@ mod tests {
         assert_eq!(judge(&s, "new", t(900), &limits()), Verdict::InProgress);
         assert_eq!(
             judge(&s, "new", t(901), &limits()),
-            Verdict::Stuck { since: t(0) }
+            Verdict::Stuck {
+                since: t(0),
+                waiting_for: None
+            }
         );
         assert!(busy(&s));
     }

@@ -1157,7 +1157,10 @@ impl Reconciler {
             {
                 continue;
             }
-            let window = self.settings.limits.stuck_after + s.shape.bake_time.unwrap_or_default();
+            // In flight for up to `timeout` plus its bake; read a while longer, so that one held
+            // past its time says what it waits for (a hook awaiting action).
+            let window =
+                (self.settings.limits.stuck_after + s.shape.bake_time.unwrap_or_default()) * 2;
             let Some(primary) = s.primary().cloned() else {
                 continue;
             };

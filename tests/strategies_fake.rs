@@ -812,3 +812,31 @@ async fn a_codedeploy_deployment_waiting_to_reroute_is_paused() {
         pass.outcomes
     );
 }
+
+/// Without waiting, a blue/green canary whose lifecycle hook awaits someone's action past its
+/// time holds the rest of its change, and the hold says what it waits for.
+#[tokio::test(start_paused = true)]
+async fn without_waiting_a_hook_awaiting_action_holds_the_change_saying_so() {
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    rotated_world(&fake, &["a-bg", "b-rolling"]).await;
+    blue_green(&fake, "a-bg", Duration::from_secs(60));
+    fake.set_behaviour("prod", "a-bg", Behaviour::AwaitHook);
+    let p = without_waiting(&fake, &clock);
+    p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert_eq!(fake.rollouts_of("prod", "a-bg"), 1);
+    tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+    let waiting = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&waiting, "b-rolling"), Decision::Settling { .. }),
+        "{:?}",
+        decision(&waiting, "b-rolling")
+    );
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+    let held = p.reconciler.pass(&Request::all()).await.expect("pass");
+    assert!(
+        matches!(decision(&held, "b-rolling"), Decision::Held { reason, .. } if reason.contains("awaits action")),
+        "{:?}",
+        decision(&held, "b-rolling")
+    );
+    assert_eq!(fake.rollouts_of("prod", "b-rolling"), 0);
+}
