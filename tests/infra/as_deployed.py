@@ -89,6 +89,7 @@ EXAMPLES = {
             "CentralEventBusArn": f"arn:aws:events:{REGION}:210987654321:event-bus/default",
             "ManagedClusters": "prod,staging",
             "CodeDeployApplications": "orders",
+            "EnvironmentFileBuckets": "conf",
         },
     ],
 }

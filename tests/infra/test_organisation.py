@@ -20,10 +20,12 @@ from test_templates import (
     CHANGE_RULES,
     EVENTS,
     MEMBER_RULES,
+    MEMBER_S3_RULE,
     TEMPLATE,
     VALUE_READS,
     _actions,
     _event,
+    _s3_event,
     assert_cfn_lint_clean,
     assert_checkov_clean,
     check_codedeploy_only_named_applications,
@@ -134,11 +136,117 @@ def test_the_target_role_deploys_only_the_named_codedeploy_applications(member, 
     assert not conditions(r)["CreatesCodeDeployPolicy"] and role_statements(member, "TargetRole", r, conditions(r)) == []
 
 
+def test_the_target_role_lists_only_the_named_environment_file_buckets(member, central):
+    # The same parameter as the central template's (bucket names, no wildcard, none by default).
+    same = ["Type", "Default", "AllowedPattern"]
+    assert {k: member["Parameters"]["EnvironmentFileBuckets"][k] for k in same} == {k: central["Parameters"]["EnvironmentFileBuckets"][k] for k in same}
+    assert member["Parameters"]["EnvironmentFileBuckets"]["Default"] == ""
+    policy = member["Resources"]["TargetEnvironmentFilePolicy"]
+    assert policy["Condition"] == "CreatesEnvironmentFilePolicy" and policy["Properties"]["Roles"] == [{"Ref": "TargetRole"}]
+    assert member["Conditions"]["CreatesEnvironmentFilePolicy"] == {"Fn::And": [
+        member["Conditions"]["CreatesRole"],
+        {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "EnvironmentFileBuckets"}]}, ""]}]}]}
+    # Only that policy grants anything of S3 (the role's own Deny names the object reads).
+    for name, resource in member["Resources"].items():
+        doc = resource.get("Properties", {}).get("PolicyDocument") or resource.get("Properties", {}).get("Policies")
+        if doc and name != "TargetEnvironmentFilePolicy":
+            statements = [s for p in (doc if isinstance(doc, list) else [{"PolicyDocument": doc}]) for s in p["PolicyDocument"]["Statement"]]
+            assert not [s for s in statements if s["Effect"] == "Allow" and any(a.startswith("s3:") for a in _actions(s))], name
+    objects = ["arn:aws:s3:::conf/app/prod.env", "arn:aws:s3:::team-env/a b.env", "arn:aws:s3:::other/x.env"]
+
+    def check(statements, listable):
+        for bucket in ["conf", "team-env", "other", "conf-2", "con"]:
+            expected = "Allow" if bucket in listable else "ImplicitDeny"
+            assert decide(statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {}) == expected, bucket
+        assert decide(statements, "s3:ListBucket", "*", {}) == "ImplicitDeny"
+        # Even with a grant from elsewhere, an object's content is never read.
+        greedy = statements + [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]
+        for read in ["s3:GetObject", "s3:GetObjectVersion"]:
+            for obj in objects:
+                assert decide(greedy, read, obj, {}) == "Deny", (read, obj)
+        allowed = sorted({a for s in statements if s["Effect"] == "Allow" for a in _actions(s) if a.startswith("s3:")})
+        assert allowed == (["s3:ListBucket"] if listable else []), allowed
+
+    r = refs(account=MEMBERS[0])
+    check(role_statements(member, "TargetRole", r, conditions(r)), [])
+    r = refs(account=MEMBERS[0], EnvironmentFileBuckets=["conf", "team-env"])
+    statements = role_statements(member, "TargetRole", r, conditions(r))
+    check(statements, ["conf", "team-env"])
+    [listing] = [s for s in statements if s.get("Sid") == "ListEnvironmentFileBuckets"]
+    assert listing["Resource"] == ["arn:*:s3:::conf", "arn:*:s3:::team-env"]
+    # The role's other reads are unchanged by the buckets.
+    check_ecs_reads_scoped(statements)
+    check_image_metadata_only(statements)
+    # Another region's stack instance: no role, no policy.
+    r = refs(account=MEMBERS[0], EnvironmentFileBuckets=["conf"], RoleRegion="eu-west-1")
+    assert not conditions(r)["CreatesEnvironmentFilePolicy"] and role_statements(member, "TargetRole", r, conditions(r)) == []
+
+
+def test_the_target_role_reads_scheduled_tasks_of_its_own_account_only(member, central):
+    r = refs(account=MEMBERS[0])
+    statements = role_statements(member, "TargetRole", r, conditions(r))
+    # Its own account's rules and schedules, in RoleRegion and in every other region the
+    # operator's [[targets]] entry names (the role is global: one for all of them).
+    for region in ["us-east-1", "eu-west-1"]:
+        for action in ["events:ListRules", "events:ListTargetsByRule"]:
+            assert decide(statements, action, f"arn:aws:events:{region}:{MEMBERS[0]}:rule/nightly", {}) == "Allow", (action, region)
+            assert decide(statements, action, f"arn:aws:events:{region}:{MEMBERS[0]}:rule/custom-bus/nightly", {}) == "Allow", (action, region)
+        assert decide(statements, "scheduler:GetSchedule", f"arn:aws:scheduler:{region}:{MEMBERS[0]}:schedule/default/hourly", {}) == "Allow", region
+    assert decide(statements, "scheduler:ListSchedules", "*", {}) == "Allow", "ListSchedules supports no resource"
+    # Never another account's (a rule or schedule of the operator's, another member's).
+    for other in [OPERATOR_ACCOUNT, MEMBERS[1]]:
+        for action in ["events:ListRules", "events:ListTargetsByRule"]:
+            assert decide(statements, action, f"arn:aws:events:us-east-1:{other}:rule/nightly", {}) == "ImplicitDeny", (action, other)
+        assert decide(statements, "scheduler:GetSchedule", f"arn:aws:scheduler:us-east-1:{other}:schedule/default/hourly", {}) == "ImplicitDeny", other
+    for action in ["events:ListRules", "events:ListTargetsByRule", "scheduler:GetSchedule"]:
+        assert decide(statements, action, "*", {}) == "ImplicitDeny", action
+    # Read-only: exactly the central operator's four actions, and no way to change or run a task.
+    granted = sorted({a for s in statements if s["Effect"] == "Allow" for a in _actions(s) if a.split(":")[0] in ("events", "scheduler")})
+    operator = sorted({a for s in central["Resources"]["OperatorPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                       if s["Effect"] == "Allow" and s.get("Sid") in ("ReadScheduledTaskRules", "ListSchedules", "ReadSchedules") for a in _actions(s)})
+    assert granted == operator == ["events:ListRules", "events:ListTargetsByRule", "scheduler:GetSchedule", "scheduler:ListSchedules"], granted
+    for write in ["events:PutRule", "events:PutTargets", "events:DeleteRule", "events:DescribeRule", "scheduler:UpdateSchedule",
+                  "scheduler:CreateSchedule", "scheduler:DeleteSchedule", "ecs:RunTask", "ecs:StopTask"]:
+        assert decide(statements, write, "*", {}) != "Allow", write
+        assert decide(statements, write, f"arn:aws:events:us-east-1:{MEMBERS[0]}:rule/nightly", {}) != "Allow", write
+
+
+def test_members_forward_the_named_buckets_environment_file_events_only(member, central):
+    rule = member["Resources"]["EnvironmentFileRule"]
+    assert rule["Condition"] == "HasEnvironmentFileBuckets", "no buckets, no S3 forwarding"
+    props = rule["Properties"]
+    # The central template's own pattern, and the same target as the other forwarding rules.
+    assert props["EventPattern"] == central["Resources"]["EnvironmentFileRule"]["Properties"]["EventPattern"]
+    assert props["EventBusName"] == "default"
+    assert props["Targets"] == [{"Id": "central", "Arn": {"Ref": "CentralEventBusArn"}, "RoleArn": {"Fn::GetAtt": ["ForwarderRole", "Arn"]}}]
+    r = refs(account=MEMBERS[0], EnvironmentFileBuckets=["conf", "team-env"])
+    assert conditions(r)["HasEnvironmentFileBuckets"]
+    assert not conditions(refs(account=MEMBERS[0]))["HasEnvironmentFileBuckets"]
+    # In every region's instance, not only RoleRegion's (S3 sends a bucket's events in its region).
+    assert conditions(refs(account=MEMBERS[0], EnvironmentFileBuckets=["conf"], RoleRegion="eu-west-1"))["HasEnvironmentFileBuckets"]
+    rules = CHANGE_RULES + ["EnvironmentFileRule"]
+
+    def hits(event):
+        return [n for n in rules if EventPattern.load(json.dumps(render(member["Resources"][n]["Properties"]["EventPattern"], r, conditions(r)))).matches_event(event)]
+
+    for kind in ["Object Created", "Object Deleted"]:
+        for bucket in ["conf", "team-env"]:
+            assert hits(_s3_event(kind, bucket=bucket, account=MEMBERS[0])) == ["EnvironmentFileRule"], (kind, bucket)
+    for bucket in ["other", "conf-2", "team"]:
+        assert hits(_s3_event(bucket=bucket, account=MEMBERS[0])) == [], bucket
+    assert hits(_s3_event("Object Restore Completed", account=MEMBERS[0])) == []
+    assert hits(_s3_event("Object Tags Added", account=MEMBERS[0])) == []
+    assert hits(_s3_event(account=MEMBERS[1])) == [], "never relay another account's event"
+    impostor = _s3_event(account=MEMBERS[0])
+    impostor["source"] = "my.app"
+    assert hits(impostor) == []
+
+
 def test_the_central_bus_accepts_only_the_organisation_or_listed_accounts(central):
     res = central["Resources"]
     bus = res["MemberEventBus"]
     assert bus["Condition"] == "HasMembers" and bus["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-members"}
-    sources = {"ForAllValues:StringEquals": {"events:source": ["aws.secretsmanager", "aws.ssm", "aws.ecs"]}, "Null": {"events:source": "false"}}
+    sources = {"ForAllValues:StringEquals": {"events:source": ["aws.secretsmanager", "aws.ssm", "aws.ecs", "aws.s3"]}, "Null": {"events:source": "false"}}
     org = res["OrganizationEventsPolicy"]
     assert org["Condition"] == "HasOrganization"
     assert org["Properties"]["EventBusName"] == {"Fn::GetAtt": ["MemberEventBus", "Name"]}, "the forwarding bus, not the default one"
@@ -155,13 +263,18 @@ def test_the_central_bus_accepts_only_the_organisation_or_listed_accounts(centra
     org_stmt = render([stmt], refs(OrganizationId="o-exampleorgid"))
     member = {"aws:PrincipalOrgID": "o-exampleorgid"}
     assert decide(org_stmt, "events:PutEvents", "MemberEventBus.Arn", {**member, "events:source": ["aws.ssm", "aws.ecs"]}) == "Allow"
+    # The members' environment-file events (their EnvironmentFileRule forwards aws.s3).
+    assert decide(org_stmt, "events:PutEvents", "MemberEventBus.Arn", {**member, "events:source": ["aws.s3"]}) == "Allow"
+    listed_stmt = render([listed["Properties"]["Statement"]], refs(MemberAccounts=MEMBERS))
+    assert decide(listed_stmt, "events:PutEvents", "MemberEventBus.Arn", {"events:source": ["aws.s3", "aws.secretsmanager"]}) == "Allow"
+    assert decide(listed_stmt, "events:PutEvents", "MemberEventBus.Arn", {"events:source": ["aws.s3", "my.app"]}) == "ImplicitDeny"
     for bad in [{**member, "events:source": ["aws.ssm", "my.app"]}, {**member, "events:source": ["ecs-reloader"]}, member,
                 {"aws:PrincipalOrgID": "o-someoneelse", "events:source": ["aws.ssm"]}]:
         assert decide(org_stmt, "events:PutEvents", "MemberEventBus.Arn", bad) == "ImplicitDeny", bad
     assert arn.endswith("-members")
     # Without members there is no forwarding bus, and no policy lets another account in.
     for name, r in res.items():
-        if r["Type"] in ("AWS::Events::EventBusPolicy", "AWS::Events::EventBus") or name in MEMBER_RULES:
+        if r["Type"] in ("AWS::Events::EventBusPolicy", "AWS::Events::EventBus") or name in MEMBER_RULES + [MEMBER_S3_RULE]:
             assert r.get("Condition") in ("HasMembers", "HasOrganization", "HasMemberAccounts"), name
     assume = res["AssumeMemberRolesPolicy"]
     assert assume["Condition"] == "HasMemberRole"
@@ -243,7 +356,7 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
     operator_role = central_out["OperatorRoleArn"]
     assert f":{OPERATOR_ACCOUNT}:role/" in operator_role
     assert central_out["EventBusArn"] == f"arn:aws:events:{REGION}:{OPERATOR_ACCOUNT}:event-bus/org-central-members"
-    for rule in MEMBER_RULES:
+    for rule in MEMBER_RULES + [MEMBER_S3_RULE]:
         assert _client(endpoint, "events").list_targets_by_rule(Rule=central_res[rule], EventBusName="org-central-members")["Targets"][0]["Arn"] == central_out["QueueArn"]
     iam = _client(endpoint, "iam")
     [doc] = [iam.get_role_policy(RoleName=central_res["TaskRole"], PolicyName=n)["PolicyDocument"] for n in iam.list_role_policies(RoleName=central_res["TaskRole"])["PolicyNames"] if n == "assume-member-roles"]
@@ -261,10 +374,13 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
             "ecs-reloader-member",
             MEMBER,
             {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod,staging",
-             # One member deploys CODE_DEPLOY services through CodeDeploy, the others none.
-             "CodeDeployApplications": "orders" if account == MEMBERS[0] else ""},
+             # One member deploys CODE_DEPLOY services through CodeDeploy and names an
+             # environment-file bucket, the others neither.
+             "CodeDeployApplications": "orders" if account == MEMBERS[0] else "",
+             "EnvironmentFileBuckets": "conf,team-env" if account == MEMBERS[0] else ""},
         )
         assert ("TargetCodeDeployPolicy" in res) == (account == MEMBERS[0]), account
+        assert ("TargetEnvironmentFilePolicy" in res) == ("EnvironmentFileRule" in res) == (account == MEMBERS[0]), account
         assert out["TargetRoleArn"] == f"arn:aws:iam::{account}:role/ecs-reloader-target"
         role = _client(endpoint, "iam", builder).get_role(RoleName="ecs-reloader-target")["Role"]
         assert role["Arn"] == out["TargetRoleArn"]
@@ -296,6 +412,30 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
         expected = [e["detail"]["additionalEventData"]["SecretId"]] if account in MEMBERS else []
         assert [b["detail"]["additionalEventData"]["SecretId"] for b in bodies] == expected, (account, bodies)
 
+        # An environment file written in a named bucket reaches it too (member's
+        # EnvironmentFileRule -> central bus -> MembersEnvironmentFileRule -> queue); one in a
+        # bucket not named, or in a member that names none, does not.
+        for bucket in ["other", "conf"]:
+            s3 = _s3_event(bucket=bucket, account=account)
+            put = events.put_events(Entries=[{"Source": s3["source"], "DetailType": s3["detail-type"], "Detail": json.dumps(s3["detail"]), "EventBusName": "default"}])
+            assert put["FailedEntryCount"] == 0, put
+        deadline = time.time() + (10 if account == MEMBERS[0] else 3)
+        bodies = []
+        while not bodies and time.time() < deadline:
+            got = sqs.receive_message(QueueUrl=central_out["QueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            for m in got:
+                bodies.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=central_out["QueueUrl"], ReceiptHandle=m["ReceiptHandle"])
+        expected = [("aws.s3", account, "conf")] if account == MEMBERS[0] else []
+        # (The emulator's forwarded envelope drops `account`: the fixture's requester names it.)
+        assert [(b["source"], b["detail"]["requester"], b["detail"]["bucket"]["name"]) for b in bodies] == expected, (account, bodies)
+        if account == MEMBERS[0]:
+            [t] = events.list_targets_by_rule(Rule=res["EnvironmentFileRule"])["Targets"]
+            assert t["Arn"] == central_out["EventBusArn"]
+            doc = _client(endpoint, "iam", builder).get_role_policy(RoleName="ecs-reloader-target", PolicyName="ecs-reloader-target-environment-files")["PolicyDocument"]
+            doc = doc if isinstance(doc, dict) else json.loads(doc) if doc.startswith("{\"") else __import__("ast").literal_eval(doc)
+            assert [(st["Action"], st["Resource"]) for st in doc["Statement"]] == [("s3:ListBucket", ["arn:*:s3:::conf", "arn:*:s3:::team-env"])]
+
     # Another region of a member account (a StackSet's second instance): the forwarding rules
     # only; the role, being global, comes from RoleRegion's instance.
     builder = sts.assume_role(RoleArn=f"arn:aws:iam::{MEMBERS[0]}:role/stackset-execution", RoleSessionName="deploy")["Credentials"]
@@ -304,7 +444,8 @@ def test_deploys_in_two_member_accounts_and_the_central_one(own_endpoint):
         "ecs-reloader-member",
         MEMBER,
         {"OperatorRoleArn": operator_role, "ExternalId": EXTERNAL_ID, "CentralEventBusArn": central_out["EventBusArn"], "ManagedClusters": "prod",
-         "CodeDeployApplications": "orders"},
+         "CodeDeployApplications": "orders", "EnvironmentFileBuckets": "conf-eu"},
     )
     assert "TargetRole" not in res and "TargetRoleArn" not in out and "TargetCodeDeployPolicy" not in res
-    assert all(rule in res for rule in CHANGE_RULES)
+    assert "TargetEnvironmentFilePolicy" not in res
+    assert all(rule in res for rule in CHANGE_RULES + ["EnvironmentFileRule"]), "S3 sends a bucket's events in its own region"

@@ -30,6 +30,8 @@ CHANGE_RULES = [
 ]
 # The same seven on the forwarding bus, for member accounts' events.
 MEMBER_RULES = ["Members" + r for r in CHANGE_RULES]
+# And the members' S3 environment-file events, which their own rules filter by bucket.
+MEMBER_S3_RULE = "MembersEnvironmentFileRule"
 ACCOUNT = "123456789012"
 # The ECS condition keys of ecs:UpdateService (Service Authorization Reference) that a request
 # sets: each must have its own Deny, and ecs-reloader's request sets none of them.
@@ -89,7 +91,8 @@ def conditions(r, mode="ecs"):
             "HasLabelledParameters": "".join(r["LabelledParameterNames"]) != "", "HasCodeDeployApplications": codedeploy,
             # The member template's.
             "CreatesRole": creates_role, "CreatesCodeDeployPolicy": creates_role and codedeploy,
-            "HasEnvironmentFileBuckets": r["EnvironmentFileBuckets"] != [""]}
+            "HasEnvironmentFileBuckets": "".join(r["EnvironmentFileBuckets"]) != "",
+            "CreatesEnvironmentFilePolicy": creates_role and "".join(r["EnvironmentFileBuckets"]) != ""}
 
 
 def role_statements(template, role, r, conds):
@@ -161,8 +164,9 @@ def test_the_queue_accepts_only_the_change_rules(template):
     sources = allow["Condition"]["ArnEquals"]["aws:SourceArn"]
     assert sources[:7] == [{"Fn::GetAtt": [r, "Arn"]} for r in CHANGE_RULES]
     assert sources[7:14] == [{"Fn::If": ["HasMembers", {"Fn::GetAtt": [r, "Arn"]}, {"Ref": "AWS::NoValue"}]} for r in MEMBER_RULES]
-    assert sources[14:] == [{"Fn::If": ["HasEnvironmentFileBuckets", {"Fn::GetAtt": ["EnvironmentFileRule", "Arn"]}, {"Ref": "AWS::NoValue"}]}]
-    for rule in CHANGE_RULES + MEMBER_RULES + ["EnvironmentFileRule"]:
+    assert sources[14:] == [{"Fn::If": ["HasEnvironmentFileBuckets", {"Fn::GetAtt": ["EnvironmentFileRule", "Arn"]}, {"Ref": "AWS::NoValue"}]},
+                            {"Fn::If": ["HasMembers", {"Fn::GetAtt": [MEMBER_S3_RULE, "Arn"]}, {"Ref": "AWS::NoValue"}]}]
+    for rule in CHANGE_RULES + MEMBER_RULES + ["EnvironmentFileRule", MEMBER_S3_RULE]:
         targets = template["Resources"][rule]["Properties"]["Targets"]
         assert targets == [{"Id": "queue", "Arn": {"Fn::GetAtt": ["ChangeQueue", "Arn"]}}]
     # Nobody else may send, whatever an identity policy grants; the operator's role may.
@@ -186,7 +190,7 @@ def test_the_queue_policy_decides_as_meant(template, mode, members):
     if not members:
         ctx = {"aws:SourceArn": "EnvironmentFileRule.Arn", "aws:SecureTransport": "true"}
         assert decide(statements, "sqs:SendMessage", queue, ctx) == "Deny", "no buckets, no environment-file rule"
-    rules = CHANGE_RULES + (MEMBER_RULES + ["EnvironmentFileRule"] if members else [])
+    rules = CHANGE_RULES + (MEMBER_RULES + ["EnvironmentFileRule", MEMBER_S3_RULE] if members else [])
     for rule in rules:  # EventBridge, for one of the rules: no aws:PrincipalArn (a service principal)
         ctx = {"aws:SourceArn": f"{rule}.Arn", "aws:SecureTransport": "true"}
         assert decide(statements, "sqs:SendMessage", queue, ctx) == "Allow", rule
@@ -195,7 +199,8 @@ def test_the_queue_policy_decides_as_meant(template, mode, members):
     assert decide(statements, "sqs:SendMessage", queue, operator) == "ImplicitDeny"
     for who in [{"aws:PrincipalArn": "arn:aws:iam::123456789012:role/other"},  # any other role of the account
                 {"aws:SourceArn": "arn:aws:events:us-east-1:123456789012:rule/someone-elses"},
-                {"aws:SourceArn": "MembersRotationSucceededRule.Arn"} if not members else {"aws:PrincipalArn": "x"}]:
+                {"aws:SourceArn": "MembersRotationSucceededRule.Arn"} if not members else {"aws:PrincipalArn": "x"},
+                {"aws:SourceArn": f"{MEMBER_S3_RULE}.Arn"} if not members else {"aws:PrincipalArn": "y"}]:
         assert decide(statements, "sqs:SendMessage", queue, {**who, "aws:SecureTransport": "true"}) == "Deny", who
     assert decide(statements, "sqs:ReceiveMessage", queue, {**operator, "aws:SecureTransport": "false"}) == "Deny"
 
@@ -521,6 +526,25 @@ def test_forwarding_bus_rules_match_only_the_member_accounts(template):
     # The organisation alone: its bus policy is the boundary, the patterns match any account.
     event = _event("rotation_succeeded.json", account="333333333333")
     assert _matching_rules(template, event, MEMBER_RULES, account=ACCOUNT, OrganizationId="o-exampleorgid") == ["MembersRotationSucceededRule"]
+
+
+def test_the_forwarding_bus_takes_the_members_environment_file_events(template):
+    # The members' S3 object events, whichever bucket: each member's own rule forwards only its
+    # EnvironmentFileBuckets' (test_organisation.py), which the central template cannot know.
+    m = template["Resources"][MEMBER_S3_RULE]
+    assert m["Condition"] == "HasMembers"
+    assert m["Properties"]["EventBusName"] == {"Fn::GetAtt": ["MemberEventBus", "Name"]}
+    assert m["Properties"]["EventPattern"]["account"] == {"Fn::If": ["HasMemberAccounts", {"Ref": "MemberAccounts"}, {"Ref": "AWS::NoValue"}]}
+    own = template["Resources"]["EnvironmentFileRule"]["Properties"]["EventPattern"]
+    assert {k: v for k, v in m["Properties"]["EventPattern"].items() if k != "account"} == {k: v for k, v in own.items() if k not in ("account", "detail")}
+    rules = MEMBER_RULES + [MEMBER_S3_RULE]
+    listed = ["111111111111", "222222222222"]
+    for kind in ["Object Created", "Object Deleted"]:
+        event = _s3_event(kind, bucket="member-conf", account="111111111111")
+        assert _matching_rules(template, event, rules, account=ACCOUNT, MemberAccounts=listed) == [MEMBER_S3_RULE], kind
+    assert _matching_rules(template, _s3_event(account="333333333333"), rules, account=ACCOUNT, MemberAccounts=listed) == [], "not a listed account"
+    assert _matching_rules(template, _s3_event("Object Restore Completed", account="111111111111"), rules, account=ACCOUNT, MemberAccounts=listed) == []
+    assert _matching_rules(template, _s3_event(account="333333333333"), rules, account=ACCOUNT, OrganizationId="o-exampleorgid") == [MEMBER_S3_RULE]
 
 
 def _deploy(aws, name, params):
