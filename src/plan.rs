@@ -27,9 +27,17 @@ pub struct Change {
     #[serde(skip)]
     pub fresh_from: Option<DateTime<Utc>>,
     /// The service as the plan described it: how it is rolled when it cannot be described again
-    /// right before its turn (throttled still).
+    /// right before its turn (throttled still), and what the engine looks at instead of
+    /// describing it again when the pass described it moments ago (see `described_at`).
     #[serde(skip)]
     pub planned: Option<Box<Service>>,
+    /// When the pass began describing the service (before its `DescribeServices` call left), on
+    /// tokio's clock. Right before rolling, the engine describes a service again unless this is
+    /// well under a second ago ([`crate::rollout::engine::RECENT_ENOUGH`]): a change event's pass
+    /// describes its candidates and rolls the first of them within milliseconds, and a second
+    /// `DescribeServices` then would only repeat the first. `None`: always look again.
+    #[serde(skip)]
+    pub described_at: Option<tokio::time::Instant>,
 }
 
 /// The ordered set of services to roll.
@@ -97,6 +105,7 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
                 findings: findings.clone(),
                 fresh_from: fresh_from(findings),
                 planned: Some(Box::new(i.service.clone())),
+                described_at: None,
             }),
             _ => None,
         })

@@ -907,8 +907,15 @@ impl Reconciler {
             image_drift: self.settings.image_drift,
             ..Policies::default()
         };
-        self.assess_with(scope, targets, &ServiceFilter(&[]), &policies)
-            .await
+        let mut assessment = self
+            .assess_with(scope, targets, &ServiceFilter(&[]), &policies)
+            .await?;
+        // Handed out, a change set is rolled whenever its caller chooses: the engine always looks
+        // at its services again (only a pass rolling its own plan at once may skip that look).
+        for change in &mut assessment.change_set.changes {
+            change.described_at = None;
+        }
+        Ok(assessment)
     }
 
     async fn assess_with(
@@ -919,6 +926,9 @@ impl Reconciler {
         policies: &Policies,
     ) -> Result<Assessment, ReconcileError> {
         let conc = self.settings.scan_concurrency;
+        // Before the first DescribeServices leaves: what the plan's changes are as old as (see
+        // `Change::described_at`).
+        let described = tokio::time::Instant::now();
         let (inventory, scanned) = self.inventory(scope, targets, services).await?;
         if let Some(f) = services.unmatched(inventory.entries.iter().map(|e| &e.service)) {
             return Err(ReconcileError::NoSuchService(f));
@@ -1027,6 +1037,9 @@ impl Reconciler {
         items.retain(|i| !context_keys.contains(&ServiceKey::of(i.service)));
         let mut change_set = plan(&items);
         change_set.policies = policies.clone();
+        for change in &mut change_set.changes {
+            change.described_at = Some(described);
+        }
         let decisions: BTreeMap<ServiceKey, Decision> = items
             .into_iter()
             .map(|i| (ServiceKey::of(i.service), i.decision))
