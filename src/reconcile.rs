@@ -937,15 +937,22 @@ impl Reconciler {
         let without_secrets = inventory.without_secrets;
         // What `--service` does not admit is still context: a pass over one service must see
         // the others' failed rollouts of a change it would roll with.
-        let (mut entries, rest): (Vec<_>, Vec<_>) = inventory.entries.into_iter().partition(|e| {
+        let selected = |e: &index::Entry| {
             services.admits(&e.service)
                 && (targets.is_empty()
                     || targets
                         .iter()
                         .flat_map(|t| &t.identities)
                         .any(|id| e.references(id, home)))
-        });
-        let mut resolved = index::resolve(&self.clients, &entries, conc).await;
+        };
+        // A resync selects everything: the inventory as it is, rather than a second vector of
+        // ten thousand entries grown by `push` beside it.
+        let (mut entries, rest): (Vec<_>, Vec<_>) = if inventory.entries.iter().all(selected) {
+            (inventory.entries, Vec::new())
+        } else {
+            inventory.entries.into_iter().partition(selected)
+        };
+        let mut resolved = index::resolve_taking(&self.clients, &mut entries, conc).await;
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
         let remembered = self.remembered();
@@ -1263,7 +1270,7 @@ impl Reconciler {
                 .0
                 .entries
         };
-        let context: Vec<index::Entry> = pool
+        let mut context: Vec<index::Entry> = pool
             .into_iter()
             .filter(|e| !selected.contains(&ServiceKey::of(&e.service)))
             .filter(|e| others.iter().any(|id| e.references(id, home)))
@@ -1274,7 +1281,8 @@ impl Reconciler {
             "looked at the other dependants of the selected services' other changed secrets"
         );
         let resolved =
-            index::resolve(&self.clients, &context, self.settings.scan_concurrency).await;
+            index::resolve_taking(&self.clients, &mut context, self.settings.scan_concurrency)
+                .await;
         Ok((context, resolved))
     }
 
