@@ -985,46 +985,29 @@ impl Reconciler {
         for e in entries.iter_mut().chain(context.iter_mut()) {
             e.refs = Vec::new();
         }
+        // Each service's resolved references are read once, for what the decisions' holds and
+        // gates need and for what the report shows, and freed at once: at ten thousand services
+        // they, the items and the report's lines are otherwise all held together, the pass's
+        // peak.
         let mut interned: std::collections::HashMap<SecretIdentity, Arc<SecretIdentity>> =
             std::collections::HashMap::new();
+        let mut changes: Vec<Vec<SecretChange>> =
+            Vec::with_capacity(resolved.len() + context_resolved.len());
+        let mut displays: Vec<Vec<String>> = Vec::with_capacity(resolved.len());
+        for refs in resolved {
+            changes.push(secret_changes(&refs, &mut interned));
+            displays.push(display_secrets(&refs));
+        }
+        for refs in context_resolved {
+            changes.push(secret_changes(&refs, &mut interned));
+        }
         let mut items: Vec<Item<'_>> = entries
             .iter()
-            .zip(&resolved)
-            .zip(decisions)
-            .chain(context.iter().zip(&context_resolved).zip(context_decisions))
-            .map(|((entry, refs), decision)| {
-                let secrets = refs
-                    .iter()
-                    .filter_map(|r| r.state.as_ref().ok().map(|s| (r, s)))
-                    .map(|(r, s)| SecretChange {
-                        secret: interned
-                            .entry(s.identity())
-                            .or_insert_with_key(|k| Arc::new(k.clone()))
-                            .clone(),
-                        changed_at: decide::value_changed_at(r),
-                    })
-                    .collect();
-                Item::new(&entry.service, secrets, decision)
-            })
+            .chain(context.iter())
+            .zip(changes)
+            .zip(decisions.into_iter().chain(context_decisions))
+            .map(|((entry, secrets), decision)| Item::new(&entry.service, secrets, decision))
             .collect();
-        // What the report shows of each service's secrets; the resolved references are done
-        // with after this.
-        let displays: Vec<Vec<String>> = resolved
-            .iter()
-            .map(|refs| {
-                let mut secrets: Vec<String> = refs
-                    .iter()
-                    .map(|r| match &r.state {
-                        Ok(s) => s.identity().to_string(),
-                        Err(_) => r.text.clone(),
-                    })
-                    .collect();
-                secrets.sort();
-                secrets.dedup();
-                secrets
-            })
-            .collect();
-        drop(resolved);
         for item in &mut items {
             item.context = context_keys.contains(&ServiceKey::of(item.service));
         }
@@ -1353,6 +1336,39 @@ impl Reconciler {
         }
         Ok(assessment)
     }
+}
+
+/// A service's changed secrets as the decisions' holds and gates count them, each identity shared
+/// through `interned`.
+fn secret_changes(
+    refs: &[decide::ResolvedRef],
+    interned: &mut std::collections::HashMap<SecretIdentity, Arc<SecretIdentity>>,
+) -> Vec<SecretChange> {
+    refs.iter()
+        .filter_map(|r| r.state.as_ref().ok().map(|s| (r, s)))
+        .map(|(r, s)| SecretChange {
+            secret: interned
+                .entry(s.identity())
+                .or_insert_with_key(|k| Arc::new(k.clone()))
+                .clone(),
+            changed_at: decide::value_changed_at(r),
+        })
+        .collect()
+}
+
+/// What the report shows of a service's secrets: each identity, or the text as written when it
+/// could not be resolved; sorted, once each.
+fn display_secrets(refs: &[decide::ResolvedRef]) -> Vec<String> {
+    let mut secrets: Vec<String> = refs
+        .iter()
+        .map(|r| match &r.state {
+            Ok(s) => s.identity().to_string(),
+            Err(_) => r.text.clone(),
+        })
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    secrets
 }
 
 /// The rule's decision, unless what the service resolves could not be read at all.
