@@ -92,8 +92,8 @@ pub struct Engine {
     /// kube-runtime's scheduler runs one reconcile per object at a time).
     services: Mutex<HashMap<ServiceKey, Arc<tokio::sync::Mutex<()>>>>,
     /// When this engine last started a rollout of each service (its call answered), kept for
-    /// [`RECENT_ENOUGH`]: a plan that described the service before that must look again (the look is what makes
-    /// two change sets of one service one rollout).
+    /// [`RECENT_ENOUGH`]: a plan that described the service before that must look again (the
+    /// look is what makes two change sets of one service one rollout).
     started: Mutex<HashMap<ServiceKey, tokio::time::Instant>>,
 }
 
@@ -210,9 +210,9 @@ impl Engine {
                 Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
                     return skipped(format!("the service no longer exists ({e})"))
                 }
-                // Still throttled (or unreachable) after the guard's retries: the look is a check on
-                // a plan that is seconds old, not a reason to leave a stale service stale; roll as
-                // planned (a throttle never surfaces as a failure or a skipped rollout).
+                // Still throttled (or unreachable) after the guard's retries: the look is a check
+                // on a plan that is seconds old, not a reason to leave a stale service stale; roll
+                // as planned (a throttle never surfaces as a failure or a skipped rollout).
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(service = %key, error = %e, "could not describe it again before rolling; rolling as planned");
                     return Ok(None);
