@@ -194,9 +194,10 @@ impl<'de> Deserialize<'de> for RegionName {
 pub struct AwsConfig {
     /// Region; empty means the SDK's default chain (`AWS_REGION`, profile, IMDS).
     pub region: String,
-    /// `standard` or `adaptive`.
+    /// `standard` or `adaptive`: the SDK's retries of the calls the guard does not pace (SQS,
+    /// EventBridge, DynamoDB, STS); the paced ones are retried by the guard alone.
     pub retry_mode: String,
-    /// SDK attempts per call, first try included.
+    /// SDK attempts per call, first try included (the same calls as `retry_mode`).
     pub max_attempts: u32,
 }
 

@@ -574,6 +574,33 @@ pub async fn resolve(
     entries: &[Entry],
     concurrency: usize,
 ) -> Vec<Vec<ResolvedRef>> {
+    let states = look_up(clients, entries, concurrency).await;
+    entries
+        .iter()
+        .map(|e| pair_refs(e.refs.iter().cloned(), &states, &e.home(&clients.region)))
+        .collect()
+}
+
+/// [`resolve`], moving each entry's written references into its resolved ones (the entries are
+/// left without `refs`). A resync of ten thousand services otherwise holds every reference twice,
+/// as written and as resolved, at the moment its memory peaks.
+pub(crate) async fn resolve_taking(
+    clients: &Clients,
+    entries: &mut [Entry],
+    concurrency: usize,
+) -> Vec<Vec<ResolvedRef>> {
+    let states = look_up(clients, entries, concurrency).await;
+    entries
+        .iter_mut()
+        .map(|e| {
+            let home = e.home(&clients.region);
+            pair_refs(std::mem::take(&mut e.refs), &states, &home)
+        })
+        .collect()
+}
+
+/// The metadata behind every reference of `entries`, by lookup.
+async fn look_up(clients: &Clients, entries: &[Entry], concurrency: usize) -> States {
     let concurrency = concurrency.max(1);
     // Display is relative to the operator's home: the account and region of the services it scans.
     let home = entries
@@ -709,10 +736,7 @@ pub async fn resolve(
         }
     }
 
-    entries
-        .iter()
-        .map(|e| pair_refs(e, &states, &e.home(&clients.region)))
-        .collect()
+    states
 }
 
 /// `DescribeParameters` for a batch of names, each name with what was found for it. A failed
@@ -945,7 +969,12 @@ async fn secret_state(
     }))
 }
 
-fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
+fn pair_refs(
+    refs: impl IntoIterator<Item = Written, IntoIter = impl ExactSizeIterator<Item = Written>>,
+    states: &States,
+    home: &Home,
+) -> Vec<ResolvedRef> {
+    let refs = refs.into_iter();
     let looked_up = |key: &Lookup, resource: &str| -> Result<Arc<RefState>, Unresolved> {
         states.get(key).cloned().unwrap_or_else(|| {
             Err(Unresolved::MissingMetadata {
@@ -956,8 +985,8 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
     };
     // Sized exactly: a vector grown by `push` starts at four, and ten thousand services have one
     // or two references each.
-    let mut out = Vec::with_capacity(e.refs.len());
-    for Written { site, text, parsed } in &e.refs {
+    let mut out = Vec::with_capacity(refs.len());
+    for Written { site, text, parsed } in refs {
         let resolved = |reference: Result<SecretRef, RefError>, state| ResolvedRef {
             site: site.clone(),
             text: text.clone(),
@@ -974,7 +1003,7 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
                 continue;
             }
         };
-        match r {
+        match &r {
             SecretRef::Named(n) => {
                 // A tag name may be a secret, a parameter, or both; unresolved only if neither.
                 let sm = looked_up(&named_secret(n, home), n);
@@ -1019,18 +1048,34 @@ fn pair_refs(e: &Entry, states: &States, home: &Home) -> Vec<ResolvedRef> {
                     out.push(resolved(Ok(r.clone()), Err(reason)));
                 }
             }
-            SecretRef::SecretsManager(sm) => out.push(resolved(
-                Ok(r.clone()),
-                looked_up(&sm_lookup(sm, home), &sm.lookup_id()),
-            )),
-            SecretRef::Parameter(p) => out.push(resolved(
-                Ok(r.clone()),
-                looked_up(&ssm_lookup(p, home), &p.name),
-            )),
-            SecretRef::S3File(o) => out.push(resolved(
-                Ok(r.clone()),
-                looked_up(&Lookup::Object(o.clone()), &o.to_string()),
-            )),
+            // The common cases: what was written moves into what is resolved.
+            SecretRef::SecretsManager(sm) => {
+                let state = looked_up(&sm_lookup(sm, home), &sm.lookup_id());
+                out.push(ResolvedRef {
+                    site,
+                    text,
+                    reference: Ok(r),
+                    state,
+                });
+            }
+            SecretRef::Parameter(p) => {
+                let state = looked_up(&ssm_lookup(p, home), &p.name);
+                out.push(ResolvedRef {
+                    site,
+                    text,
+                    reference: Ok(r),
+                    state,
+                });
+            }
+            SecretRef::S3File(o) => {
+                let state = looked_up(&Lookup::Object(o.clone()), &o.to_string());
+                out.push(ResolvedRef {
+                    site,
+                    text,
+                    reference: Ok(r),
+                    state,
+                });
+            }
         }
     }
     out

@@ -180,8 +180,35 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Worker threads of the runtime, at most. Everything the operator does waits on AWS (and on its
+/// own pacing), so two workers are as fast as many (measured: one or two give the same resync time
+/// and peak memory, BENCHMARKS.md §5); without a cap, tokio starts one per core of the host,
+/// each with its stack and its own malloc arena, so that the footprint would grow with the
+/// machine it lands on (an EC2 container instance) instead of with the fleet.
+const MAX_WORKERS: usize = 2;
+
+/// Blocking threads (DNS lookups, file reads), at most: tokio's default is 512.
+const MAX_BLOCKING: usize = 8;
+
+fn main() -> ExitCode {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, MAX_WORKERS);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(MAX_BLOCKING)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run_main()),
+        Err(e) => {
+            say(format_args!("error: cannot start the async runtime: {e}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_main() -> ExitCode {
     // Lambda starts `bootstrap` with no arguments and AWS_LAMBDA_RUNTIME_API set.
     let cli =
         if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {

@@ -27,13 +27,21 @@ pub struct Change {
     #[serde(skip)]
     pub fresh_from: Option<DateTime<Utc>>,
     /// The service as the plan described it: how it is rolled when it cannot be described again
-    /// right before its turn (throttled still).
+    /// right before its turn (throttled still), and what the engine looks at instead of
+    /// describing it again when the pass described it moments ago (see `described_at`).
     #[serde(skip)]
     pub planned: Option<Box<Service>>,
     /// Its ECR image tags as checked for drift (`[rollout] image_drift = "hold"`): asked again
     /// right before its rollout, since a tag may move while a change set rolls.
     #[serde(skip)]
     pub images: Vec<CheckedImage>,
+    /// When the pass began describing the service (before its `DescribeServices` call left), on
+    /// tokio's clock. Right before rolling, the engine describes a service again unless this is
+    /// well under a second ago ([`crate::rollout::engine::RECENT_ENOUGH`]): a change event's pass
+    /// describes its candidates and rolls the first of them within milliseconds, and a second
+    /// `DescribeServices` then would only repeat the first. `None`: always look again.
+    #[serde(skip)]
+    pub described_at: Option<tokio::time::Instant>,
 }
 
 /// A container's image tag and the digests its running tasks ran when it was checked.
@@ -113,6 +121,7 @@ pub fn plan(items: &[Item<'_>]) -> ChangeSet {
                 fresh_from: fresh_from(findings),
                 planned: Some(Box::new(i.service.clone())),
                 images: Vec::new(),
+                described_at: None,
             }),
             _ => None,
         })

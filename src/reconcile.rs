@@ -982,8 +982,15 @@ impl Reconciler {
             image_drift: self.settings.image_drift,
             ..Policies::default()
         };
-        self.assess_with(scope, targets, &ServiceFilter(&[]), &policies)
-            .await
+        let mut assessment = self
+            .assess_with(scope, targets, &ServiceFilter(&[]), &policies)
+            .await?;
+        // Handed out, a change set is rolled whenever its caller chooses: the engine always looks
+        // at its services again (only a pass rolling its own plan at once may skip that look).
+        for change in &mut assessment.change_set.changes {
+            change.described_at = None;
+        }
+        Ok(assessment)
     }
 
     async fn assess_with(
@@ -994,6 +1001,9 @@ impl Reconciler {
         policies: &Policies,
     ) -> Result<Assessment, ReconcileError> {
         let conc = self.settings.scan_concurrency;
+        // Before the first DescribeServices leaves: what the plan's changes are as old as (see
+        // `Change::described_at`).
+        let described = tokio::time::Instant::now();
         let (inventory, scanned) = self.inventory(scope, targets, services).await?;
         if let Some(f) = services.unmatched(inventory.entries.iter().map(|e| &e.service)) {
             return Err(ReconcileError::NoSuchService(f));
@@ -1002,16 +1012,23 @@ impl Reconciler {
         let without_secrets = inventory.without_secrets;
         // What `--service` does not admit is still context: a pass over one service must see
         // the others' failed rollouts of a change it would roll with.
-        let (mut entries, rest): (Vec<_>, Vec<_>) = inventory.entries.into_iter().partition(|e| {
+        let selected = |e: &index::Entry| {
             services.admits(&e.service)
                 && (targets.is_empty()
                     || targets
                         .iter()
                         .flat_map(|t| &t.identities)
                         .any(|id| e.references(id, home)))
-        });
+        };
+        // A resync selects everything: the inventory as it is, rather than a second vector of
+        // ten thousand entries grown by `push` beside it.
+        let (mut entries, rest): (Vec<_>, Vec<_>) = if inventory.entries.iter().all(selected) {
+            (inventory.entries, Vec::new())
+        } else {
+            inventory.entries.into_iter().partition(selected)
+        };
         self.read_native_rollouts(&mut entries).await;
-        let mut resolved = index::resolve(&self.clients, &entries, conc).await;
+        let mut resolved = index::resolve_taking(&self.clients, &mut entries, conc).await;
         let now = self.clock.now();
         let skew = chrono::Duration::from_std(self.settings.policy.clock_skew).unwrap_or_default();
         let remembered = self.remembered();
@@ -1045,46 +1062,29 @@ impl Reconciler {
         for e in entries.iter_mut().chain(context.iter_mut()) {
             e.refs = Vec::new();
         }
+        // Each service's resolved references are read once, for what the decisions' holds and
+        // gates need and for what the report shows, and freed at once: at ten thousand services
+        // they, the items and the report's lines are otherwise all held together, the pass's
+        // peak.
         let mut interned: std::collections::HashMap<SecretIdentity, Arc<SecretIdentity>> =
             std::collections::HashMap::new();
+        let mut changes: Vec<Vec<SecretChange>> =
+            Vec::with_capacity(resolved.len() + context_resolved.len());
+        let mut displays: Vec<Vec<String>> = Vec::with_capacity(resolved.len());
+        for refs in resolved {
+            changes.push(secret_changes(&refs, &mut interned));
+            displays.push(display_secrets(&refs));
+        }
+        for refs in context_resolved {
+            changes.push(secret_changes(&refs, &mut interned));
+        }
         let mut items: Vec<Item<'_>> = entries
             .iter()
-            .zip(&resolved)
-            .zip(decisions)
-            .chain(context.iter().zip(&context_resolved).zip(context_decisions))
-            .map(|((entry, refs), decision)| {
-                let secrets = refs
-                    .iter()
-                    .filter_map(|r| r.state.as_ref().ok().map(|s| (r, s)))
-                    .map(|(r, s)| SecretChange {
-                        secret: interned
-                            .entry(s.identity())
-                            .or_insert_with_key(|k| Arc::new(k.clone()))
-                            .clone(),
-                        changed_at: decide::value_changed_at(r),
-                    })
-                    .collect();
-                Item::new(&entry.service, secrets, decision)
-            })
+            .chain(context.iter())
+            .zip(changes)
+            .zip(decisions.into_iter().chain(context_decisions))
+            .map(|((entry, secrets), decision)| Item::new(&entry.service, secrets, decision))
             .collect();
-        // What the report shows of each service's secrets; the resolved references are done
-        // with after this.
-        let displays: Vec<Vec<String>> = resolved
-            .iter()
-            .map(|refs| {
-                let mut secrets: Vec<String> = refs
-                    .iter()
-                    .map(|r| match &r.state {
-                        Ok(s) => s.identity().to_string(),
-                        Err(_) => r.text.clone(),
-                    })
-                    .collect();
-                secrets.sort();
-                secrets.dedup();
-                secrets
-            })
-            .collect();
-        drop(resolved);
         for item in &mut items {
             item.context = context_keys.contains(&ServiceKey::of(item.service));
         }
@@ -1110,6 +1110,9 @@ impl Reconciler {
             }
         }
         change_set.policies = policies.clone();
+        for change in &mut change_set.changes {
+            change.described_at = Some(described);
+        }
         let decisions: BTreeMap<ServiceKey, Decision> = items
             .into_iter()
             .map(|i| (ServiceKey::of(i.service), i.decision))
@@ -1437,7 +1440,7 @@ impl Reconciler {
                 .0
                 .entries
         };
-        let context: Vec<index::Entry> = pool
+        let mut context: Vec<index::Entry> = pool
             .into_iter()
             .filter(|e| !selected.contains(&ServiceKey::of(&e.service)))
             .filter(|e| others.iter().any(|id| e.references(id, home)))
@@ -1448,7 +1451,8 @@ impl Reconciler {
             "looked at the other dependants of the selected services' other changed secrets"
         );
         let resolved =
-            index::resolve(&self.clients, &context, self.settings.scan_concurrency).await;
+            index::resolve_taking(&self.clients, &mut context, self.settings.scan_concurrency)
+                .await;
         Ok((context, resolved))
     }
 
@@ -1519,6 +1523,39 @@ impl Reconciler {
         }
         Ok(assessment)
     }
+}
+
+/// A service's changed secrets as the decisions' holds and gates count them, each identity shared
+/// through `interned`.
+fn secret_changes(
+    refs: &[decide::ResolvedRef],
+    interned: &mut std::collections::HashMap<SecretIdentity, Arc<SecretIdentity>>,
+) -> Vec<SecretChange> {
+    refs.iter()
+        .filter_map(|r| r.state.as_ref().ok().map(|s| (r, s)))
+        .map(|(r, s)| SecretChange {
+            secret: interned
+                .entry(s.identity())
+                .or_insert_with_key(|k| Arc::new(k.clone()))
+                .clone(),
+            changed_at: decide::value_changed_at(r),
+        })
+        .collect()
+}
+
+/// What the report shows of a service's secrets: each identity, or the text as written when it
+/// could not be resolved; sorted, once each.
+fn display_secrets(refs: &[decide::ResolvedRef]) -> Vec<String> {
+    let mut secrets: Vec<String> = refs
+        .iter()
+        .map(|r| match &r.state {
+            Ok(s) => s.identity().to_string(),
+            Err(_) => r.text.clone(),
+        })
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    secrets
 }
 
 /// The rule's decision, unless what the service resolves could not be read at all.

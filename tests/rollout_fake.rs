@@ -346,6 +346,7 @@ async fn duplicates_in_a_change_set_roll_once() {
         fresh_from: None,
         planned: None,
         images: Vec::new(),
+        described_at: None,
     };
     let set = ChangeSet {
         policies: Default::default(),
@@ -394,6 +395,7 @@ async fn no_wait_triggers_without_watching() {
                 fresh_from: None,
                 planned: None,
                 images: Vec::new(),
+                described_at: None,
             })
             .collect(),
     };
@@ -500,5 +502,76 @@ async fn the_fleet_moves_while_a_change_set_rolls() {
         rolled,
         ["prod/s00", "prod/s04", "prod/s05"],
         "s04 only by its owner"
+    );
+}
+
+/// The look right before `UpdateService` is skipped only for a description the pass made moments
+/// ago (`RECENT_ENOUGH`), never for one older, and never once this engine has started a rollout
+/// of the service since that description: two change sets planned together still make one
+/// rollout, even when nothing is watched (the service's lock is then held only for the call).
+#[tokio::test(start_paused = true)]
+async fn a_description_moments_old_stands_in_for_the_look_and_nothing_older_does() {
+    use ecs_reloader::rollout::engine::RECENT_ENOUGH;
+    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
+    for i in 0..3 {
+        fake.create_service("prod", &format!("s{i}"), "td", 1, &[]);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let parts = setup::assemble(
+        &Config::default(),
+        fake.clients(),
+        clock.clone(),
+        Arc::new(LogProgress),
+        Mode::FireAndForget,
+    );
+    let change = |n: &str, described_at: tokio::time::Instant| Change {
+        key: ServiceKey {
+            cluster: "prod".into(),
+            service: n.into(),
+            ..ServiceKey::default()
+        },
+        wave: 0,
+        findings: vec![],
+        fresh_from: Some(clock.now()),
+        planned: Some(Box::new(fake.service("prod", n).expect("exists"))),
+        images: Vec::new(),
+        described_at: Some(described_at),
+    };
+    let set = |changes: Vec<Change>| ChangeSet {
+        policies: Default::default(),
+        changes,
+    };
+
+    // Described just now: rolled on that description.
+    let out = parts
+        .rollout
+        .execute(&set(vec![change("s0", tokio::time::Instant::now())]))
+        .await;
+    assert!(matches!(out[0].1, Outcome::Triggered { .. }), "{out:?}");
+    assert_eq!(fake.calls("ecs:DescribeServices"), 0, "no second look");
+
+    // Described longer ago: looked at again.
+    let old = tokio::time::Instant::now();
+    tokio::time::sleep(RECENT_ENOUGH).await;
+    let out = parts.rollout.execute(&set(vec![change("s1", old)])).await;
+    assert!(matches!(out[0].1, Outcome::Triggered { .. }), "{out:?}");
+    assert_eq!(fake.calls("ecs:DescribeServices"), 1, "one look");
+
+    // Two change sets planned at once, each fresh: the second waits for the first's rollout,
+    // then looks again and finds it fresh. (The UpdateService bucket full again first, so that
+    // no wait for a token makes the description old.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = tokio::time::Instant::now();
+    let (first, second) = (set(vec![change("s2", now)]), set(vec![change("s2", now)]));
+    let (a, b) = tokio::join!(
+        parts.rollout.execute(&first),
+        parts.rollout.execute(&second)
+    );
+    assert_eq!(fake.rollouts_of("prod", "s2"), 1, "{a:?} {b:?}");
+    assert!(
+        [&a[0].1, &b[0].1]
+            .iter()
+            .any(|o| matches!(o, Outcome::Skipped { reason } if reason.contains("already fresh"))),
+        "{a:?} {b:?}"
     );
 }

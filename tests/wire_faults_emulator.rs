@@ -97,3 +97,40 @@ async fn every_stale_service_rolls_exactly_once_through_faults() {
         "a lost answer does not cause a second deployment"
     );
 }
+
+/// Every throttle reaches the guard, whose pacing slows that kind of call down: the SDK retries
+/// none of the calls the guard paces. (With the SDK's own three attempts, most throttles were
+/// retried inside the SDK and the pacing never heard of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_throttle_reaches_the_guard() {
+    let emu = Emulator::start();
+    let proxy = Proxy::start(emu.port).await;
+    let aws = Aws::connect(&emu.url()).await;
+    let services: Vec<String> = (0..60).map(|i| format!("svc-{i:02}")).collect();
+    let layout: Vec<(&str, usize)> = services.iter().map(|s| (s.as_str(), 0)).collect();
+    aws.one_secret_world(&["app/db"], "prod", &layout).await;
+    proxy.set_faults(FaultPlan {
+        only: "DescribeServices".into(),
+        throttle: 0.5,
+        seed: 3,
+        ..Default::default()
+    });
+    let run = run_binary(
+        &proxy.url(),
+        &["plan", "--output", "json"],
+        &[("ECS_RELOADER_LOG", "ecs_reloader=debug")],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let throttled = proxy.throttled("DescribeServices");
+    let retried = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("AWS call failed, retrying") && l.contains("ecs:DescribeServices"))
+        .count();
+    assert!(throttled > 0, "the proxy throttled some calls");
+    assert_eq!(
+        retried, throttled,
+        "each throttle the proxy answered was retried by the guard, not inside the SDK"
+    );
+}

@@ -7,7 +7,8 @@
 //! shared configuration.
 //!
 //! Errors are classified so that only what a retry can fix is retried (throttling, 5xx, timeouts,
-//! dropped connections). What cannot be fixed by waiting (no credentials, an endpoint name that
+//! dropped connections), by the guard: the SDK does not retry the calls the guard paces (see
+//! [`guard_retries`]). What cannot be fixed by waiting (no credentials, an endpoint name that
 //! does not resolve, a connection refused, a region that is not even a host name) is
 //! [`ErrorKind::Setup`]: neither the SDK nor the guard retries it, and its message is one line
 //! that names what to set.
@@ -237,6 +238,7 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
     });
     let ecs = aws_sdk_ecs::config::Builder::from(config)
         .retry_classifier(NoRetryWhenUnreachable)
+        .retry_config(guard_retries())
         .build();
     let ecs = Arc::new(SdkEcs {
         client: aws_sdk_ecs::Client::from_conf(ecs),
@@ -253,6 +255,7 @@ pub(crate) fn clients_as(config: &SdkConfig, role: Option<&str>) -> Result<Clien
             client: aws_sdk_codedeploy::Client::from_conf(
                 aws_sdk_codedeploy::config::Builder::from(config)
                     .retry_classifier(NoRetryWhenUnreachable)
+                    .retry_config(guard_retries())
                     .build(),
             ),
             place: Place {
@@ -502,6 +505,7 @@ impl crate::aws::Registry for SdkRegistry {
                         aws_sdk_ecr::config::Builder::from(&self.0.config)
                             .region(Region::new(region.to_string()))
                             .retry_classifier(NoRetryWhenUnreachable)
+                            .retry_config(guard_retries())
                             .build(),
                     )
                 })
@@ -549,6 +553,7 @@ impl Shared {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(&self.config)
                     .region(Region::new(region.to_string()))
                     .retry_classifier(NoRetryWhenUnreachable)
+                    .retry_config(guard_retries())
                     .build();
                 aws_sdk_secretsmanager::Client::from_conf(conf)
             })
@@ -562,6 +567,7 @@ impl Shared {
                 let conf = aws_sdk_ssm::config::Builder::from(&self.config)
                     .region(Region::new(region.to_string()))
                     .retry_classifier(NoRetryWhenUnreachable)
+                    .retry_config(guard_retries())
                     .build();
                 aws_sdk_ssm::Client::from_conf(conf)
             })
@@ -748,6 +754,16 @@ impl SetupCause {
             ),
         }
     }
+}
+
+/// The retry configuration of every client whose calls the guard paces (ECS, Secrets Manager,
+/// SSM, ECR, CodeDeploy): none. The guard ([`crate::aws::guard`]) retries those calls itself,
+/// after its own backoff and through its own buckets, so that each throttle reaches the adaptive
+/// pacing (which cuts that call kind's rate) instead of being absorbed by the SDK's retries, and
+/// so that a retried call takes a token like any other. The clients the guard does not pace
+/// (SQS, EventBridge, DynamoDB, STS) keep `[aws] retry_mode` and `max_attempts`.
+fn guard_retries() -> RetryConfig {
+    RetryConfig::disabled()
 }
 
 /// Keeps the SDK from retrying what the guard would not retry either: its own standard retry
@@ -994,7 +1010,10 @@ fn service(s: &aws_sdk_ecs::types::Service) -> Service {
             })
             .collect(),
     };
-    let mut deployments: Vec<Deployment> = s.deployments().iter().filter_map(deployment).collect();
+    // Sized exactly: collected through `filter_map`, a vector starts at four deployments (416
+    // bytes) where a service has one, for each of ten thousand services of a resync.
+    let mut deployments: Vec<Deployment> = Vec::with_capacity(s.deployments().len());
+    deployments.extend(s.deployments().iter().filter_map(deployment));
     if controller != Controller::Ecs && deployments.is_empty() {
         deployments = task_sets(s.task_sets());
     }

@@ -26,6 +26,19 @@ use crate::deployment;
 use crate::lease::Leadership;
 use crate::plan::{Change, ChangeSet, ServiceKey};
 
+/// How recently the pass must have described a service for the engine to roll it on that
+/// description instead of describing it again (see [`Engine::look_again`]).
+///
+/// The look right before `UpdateService` catches a service that changed since the plan: deleted,
+/// opted out, scaled to zero, deployed by someone else, moved out of its window. A change event's
+/// pass describes its candidates and reaches the first one's turn within milliseconds; a second
+/// `DescribeServices` then repeats the first and costs a read of a bucket that other tools share.
+/// Well under a second is about as old as the look itself is when `UpdateService` leaves (the look
+/// comes before the wait for an `UpdateService` token), so the window in which a change can slip
+/// by is no wider than it was. Every later turn (a canary's watch, the 1/s `UpdateService` pace, a
+/// wait for another rollout of the same service) is past it and looks again.
+pub const RECENT_ENOUGH: Duration = Duration::from_millis(500);
+
 /// How the engine rolls.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
@@ -78,6 +91,10 @@ pub struct Engine {
     /// and then, looking again, finds it fresh: the two changes coalesce into one rollout (as
     /// kube-runtime's scheduler runs one reconcile per object at a time).
     services: Mutex<HashMap<ServiceKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// When this engine last started a rollout of each service (its call answered), kept for
+    /// [`RECENT_ENOUGH`]: a plan that described the service before that must look again (the
+    /// look is what makes two change sets of one service one rollout).
+    started: Mutex<HashMap<ServiceKey, tokio::time::Instant>>,
 }
 
 impl Engine {
@@ -102,6 +119,7 @@ impl Engine {
             global: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             per_cluster: Mutex::new(HashMap::new()),
             services: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashMap::new()),
             clients,
             settings,
             progress,
@@ -139,8 +157,33 @@ impl Engine {
         }
     }
 
+    /// The plan's own description of the service, when it may stand in for a look: the pass
+    /// described it less than [`RECENT_ENOUGH`] ago, and this engine has started no rollout of it
+    /// since.
+    fn recent_enough<'c>(&self, change: &'c Change) -> Option<&'c Service> {
+        let at = change.described_at?;
+        if at.elapsed() >= RECENT_ENOUGH {
+            return None;
+        }
+        let started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if started.get(&change.key).is_some_and(|s| *s >= at) {
+            return None;
+        }
+        change.planned.as_deref()
+    }
+
+    /// Notes that a rollout of `key` was started by now (see
+    /// [`recent_enough`](Self::recent_enough)), forgetting starts too old to matter.
+    fn note_start(&self, key: &ServiceKey) {
+        let now = tokio::time::Instant::now();
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        started.retain(|_, s| now.duration_since(*s) < RECENT_ENOUGH);
+        started.insert(key.clone(), now);
+    }
+
     /// [`recheck`](Self::recheck)'s look: the service as described now, `None` when it could not
-    /// be described again.
+    /// be described again. A description the pass made moments ago ([`RECENT_ENOUGH`]) is used
+    /// as it is, without a `DescribeServices`; every check below applies to it all the same.
     async fn look_again(
         &self,
         change: &Change,
@@ -151,28 +194,34 @@ impl Engine {
             tracing::info!(service = %key, reason, "skipped: changed since the plan");
             Err(Outcome::Skipped { reason })
         };
-        let service = match self
-            .clients
-            .ecs
-            .describe_services(&key.cluster, std::slice::from_ref(&key.service))
-            .await
-        {
-            Ok(mut found) if !found.is_empty() => found.remove(0),
-            Ok(_) => return skipped("the service no longer exists".into()),
-            Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
-                return skipped(format!("the service no longer exists ({e})"))
-            }
-            // Still throttled (or unreachable) after the guard's retries: the look is a check on
-            // a plan that is seconds old, not a reason to leave a stale service stale; roll as
-            // planned (a throttle never surfaces as a failure or a skipped rollout).
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(service = %key, error = %e, "could not describe it again before rolling; rolling as planned");
-                return Ok(None);
-            }
-            Err(e) => {
-                return Err(Outcome::Deferred {
-                    reason: format!("could not describe it again before rolling: {e}"),
-                })
+        let recent = self.recent_enough(change).cloned();
+        let service = if let Some(service) = recent {
+            tracing::debug!(service = %key, "described by the pass moments ago: not described again");
+            service
+        } else {
+            match self
+                .clients
+                .ecs
+                .describe_services(&key.cluster, std::slice::from_ref(&key.service))
+                .await
+            {
+                Ok(mut found) if !found.is_empty() => found.remove(0),
+                Ok(_) => return skipped("the service no longer exists".into()),
+                Err(e) if e.kind == crate::aws::ErrorKind::NotFound => {
+                    return skipped(format!("the service no longer exists ({e})"))
+                }
+                // Still throttled (or unreachable) after the guard's retries: the look is a check
+                // on a plan that is seconds old, not a reason to leave a stale service stale; roll
+                // as planned (a throttle never surfaces as a failure or a skipped rollout).
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(service = %key, error = %e, "could not describe it again before rolling; rolling as planned");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(Outcome::Deferred {
+                        reason: format!("could not describe it again before rolling: {e}"),
+                    })
+                }
             }
         };
         if service.status != "ACTIVE" {
@@ -282,7 +331,11 @@ impl Engine {
                 reason: "this replica no longer holds the lease: the leader decides it".into(),
             };
         }
-        let started = match strategy.start(&service).await {
+        let started = strategy.start(&service).await;
+        // From now on (the call has left, whatever its answer), a plan that described the service
+        // before must look again to see this rollout.
+        self.note_start(key);
+        let started = match started {
             Ok(d) => d,
             Err(_) if !self.leadership.is_leader() => {
                 return Outcome::Deferred {
