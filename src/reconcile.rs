@@ -1265,7 +1265,8 @@ impl Reconciler {
                 .iter()
                 .filter(|(_, i)| drift::image(i) == Image::Elsewhere)
             {
-                tracing::warn!(service = %key, container, image, "image drift unchecked: not an ECR tag ecs-reloader can ask about");
+                // Said once per pass and service, not a warning: most fleets run public images.
+                tracing::info!(service = %key, container, image, "image drift unchecked: not an ECR tag ecs-reloader can ask about");
             }
             if wanted.is_empty() {
                 continue;
