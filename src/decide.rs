@@ -1093,12 +1093,14 @@ pub fn decide(
             .deployments
             .iter()
             .filter(|dep| now - dep.created_at > stuck)
-            // A rollout in flight: one in progress, or a primary that reports no state (a
-            // service without the circuit breaker). A steady primary beside something else (a
-            // task set's original awaiting termination) is no rollout of its own.
+            // A rollout in flight: one in progress, or (ECS's deployments) the primary of a busy
+            // service, which an older deployment that never drains keeps busy. A task set's
+            // steady original awaiting termination beside its replacement is no rollout of its
+            // own: only the replacement's age counts there.
             .filter(|dep| {
                 dep.rollout_state == Some(crate::aws::RolloutState::InProgress)
-                    || (dep.is_primary() && dep.rollout_state.is_none())
+                    || (dep.is_primary()
+                        && (service.controller == Controller::Ecs || dep.rollout_state.is_none()))
             })
             .min_by_key(|dep| dep.created_at)
         {

@@ -904,3 +904,33 @@ fn a_stale_service_nobody_here_may_roll_needs_attention() {
     fresh.controller = Controller::External;
     assert_eq!(decide_at(&fresh, &refs, t(1000)), Decision::InSync);
 }
+
+/// An ECS service kept busy past `[rollout] timeout` by an older deployment that never drains
+/// is held (stuck), not decided again forever; a task set's steady original beside a young
+/// replacement is not stuck.
+#[test]
+fn a_deployment_that_never_drains_is_stuck_but_a_task_sets_original_is_not() {
+    let secret = Secret::created_once(t(0)).put("v2", t(300));
+    let refs = [resolved(ARN, secret.state())];
+    let mut svc = service(t(200));
+    let mut old = svc.deployments[0].clone();
+    old.id = "ecs-svc/0".into();
+    old.status = crate::aws::DeploymentStatus::Active;
+    old.created_at = t(100);
+    svc.deployments.push(old);
+    let late = t(200) + chrono::Duration::hours(1);
+    assert!(
+        matches!(decide_at(&svc, &refs, late), Decision::Held { .. }),
+        "{:?}",
+        decide_at(&svc, &refs, late)
+    );
+    // The same shape as task sets: the original steady, a replacement created a minute ago.
+    svc.controller = Controller::CodeDeploy;
+    svc.deployments[1].created_at = late - chrono::Duration::minutes(1);
+    svc.deployments[1].rollout_state = Some(crate::aws::RolloutState::InProgress);
+    assert!(
+        matches!(decide_at(&svc, &refs, late), Decision::Settling { .. }),
+        "{:?}",
+        decide_at(&svc, &refs, late)
+    );
+}
