@@ -406,6 +406,21 @@ pub enum RefState {
 }
 
 impl RefState {
+    /// Whether what this state describes has labels an event may say moved (a Secrets Manager
+    /// stage, an SSM parameter label): an object has none.
+    pub(crate) fn has_labels(&self) -> bool {
+        !matches!(self, RefState::S3Object(_))
+    }
+
+    /// The label moves events announced, to be added to.
+    pub(crate) fn label_moves_mut(&mut self) -> Option<&mut BTreeMap<String, DateTime<Utc>>> {
+        match self {
+            RefState::SecretsManager(s) => Some(&mut s.label_moves),
+            RefState::Parameter(p) => Some(&mut p.label_moves),
+            RefState::S3Object(_) => None,
+        }
+    }
+
     /// The identity of what this state describes.
     pub fn identity(&self) -> SecretIdentity {
         match self {

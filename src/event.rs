@@ -1,5 +1,8 @@
 //! EventBridge events that announce a secret change, parsed with our own serde types (the
-//! CloudTrail structure of `aws_lambda_events` requires fields that service events lack).
+//! CloudTrail structure of `aws_lambda_events` requires fields that service events lack). Each
+//! source of values reads its own events ([`crate::sources`]: `secretsmanager.rs` shapes 1 to 3,
+//! `ssm.rs` shape 4 and `LabelParameterVersion`, `s3.rs` `Object Created` / `Object Deleted`);
+//! this module reads the envelope, ECS's and the scheduler's events.
 //!
 //! Accepted shapes (envelope fields other than `source`, `detail-type` and `detail` are optional,
 //! as some deliveries omit `account`):
@@ -32,6 +35,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+
+use crate::sources::{EventView, Missing, Read, SOURCES};
 
 /// What changed, as an event tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,82 +123,7 @@ impl Origin {
     }
 }
 
-/// What an event says changed, named as the event names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Subject {
-    /// A Secrets Manager secret: full ARN, partial ARN or name.
-    Secret(String),
-    /// An SSM parameter in a region (the event's, if it says).
-    Parameter {
-        /// The event's region.
-        region: Option<String>,
-        /// The parameter name.
-        name: String,
-    },
-    /// An S3 object (an environment file), by bucket and key; the region gives the partition.
-    S3Object {
-        /// The event's region.
-        region: Option<String>,
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-    },
-}
-
-/// The kind of change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// A rotation finished.
-    RotationSucceeded,
-    /// A staging label moved to a version.
-    LabelUpdated {
-        /// The label.
-        label: String,
-        /// The version it moved to.
-        version_id: Option<String>,
-    },
-    /// A CloudTrail-recorded API call.
-    ApiCall {
-        /// `PutSecretValue`, `UpdateSecret` or `UpdateSecretVersionStage`.
-        name: String,
-        /// For `UpdateSecretVersionStage` that moved a label to a version: the label
-        /// (`requestParameters.versionStage`).
-        moved_stage: Option<String>,
-    },
-    /// SSM labels moved (`LabelParameterVersion`, as CloudTrail records it: the native
-    /// `Parameter Store Change` event does not say which labels).
-    ParameterLabels {
-        /// The labels now on the version.
-        labels: Vec<String>,
-    },
-    /// An SSM parameter changed.
-    Parameter {
-        /// `Create`, `Update` or `LabelParameterVersion`.
-        operation: String,
-    },
-    /// An S3 object was written (`Object Created`) or deleted (`Object Deleted`: its
-    /// dependants become `unknown`, since new tasks cannot start).
-    S3Object {
-        /// Whether it was a deletion.
-        deleted: bool,
-    },
-}
-
-impl ChangeKind {
-    /// A short label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ChangeKind::RotationSucceeded => "rotation_succeeded",
-            ChangeKind::LabelUpdated { .. } => "label_updated",
-            ChangeKind::ApiCall { .. } => "api_call",
-            ChangeKind::Parameter { .. } => "parameter_change",
-            ChangeKind::ParameterLabels { .. } => "parameter_labels",
-            ChangeKind::S3Object { deleted: false } => "s3_object_created",
-            ChangeKind::S3Object { deleted: true } => "s3_object_deleted",
-        }
-    }
-}
+pub use crate::sources::{ChangeKind, Subject};
 
 /// A staging label an event says moved, and when: the metadata cannot date a label move, so
 /// this is the only evidence of one (see [`crate::decide`]).
@@ -512,182 +442,21 @@ fn parse_envelope(env: Envelope, origin: Origin) -> Result<Parsed, EventError> {
         });
         change(secret, kind, provenance)
     };
+    let view = EventView {
+        source: &env.source,
+        detail_type: &env.detail_type,
+        region: env.region.as_deref(),
+        resources: &env.resources,
+        detail: d,
+    };
+    if let Some(read) = SOURCES.iter().find_map(|s| s.read_event(&view)) {
+        return match read {
+            Ok(Read::Change(subject, kind)) => change(subject, kind),
+            Ok(Read::Ignored(why)) => Ok(Parsed::Ignored(why)),
+            Err(Missing { shape, field }) => Err(EventError::Missing { shape, field }),
+        };
+    }
     match (env.source.as_str(), env.detail_type.as_str()) {
-        ("aws.secretsmanager", "AWS Service Event via CloudTrail") => {
-            let shape = "RotationSucceeded";
-            match text(d, &["eventName"]) {
-                Some("RotationSucceeded") => {
-                    let id = text(d, &["additionalEventData", "SecretId"]).ok_or(
-                        EventError::Missing {
-                            shape,
-                            field: "detail.additionalEventData.SecretId",
-                        },
-                    )?;
-                    change(
-                        Subject::Secret(id.to_string()),
-                        ChangeKind::RotationSucceeded,
-                    )
-                }
-                Some(other) => Ok(Parsed::Ignored(format!(
-                    "service event {other} changes no secret value"
-                ))),
-                None => Err(EventError::Missing {
-                    shape: "CloudTrail service",
-                    field: "detail.eventName",
-                }),
-            }
-        }
-        ("aws.secretsmanager", "Secret Label Updated") => {
-            let shape = "Secret Label Updated";
-            let label = text(d, &["labelUpdated"]).ok_or(EventError::Missing {
-                shape,
-                field: "detail.labelUpdated",
-            })?;
-            let id = env
-                .resources
-                .first()
-                .filter(|r| !r.trim().is_empty())
-                .map(String::as_str)
-                .or_else(|| text(d, &["name"]))
-                .ok_or(EventError::Missing {
-                    shape,
-                    field: "resources[0] or detail.name",
-                })?;
-            change(
-                Subject::Secret(id.to_string()),
-                ChangeKind::LabelUpdated {
-                    label: label.to_string(),
-                    version_id: text(d, &["versionId"]).map(String::from),
-                },
-            )
-        }
-        ("aws.secretsmanager", "AWS API Call via CloudTrail") => {
-            let shape = "CloudTrail API call";
-            let name = text(d, &["eventName"]).ok_or(EventError::Missing {
-                shape,
-                field: "detail.eventName",
-            })?;
-            if !matches!(
-                name,
-                "PutSecretValue" | "UpdateSecret" | "UpdateSecretVersionStage"
-            ) {
-                return Ok(Parsed::Ignored(format!(
-                    "API call {name} changes no secret value"
-                )));
-            }
-            if let Some(code) = text(d, &["errorCode"]) {
-                return Ok(Parsed::Ignored(format!(
-                    "{name} failed ({code}): nothing changed"
-                )));
-            }
-            let id = text(d, &["responseElements", "arn"])
-                .or_else(|| text(d, &["responseElements", "aRN"]))
-                .or_else(|| text(d, &["requestParameters", "secretId"]))
-                .ok_or(EventError::Missing {
-                    shape,
-                    field: "responseElements.arn or requestParameters.secretId",
-                })?;
-            // A label moved only if it was moved *to* a version (a removal alone moves none).
-            let moved_stage = (name == "UpdateSecretVersionStage"
-                && text(d, &["requestParameters", "moveToVersionId"]).is_some())
-            .then(|| text(d, &["requestParameters", "versionStage"]))
-            .flatten()
-            .map(String::from);
-            change(
-                Subject::Secret(id.to_string()),
-                ChangeKind::ApiCall {
-                    name: name.to_string(),
-                    moved_stage,
-                },
-            )
-        }
-        ("aws.ssm", "Parameter Store Change") => {
-            let shape = "Parameter Store Change";
-            let name = text(d, &["name"]).ok_or(EventError::Missing {
-                shape,
-                field: "detail.name",
-            })?;
-            let operation = text(d, &["operation"]).ok_or(EventError::Missing {
-                shape,
-                field: "detail.operation",
-            })?;
-            if operation == "Delete" {
-                return Ok(Parsed::Ignored(format!(
-                    "parameter {name} was deleted: no rollout can help (its dependents show as unknown)"
-                )));
-            }
-            change(
-                Subject::Parameter {
-                    region: env.region.clone(),
-                    name: name.to_string(),
-                },
-                ChangeKind::Parameter {
-                    operation: operation.to_string(),
-                },
-            )
-        }
-        ("aws.ssm", "AWS API Call via CloudTrail") => {
-            let shape = "SSM CloudTrail API call";
-            let name = text(d, &["eventName"]).ok_or(EventError::Missing {
-                shape,
-                field: "detail.eventName",
-            })?;
-            if name != "LabelParameterVersion" {
-                return Ok(Parsed::Ignored(format!(
-                    "SSM API call {name}: a Parameter Store Change event announces value changes"
-                )));
-            }
-            if let Some(code) = text(d, &["errorCode"]) {
-                return Ok(Parsed::Ignored(format!(
-                    "{name} failed ({code}): nothing changed"
-                )));
-            }
-            let param = text(d, &["requestParameters", "name"]).ok_or(EventError::Missing {
-                shape,
-                field: "requestParameters.name",
-            })?;
-            let labels: Vec<String> = d
-                .pointer("/requestParameters/labels")
-                .and_then(serde_json::Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|l| l.as_str())
-                        .filter(|l| !l.trim().is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if labels.is_empty() {
-                return Err(EventError::Missing {
-                    shape,
-                    field: "requestParameters.labels",
-                });
-            }
-            change(
-                Subject::Parameter {
-                    region: env.region.clone(),
-                    name: param.to_string(),
-                },
-                ChangeKind::ParameterLabels { labels },
-            )
-        }
-        ("aws.s3", kind @ ("Object Created" | "Object Deleted")) => {
-            let (bucket, key) =
-                crate::sources::s3::event_object(d).map_err(|field| EventError::Missing {
-                    shape: "S3 object",
-                    field,
-                })?;
-            change(
-                Subject::S3Object {
-                    region: env.region.clone(),
-                    bucket,
-                    key,
-                },
-                ChangeKind::S3Object {
-                    deleted: kind == "Object Deleted",
-                },
-            )
-        }
         ("aws.events", "Scheduled Event") => Ok(Parsed::Resync),
         ("aws.ecs", "ECS Deployment State Change") => {
             let arn = env.resources.first().map(String::as_str).unwrap_or("");

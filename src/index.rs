@@ -4,13 +4,14 @@
 //! their tags, and reads each task definition revision's secret references. Revisions are
 //! immutable, so [`TaskDefCache`] describes each ARN once per process, however many services or
 //! scans share it. [`resolve`] then reads the metadata (never the value) of every secret the
-//! selected services reference, and [`Target`]s select services by exact secret identity.
+//! selected services reference, each through its source ([`crate::sources`]), and [`Target`]s
+//! select services by exact secret identity.
 //!
 //! Only the scan can fail as a whole (listing clusters or services, describing services or task
 //! definitions). Resolving never does: a lookup that fails makes exactly the references that need
 //! it unresolved, with an [`Unresolved`] reason naming the call, the resource and what to grant,
 //! and every other reference is resolved as usual. Which metadata to fetch at all is the rule's
-//! call ([`needs_version_dates`], [`needs_label_history`]).
+//! call ([`crate::decide::needs_version_dates`], [`crate::decide::needs_label_history`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,25 +21,17 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-use crate::aws::{
-    all_pages, AwsError, AwsResult, Clients, ErrorKind, ParameterMeta, Service, TaskDefinition,
-};
-use crate::decide::{
-    needs_label_history, needs_version_dates, Fetched, RefState, ResolvedRef, SmState, SsmState,
-    Unresolved,
-};
-use crate::reference::S3ObjectId;
+use crate::aws::{all_pages, AwsError, AwsResult, Clients, ErrorKind, Service, TaskDefinition};
+use crate::decide::{RefState, ResolvedRef, Unresolved};
 use crate::reference::{
-    canonical_param_name, parse_at, parse_tag_value, Home, ParamSelector, ParameterId, RefError,
-    SecretIdentity, SecretRef, SecretsManagerId, Site, SmRef, SsmRef,
+    parse_at, parse_tag_value, Home, RefError, SecretIdentity, SecretRef, Site,
 };
+use crate::sources::{self, Cx, Lookup, States, Wanted, SOURCES};
 
 /// Tag declaring extra references (space-separated) for secrets a task definition does not show.
 pub(crate) const TAG_SECRETS: &str = "ecs-reloader/secrets";
 /// `DescribeServices` takes at most this many services per call.
 pub(crate) const DESCRIBE_SERVICES_BATCH: usize = 10;
-/// `DescribeParameters`' name filter takes at most this many values.
-const DESCRIBE_PARAMETERS_BATCH: usize = 50;
 
 /// Task definition revisions by ARN, each described at most once.
 #[derive(Default)]
@@ -148,24 +141,7 @@ impl Entry {
 /// Whether a reference read at `home` names an identity: exact (partition, account, region and
 /// name), by name or full ARN, never by prefix.
 pub(crate) fn ref_names(r: &SecretRef, target: &SecretIdentity, home: &Home) -> bool {
-    match (r, target) {
-        (SecretRef::SecretsManager(sm), SecretIdentity::SecretsManager(id)) => {
-            sm.names_from(id, home)
-        }
-        (SecretRef::Parameter(p), SecretIdentity::Parameter(id)) => {
-            p.region.as_deref().unwrap_or(&home.region) == id.region
-                && home.foreign_account(p.account.as_deref()) == id.account
-                && p.name == id.name
-        }
-        (SecretRef::Named(n), SecretIdentity::SecretsManager(id)) => {
-            id.region == home.region && home.owns(id.account.as_deref()) && *n == id.name
-        }
-        (SecretRef::Named(n), SecretIdentity::Parameter(id)) => {
-            id.region == home.region && id.account.is_none() && canonical_param_name(n) == id.name
-        }
-        (SecretRef::S3File(o), SecretIdentity::S3Object(id)) => o == id,
-        _ => false,
-    }
+    crate::sources::names(r, target, home)
 }
 
 /// What a scan covers.
@@ -480,43 +456,24 @@ pub(crate) async fn resolve_target(clients: &Clients, given: &str) -> Result<Tar
     let home = Home::region(&clients.region);
     let mut identities = Vec::new();
     let mut failure: Option<AwsError> = None;
-    match &parsed {
-        SecretRef::SecretsManager(sm) => {
-            let region = sm.region.as_deref().unwrap_or(&home.region);
-            match clients
-                .secrets
-                .describe_secret(region, &sm.lookup_id())
-                .await
-            {
-                Ok(meta) => identities.push(sm_identity(&meta.arn, &meta.name, &home)?),
-                Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => failure = Some(e),
-            }
-        }
-        // Identified by its ARN alone: nothing to look up.
-        SecretRef::S3File(o) => identities.push(SecretIdentity::S3Object(o.clone())),
-        SecretRef::Parameter(p) => identities.push(SecretIdentity::Parameter(ParameterId::new(
-            p.region.as_deref().unwrap_or(&home.region),
-            p.account.as_deref(),
-            &p.name,
-            &home,
-        ))),
-        SecretRef::Named(n) => {
-            match clients.secrets.describe_secret(&home.region, n).await {
-                Ok(meta) => identities.push(sm_identity(&meta.arn, &meta.name, &home)?),
-                Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => failure = Some(e),
-            }
-            let name = canonical_param_name(n);
-            match clients
-                .parameters
-                .describe_parameters(&home.region, std::slice::from_ref(&name))
-                .await
-            {
-                Ok(found) if found.iter().any(|p| p.name == name) => identities.push(
-                    SecretIdentity::Parameter(ParameterId::new(&home.region, None, &name, &home)),
-                ),
-                Ok(_) => {}
+    // A concrete reference is its source's; a bare name may be any source's, each asked to
+    // confirm it exists (one lookup failing does not hide what another found).
+    let asked: Vec<(SecretRef, bool)> = match &parsed {
+        SecretRef::Named(n) => SOURCES
+            .iter()
+            .filter_map(|s| s.named(n, &home))
+            .map(|(_, concrete)| (concrete, true))
+            .collect(),
+        concrete => vec![(concrete.clone(), false)],
+    };
+    for (r, confirm) in &asked {
+        for source in SOURCES {
+            let Some(found) = source.identify(clients, r, &home, *confirm) else {
+                continue;
+            };
+            match found.await {
+                Ok(Some(id)) => identities.push(id),
+                Ok(None) => {}
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
@@ -534,37 +491,6 @@ pub(crate) async fn resolve_target(clients: &Clients, given: &str) -> Result<Tar
         provenance: Vec::new(),
     })
 }
-
-fn sm_identity(arn: &str, name: &str, home: &Home) -> AwsResult<SecretIdentity> {
-    SecretsManagerId::new(arn, name)
-        .map(|id| SecretIdentity::SecretsManager(id.seen_from(home)))
-        .map_err(|e| {
-            AwsError::new(
-                "secretsmanager:DescribeSecret",
-                arn,
-                ErrorKind::Other,
-                e.to_string(),
-            )
-        })
-}
-
-/// A lookup key: which call answers for a reference.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Lookup {
-    /// `DescribeSecret` in `region` by name or ARN (another account's ARN included: the
-    /// operator's credentials may read it if the secret's resource policy allows).
-    Secret { region: String, id: String },
-    /// A parameter of the operator's account (`account` is `None`) or of another (not read).
-    Parameter {
-        region: String,
-        account: Option<String>,
-        name: String,
-    },
-    /// `ListObjectsV2` of an environment file's bucket, with the key as prefix.
-    Object(S3ObjectId),
-}
-
-type States = HashMap<Lookup, Result<Arc<RefState>, Unresolved>>;
 
 /// Reads the metadata behind every reference of `entries` and pairs each reference with it.
 /// Returns, per entry (same order), its resolved references. It cannot fail: a lookup that fails
@@ -610,363 +536,32 @@ async fn look_up(clients: &Clients, entries: &[Entry], concurrency: usize) -> St
 
     // Which lookups, and the oldest deployment depending on each: the rule says from that
     // whether version dates or label histories are needed at all.
-    let mut oldest: BTreeMap<Lookup, Option<DateTime<Utc>>> = BTreeMap::new();
-    let mut label_refs: HashSet<Lookup> = HashSet::new();
+    let mut wanted: BTreeMap<Lookup, (Option<DateTime<Utc>>, bool)> = BTreeMap::new();
     for e in entries {
         let d = e.deployed_at();
         let entry_home = e.home(&clients.region);
         for r in e.refs.iter().map(|w| &w.parsed) {
             let Ok(r) = r else { continue };
-            for (key, is_label) in lookups_of(r, &entry_home) {
-                let slot = oldest.entry(key.clone()).or_insert(d);
-                *slot = match (*slot, d) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                if is_label {
-                    label_refs.insert(key);
-                }
+            for (key, is_label) in sources::lookups_of(r, &entry_home) {
+                let slot = wanted.entry(key).or_insert((d, false));
+                slot.0 = sources::oldest(slot.0, d);
+                slot.1 |= is_label;
             }
         }
     }
-
-    let secret_keys: Vec<(Lookup, String, String, Option<DateTime<Utc>>)> = oldest
-        .iter()
-        .filter_map(|(k, d)| match k {
-            Lookup::Secret { region, id } => Some((k.clone(), region.clone(), id.clone(), *d)),
-            Lookup::Parameter { .. } | Lookup::Object(_) => None,
-        })
+    let wanted = wanted
+        .into_iter()
+        .map(|(key, (oldest, label))| Wanted { key, oldest, label })
         .collect();
-    let home_ref = &home;
-    let mut states: States = stream::iter(secret_keys)
-        .map(|(key, region, id, oldest)| async move {
-            let state = secret_state(clients, &region, &id, oldest, home_ref).await;
-            (key, state.map(Arc::new))
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let objects: Vec<S3ObjectId> = oldest
-        .keys()
-        .filter_map(|k| match k {
-            Lookup::Object(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
-    let object_states: Vec<(Lookup, Result<Arc<RefState>, Unresolved>)> = stream::iter(objects)
-        .map(|id| async move {
-            let state = crate::sources::s3::object_state(clients, &id).await;
-            (Lookup::Object(id), state.map(Arc::new))
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    states.extend(object_states);
-
-    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for key in oldest.keys() {
-        match key {
-            Lookup::Parameter {
-                region,
-                account: None,
-                name,
-            } => by_region
-                .entry(region.clone())
-                .or_default()
-                .push(name.clone()),
-            Lookup::Parameter {
-                region,
-                account: Some(account),
-                name,
-            } => {
-                states.insert(
-                    key.clone(),
-                    Err(Unresolved::ForeignParameter {
-                        name: name.clone(),
-                        account: account.clone(),
-                        region: region.clone(),
-                    }),
-                );
-            }
-            Lookup::Secret { .. } | Lookup::Object(_) => {}
-        }
-    }
-    for (region, names) in by_region {
-        for batch in names.chunks(DESCRIBE_PARAMETERS_BATCH) {
-            for (name, found) in describe_parameters(clients, &region, batch, &home).await {
-                let key = Lookup::Parameter {
-                    region: region.clone(),
-                    account: None,
-                    name: name.clone(),
-                };
-                let state = match found {
-                    Ok(Some(p)) => {
-                        let wanted = label_refs.contains(&key)
-                            && needs_label_history(
-                                p.last_modified,
-                                oldest.get(&key).copied().flatten(),
-                            );
-                        let history = if wanted {
-                            match clients.parameters.parameter_history(&region, &name).await {
-                                Ok(h) => Fetched::Done(h),
-                                Err(e) => {
-                                    Fetched::Failed(unresolved(&e, &name, &region, &home, None))
-                                }
-                            }
-                        } else {
-                            Fetched::Skipped
-                        };
-                        Ok(RefState::Parameter(SsmState {
-                            id: ParameterId::new(&region, None, &name, &home),
-                            last_modified: p.last_modified,
-                            version: p.version,
-                            history,
-                            label_moves: BTreeMap::new(),
-                        }))
-                    }
-                    Ok(None) => Err(Unresolved::NotFound {
-                        call: "ssm:DescribeParameters",
-                        resource: format!("parameter {name}"),
-                        region: region.clone(),
-                    }),
-                    Err(e) => Err(e),
-                };
-                states.insert(key, state.map(Arc::new));
-            }
-        }
-    }
-
-    states
-}
-
-/// `DescribeParameters` for a batch of names, each name with what was found for it. A failed
-/// batch is retried name by name (unless the failure is throttling or an unreachable endpoint,
-/// which would fail the same way), so that one name that the call refuses does not take the
-/// other forty-nine with it.
-async fn describe_parameters(
-    clients: &Clients,
-    region: &str,
-    batch: &[String],
-    home: &Home,
-) -> Vec<(String, Result<Option<ParameterMeta>, Unresolved>)> {
-    let pick = |found: &[ParameterMeta], name: &str| found.iter().find(|p| p.name == name).cloned();
-    match clients.parameters.describe_parameters(region, batch).await {
-        Ok(found) => batch
-            .iter()
-            .map(|n| (n.clone(), Ok(pick(&found, n))))
-            .collect(),
-        Err(e) if batch.len() > 1 && !e.is_retryable() => {
-            let mut out = Vec::with_capacity(batch.len());
-            for n in batch {
-                let one = clients
-                    .parameters
-                    .describe_parameters(region, std::slice::from_ref(n))
-                    .await
-                    .map(|found| pick(&found, n))
-                    .map_err(|e| unresolved(&e, n, region, home, None));
-                out.push((n.clone(), one));
-            }
-            out
-        }
-        Err(e) => batch
-            .iter()
-            .map(|n| (n.clone(), Err(unresolved(&e, n, region, home, None))))
-            .collect(),
-    }
-}
-
-/// The lookups a reference needs (read at `home`), and whether each is for a label reference.
-fn lookups_of(r: &SecretRef, home: &Home) -> Vec<(Lookup, bool)> {
-    match r {
-        SecretRef::SecretsManager(sm) => vec![(sm_lookup(sm, home), false)],
-        SecretRef::Parameter(p) => {
-            vec![(
-                ssm_lookup(p, home),
-                matches!(p.selector, ParamSelector::Label(_)),
-            )]
-        }
-        SecretRef::Named(n) => vec![
-            (named_secret(n, home), false),
-            (named_parameter(n, home), false),
-        ],
-        SecretRef::S3File(o) => vec![(Lookup::Object(o.clone()), false)],
-    }
-}
-
-fn sm_lookup(sm: &SmRef, home: &Home) -> Lookup {
-    Lookup::Secret {
-        region: sm.region.clone().unwrap_or_else(|| home.region.clone()),
-        id: sm.lookup_id(),
-    }
-}
-
-fn ssm_lookup(p: &SsmRef, home: &Home) -> Lookup {
-    Lookup::Parameter {
-        region: p.region.clone().unwrap_or_else(|| home.region.clone()),
-        account: home.foreign_account(p.account.as_deref()),
-        name: p.name.clone(),
-    }
-}
-
-fn named_secret(n: &str, home: &Home) -> Lookup {
-    Lookup::Secret {
-        region: home.region.clone(),
-        id: n.to_string(),
-    }
-}
-
-fn named_parameter(n: &str, home: &Home) -> Lookup {
-    Lookup::Parameter {
-        region: home.region.clone(),
-        account: None,
-        name: canonical_param_name(n),
-    }
-}
-
-use crate::reference::arn_account;
-
-/// What a failed call means for the references that needed it: the call, the resource, and what
-/// to grant or fix. `owner` is the account the resource belongs to, when the reference says.
-fn unresolved(
-    e: &AwsError,
-    resource: &str,
-    region: &str,
-    home: &Home,
-    owner: Option<&str>,
-) -> Unresolved {
-    let call = e.operation;
-    let resource = resource.to_string();
-    let message = e.message.clone();
-    let elsewhere = region != home.region;
-    let kms = message.contains("KMS") || message.contains("kms:");
-    let bad_token = [
-        "security token",
-        "UnrecognizedClient",
-        "InvalidClientTokenId",
-    ]
-    .iter()
-    .any(|m| message.contains(m));
-    match e.kind {
-        ErrorKind::NotFound => Unresolved::NotFound {
-            call,
-            resource,
-            region: region.to_string(),
+    sources::look_up(
+        Cx {
+            clients,
+            home: &home,
+            concurrency,
         },
-        ErrorKind::AccessDenied if bad_token && elsewhere => Unresolved::Region {
-            call,
-            resource,
-            region: region.to_string(),
-            message: format!("the operator's credentials were refused ({message})"),
-            fix: "the region is probably not enabled for this account (an opt-in region): enable it, or fix the region in the reference".into(),
-        },
-        _ if kms => Unresolved::Kms {
-            call,
-            resource,
-            message,
-        },
-        ErrorKind::AccessDenied => {
-            let foreign = home.foreign_account(owner);
-            let fix = match (call, foreign) {
-                (c, Some(account)) if c.starts_with("secretsmanager:") => format!(
-                    "the secret belongs to account {account}: its resource policy must allow the operator's role secretsmanager:DescribeSecret and secretsmanager:ListSecretVersionIds, and so must the operator's IAM policy; the KMS key policy is not involved in these metadata reads (only the tasks' execution role needs kms:Decrypt on the secret's key)"
-                ),
-                (c, None) if c.starts_with("secretsmanager:") => format!(
-                    "allow {c} on this secret in the operator's IAM policy; if it already does, an explicit deny in an SCP, a permissions boundary or the secret's resource policy refuses it"
-                ),
-                ("ssm:DescribeParameters", _) => "allow ssm:DescribeParameters (it takes Resource \"*\") in the operator's IAM policy; if it already does, an SCP or a permissions boundary denies it".into(),
-                ("ssm:GetParameterHistory", _) => format!(
-                    "allow ssm:GetParameterHistory on arn:{}:ssm:{region}:{}:parameter{} in the operator's IAM policy (needed only for name:label references; never kms:Decrypt); if it already does, an SCP or a permissions boundary denies it",
-                    home.partition,
-                    home.account.as_deref().unwrap_or("<account>"),
-                    if resource.starts_with('/') { resource.clone() } else { format!("/{resource}") },
-                ),
-                (c, _) => format!("allow {c} in the operator's IAM policy, or lift the SCP that denies it"),
-            };
-            Unresolved::Denied {
-                call,
-                resource,
-                message,
-                fix,
-            }
-        }
-        ErrorKind::Transient if elsewhere => Unresolved::Region {
-            call,
-            resource,
-            region: region.to_string(),
-            message: format!("could not be reached ({message})"),
-            fix: "check the region in the reference (a typo, or a region this partition does not have) and that it is enabled for this account".into(),
-        },
-        // Another region's endpoint that cannot be reached at all (no such region: DNS).
-        ErrorKind::Setup if elsewhere => Unresolved::Region {
-            call,
-            resource,
-            region: region.to_string(),
-            message: format!("could not be reached ({message})"),
-            fix: "check the region in the reference (a typo, or a region this partition does not have)".into(),
-        },
-        ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Setup => Unresolved::Unavailable {
-            call,
-            resource,
-            message,
-        },
-        ErrorKind::Other => Unresolved::Failed {
-            call,
-            resource,
-            message,
-        },
-    }
-}
-
-async fn secret_state(
-    clients: &Clients,
-    region: &str,
-    id: &str,
-    oldest_deployment: Option<DateTime<Utc>>,
-    home: &Home,
-) -> Result<RefState, Unresolved> {
-    let owner = arn_account(id);
-    let meta = clients
-        .secrets
-        .describe_secret(region, id)
-        .await
-        .map_err(|e| unresolved(&e, id, region, home, owner))?;
-    if let Some(when) = meta.deleted {
-        return Err(Unresolved::ScheduledForDeletion {
-            name: meta.name,
-            at: when.to_rfc3339(),
-        });
-    }
-    let sm_id = SecretsManagerId::new(&meta.arn, &meta.name)
-        .map_err(Unresolved::Unparsable)?
-        .seen_from(home);
-    let mut stages = BTreeMap::new();
-    for (version, labels) in &meta.version_stages {
-        for l in labels {
-            stages.insert(l.clone(), version.clone());
-        }
-    }
-    let created = if needs_version_dates(meta.last_changed, oldest_deployment) {
-        let arn = meta.arn.clone();
-        match all_pages(|t| clients.secrets.list_secret_versions(region, &arn, t)).await {
-            Ok(versions) => Fetched::Done(
-                versions
-                    .into_iter()
-                    .filter_map(|v| Some((v.id, v.created?)))
-                    .collect(),
-            ),
-            Err(e) => Fetched::Failed(unresolved(&e, &meta.arn, region, home, owner)),
-        }
-    } else {
-        Fetched::Skipped
-    };
-    Ok(RefState::SecretsManager(SmState {
-        id: sm_id,
-        last_changed: meta.last_changed,
-        last_rotated: meta.last_rotated,
-        stages,
-        created,
-        label_moves: BTreeMap::new(),
-    }))
+        wanted,
+    )
+    .await
 }
 
 fn pair_refs(
@@ -1003,79 +598,46 @@ fn pair_refs(
                 continue;
             }
         };
-        match &r {
-            SecretRef::Named(n) => {
-                // A tag name may be a secret, a parameter, or both; unresolved only if neither.
-                let sm = looked_up(&named_secret(n, home), n);
-                let ssm = looked_up(&named_parameter(n, home), n);
-                let not_found = |x: &Result<Arc<RefState>, Unresolved>| {
-                    matches!(x, Err(Unresolved::NotFound { .. }))
-                };
-                let mut any = false;
-                if let Ok(state) = &sm {
+        let SecretRef::Named(n) = &r else {
+            // The common case: what was written moves into what is resolved.
+            let state = match sources::of_ref(&r, home) {
+                Some((key, _)) => looked_up(&key, &key.resource()),
+                None => Err(Unresolved::MissingMetadata {
+                    resource: text.clone(),
+                    what: "a source for the reference",
+                }),
+            };
+            out.push(ResolvedRef {
+                site,
+                text,
+                reference: Ok(r),
+                state,
+            });
+            continue;
+        };
+        // A tag name may be a secret, a parameter, or both; unresolved only if neither.
+        let mut any = false;
+        let mut failed = Vec::new();
+        for (key, concrete) in SOURCES.iter().filter_map(|s| s.named(n, home)) {
+            match looked_up(&key, n) {
+                Ok(state) => {
                     any = true;
-                    let concrete = SecretRef::SecretsManager(SmRef {
-                        partition: None,
-                        region: None,
-                        account: None,
-                        tail: n.clone(),
-                        json_key: None,
-                        selector: crate::reference::VersionSelector::Current,
-                    });
-                    out.push(resolved(Ok(concrete), Ok(state.clone())));
+                    out.push(resolved(Ok(concrete), Ok(state)));
                 }
-                if let Ok(state) = &ssm {
-                    any = true;
-                    let concrete = SecretRef::Parameter(SsmRef {
-                        region: None,
-                        account: None,
-                        name: canonical_param_name(n),
-                        selector: ParamSelector::Latest,
-                    });
-                    out.push(resolved(Ok(concrete), Ok(state.clone())));
-                }
-                if !any {
-                    // Neither exists, unless a lookup failed otherwise: then that failure is the
-                    // reason (a refusal may hide the one that exists).
-                    let reason = [sm, ssm]
-                        .into_iter()
-                        .filter(|x| !not_found(x))
-                        .find_map(Result::err)
-                        .unwrap_or_else(|| Unresolved::NeitherFound {
-                            name: n.clone(),
-                            region: home.region.clone(),
-                        });
-                    out.push(resolved(Ok(r.clone()), Err(reason)));
-                }
+                Err(e) => failed.push(e),
             }
-            // The common cases: what was written moves into what is resolved.
-            SecretRef::SecretsManager(sm) => {
-                let state = looked_up(&sm_lookup(sm, home), &sm.lookup_id());
-                out.push(ResolvedRef {
-                    site,
-                    text,
-                    reference: Ok(r),
-                    state,
+        }
+        if !any {
+            // Neither exists, unless a lookup failed otherwise: then that failure is the
+            // reason (a refusal may hide the one that exists).
+            let reason = failed
+                .into_iter()
+                .find(|e| !matches!(e, Unresolved::NotFound { .. }))
+                .unwrap_or_else(|| Unresolved::NeitherFound {
+                    name: n.clone(),
+                    region: home.region.clone(),
                 });
-            }
-            SecretRef::Parameter(p) => {
-                let state = looked_up(&ssm_lookup(p, home), &p.name);
-                out.push(ResolvedRef {
-                    site,
-                    text,
-                    reference: Ok(r),
-                    state,
-                });
-            }
-            SecretRef::S3File(o) => {
-                let state = looked_up(&Lookup::Object(o.clone()), &o.to_string());
-                out.push(ResolvedRef {
-                    site,
-                    text,
-                    reference: Ok(r),
-                    state,
-                });
-            }
+            out.push(resolved(Ok(r.clone()), Err(reason)));
         }
     }
     out

@@ -276,12 +276,9 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
     }
     // What an event names must be ours too: a secret's ARN in an account not managed is not
     // evidence this operator may act on, whoever relays it.
-    if let Parsed::Change(Change {
-        secret: Subject::Secret(id),
-        ..
-    }) = &parsed
-    {
-        if let Some(owner) = arn_account(id).filter(|a| !managed.accounts.contains(*a)) {
+    if let Parsed::Change(Change { secret, .. }) = &parsed {
+        let id = secret.given();
+        if let Some(owner) = arn_account(&id).filter(|a| !managed.accounts.contains(*a)) {
             return Taken::Foreign(format!(
                 "secret {id} of account {owner}, which this operator does not manage"
             ));

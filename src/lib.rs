@@ -22,7 +22,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`reference`] | parsing `valueFrom` / `credentialsParameter` / tag values; secret identity |
-//! | [`event`] | the EventBridge event shapes that announce a change; gathering a batch of them |
+//! | `sources` | one file per source of values (Secrets Manager, SSM, S3 environment files) behind `Source`: lookups, refusal wording, the events that announce a change, routing, matching |
+//! | [`event`] | the EventBridge envelope, ECS's events, and gathering a batch of changes (each source reads its own events) |
 //! | `intake` | what `serve` and the Lambda make of a message: parsed, weighed (whose events count), counted |
 //! | [`index`] | scanning ECS, the task-definition cache, resolving references and targets |
 //! | [`decide`] | the staleness rule and its edge cases (read its docs); waves, holds, gates |
@@ -40,7 +41,9 @@
 //! | [`driver`] | the CLI, `serve` and the Lambda handler, and wiring the parts from configuration |
 //! | `status_page` | what `serve`'s page shows, kept up to date by [`notify`] |
 //!
-//! Seams: a new way of rolling is one file in `rollout::strategy` (plus its `RolledBy` variant
+//! Seams: a new source of values is one file in `sources` and a line in its `SOURCES` (plus
+//! a variant in each closed enum of the vocabulary, its port and fake); a new way of rolling is
+//! one file in `rollout::strategy` (plus its `RolledBy` variant
 //! in [`aws::Service::rolled_by`], its calls in the ports and the fake); a new driver is one file
 //! in [`driver`] over `intake::sort`, [`targets::Fleet`] and [`notify::Notifier`]. Data flows one
 //! way: no top-level module imports its way back to itself (`tests/architecture.rs`).
@@ -69,7 +72,7 @@ pub mod reconcile;
 pub mod reference;
 pub mod report;
 pub mod rollout;
-pub mod sources;
+pub(crate) mod sources;
 pub(crate) mod status_page;
 pub mod targets;
 pub mod tasks;

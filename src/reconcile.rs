@@ -16,13 +16,14 @@ use serde::Serialize;
 
 use crate::aws::{AwsError, Clients, Service};
 use crate::clock::Clock;
-use crate::decide::{self, decide, Decision, Item, Kind, Policies, Policy, RefState, SecretChange};
+use crate::decide::{self, decide, Decision, Item, Kind, Policies, Policy, SecretChange};
 use crate::deployment::Limits;
-use crate::event::{Changes, ServiceHint, Subject};
+use crate::event::{Changes, ServiceHint};
 use crate::index::{self, resolve_target, Scope, Target, TargetError, TaskDefCache};
 use crate::plan::{plan, ChangeSet, ServiceKey};
-use crate::reference::{canonical_param_name, ParameterId, SecretIdentity};
+use crate::reference::SecretIdentity;
 use crate::rollout::{Outcome, Rollout};
+use crate::sources;
 use crate::watch::Watch;
 use crate::window::Windows;
 
@@ -41,17 +42,12 @@ fn apply_label_moves(
             for r in refs.iter_mut() {
                 let Ok(state) = &mut r.state else { continue };
                 // An object has no labels: its every write is dated by the listing.
-                if matches!(**state, RefState::S3Object(_))
-                    || !t.identities.contains(&state.identity())
-                {
+                if !state.has_labels() || !t.identities.contains(&state.identity()) {
                     continue;
                 }
                 // Copied on write: the state is shared by every reference to the secret.
-                let state = Arc::make_mut(state);
-                let moves = match state {
-                    RefState::SecretsManager(s) => &mut s.label_moves,
-                    RefState::Parameter(p) => &mut p.label_moves,
-                    RefState::S3Object(_) => continue,
+                let Some(moves) = Arc::make_mut(state).label_moves_mut() else {
+                    continue;
                 };
                 for m in &t.label_moves {
                     if m.at > latest {
@@ -881,15 +877,28 @@ impl Reconciler {
         let mut out = Vec::new();
         let mut unread = Vec::new();
         for (subject, label_moves) in &changes.subjects {
-            match subject {
-                Subject::Secret(id) => match resolve_target(&self.clients, id).await {
+            // What the subject names, where it says so itself (a parameter's name, an object's
+            // bucket and key); a secret's name or partial ARN is looked up below.
+            if let (_, Some(identity)) = sources::subject(subject, &self.clients.region) {
+                out.push(Target {
+                    given: subject.given(),
+                    identities: vec![identity],
+                    label_moves: label_moves.clone(),
+                    provenance: changes.provenance.get(subject).cloned().unwrap_or_default(),
+                });
+                continue;
+            }
+            let given = subject.given();
+            let id = &given;
+            {
+                match resolve_target(&self.clients, id).await {
                     // A Secrets Manager event is about a secret: a name it gives may also be an
                     // SSM parameter's, whose labels its label moves must never date.
                     Ok(t) => {
                         let identities: Vec<SecretIdentity> = t
                             .identities
                             .into_iter()
-                            .filter(|i| matches!(i, SecretIdentity::SecretsManager(_)))
+                            .filter(|i| sources::same_source(subject, i, &self.clients.region))
                             .collect();
                         if identities.is_empty() {
                             tracing::info!(secret = %id, "a Secrets Manager event names no secret here (only a parameter of that name)");
@@ -936,33 +945,7 @@ impl Reconciler {
                         unread.push(problem);
                     }
                     Err(e) => return Err(e.into()),
-                },
-                Subject::S3Object {
-                    region,
-                    bucket,
-                    key,
-                } => out.push(Target {
-                    given: format!("s3://{bucket}/{key}"),
-                    identities: vec![SecretIdentity::S3Object(
-                        crate::reference::S3ObjectId::in_region(
-                            region.as_deref().unwrap_or(&self.clients.region),
-                            bucket,
-                            key,
-                        ),
-                    )],
-                    label_moves: Vec::new(),
-                    provenance: changes.provenance.get(subject).cloned().unwrap_or_default(),
-                }),
-                Subject::Parameter { region, name } => out.push(Target {
-                    given: name.clone(),
-                    identities: vec![SecretIdentity::Parameter(ParameterId::own(
-                        region.as_deref().unwrap_or(&self.clients.region),
-                        &canonical_param_name(name),
-                        &self.clients.region,
-                    ))],
-                    label_moves: label_moves.clone(),
-                    provenance: changes.provenance.get(subject).cloned().unwrap_or_default(),
-                }),
+                }
             }
         }
         Ok((out, unread))

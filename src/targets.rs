@@ -43,6 +43,7 @@ use crate::event::{Changes, Origin, Subject};
 use crate::index::TargetError;
 use crate::reconcile::{Pass, ReconcileError, Reconciler, Request, Selection};
 use crate::reference::SecretIdentity;
+use crate::sources::{self, Routing};
 
 /// A pass over a reconciler or a fleet: what the drivers run.
 pub trait Passes: Send + Sync {
@@ -361,9 +362,10 @@ impl Fleet {
                     .or_default()
                     .extend(origins.iter().cloned());
             };
-            match subject {
-                Subject::Secret(id) => {
-                    let pinned = self.pin_secret(id, &origins).await;
+            match sources::routing(subject) {
+                Routing::Owner => {
+                    let id = subject.given();
+                    let pinned = self.pin_secret(&id, &origins).await;
                     // A name the envelope does not place in one account (no `account`) may have
                     // resolved to several accounts' secrets: their dependants are decided on
                     // metadata alone, without the event's label moves, which belong to one.
@@ -376,7 +378,7 @@ impl Fleet {
                     };
                     for p in pinned {
                         for c in per_member.iter_mut() {
-                            let s = Subject::Secret(p.clone());
+                            let s = subject.pinned(p.clone());
                             c.subjects
                                 .entry(s.clone())
                                 .or_default()
@@ -392,7 +394,7 @@ impl Fleet {
                 // Any target's services may name any bucket (another account's included), and each
                 // lists it with its own credentials: every target looks at its dependants. Who
                 // wrote the object is told only to the targets of the bucket owner's account.
-                Subject::S3Object { .. } => {
+                Routing::Everyone => {
                     for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
                         add(c, subject.clone());
                         if let Some(kept) = c.provenance.get_mut(subject) {
@@ -400,7 +402,7 @@ impl Fleet {
                         }
                     }
                 }
-                Subject::Parameter { .. } => {
+                Routing::OriginAccount => {
                     for (m, c) in self.members.iter().zip(per_member.iter_mut()) {
                         if origins.iter().any(|o| m.owns(o.account.as_deref(), None)) {
                             add(c, subject.clone());

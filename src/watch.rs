@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::index::Entry;
-use crate::reference::{canonical_param_name, Home, SecretIdentity, SecretRef};
+use crate::reference::SecretIdentity;
 
 /// A service's place in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl State {
             .refs
             .iter()
             .filter_map(|w| w.parsed.as_ref().ok())
-            .flat_map(|r| ref_keys(r, &home))
+            .flat_map(|r| crate::sources::watch_keys(r, &home))
             .collect();
         keys.sort();
         keys.dedup();
@@ -274,7 +274,7 @@ impl Watch {
         let mut out: Candidates = BTreeMap::new();
         let mut seen: HashSet<&Arc<str>> = HashSet::new();
         for id in identities {
-            let Some(arns) = s.by_key.get(identity_key(id).as_str()) else {
+            let Some(arns) = s.by_key.get(crate::sources::identity_key(id).as_str()) else {
                 continue;
             };
             for arn in arns {
@@ -302,58 +302,6 @@ impl State {
             Some(oldest) => self.touched.retain(|_, (at, _)| *at > oldest),
         }
     }
-}
-
-/// The loose keys a reference read at `home` may match.
-fn ref_keys(r: &SecretRef, home: &Home) -> Vec<String> {
-    match r {
-        SecretRef::SecretsManager(sm) => {
-            let region = sm.region.as_deref().unwrap_or(&home.region);
-            let mut keys = vec![sm_key(region, &sm.tail)];
-            if let Some(base) = strip_suffix(&sm.tail) {
-                keys.push(sm_key(region, base));
-            }
-            keys
-        }
-        SecretRef::Parameter(p) => vec![ssm_key(
-            p.region.as_deref().unwrap_or(&home.region),
-            &p.name,
-        )],
-        SecretRef::Named(n) => vec![
-            sm_key(&home.region, n),
-            ssm_key(&home.region, &canonical_param_name(n)),
-        ],
-        SecretRef::S3File(o) => vec![s3_key(o)],
-    }
-}
-
-/// The key an identity is looked up by.
-fn identity_key(id: &SecretIdentity) -> String {
-    match id {
-        SecretIdentity::SecretsManager(s) => sm_key(&s.region, &s.name),
-        SecretIdentity::Parameter(p) => ssm_key(&p.region, &p.name),
-        SecretIdentity::S3Object(o) => s3_key(o),
-    }
-}
-
-/// An object's key: its identity, whole (it has no lookalike forms).
-fn s3_key(o: &crate::reference::S3ObjectId) -> String {
-    format!("s3 {} {} {}", o.partition, o.bucket, o.key)
-}
-
-fn sm_key(region: &str, name: &str) -> String {
-    format!("sm {region} {name}")
-}
-
-fn ssm_key(region: &str, name: &str) -> String {
-    format!("ssm {region} {name}")
-}
-
-/// `name` without a full ARN's `-XXXXXX` suffix, when it has the shape of one.
-fn strip_suffix(tail: &str) -> Option<&str> {
-    let (base, suffix) = tail.rsplit_once('-')?;
-    (suffix.len() == 6 && suffix.chars().all(|c| c.is_ascii_alphanumeric()) && !base.is_empty())
-        .then_some(base)
 }
 
 #[cfg(test)]

@@ -877,13 +877,7 @@ impl Server {
                         .get(subject)
                         .map(|p| p.iter().map(|p| p.to_string()).collect())
                         .unwrap_or_default();
-                    let name = match subject {
-                        event::Subject::Secret(id) => id.clone(),
-                        event::Subject::Parameter { name, .. } => name.clone(),
-                        event::Subject::S3Object { bucket, key, .. } => {
-                            format!("s3://{bucket}/{key}")
-                        }
-                    };
+                    let name = subject.given();
                     if who.is_empty() {
                         format!("{name}: decided again in {again} s")
                     } else {

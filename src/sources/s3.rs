@@ -15,8 +15,8 @@
 //! the grant), so only its dependants are `unknown`.
 //!
 //! Its identity and listing state ([`S3ObjectId`], [`S3State`]) live with the other identities
-//! in [`crate::reference`], and clauses 2 and 3 with the rule in [`crate::decide`], so that the
-//! modules below the sources can name them without importing this one.
+//! in [`crate::reference`], and clauses 2 and 3 with the rule in [`crate::decide`] (the
+//! vocabulary every module shares, see [`crate::sources`]).
 //!
 //! **The rule** (numbered as the S3 clauses in [`crate::decide`], with *d* the deployment's
 //! `createdAt` and *W* the object's `LastModified`):
@@ -31,12 +31,144 @@
 //! Every write moves *W*, also one that rewrites identical bytes: ecs-reloader cannot tell
 //! without reading the object (or a version history, not read yet), so such a write rolls, once.
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+
+use super::Wanted;
+use super::{ChangeKind, Cx, EventView, Lookup, Missing, Read, Routing, Source, States, Subject};
 use crate::aws::{AwsError, Clients, ErrorKind};
 use crate::decide::{RefState, Unresolved};
+use crate::reference::{Home, SecretIdentity, SecretRef};
 
 #[cfg(test)]
 use crate::reference::S3_LIST_CALL as LIST_CALL;
-pub use crate::reference::{S3ObjectId, S3State};
+use crate::reference::{S3ObjectId, S3State};
+
+/// The S3 environment-file source.
+pub(crate) struct S3;
+
+impl Source for S3 {
+    fn lookup(&self, r: &SecretRef, _home: &Home) -> Option<(Lookup, bool)> {
+        let SecretRef::S3File(o) = r else {
+            return None;
+        };
+        Some((Lookup::Object(o.clone()), false))
+    }
+
+    fn named(&self, _name: &str, _home: &Home) -> Option<(Lookup, SecretRef)> {
+        // The tag's bare names are secrets or parameters; an object is named by its ARN.
+        None
+    }
+
+    fn answers(&self, lookup: &Lookup) -> bool {
+        matches!(lookup, Lookup::Object(_))
+    }
+
+    fn look_up<'a>(&'a self, cx: Cx<'a>, wanted: Vec<Wanted>) -> BoxFuture<'a, States> {
+        Box::pin(async move {
+            stream::iter(wanted)
+                .map(|w| async move {
+                    let state = match &w.key {
+                        Lookup::Object(id) => object_state(cx.clients, id).await,
+                        other => Err(Unresolved::MissingMetadata {
+                            resource: other.resource(),
+                            what: "an S3 listing",
+                        }),
+                    };
+                    (w.key, state.map(Arc::new))
+                })
+                .buffer_unordered(cx.concurrency.max(1))
+                .collect()
+                .await
+        })
+    }
+
+    fn names(&self, r: &SecretRef, id: &SecretIdentity, _home: &Home) -> bool {
+        matches!((r, id), (SecretRef::S3File(o), SecretIdentity::S3Object(id)) if o == id)
+    }
+
+    fn identify<'a>(
+        &'a self,
+        _clients: &'a Clients,
+        r: &'a SecretRef,
+        _home: &'a Home,
+        _confirm: bool,
+    ) -> Option<BoxFuture<'a, Result<Option<SecretIdentity>, AwsError>>> {
+        let SecretRef::S3File(o) = r else {
+            return None;
+        };
+        // Identified by its ARN alone: nothing to look up.
+        let id = SecretIdentity::S3Object(o.clone());
+        Some(Box::pin(async move { Ok(Some(id)) }))
+    }
+
+    fn read_event(&self, e: &EventView<'_>) -> Option<Result<Read, Missing>> {
+        if e.source != "aws.s3" || !matches!(e.detail_type, "Object Created" | "Object Deleted") {
+            return None;
+        }
+        Some(
+            event_object(e.detail)
+                .map(|(bucket, key)| {
+                    Read::Change(
+                        Subject::S3Object {
+                            region: e.region.map(String::from),
+                            bucket,
+                            key,
+                        },
+                        ChangeKind::S3Object {
+                            deleted: e.detail_type == "Object Deleted",
+                        },
+                    )
+                })
+                .map_err(|field| Missing {
+                    shape: "S3 object",
+                    field,
+                }),
+        )
+    }
+
+    fn subject(&self, s: &Subject, own_region: &str) -> Option<(Routing, Option<SecretIdentity>)> {
+        let Subject::S3Object {
+            region,
+            bucket,
+            key,
+        } = s
+        else {
+            return None;
+        };
+        // Any target's services may name any bucket (another account's included), and each
+        // lists it with its own credentials.
+        Some((
+            Routing::Everyone,
+            Some(SecretIdentity::S3Object(S3ObjectId::in_region(
+                region.as_deref().unwrap_or(own_region),
+                bucket,
+                key,
+            ))),
+        ))
+    }
+
+    fn watch_keys(&self, r: &SecretRef, _home: &Home) -> Option<Vec<String>> {
+        let SecretRef::S3File(o) = r else {
+            return None;
+        };
+        Some(vec![key(o)])
+    }
+
+    fn identity_key(&self, id: &SecretIdentity) -> Option<String> {
+        let SecretIdentity::S3Object(o) = id else {
+            return None;
+        };
+        Some(key(o))
+    }
+}
+
+/// An object's key in the watch cache: its identity, whole (it has no lookalike forms).
+fn key(o: &S3ObjectId) -> String {
+    format!("s3 {} {} {}", o.partition, o.bucket, o.key)
+}
 
 /// Lists the object (never reads it) and returns its state; S3 clause 1 and refusals as
 /// [`Unresolved`].
@@ -88,7 +220,7 @@ fn unresolved(e: &AwsError, id: &S3ObjectId) -> Unresolved {
 /// Which object an S3 EventBridge event (`Object Created`, `Object Deleted`; the bucket's
 /// EventBridge notifications must be on) is about: its bucket and key, as the event gives them.
 /// (The event's kind says whether it was a deletion; either way the listing decides.)
-pub(crate) fn event_object(detail: &serde_json::Value) -> Result<(String, String), &'static str> {
+fn event_object(detail: &serde_json::Value) -> Result<(String, String), &'static str> {
     let text = |p: &str| {
         detail
             .pointer(p)
