@@ -2,8 +2,9 @@
 //! `ECS_RELOADER_<SECTION>_<KEY>` (e.g. `ECS_RELOADER_AWS_MAX_ATTEMPTS=5`), which wins over the file.
 //!
 //! Unknown or misspelt keys are errors, never silently ignored: in the file the error names the
-//! key and its line; in the environment it names the variable. `config/ecs-reloader.toml`
-//! documents every key with its default.
+//! key and its line; in the environment it names the variable. Values are read into their types
+//! as the file is (a retry mode, maintenance windows, durations), so nothing later parses them
+//! again or can fail on them. `config/ecs-reloader.toml` documents every key with its default.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::guard::{Kind, Limits};
+use crate::aws::sdk::RetryMode;
+use crate::window::Windows;
 
 /// The prefix of environment overrides.
 pub(crate) const ENV_PREFIX: &str = "ECS_RELOADER_";
@@ -196,7 +199,7 @@ pub struct AwsConfig {
     pub region: String,
     /// `standard` or `adaptive`: the SDK's retries of the calls the guard does not pace (SQS,
     /// EventBridge, DynamoDB, STS); the paced ones are retried by the guard alone.
-    pub retry_mode: String,
+    pub retry_mode: RetryMode,
     /// SDK attempts per call, first try included (the same calls as `retry_mode`).
     pub max_attempts: u32,
 }
@@ -205,7 +208,7 @@ impl Default for AwsConfig {
     fn default() -> Self {
         AwsConfig {
             region: String::new(),
-            retry_mode: "standard".into(),
+            retry_mode: RetryMode::Standard,
             max_attempts: 3,
         }
     }
@@ -429,7 +432,7 @@ pub struct RolloutConfig {
     pub poll_interval: Dur,
     /// Maintenance windows, `;`-separated (`"Mon-Fri 02:00-05:00 Europe/Berlin; Sun 00:00-04:00
     /// UTC"`); empty: any time. The service tag `ecs-reloader/window` overrides it.
-    pub windows: String,
+    pub windows: Windows,
     /// Decide and report, but roll only what a person approves (`reconcile --service` /
     /// `--secret`). The service tag `ecs-reloader/notify-only` overrides it.
     pub notify_only: bool,
@@ -453,7 +456,7 @@ impl Default for RolloutConfig {
             timeout: Dur(Duration::from_secs(15 * 60)),
             failed_tasks_threshold: 3,
             poll_interval: Dur(Duration::from_secs(15)),
-            windows: String::new(),
+            windows: Windows::any(),
             notify_only: false,
             codedeploy: true,
             image_drift: ImageDrift::Hold,
@@ -625,12 +628,6 @@ impl Config {
             key: key.into(),
             message: message.into(),
         };
-        if !matches!(self.aws.retry_mode.as_str(), "standard" | "adaptive") {
-            return Err(invalid(
-                "aws.retry_mode",
-                "must be \"standard\" or \"adaptive\"",
-            ));
-        }
         if self.aws.max_attempts == 0 {
             return Err(invalid("aws.max_attempts", "must be at least 1"));
         }
@@ -682,9 +679,6 @@ impl Config {
         }
         if r.max_concurrent == 0 {
             return Err(invalid("rollout.max_concurrent", "must be at least 1"));
-        }
-        if let Err(e) = crate::window::Windows::parse(&r.windows) {
-            return Err(invalid("rollout.windows", &e.to_string()));
         }
         if self.lease.ttl.0 < Duration::from_secs(4) {
             return Err(invalid("lease.ttl", "must be at least 4s"));
@@ -788,7 +782,7 @@ fn apply_env(
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry.as_table_mut() {
             Some(t) => {
-                t.insert(key, value);
+                t.insert(key.clone(), value);
             }
             None => {
                 return Err(ConfigError::Env {
@@ -797,11 +791,12 @@ fn apply_env(
                 })
             }
         }
-        // Check each override as it lands, so that a bad value is blamed on its variable.
+        // Check each override as it lands, so that a bad value is blamed on its variable (and
+        // the key it sets: the deserialiser's message does not say where it was).
         if let Err(e) = toml::Value::Table(table.clone()).try_into::<Config>() {
             return Err(ConfigError::Env {
                 var,
-                message: e.message().to_string(),
+                message: format!("{section}.{key}: {}", e.message()),
             });
         }
     }
@@ -898,6 +893,56 @@ mod tests {
         assert_eq!(
             Config::load(None, vec![]).expect("defaults"),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_retry_mode_or_window_names_the_key_and_line() {
+        for (text, key, says) in [
+            ("[aws]\nretry_mode = \"eager\"\n", "retry_mode", "adaptive"),
+            (
+                "[rollout]\nwindows = \"Mon-Fry 02:00-05:00 UTC\"\n",
+                "windows",
+                "\"Fry\" is not a day",
+            ),
+        ] {
+            let f = file(text);
+            let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("line 2") && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+        let err = Config::load(
+            None,
+            vec![(
+                "ECS_RELOADER_ROLLOUT_WINDOWS".into(),
+                "Mon 02:00-05:00 Mars/Olympus".into(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ECS_RELOADER_ROLLOUT_WINDOWS")
+                && err.contains("rollout.windows")
+                && err.contains("not an IANA time zone"),
+            "{err}"
+        );
+        let c = Config::load(
+            None,
+            vec![
+                ("ECS_RELOADER_AWS_RETRY_MODE".into(), "adaptive".into()),
+                (
+                    "ECS_RELOADER_ROLLOUT_WINDOWS".into(),
+                    "Sun 00:00-04:00 UTC".into(),
+                ),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.aws.retry_mode, RetryMode::Adaptive);
+        assert_eq!(
+            c.rollout.windows,
+            Windows::parse("Sun 00:00-04:00 UTC").expect("parses")
         );
     }
 

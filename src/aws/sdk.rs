@@ -42,8 +42,11 @@ mod s3;
 mod schedules;
 mod tasks;
 
-/// How the SDK retries on its own (below ecs-reloader's own backoff).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the SDK retries on its own (below ecs-reloader's own backoff): `[aws] retry_mode`, read
+/// into this when the configuration is loaded, so that a misspelt mode is an error naming its
+/// line there rather than a silent `standard` later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RetryMode {
     /// Exponential backoff with jitter on retryable errors.
     Standard,

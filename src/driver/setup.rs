@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::aws::guard::{self, Kind, Limits, Pace, Stats};
 use crate::aws::queue::{Bus, SdkBus};
-use crate::aws::sdk::{self, RetryMode, SdkSettings, SdkSetupError};
+use crate::aws::sdk::{self, SdkSettings, SdkSetupError};
 use crate::aws::Clients;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -26,11 +26,7 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
         region: (!config.aws.region.is_empty()).then(|| config.aws.region.clone()),
         // `--profile` only; the SDK reads AWS_PROFILE itself.
         profile: None,
-        retry_mode: if config.aws.retry_mode == "adaptive" {
-            RetryMode::Adaptive
-        } else {
-            RetryMode::Standard
-        },
+        retry_mode: config.aws.retry_mode,
         max_attempts: config.aws.max_attempts,
     }
 }
@@ -93,8 +89,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
         mode,
         canary: config.rollout.canary,
         clusters: config.scope.clusters.clone(),
-        // Validated when the configuration was loaded.
-        windows: crate::window::Windows::parse(&config.rollout.windows).unwrap_or_default(),
+        windows: config.rollout.windows.clone(),
         notify_only: config.rollout.notify_only,
         image_drift: config.rollout.image_drift,
         tasks: config.scope.tasks,
