@@ -5,6 +5,12 @@
 //! key and its line; in the environment it names the variable. Values are read into their types
 //! as the file is (a retry mode, maintenance windows, durations), so nothing later parses them
 //! again or can fail on them. `config/ecs-reloader.toml` documents every key with its default.
+//!
+//! Each default is written once, by the module that uses the value (its `Default`: the guard's
+//! [`Limits`], the rollout engine's and the reconciler's settings, the staleness [`Policy`], the
+//! SDK's settings), and read from there below: so a unit test of that module on its defaults and
+//! a run on the default configuration cannot disagree. Only what no module has a default for
+//! (`[events]`, `[resync]`, `[serve]`, `[lease]`, `reads_per_second`) is written here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +18,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::guard::{Kind, Limits};
-use crate::aws::sdk::RetryMode;
+use crate::aws::sdk::{RetryMode, SdkSettings};
+use crate::decide::Policy;
+use crate::rollout::engine;
 use crate::window::Windows;
 
 /// The prefix of environment overrides.
@@ -206,10 +214,11 @@ pub struct AwsConfig {
 
 impl Default for AwsConfig {
     fn default() -> Self {
+        let sdk = SdkSettings::default();
         AwsConfig {
             region: String::new(),
-            retry_mode: RetryMode::Standard,
-            max_attempts: 3,
+            retry_mode: sdk.retry_mode,
+            max_attempts: sdk.max_attempts,
         }
     }
 }
@@ -232,11 +241,12 @@ pub struct ScopeConfig {
 
 impl Default for ScopeConfig {
     fn default() -> Self {
+        let r = crate::reconcile::Settings::default();
         ScopeConfig {
-            clusters: vec![],
-            scan_concurrency: 8,
+            clusters: r.clusters,
+            scan_concurrency: r.scan_concurrency,
             reads_per_second: 0.0,
-            tasks: true,
+            tasks: r.tasks,
         }
     }
 }
@@ -405,9 +415,10 @@ pub struct DecideConfig {
 
 impl Default for DecideConfig {
     fn default() -> Self {
+        let p = Policy::default();
         DecideConfig {
-            clock_skew: Dur(Duration::from_secs(1)),
-            rotation_grace: Dur(Duration::from_secs(600)),
+            clock_skew: Dur(p.clock_skew),
+            rotation_grace: Dur(p.rotation_grace),
         }
     }
 }
@@ -448,18 +459,20 @@ pub use crate::decide::drift::ImageDrift;
 
 impl Default for RolloutConfig {
     fn default() -> Self {
+        let e = engine::Settings::default();
+        let r = crate::reconcile::Settings::default();
         RolloutConfig {
-            updates_per_second: 1.0,
-            max_concurrent: 5,
-            max_concurrent_per_cluster: 0,
-            canary: true,
-            timeout: Dur(Duration::from_secs(15 * 60)),
-            failed_tasks_threshold: 3,
-            poll_interval: Dur(Duration::from_secs(15)),
-            windows: Windows::any(),
-            notify_only: false,
-            codedeploy: true,
-            image_drift: ImageDrift::Hold,
+            updates_per_second: Limits::default().pace(Kind::UpdateService).per_second,
+            max_concurrent: e.max_concurrent,
+            max_concurrent_per_cluster: e.max_concurrent_per_cluster.unwrap_or(0),
+            canary: e.canary,
+            timeout: Dur(e.timeout),
+            failed_tasks_threshold: u32::try_from(e.failed_tasks_threshold).unwrap_or(0),
+            poll_interval: Dur(e.poll_interval),
+            windows: r.windows,
+            notify_only: r.notify_only,
+            codedeploy: e.codedeploy,
+            image_drift: r.image_drift,
         }
     }
 }
@@ -892,6 +905,23 @@ mod tests {
     fn defaults_without_a_file() {
         assert_eq!(
             Config::load(None, vec![]).expect("defaults"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let f = file("");
+        assert_eq!(
+            Config::load(Some(&f.0), vec![]).expect("defaults"),
+            Config::default()
+        );
+        // What the environment overlay reads the keys' types from writes and reads back as is.
+        let table = toml::Table::try_from(Config::default()).expect("writes");
+        assert_eq!(
+            toml::Value::Table(table)
+                .try_into::<Config>()
+                .expect("reads"),
             Config::default()
         );
     }

@@ -68,6 +68,7 @@ pub struct SdkSettings {
     pub max_attempts: u32,
 }
 
+/// The defaults of `[aws] retry_mode` and `max_attempts` too (`config` reads them here).
 impl Default for SdkSettings {
     fn default() -> Self {
         SdkSettings {

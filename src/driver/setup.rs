@@ -437,3 +437,41 @@ pub async fn fleet(
             .with_identity(sdk.clients.identity.clone()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run on the default configuration is the modules' own defaults, which their unit tests
+    /// exercise: a default written again somewhere and changed in one place only fails here.
+    #[test]
+    fn the_default_configuration_assembles_each_modules_defaults() {
+        let config = Config::default();
+        let sdk = sdk_settings(&config);
+        let sdk_default = SdkSettings::default();
+        assert_eq!(
+            (sdk.region, sdk.retry_mode, sdk.max_attempts),
+            (None, sdk_default.retry_mode, sdk_default.max_attempts)
+        );
+        assert_eq!(limits(&config), Limits::default());
+        assert_eq!(deployment_limits(&config), deployment::Limits::default());
+        assert_eq!(
+            engine_settings(&config, Mode::Watch),
+            engine::Settings::default()
+        );
+        let ours = reconcile_settings(&config, Mode::Watch);
+        let theirs = Settings::default();
+        assert_eq!(ours.policy, theirs.policy);
+        assert_eq!(ours.scan_concurrency, theirs.scan_concurrency);
+        assert_eq!(ours.limits, theirs.limits);
+        assert_eq!(ours.mode, theirs.mode);
+        assert_eq!(ours.canary, theirs.canary);
+        assert_eq!(ours.clusters, theirs.clusters);
+        assert_eq!(ours.settle_wait, theirs.settle_wait);
+        assert_eq!(ours.windows, theirs.windows);
+        assert_eq!(ours.notify_only, theirs.notify_only);
+        assert_eq!(ours.image_drift, theirs.image_drift);
+        assert_eq!(ours.watch_max_age, theirs.watch_max_age);
+        assert_eq!(ours.tasks, theirs.tasks);
+    }
+}
