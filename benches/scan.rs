@@ -6,67 +6,31 @@
 //! `cargo bench --bench scan`
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ecs_reloader::aws::fake::FakeAws;
-use ecs_reloader::config::Config;
-use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::driver::fake_world::{World, WorldBuilder};
 use ecs_reloader::event::{self, Changes};
 use ecs_reloader::index::Scope;
-use ecs_reloader::reconcile::{Mode, Request};
-use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::LogProgress;
+use ecs_reloader::reconcile::Request;
 
-struct World {
+/// The shape of a scanned world: S services round C clusters, over T task definitions, each
+/// using one of K secrets.
+struct Shape {
     services: usize,
     clusters: usize,
     task_defs: usize,
     secrets: usize,
 }
 
-fn build(w: &World) -> (FakeAws, Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let arns: Vec<String> = (0..w.secrets)
-        .map(|k| fake.create_secret(&format!("app/secret-{k:04}")))
-        .collect();
-    let defs: Vec<String> = (0..w.task_defs)
-        .map(|t| {
-            let site = Site::Secret {
-                container: "app".into(),
-                name: "S".into(),
-            };
-            fake.register_task_definition(
-                &format!("td-{t:04}"),
-                &[(site, arns[t % w.secrets].as_str())],
-            )
-        })
-        .collect();
-    let parts = setup::assemble(
-        &Config::default(),
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    let _ = defs;
-    (fake, parts)
-}
-
-fn populate(fake: &FakeAws, w: &World) {
-    for s in 0..w.services {
-        let td = format!(
-            "arn:aws:ecs:eu-west-1:111122223333:task-definition/td-{:04}:1",
-            s % w.task_defs
-        );
-        fake.create_service(
-            &format!("cluster-{:02}", s % w.clusters),
-            &format!("svc-{s:05}"),
-            &td,
-            1,
-            &[],
-        );
-    }
+/// The world of a shape: secrets and task definitions, 10 s later the services, 10 s later the
+/// parts (in sync, past the whole-second ambiguity).
+fn world(w: &Shape) -> WorldBuilder {
+    World::builder()
+        .services(w.services)
+        .clusters(w.clusters)
+        .task_defs(w.task_defs)
+        .secrets(w.secrets)
+        .settle(Duration::from_secs(10))
 }
 
 fn delta(
@@ -92,7 +56,7 @@ fn print_calls(title: &str, calls: &BTreeMap<&'static str, u64>) -> u64 {
 }
 
 fn api_efficiency(rt: &tokio::runtime::Runtime) {
-    let w = World {
+    let w = Shape {
         services: 2000,
         clusters: 20,
         task_defs: 400,
@@ -103,10 +67,8 @@ fn api_efficiency(rt: &tokio::runtime::Runtime) {
         w.services, w.clusters, w.task_defs, w.secrets
     );
     rt.block_on(async {
-        let (fake, parts) = build(&w);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        populate(&fake, &w);
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        let world = world(&w).build().await;
+        let (fake, parts) = (&world.fake, &world.parts);
 
         let before = fake.all_calls();
         let a = parts.reconciler.assess(&Scope::default(), &[]).await.expect("cold scan");
@@ -129,8 +91,8 @@ fn api_efficiency(rt: &tokio::runtime::Runtime) {
         print_calls("warm resync (same process)", &warm);
         println!("    DescribeTaskDefinition calls in the warm resync: {}", warm.get("ecs:DescribeTaskDefinition").copied().unwrap_or(0));
 
-        for k in 0..w.secrets {
-            fake.put_secret_value(&format!("app/secret-{k:04}"), &[]);
+        for name in world.secret_names() {
+            fake.put_secret_value(name, &[]);
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
         let before = fake.all_calls();
@@ -143,7 +105,7 @@ fn api_efficiency(rt: &tokio::runtime::Runtime) {
 }
 
 fn throttling_model(rt: &tokio::runtime::Runtime) {
-    let w = World {
+    let w = Shape {
         services: 10_000,
         clusters: 20,
         task_defs: 400,
@@ -151,11 +113,7 @@ fn throttling_model(rt: &tokio::runtime::Runtime) {
     };
     println!("\n3. Throttling model: S = {}, C = {}, T = {}, K = {}, ECS's documented token buckets in the fake", w.services, w.clusters, w.task_defs, w.secrets);
     rt.block_on(async {
-        let (fake, parts) = build(&w);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        populate(&fake, &w);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        fake.use_ecs_buckets();
+        let World { fake, parts, .. } = world(&w).ecs_buckets().build().await;
         let wall = Instant::now();
         let t0 = tokio::time::Instant::now();
         let before = fake.all_calls();
@@ -221,7 +179,7 @@ fn bucket_floor(calls: &BTreeMap<&'static str, u64>, refill_share: f64) -> f64 {
 }
 
 fn bucket_floor_ratio(rt: &tokio::runtime::Runtime) {
-    let w = World {
+    let w = Shape {
         services: 2000,
         clusters: 20,
         task_defs: 400,
@@ -236,11 +194,7 @@ fn bucket_floor_ratio(rt: &tokio::runtime::Runtime) {
         ("another client takes half of every refill", 0.5),
     ] {
         rt.block_on(async {
-            let (fake, parts) = build(&w);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            populate(&fake, &w);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            fake.use_ecs_buckets();
+            let World { fake, parts, .. } = world(&w).ecs_buckets().build().await;
             for op in [
                 "ecs:ListServices",
                 "ecs:DescribeServices",
@@ -283,35 +237,26 @@ fn bucket_floor_ratio(rt: &tokio::runtime::Runtime) {
 fn event_cost(rt: &tokio::runtime::Runtime) {
     println!("\n8. Event cost: a rotation of a secret three services use; ECS's token buckets in the fake; the pass after a startup resync");
     for (services, clusters) in [(1_015usize, 10usize), (10_000, 20)] {
-        let w = World {
+        let w = Shape {
             services,
             clusters,
             task_defs: 400,
             secrets: 100,
         };
         rt.block_on(async {
-            let (fake, parts) = build(&w);
-            let hot = fake.create_secret("app/hot");
-            let td_hot = fake.register_task_definition(
-                "td-hot",
-                &[(
-                    Site::Secret {
-                        container: "app".into(),
-                        name: "S".into(),
-                    },
-                    hot.as_str(),
-                )],
-            );
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            populate(&fake, &w);
-            for c in 0..3 {
-                fake.create_service(&format!("cluster-{c:02}"), "hot", &td_hot, 1, &[]);
-            }
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            fake.use_ecs_buckets();
-            let r = &parts.reconciler;
+            let world = world(&w)
+                .dependants(
+                    "app/hot",
+                    &[("cluster-00", "hot"), ("cluster-01", "hot"), ("cluster-02", "hot")],
+                )
+                .ecs_buckets()
+                .build()
+                .await;
+            let hot = world.secret_arn("app/hot").expect("created");
+            let fake = &world.fake;
+            let r = &world.parts.reconciler;
             r.pass(&Request::all()).await.expect("startup resync");
-            let all_clusters: Vec<String> = (0..clusters).map(|c| format!("cluster-{c:02}")).collect();
+            let all_clusters = world.clusters().to_vec();
             let body = format!(
                 r#"{{"source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{{"eventName":"RotationSucceeded","additionalEventData":{{"SecretId":"{hot}"}}}}}}"#
             );
@@ -367,7 +312,7 @@ fn main() {
         .start_paused(true)
         .build()
         .expect("runtime");
-    println!("Scan benchmarks (cargo bench --bench scan [event])");
+    println!("Scan benchmarks (cargo bench --bench scan [event]): a model of the in-memory fake, its times simulated on a paused clock");
     if std::env::args().nth(1).as_deref() == Some("event") {
         event_cost(&rt);
         return;

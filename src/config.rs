@@ -2,8 +2,15 @@
 //! `ECS_RELOADER_<SECTION>_<KEY>` (e.g. `ECS_RELOADER_AWS_MAX_ATTEMPTS=5`), which wins over the file.
 //!
 //! Unknown or misspelt keys are errors, never silently ignored: in the file the error names the
-//! key and its line; in the environment it names the variable. `config/ecs-reloader.toml`
-//! documents every key with its default.
+//! key and its line; in the environment it names the variable. Values are read into their types
+//! as the file is (a retry mode, maintenance windows, durations), so nothing later parses them
+//! again or can fail on them. `config/ecs-reloader.toml` documents every key with its default.
+//!
+//! Each default is written once, by the module that uses the value (its `Default`: the guard's
+//! [`Limits`], the rollout engine's and the reconciler's settings, the staleness [`Policy`], the
+//! SDK's settings), and read from there below: so a unit test of that module on its defaults and
+//! a run on the default configuration cannot disagree. Only what no module has a default for
+//! (`[events]`, `[resync]`, `[serve]`, `[lease]`, `reads_per_second`) is written here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +18,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::guard::{Kind, Limits};
+use crate::aws::sdk::{RetryMode, SdkSettings};
+use crate::decide::Policy;
+use crate::rollout::engine;
+use crate::window::Windows;
 
 /// The prefix of environment overrides.
 pub(crate) const ENV_PREFIX: &str = "ECS_RELOADER_";
@@ -196,17 +207,18 @@ pub struct AwsConfig {
     pub region: String,
     /// `standard` or `adaptive`: the SDK's retries of the calls the guard does not pace (SQS,
     /// EventBridge, DynamoDB, STS); the paced ones are retried by the guard alone.
-    pub retry_mode: String,
+    pub retry_mode: RetryMode,
     /// SDK attempts per call, first try included (the same calls as `retry_mode`).
     pub max_attempts: u32,
 }
 
 impl Default for AwsConfig {
     fn default() -> Self {
+        let sdk = SdkSettings::default();
         AwsConfig {
             region: String::new(),
-            retry_mode: "standard".into(),
-            max_attempts: 3,
+            retry_mode: sdk.retry_mode,
+            max_attempts: sdk.max_attempts,
         }
     }
 }
@@ -229,11 +241,12 @@ pub struct ScopeConfig {
 
 impl Default for ScopeConfig {
     fn default() -> Self {
+        let r = crate::reconcile::Settings::default();
         ScopeConfig {
-            clusters: vec![],
-            scan_concurrency: 8,
+            clusters: r.clusters,
+            scan_concurrency: r.scan_concurrency,
             reads_per_second: 0.0,
-            tasks: true,
+            tasks: r.tasks,
         }
     }
 }
@@ -402,9 +415,10 @@ pub struct DecideConfig {
 
 impl Default for DecideConfig {
     fn default() -> Self {
+        let p = Policy::default();
         DecideConfig {
-            clock_skew: Dur(Duration::from_secs(1)),
-            rotation_grace: Dur(Duration::from_secs(600)),
+            clock_skew: Dur(p.clock_skew),
+            rotation_grace: Dur(p.rotation_grace),
         }
     }
 }
@@ -429,7 +443,7 @@ pub struct RolloutConfig {
     pub poll_interval: Dur,
     /// Maintenance windows, `;`-separated (`"Mon-Fri 02:00-05:00 Europe/Berlin; Sun 00:00-04:00
     /// UTC"`); empty: any time. The service tag `ecs-reloader/window` overrides it.
-    pub windows: String,
+    pub windows: Windows,
     /// Decide and report, but roll only what a person approves (`reconcile --service` /
     /// `--secret`). The service tag `ecs-reloader/notify-only` overrides it.
     pub notify_only: bool,
@@ -445,18 +459,20 @@ pub use crate::decide::drift::ImageDrift;
 
 impl Default for RolloutConfig {
     fn default() -> Self {
+        let e = engine::Settings::default();
+        let r = crate::reconcile::Settings::default();
         RolloutConfig {
-            updates_per_second: 1.0,
-            max_concurrent: 5,
-            max_concurrent_per_cluster: 0,
-            canary: true,
-            timeout: Dur(Duration::from_secs(15 * 60)),
-            failed_tasks_threshold: 3,
-            poll_interval: Dur(Duration::from_secs(15)),
-            windows: String::new(),
-            notify_only: false,
-            codedeploy: true,
-            image_drift: ImageDrift::Hold,
+            updates_per_second: Limits::default().pace(Kind::UpdateService).per_second,
+            max_concurrent: e.max_concurrent,
+            max_concurrent_per_cluster: e.max_concurrent_per_cluster.unwrap_or(0),
+            canary: e.canary,
+            timeout: Dur(e.timeout),
+            failed_tasks_threshold: u32::try_from(e.failed_tasks_threshold).unwrap_or(0),
+            poll_interval: Dur(e.poll_interval),
+            windows: r.windows,
+            notify_only: r.notify_only,
+            codedeploy: e.codedeploy,
+            image_drift: r.image_drift,
         }
     }
 }
@@ -625,12 +641,6 @@ impl Config {
             key: key.into(),
             message: message.into(),
         };
-        if !matches!(self.aws.retry_mode.as_str(), "standard" | "adaptive") {
-            return Err(invalid(
-                "aws.retry_mode",
-                "must be \"standard\" or \"adaptive\"",
-            ));
-        }
         if self.aws.max_attempts == 0 {
             return Err(invalid("aws.max_attempts", "must be at least 1"));
         }
@@ -682,9 +692,6 @@ impl Config {
         }
         if r.max_concurrent == 0 {
             return Err(invalid("rollout.max_concurrent", "must be at least 1"));
-        }
-        if let Err(e) = crate::window::Windows::parse(&r.windows) {
-            return Err(invalid("rollout.windows", &e.to_string()));
         }
         if self.lease.ttl.0 < Duration::from_secs(4) {
             return Err(invalid("lease.ttl", "must be at least 4s"));
@@ -788,7 +795,7 @@ fn apply_env(
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry.as_table_mut() {
             Some(t) => {
-                t.insert(key, value);
+                t.insert(key.clone(), value);
             }
             None => {
                 return Err(ConfigError::Env {
@@ -797,11 +804,12 @@ fn apply_env(
                 })
             }
         }
-        // Check each override as it lands, so that a bad value is blamed on its variable.
+        // Check each override as it lands, so that a bad value is blamed on its variable (and
+        // the key it sets: the deserialiser's message does not say where it was).
         if let Err(e) = toml::Value::Table(table.clone()).try_into::<Config>() {
             return Err(ConfigError::Env {
                 var,
-                message: e.message().to_string(),
+                message: format!("{section}.{key}: {}", e.message()),
             });
         }
     }
@@ -898,6 +906,73 @@ mod tests {
         assert_eq!(
             Config::load(None, vec![]).expect("defaults"),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let f = file("");
+        assert_eq!(
+            Config::load(Some(&f.0), vec![]).expect("defaults"),
+            Config::default()
+        );
+        // What the environment overlay reads the keys' types from writes and reads back as is.
+        let table = toml::Table::try_from(Config::default()).expect("writes");
+        assert_eq!(
+            toml::Value::Table(table)
+                .try_into::<Config>()
+                .expect("reads"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_retry_mode_or_window_names_the_key_and_line() {
+        for (text, key, says) in [
+            ("[aws]\nretry_mode = \"eager\"\n", "retry_mode", "adaptive"),
+            (
+                "[rollout]\nwindows = \"Mon-Fry 02:00-05:00 UTC\"\n",
+                "windows",
+                "\"Fry\" is not a day",
+            ),
+        ] {
+            let f = file(text);
+            let err = Config::load(Some(&f.0), vec![]).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("line 2") && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+        let err = Config::load(
+            None,
+            vec![(
+                "ECS_RELOADER_ROLLOUT_WINDOWS".into(),
+                "Mon 02:00-05:00 Mars/Olympus".into(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ECS_RELOADER_ROLLOUT_WINDOWS")
+                && err.contains("rollout.windows")
+                && err.contains("not an IANA time zone"),
+            "{err}"
+        );
+        let c = Config::load(
+            None,
+            vec![
+                ("ECS_RELOADER_AWS_RETRY_MODE".into(), "adaptive".into()),
+                (
+                    "ECS_RELOADER_ROLLOUT_WINDOWS".into(),
+                    "Sun 00:00-04:00 UTC".into(),
+                ),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.aws.retry_mode, RetryMode::Adaptive);
+        assert_eq!(
+            c.rollout.windows,
+            Windows::parse("Sun 00:00-04:00 UTC").expect("parses")
         );
     }
 

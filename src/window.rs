@@ -204,6 +204,24 @@ impl std::fmt::Display for Window {
     }
 }
 
+/// Written as the text it was read from, windows joined by `; ` (how `[rollout] windows` and its
+/// environment variable spell them).
+impl serde::Serialize for Windows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<&str> = self.0.iter().map(|w| w.text.as_str()).collect();
+        s.serialize_str(&texts.join("; "))
+    }
+}
+
+/// Parsed as the configuration is read, so that a bad window is an error naming its key and line
+/// there, and nothing later parses the text again.
+impl<'de> serde::Deserialize<'de> for Windows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        Windows::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Windows {
     /// No restriction: rollouts may happen any time.
     pub fn any() -> Self {
@@ -357,6 +375,33 @@ mod tests {
         assert!(!Windows::parse_tag("Sun 00:00-01:00 UTC")
             .expect("one")
             .is_any());
+    }
+
+    #[test]
+    fn windows_read_and_write_as_their_text() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Holder {
+            windows: Windows,
+        }
+        let text = "windows = \"Mon+Wed 10:00-11:00 UTC;  Sun 00:00-01:00   America/New_York\"";
+        let h: Holder = toml::from_str(text).expect("reads");
+        assert_eq!(
+            h.windows,
+            Windows::parse("Mon+Wed 10:00-11:00 UTC; Sun 00:00-01:00 America/New_York")
+                .expect("parses")
+        );
+        let written = toml::to_string(&h).expect("writes");
+        assert_eq!(
+            written.trim(),
+            "windows = \"Mon+Wed 10:00-11:00 UTC; Sun 00:00-01:00 America/New_York\""
+        );
+        let back: Holder = toml::from_str(&written).expect("reads back");
+        assert_eq!(back.windows, h.windows);
+        let err = toml::from_str::<Holder>("windows = \"Mon-Fry 02:00-05:00 UTC\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("\"Fry\" is not a day"), "{err}");
     }
 
     #[test]

@@ -1,51 +1,21 @@
 //! Reads paced with ECS's own bucket shapes, yielding when another client of the account draws
 //! on the same buckets: over the fake with ECS's documented buckets, on tokio's paused clock.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ecs_reloader::aws::fake::{CallRecord, FakeAws};
 use ecs_reloader::aws::guard::{self, Kind, Limits};
 use ecs_reloader::config::Config;
+use ecs_reloader::driver::fake_world::World;
 use ecs_reloader::driver::setup;
 use ecs_reloader::index::Scope;
-use ecs_reloader::reconcile::Mode;
-use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::LogProgress;
 
 const READS: [Kind; 3] = [
     Kind::ListServices,
     Kind::DescribeServices,
     Kind::DescribeTaskDefinition,
 ];
-
-/// S services in C clusters over T task definitions, each using one of K secrets.
-fn world(fake: &FakeAws, services: usize, clusters: usize, task_defs: usize, secrets: usize) {
-    let arns: Vec<String> = (0..secrets)
-        .map(|k| fake.create_secret(&format!("app/secret-{k:04}")))
-        .collect();
-    for t in 0..task_defs {
-        let site = Site::Secret {
-            container: "app".into(),
-            name: "S".into(),
-        };
-        fake.register_task_definition(&format!("td-{t:04}"), &[(site, arns[t % secrets].as_str())]);
-    }
-    for s in 0..services {
-        let td = format!(
-            "arn:aws:ecs:eu-west-1:111122223333:task-definition/td-{:04}:1",
-            s % task_defs
-        );
-        fake.create_service(
-            &format!("cluster-{:02}", s % clusters),
-            &format!("svc-{s:05}"),
-            &td,
-            1,
-            &[],
-        );
-    }
-}
 
 /// Times of the calls of `op` we sent (throttled ones included).
 fn sent(log: &[CallRecord], op: &str) -> Vec<DateTime<Utc>> {
@@ -83,19 +53,19 @@ fn rate_between(times: &[DateTime<Utc>], from: DateTime<Utc>, to: DateTime<Utc>)
     n as f64 / secs(from, to)
 }
 
+/// 2,000 services in 20 clusters over 400 task definitions, each using one of 100 secrets, with
+/// ECS's documented buckets.
 async fn scan_world() -> (FakeAws, setup::Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    world(&fake, 2000, 20, 400, 100);
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let parts = setup::assemble(
-        &Config::default(),
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    fake.use_ecs_buckets();
-    (fake, parts)
+    let w = World::builder()
+        .services(2000)
+        .clusters(20)
+        .task_defs(400)
+        .secrets(100)
+        .settle(Duration::from_secs(10))
+        .ecs_buckets()
+        .build()
+        .await;
+    (w.fake, w.parts)
 }
 
 /// Alone on the account, a cold scan at ECS's bucket shapes is never throttled, and no call kind

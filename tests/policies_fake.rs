@@ -99,7 +99,7 @@ fn rolled(w: &World) -> Vec<String> {
 
 fn windowed(windows: &str) -> Config {
     let mut c = Config::default();
-    c.rollout.windows = windows.into();
+    c.rollout.windows = ecs_reloader::window::Windows::parse(windows).expect("a window");
     c.rollout.poll_interval = ecs_reloader::config::Dur(Duration::from_secs(5));
     c.rollout.canary = false;
     c

@@ -1,29 +1,13 @@
 //! The reconciler over the in-memory fake, on tokio's paused clock: deterministic, no I/O.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ecs_reloader::aws::fake::FakeAws;
-use ecs_reloader::config::Config;
 use ecs_reloader::decide::Decision;
 use ecs_reloader::driver::cli::{self, Options, Output};
-use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::driver::fake_world::World;
+use ecs_reloader::driver::setup::Parts;
 use ecs_reloader::index::Scope;
-use ecs_reloader::reconcile::Mode;
 use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::LogProgress;
-
-fn setup() -> (FakeAws, Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let parts = setup::assemble(
-        &Config::default(),
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    (fake, parts)
-}
 
 fn secret(container: &str) -> Site {
     Site::Secret {
@@ -48,23 +32,17 @@ fn opts() -> Options {
 
 #[tokio::test(start_paused = true)]
 async fn pages_batches_and_a_warm_cache() {
-    let (fake, r) = setup();
-    fake.set_page_size(3);
-    let a = fake.create_secret("a");
-    let b = fake.create_secret("b");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let td_a = fake.register_task_definition("a", &[(secret("app"), a.as_str())]);
-    let td_b = fake.register_task_definition("b", &[(secret("app"), b.as_str())]);
-    for i in 0..25 {
-        let cluster = if i % 2 == 0 { "east" } else { "west" };
-        fake.create_service(
-            cluster,
-            &format!("s{i:02}"),
-            if i % 3 == 0 { &td_a } else { &td_b },
-            1,
-            &[],
-        );
-    }
+    // 25 services over two task definitions, alternating between two clusters.
+    let World { fake, parts: r, .. } = World::builder()
+        .page_size(3)
+        .clusters(2)
+        .cluster_names(|c| ["east", "west"][c].into())
+        .services(25)
+        .service_names(|s| format!("s{:02}", s.index))
+        .task_defs(2)
+        .secrets(2)
+        .build()
+        .await;
 
     let first = r
         .reconciler
@@ -97,7 +75,7 @@ async fn pages_batches_and_a_warm_cache() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rotation_rolls_each_dependent_once_and_a_second_pass_nothing() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let db = fake.create_secret("app/db");
     let replica = fake.create_secret("app/db-replica");
     fake.put_parameter("/app/flag");
@@ -138,7 +116,7 @@ async fn a_rotation_rolls_each_dependent_once_and_a_second_pass_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dry_run_changes_nothing_and_a_scoped_run_touches_only_dependents() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let a = fake.create_secret("a");
     let b = fake.create_secret("b");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -176,7 +154,7 @@ async fn a_dry_run_changes_nothing_and_a_scoped_run_touches_only_dependents() {
 
 #[tokio::test(start_paused = true)]
 async fn tag_declared_names_resolve_to_a_secret_or_a_parameter() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     fake.create_secret("conjur/token");
     fake.put_parameter("/phase/export");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -231,7 +209,7 @@ async fn tag_declared_names_resolve_to_a_secret_or_a_parameter() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_scan_names_the_call_and_the_resource() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     fake.create_service("c", "s", "td", 1, &[]);
     fake.fail_next(
         "ecs:ListServices",

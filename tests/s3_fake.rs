@@ -11,24 +11,13 @@ use ecs_reloader::aws::ErrorKind;
 use ecs_reloader::config::Config;
 use ecs_reloader::decide::Decision;
 use ecs_reloader::driver::cli::{self, Options, Output};
+use ecs_reloader::driver::fake_world::World;
 use ecs_reloader::driver::setup::{self, Parts};
 use ecs_reloader::event::{self, Changes};
 use ecs_reloader::index::Scope;
 use ecs_reloader::reconcile::{Mode, Request};
 use ecs_reloader::reference::Site;
 use ecs_reloader::rollout::LogProgress;
-
-fn setup() -> (FakeAws, Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let parts = setup::assemble(
-        &Config::default(),
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    (fake, parts)
-}
 
 fn env_file() -> Site {
     Site::EnvironmentFile {
@@ -92,7 +81,7 @@ async fn world(fake: &FakeAws) {
 
 #[tokio::test(start_paused = true)]
 async fn a_written_env_file_rolls_its_dependants_once_and_a_second_pass_nothing() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     world(&fake).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
 
@@ -123,7 +112,7 @@ async fn a_written_env_file_rolls_its_dependants_once_and_a_second_pass_nothing(
 
 #[tokio::test(start_paused = true)]
 async fn an_object_created_event_rolls_only_that_objects_dependants() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     world(&fake).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     // Both files are written; only one event arrives: the pass for it looks at its dependants
@@ -162,7 +151,7 @@ async fn an_object_created_event_rolls_only_that_objects_dependants() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_bucket_or_a_deleted_object_makes_only_its_dependants_unknown() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     world(&fake).await;
     let td_locked =
         fake.register_task_definition("locked", &[(env_file(), "arn:aws:s3:::locked/team.env")]);

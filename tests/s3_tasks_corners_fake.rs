@@ -2,29 +2,14 @@
 //! paused time: keys as S3's events spell them, keys with spaces, and the scope of scheduled
 //! tasks.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ecs_reloader::aws::fake::FakeAws;
 use ecs_reloader::aws::ScheduleKind;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Options, Output};
-use ecs_reloader::driver::setup::{self, Parts};
-use ecs_reloader::reconcile::Mode;
+use ecs_reloader::driver::fake_world::World;
+use ecs_reloader::driver::setup::Parts;
 use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::LogProgress;
-
-fn setup_with(config: &Config) -> (FakeAws, Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let parts = setup::assemble(
-        config,
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    (fake, parts)
-}
 
 fn secret() -> Site {
     Site::Secret {
@@ -54,7 +39,7 @@ async fn json_pass(p: &Parts) -> serde_json::Value {
 async fn a_scheduled_task_in_a_cluster_outside_scope_is_not_reported() {
     let mut config = Config::default();
     config.scope.clusters = vec!["prod".into()];
-    let (fake, r) = setup_with(&config);
+    let World { fake, parts: r, .. } = World::builder().config(config).build().await;
     let db = fake.create_secret("app/db");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let td = fake.register_task_definition("job", &[(secret(), db.as_str())]);
@@ -86,7 +71,7 @@ async fn a_scheduled_task_in_a_cluster_outside_scope_is_not_reported() {
 async fn an_object_event_with_an_encoded_key_rolls_its_dependants() {
     use ecs_reloader::event::{self, Changes};
     use ecs_reloader::reconcile::Request;
-    let (fake, r) = setup_with(&Config::default());
+    let World { fake, parts: r, .. } = World::builder().build().await;
     fake.put_object("conf", "c++.env");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let td = fake.register_task_definition(
@@ -131,7 +116,7 @@ async fn an_object_event_with_an_encoded_key_rolls_its_dependants() {
 /// like any other (only control characters are refused).
 #[tokio::test(start_paused = true)]
 async fn an_env_file_key_with_a_space_is_judged() {
-    let (fake, r) = setup_with(&Config::default());
+    let World { fake, parts: r, .. } = World::builder().build().await;
     fake.put_object("conf", "my app.env");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let td = fake.register_task_definition(

@@ -440,7 +440,8 @@ async fn a_window_that_closes_mid_change_set_stops_it() {
     let mut config = Config::default();
     config.rollout.canary = true;
     config.rollout.poll_interval = Dur(Duration::from_secs(5));
-    config.rollout.windows = "Thu 00:00-00:10 UTC".into();
+    config.rollout.windows =
+        ecs_reloader::window::Windows::parse("Thu 00:00-00:10 UTC").expect("a window");
     let p = setup::assemble(
         &config,
         fake.clients(),

@@ -3,30 +3,17 @@
 //! started after is not; services' own tasks are never reported apart; the reads happen on full
 //! passes only, and `[scope] tasks = false` makes none.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ecs_reloader::aws::fake::FakeAws;
 use ecs_reloader::aws::ScheduleKind;
 use ecs_reloader::config::Config;
 use ecs_reloader::driver::cli::{self, Options, Output};
-use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::driver::fake_world::World;
+use ecs_reloader::driver::setup::Parts;
 use ecs_reloader::event::{self, Changes};
-use ecs_reloader::reconcile::{Mode, Request};
+use ecs_reloader::reconcile::Request;
 use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::LogProgress;
-
-fn setup_with(config: &Config) -> (FakeAws, Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let parts = setup::assemble(
-        config,
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    (fake, parts)
-}
 
 fn secret() -> Site {
     Site::Secret {
@@ -82,7 +69,7 @@ async fn world(fake: &FakeAws) -> (String, String) {
 
 #[tokio::test(start_paused = true)]
 async fn a_standalone_task_holding_a_rotated_secret_is_reported_and_left_alone() {
-    let (fake, r) = setup_with(&Config::default());
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let (old, new) = world(&fake).await;
 
     let (ending, json) = run(&r, false, Output::Json).await;
@@ -160,7 +147,7 @@ async fn a_standalone_task_holding_a_rotated_secret_is_reported_and_left_alone()
 
 #[tokio::test(start_paused = true)]
 async fn tasks_are_read_on_full_passes_only_and_not_at_all_when_opted_out() {
-    let (fake, r) = setup_with(&Config::default());
+    let World { fake, parts: r, .. } = World::builder().build().await;
     world(&fake).await;
     // An event pass (dry run: no proof of rotation, which lists a service's tasks) reads no
     // cluster's tasks.
@@ -200,7 +187,7 @@ async fn tasks_are_read_on_full_passes_only_and_not_at_all_when_opted_out() {
 
     let mut off = Config::default();
     off.scope.tasks = false;
-    let (fake, r) = setup_with(&off);
+    let World { fake, parts: r, .. } = World::builder().config(off).build().await;
     world(&fake).await;
     let (_, json) = run(&r, true, Output::Json).await;
     assert_eq!(fake.calls("ecs:ListTasks"), 0, "opted out: no reads");

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use ecs_reloader::aws::fake::FakeAws;
 use ecs_reloader::config::Config;
-use ecs_reloader::driver::setup::{self, Parts};
+use ecs_reloader::driver::fake_world::World;
 use ecs_reloader::event::{self, Changes};
 use ecs_reloader::reconcile::{Mode, Request};
 use ecs_reloader::reference::Site;
-use ecs_reloader::rollout::LogProgress;
 
 const READS: [&str; 4] = [
     "ecs:ListClusters",
@@ -18,18 +17,6 @@ const READS: [&str; 4] = [
     "ecs:DescribeServices",
     "ecs:DescribeTaskDefinition",
 ];
-
-fn setup() -> (FakeAws, Parts) {
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let parts = setup::assemble(
-        &Config::default(),
-        fake.clients(),
-        clock,
-        Arc::new(LogProgress),
-        Mode::Watch,
-    );
-    (fake, parts)
-}
 
 fn secret() -> Site {
     Site::Secret {
@@ -72,31 +59,24 @@ fn reads_before_first_update(fake: &FakeAws, from: usize) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn a_rotation_costs_its_three_dependants_not_a_scan_of_a_thousand_services() {
-    let (fake, r) = setup();
-    fake.use_ecs_buckets();
-    let shared = fake.create_secret("app/shared");
-    let others: Vec<String> = (0..20)
-        .map(|i| fake.create_secret(&format!("app/other-{i}")))
-        .collect();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let td_shared = fake.register_task_definition("shared", &[(secret(), shared.as_str())]);
-    let tds: Vec<String> = others
-        .iter()
-        .enumerate()
-        .map(|(i, o)| fake.register_task_definition(&format!("f{i}"), &[(secret(), o.as_str())]))
-        .collect();
-    // 1,010 services in 10 clusters; three (in three clusters) use the shared secret.
-    for c in 0..10 {
-        for s in 0..101 {
-            let td = if s == 50 && c < 3 {
-                &td_shared
-            } else {
-                &tds[(c * 101 + s) % tds.len()]
-            };
-            fake.create_service(&format!("c{c}"), &format!("s{s:03}"), td, 1, &[]);
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // 1,010 services in 10 clusters over 20 secrets; three (in three clusters) use the shared
+    // secret.
+    let w = World::builder()
+        .ecs_buckets()
+        .clusters(10)
+        .cluster_names(|c| format!("c{c}"))
+        .services(1010)
+        .service_names(|s| format!("s{:03}", s.nth))
+        .task_defs(20)
+        .secrets(20)
+        .dependants(
+            "app/shared",
+            &[("c0", "s050"), ("c1", "s050"), ("c2", "s050")],
+        )
+        .build()
+        .await;
+    let shared = w.secret_arn("app/shared").expect("created").to_string();
+    let World { fake, parts: r, .. } = w;
 
     // The startup resync fills the cache.
     let startup = r.reconciler.pass(&Request::all()).await.expect("resync");
@@ -135,7 +115,7 @@ async fn a_rotation_costs_its_three_dependants_not_a_scan_of_a_thousand_services
 
 #[tokio::test(start_paused = true)]
 async fn a_service_that_starts_referencing_a_secret_is_rolled_for_a_later_change() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let db = fake.create_secret("app/db");
     let other = fake.create_secret("app/other");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -188,7 +168,7 @@ async fn a_service_that_starts_referencing_a_secret_is_rolled_for_a_later_change
 
 #[tokio::test(start_paused = true)]
 async fn without_ecs_events_the_resync_is_the_safety_net() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let db = fake.create_secret("app/db");
     let other = fake.create_secret("app/other");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -223,7 +203,7 @@ async fn without_ecs_events_the_resync_is_the_safety_net() {
 
 #[tokio::test(start_paused = true)]
 async fn a_candidate_deleted_since_the_resync_is_dropped_and_the_rest_roll() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let db = fake.create_secret("app/db");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let td = fake.register_task_definition("db", &[(secret(), db.as_str())]);
@@ -252,29 +232,36 @@ async fn a_warm_lambda_keeps_the_cache_between_invocations() {
     use ecs_reloader::metrics::Metrics;
     use ecs_reloader::notify::Notifier;
 
-    let (fake, clock) = FakeAws::on_tokio_clock("eu-west-1");
-    let db = fake.create_secret("app/db");
-    let other = fake.create_secret("app/other");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let td_db = fake.register_task_definition("db", &[(secret(), db.as_str())]);
-    let td_other = fake.register_task_definition("other", &[(secret(), other.as_str())]);
-    for c in 0..5 {
-        for s in 0..20 {
-            let td = if s == 0 { &td_db } else { &td_other };
-            fake.create_service(&format!("c{c}"), &format!("s{s:02}"), td, 1, &[]);
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut config = Config::default();
     config.rollout.canary = false;
     let notifier = Arc::new(Notifier::new(Arc::new(Metrics::new()), None));
-    let parts = setup::assemble(
-        &config,
-        fake.clients(),
-        clock.clone(),
-        notifier.clone(),
-        Mode::FireAndForget,
-    );
+    // 100 services in 5 clusters; the first of each uses app/db, the rest another secret.
+    let w = World::builder()
+        .clusters(5)
+        .cluster_names(|c| format!("c{c}"))
+        .services(100)
+        .service_names(|s| format!("s{:02}", s.nth))
+        .task_defs(1)
+        .secrets(1)
+        .dependants(
+            "app/db",
+            &[
+                ("c0", "s00"),
+                ("c1", "s00"),
+                ("c2", "s00"),
+                ("c3", "s00"),
+                ("c4", "s00"),
+            ],
+        )
+        .config(config)
+        .mode(Mode::FireAndForget)
+        .progress(notifier.clone())
+        .build()
+        .await;
+    let db = w.secret_arn("app/db").expect("created").to_string();
+    let World {
+        fake, clock, parts, ..
+    } = w;
     let h = Handler::new(parts, notifier, None);
     let deadline = || clock.now() + chrono::Duration::seconds(60);
     let scheduled =
@@ -296,7 +283,7 @@ async fn a_warm_lambda_keeps_the_cache_between_invocations() {
 
 #[tokio::test(start_paused = true)]
 async fn a_candidate_whose_cluster_was_deleted_fails_nothing() {
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let db = fake.create_secret("app/db");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let td = fake.register_task_definition("db", &[(secret(), db.as_str())]);
@@ -327,7 +314,7 @@ async fn a_candidate_whose_cluster_was_deleted_fails_nothing() {
 #[tokio::test(start_paused = true)]
 async fn another_accounts_secret_it_may_not_read_does_not_stop_its_own_changes() {
     use ecs_reloader::aws::ErrorKind;
-    let (fake, r) = setup();
+    let World { fake, parts: r, .. } = World::builder().build().await;
     let db = fake.create_secret("app/db");
     let foreign = fake.create_secret_in_account("999999999999", "eu-west-1", "shared/key");
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -42,8 +42,11 @@ mod s3;
 mod schedules;
 mod tasks;
 
-/// How the SDK retries on its own (below ecs-reloader's own backoff).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the SDK retries on its own (below ecs-reloader's own backoff): `[aws] retry_mode`, read
+/// into this when the configuration is loaded, so that a misspelt mode is an error naming its
+/// line there rather than a silent `standard` later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RetryMode {
     /// Exponential backoff with jitter on retryable errors.
     Standard,
@@ -65,6 +68,7 @@ pub struct SdkSettings {
     pub max_attempts: u32,
 }
 
+/// The defaults of `[aws] retry_mode` and `max_attempts` too (`config` reads them here).
 impl Default for SdkSettings {
     fn default() -> Self {
         SdkSettings {

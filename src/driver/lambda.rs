@@ -301,9 +301,12 @@ impl Handler {
             keeper: None,
             sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
-            // Remembered for ten minutes (the template's resync period), with a second of
-            // allowed skew (`[decide] clock_skew`'s default; `with_clock_skew` sets both).
-            recent: intake::Recent::new(Duration::from_secs(600), Duration::from_secs(1)),
+            // Remembered for the default resync period (the template's), with the default
+            // allowed skew; `with_clock_skew` sets both from the configuration.
+            recent: intake::Recent::new(
+                crate::config::ResyncConfig::default().interval.0,
+                crate::config::DecideConfig::default().clock_skew.0,
+            ),
         }
     }
 

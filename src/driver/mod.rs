@@ -2,6 +2,8 @@
 //! [`Reconciler`](crate::reconcile::Reconciler).
 
 pub mod cli;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake_world;
 pub mod healthcheck;
 pub mod lambda;
 pub mod serve;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::aws::guard::{self, Kind, Limits, Pace, Stats};
 use crate::aws::queue::{Bus, SdkBus};
-use crate::aws::sdk::{self, RetryMode, SdkSettings, SdkSetupError};
+use crate::aws::sdk::{self, SdkSettings, SdkSetupError};
 use crate::aws::Clients;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -26,11 +26,7 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
         region: (!config.aws.region.is_empty()).then(|| config.aws.region.clone()),
         // `--profile` only; the SDK reads AWS_PROFILE itself.
         profile: None,
-        retry_mode: if config.aws.retry_mode == "adaptive" {
-            RetryMode::Adaptive
-        } else {
-            RetryMode::Standard
-        },
+        retry_mode: config.aws.retry_mode,
         max_attempts: config.aws.max_attempts,
     }
 }
@@ -93,8 +89,7 @@ fn reconcile_settings(config: &Config, mode: Mode) -> Settings {
         mode,
         canary: config.rollout.canary,
         clusters: config.scope.clusters.clone(),
-        // Validated when the configuration was loaded.
-        windows: crate::window::Windows::parse(&config.rollout.windows).unwrap_or_default(),
+        windows: config.rollout.windows.clone(),
         notify_only: config.rollout.notify_only,
         image_drift: config.rollout.image_drift,
         tasks: config.scope.tasks,
@@ -441,4 +436,42 @@ pub async fn fleet(
         assemble_fleet(config, targets, clock, progress, mode, leadership)
             .with_identity(sdk.clients.identity.clone()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run on the default configuration is the modules' own defaults, which their unit tests
+    /// exercise: a default written again somewhere and changed in one place only fails here.
+    #[test]
+    fn the_default_configuration_assembles_each_modules_defaults() {
+        let config = Config::default();
+        let sdk = sdk_settings(&config);
+        let sdk_default = SdkSettings::default();
+        assert_eq!(
+            (sdk.region, sdk.retry_mode, sdk.max_attempts),
+            (None, sdk_default.retry_mode, sdk_default.max_attempts)
+        );
+        assert_eq!(limits(&config), Limits::default());
+        assert_eq!(deployment_limits(&config), deployment::Limits::default());
+        assert_eq!(
+            engine_settings(&config, Mode::Watch),
+            engine::Settings::default()
+        );
+        let ours = reconcile_settings(&config, Mode::Watch);
+        let theirs = Settings::default();
+        assert_eq!(ours.policy, theirs.policy);
+        assert_eq!(ours.scan_concurrency, theirs.scan_concurrency);
+        assert_eq!(ours.limits, theirs.limits);
+        assert_eq!(ours.mode, theirs.mode);
+        assert_eq!(ours.canary, theirs.canary);
+        assert_eq!(ours.clusters, theirs.clusters);
+        assert_eq!(ours.settle_wait, theirs.settle_wait);
+        assert_eq!(ours.windows, theirs.windows);
+        assert_eq!(ours.notify_only, theirs.notify_only);
+        assert_eq!(ours.image_drift, theirs.image_drift);
+        assert_eq!(ours.watch_max_age, theirs.watch_max_age);
+        assert_eq!(ours.tasks, theirs.tasks);
+    }
 }

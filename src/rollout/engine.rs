@@ -60,14 +60,17 @@ pub struct Settings {
     pub codedeploy: bool,
 }
 
+/// The defaults of `[rollout]` too (`config` reads them here); a deployment's limits are the
+/// reading's own.
 impl Default for Settings {
     fn default() -> Self {
+        let limits = crate::deployment::Limits::default();
         Settings {
             max_concurrent: 5,
             max_concurrent_per_cluster: None,
             canary: true,
-            timeout: Duration::from_secs(15 * 60),
-            failed_tasks_threshold: 3,
+            timeout: limits.stuck_after,
+            failed_tasks_threshold: limits.failed_tasks_threshold,
             poll_interval: Duration::from_secs(15),
             wait: true,
             codedeploy: true,
