@@ -511,7 +511,7 @@ pub struct ResyncConfig {
 impl Default for ResyncConfig {
     fn default() -> Self {
         ResyncConfig {
-            interval: Dur(Duration::from_secs(600)),
+            interval: Dur(crate::reconcile::RESYNC_INTERVAL),
         }
     }
 }

@@ -147,7 +147,7 @@ impl Default for Policy {
         Policy {
             clock_skew: Duration::from_secs(1),
             rotation_grace: Duration::from_secs(600),
-            stuck_after: Duration::from_secs(15 * 60),
+            stuck_after: crate::deployment::Limits::default().stuck_after,
             codedeploy: true,
         }
     }

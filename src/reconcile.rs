@@ -471,6 +471,10 @@ pub struct Settings {
     pub tasks: bool,
 }
 
+/// How often the full resync runs by default (`[resync] interval`): the watch cache is trusted
+/// for twice that.
+pub(crate) const RESYNC_INTERVAL: Duration = Duration::from_secs(600);
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -478,14 +482,14 @@ impl Default for Settings {
             scan_concurrency: 8,
             limits: Limits::default(),
             mode: Mode::Watch,
-            canary: true,
+            canary: crate::rollout::engine::Settings::default().canary,
             clusters: Vec::new(),
             settle_wait: Duration::from_secs(15),
             settle_recheck: Duration::from_secs(30),
             windows: Windows::any(),
             image_drift: Default::default(),
             notify_only: false,
-            watch_max_age: Duration::from_secs(20 * 60),
+            watch_max_age: RESYNC_INTERVAL * 2,
             tasks: true,
         }
     }

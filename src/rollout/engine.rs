@@ -73,7 +73,7 @@ impl Default for Settings {
             failed_tasks_threshold: limits.failed_tasks_threshold,
             poll_interval: Duration::from_secs(15),
             wait: true,
-            codedeploy: true,
+            codedeploy: crate::decide::Policy::default().codedeploy,
         }
     }
 }
