@@ -224,34 +224,15 @@ impl Changes {
 
 impl Change {
     /// The labels this change moved, each with the event's time: the dates the staleness rule
-    /// cannot read from Secrets Manager's metadata ([`crate::decide::SmState::label_moves`]).
-    /// `Secret Label Updated` dates its label; `RotationSucceeded` dates `AWSCURRENT` and
-    /// `AWSPREVIOUS` (completing a rotation moves both); `UpdateSecretVersionStage` dates the label
-    /// it moved, and `AWSPREVIOUS` with `AWSCURRENT`. `PutSecretValue` and `UpdateSecret` date
-    /// nothing: a new version carries its own creation date, and an edit without a value (a
-    /// description, a KMS key) or a version staged `AWSPENDING` moves no label a task follows.
-    /// Empty without the event's time.
+    /// cannot read from the metadata ([`crate::decide::SmState::label_moves`]). Which labels a
+    /// kind of change moves is its source's to say (`Source::labels_moved`); a version staged
+    /// `AWSPENDING` moves no label a task follows. Empty without the event's time.
     pub(crate) fn label_moves(&self) -> Vec<LabelMove> {
-        use crate::reference::{AWSCURRENT, AWSPENDING, AWSPREVIOUS};
+        use crate::reference::AWSPENDING;
         let Some(at) = self.at else {
             return Vec::new();
         };
-        let labels: Vec<&str> = match &self.kind {
-            ChangeKind::LabelUpdated { label, .. } => vec![label.as_str()],
-            ChangeKind::ParameterLabels { labels } => labels.iter().map(String::as_str).collect(),
-            ChangeKind::RotationSucceeded => vec![AWSCURRENT, AWSPREVIOUS],
-            ChangeKind::ApiCall {
-                moved_stage: Some(stage),
-                ..
-            } if stage == AWSCURRENT => vec![AWSCURRENT, AWSPREVIOUS],
-            ChangeKind::ApiCall {
-                moved_stage: Some(stage),
-                ..
-            } => vec![stage.as_str()],
-            ChangeKind::ApiCall { .. }
-            | ChangeKind::Parameter { .. }
-            | ChangeKind::S3Object { .. } => Vec::new(),
-        };
+        let labels = crate::sources::labels_moved(&self.kind);
         labels
             .into_iter()
             .filter(|l| *l != AWSPENDING)

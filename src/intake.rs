@@ -275,12 +275,14 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
         ));
     }
     // What an event names must be ours too: a secret's ARN in an account not managed is not
-    // evidence this operator may act on, whoever relays it.
+    // evidence this operator may act on, whoever relays it. (Its source says which account a
+    // subject names, if it names one.)
     if let Parsed::Change(Change { secret, .. }) = &parsed {
-        let id = secret.given();
-        if let Some(owner) = arn_account(&id).filter(|a| !managed.accounts.contains(*a)) {
+        if let Some(owner) = crate::sources::owner(secret).filter(|a| !managed.accounts.contains(a))
+        {
             return Taken::Foreign(format!(
-                "secret {id} of account {owner}, which this operator does not manage"
+                "{} of account {owner}, which this operator does not manage",
+                secret.given()
             ));
         }
     }
@@ -296,8 +298,6 @@ fn admit(parsed: Parsed, origin: &Origin, managed: &Managed) -> Taken {
         other => Taken::Work(other),
     }
 }
-
-use crate::reference::arn_account;
 
 /// Counts a message and logs what became of it, the same way in every driver. A poison message
 /// is counted here and logged by its driver, which knows where it goes (a redrive policy, a
@@ -408,6 +408,7 @@ pub(crate) fn pass_kind(changes: &Changes) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::arn_account;
 
     fn managed() -> Managed {
         Managed {

@@ -883,7 +883,7 @@ impl Reconciler {
         for (subject, label_moves) in &changes.subjects {
             // What the subject names, where it says so itself (a parameter's name, an object's
             // bucket and key); a secret's name or partial ARN is looked up below.
-            if let (_, Some(identity)) = sources::subject(subject, &self.clients.region) {
+            if let Some(identity) = sources::subject_identity(subject, &self.clients.region) {
                 out.push(Target {
                     given: subject.given(),
                     identities: vec![identity],
@@ -902,10 +902,10 @@ impl Reconciler {
                         let identities: Vec<SecretIdentity> = t
                             .identities
                             .into_iter()
-                            .filter(|i| sources::same_source(subject, i, &self.clients.region))
+                            .filter(|i| sources::same_source(subject, i))
                             .collect();
                         if identities.is_empty() {
-                            tracing::info!(secret = %id, "a Secrets Manager event names no secret here (only a parameter of that name)");
+                            tracing::info!(secret = %id, "the event names nothing of its own source here (only another source's value of that name)");
                             continue;
                         }
                         out.push(Target {

@@ -42,7 +42,6 @@ use crate::clock::Clock;
 use crate::event::{Changes, Origin, Subject};
 use crate::index::TargetError;
 use crate::reconcile::{Pass, ReconcileError, Reconciler, Request, Selection};
-use crate::reference::SecretIdentity;
 use crate::sources::{self, Routing};
 
 /// A pass over a reconciler or a fleet: what the drivers run.
@@ -458,10 +457,7 @@ impl Fleet {
             .collect();
         for owner in &owners {
             match crate::index::resolve_target(owner.reconciler.clients(), id).await {
-                Ok(t) => out.extend(t.identities.into_iter().filter_map(|i| match i {
-                    SecretIdentity::SecretsManager(s) => Some(s.arn),
-                    SecretIdentity::Parameter(_) | SecretIdentity::S3Object(_) => None,
-                })),
+                Ok(t) => out.extend(t.identities.iter().filter_map(sources::pin)),
                 Err(TargetError::NotFound(_)) => {}
                 Err(e) => {
                     tracing::warn!(secret = %id, target = %owner.status(None, None), error = %e, "could not resolve a changed secret in its own account")

@@ -11,10 +11,12 @@
 //!
 //! The shared vocabulary (a reference, an identity, a state, an event's subject) is a closed
 //! enum per kind of thing, so that every match on it is checked by the compiler: a new source
-//! adds one variant to each ([`SecretRef`], [`SecretIdentity`] in [`crate::reference`],
-//! [`RefState`] and its clauses in [`crate::decide`], [`Subject`] and [`ChangeKind`] here, a
-//! [`Lookup`]), one file here, and one line in [`SOURCES`]. The modules that use sources (the
-//! index, the watch cache, events, targets, the reconciler) ask [`SOURCES`] and name no kind.
+//! adds one variant to each ([`SecretRef`], [`SecretIdentity`] and the parser's forms in
+//! [`crate::reference`], [`RefState`] with its clauses and accessors in [`crate::decide`],
+//! [`Subject`], [`ChangeKind`] and [`Lookup`] with their display arms here), one file here, and
+//! one line in [`SOURCES`]. The modules that use sources (the index, the watch cache, events,
+//! intake, targets, the reconciler) ask [`SOURCES`] and name no kind. Calls go out source by
+//! source in [`SOURCES`]' order (secrets, parameters, objects), each source batching its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,13 +72,24 @@ pub(crate) trait Source: Sync {
     /// Reads an EventBridge event if it is one of this source's.
     fn read_event(&self, event: &EventView<'_>) -> Option<Result<Read, Missing>>;
 
-    /// How a change to `subject` is routed among targets, and the identity it names where the
-    /// subject alone says (`None` inside: the owning target must look it up).
-    fn subject(
-        &self,
-        subject: &Subject,
-        own_region: &str,
-    ) -> Option<(Routing, Option<SecretIdentity>)>;
+    /// How a change to `subject` is routed among targets, if the subject is this source's.
+    fn routing(&self, subject: &Subject) -> Option<Routing>;
+
+    /// The identity this source's `subject` names where the subject alone says (a parameter's
+    /// name, an object's bucket and key); `None`: the owning target must look it up.
+    fn subject_identity(&self, subject: &Subject, own_region: &str) -> Option<SecretIdentity>;
+
+    /// The account this source's `subject` says it belongs to, where it says one (an ARN): it
+    /// must be an account the operator manages.
+    fn owner(&self, subject: &Subject) -> Option<String>;
+
+    /// The name that identifies `id` exactly in a subject of this source (a secret's full ARN),
+    /// for [`Routing::Owner`].
+    fn pin(&self, id: &SecretIdentity) -> Option<String>;
+
+    /// The labels a change of this source's moved (the rule cannot date a label move from the
+    /// metadata alone); `None` when `kind` is not this source's.
+    fn labels_moved<'k>(&self, kind: &'k ChangeKind) -> Option<Vec<&'k str>>;
 
     /// The loose keys of the watch cache a reference read at `home` may match (several where
     /// forms differ: a partial ARN and a full one). A bare name is asked of every source.
@@ -126,28 +139,48 @@ pub(crate) fn identity_key(id: &SecretIdentity) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// How a change to a subject is routed, and what it names if the subject says.
-pub(crate) fn subject(subject: &Subject, own_region: &str) -> (Routing, Option<SecretIdentity>) {
+/// The source a subject is of.
+fn of_subject(subject: &Subject) -> Option<&'static dyn Source> {
     SOURCES
         .iter()
-        .find_map(|s| s.subject(subject, own_region))
-        .unwrap_or((Routing::Owner, None))
+        .copied()
+        .find(|s| s.routing(subject).is_some())
 }
 
 /// How a change to a subject is routed among targets.
 pub(crate) fn routing(subject: &Subject) -> Routing {
+    of_subject(subject)
+        .and_then(|s| s.routing(subject))
+        .unwrap_or(Routing::Owner)
+}
+
+/// What a subject names where it says so itself; `None`: it must be looked up by its owner.
+pub(crate) fn subject_identity(subject: &Subject, own_region: &str) -> Option<SecretIdentity> {
+    of_subject(subject)?.subject_identity(subject, own_region)
+}
+
+/// The account a subject says it belongs to, if it says.
+pub(crate) fn owner(subject: &Subject) -> Option<String> {
+    of_subject(subject)?.owner(subject)
+}
+
+/// The name pinning an identity in an event's subject, if its source pins.
+pub(crate) fn pin(id: &SecretIdentity) -> Option<String> {
+    SOURCES.iter().find_map(|s| s.pin(id))
+}
+
+/// The labels a change moved.
+pub(crate) fn labels_moved(kind: &ChangeKind) -> Vec<&str> {
     SOURCES
         .iter()
-        .find_map(|s| s.subject(subject, ""))
-        .map_or(Routing::Owner, |(routing, _)| routing)
+        .find_map(|s| s.labels_moved(kind))
+        .unwrap_or_default()
 }
 
 /// Whether an identity is of the source whose event named `subject` (a Secrets Manager event's
 /// name may also be a parameter's, whose labels its label moves must never date).
-pub(crate) fn same_source(subject: &Subject, id: &SecretIdentity, own_region: &str) -> bool {
-    SOURCES
-        .iter()
-        .any(|s| s.subject(subject, own_region).is_some() && s.identity_key(id).is_some())
+pub(crate) fn same_source(subject: &Subject, id: &SecretIdentity) -> bool {
+    of_subject(subject).is_some_and(|s| s.identity_key(id).is_some())
 }
 
 /// Looks up every wanted key, each with its own source.
@@ -552,6 +585,38 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_change_is_one_sources_to_say_which_labels_it_moved() {
+        let kinds = [
+            ChangeKind::RotationSucceeded,
+            ChangeKind::LabelUpdated {
+                label: "blue".into(),
+                version_id: None,
+            },
+            ChangeKind::ApiCall {
+                name: "PutSecretValue".into(),
+                moved_stage: None,
+            },
+            ChangeKind::ParameterLabels {
+                labels: vec!["live".into()],
+            },
+            ChangeKind::Parameter {
+                operation: "Update".into(),
+            },
+            ChangeKind::S3Object { deleted: false },
+        ];
+        for k in &kinds {
+            let sayers = SOURCES
+                .iter()
+                .filter(|s| s.labels_moved(k).is_some())
+                .count();
+            assert_eq!(sayers, 1, "{k:?}");
+        }
+        assert_eq!(labels_moved(&kinds[0]), ["AWSCURRENT", "AWSPREVIOUS"]);
+        assert_eq!(labels_moved(&kinds[3]), ["live"]);
+        assert!(labels_moved(&kinds[5]).is_empty());
+    }
+
+    #[test]
     fn each_subject_routes_by_its_source() {
         let secret = Subject::Secret("app/db".into());
         let parameter = Subject::Parameter {
@@ -563,12 +628,17 @@ mod tests {
             bucket: "b".into(),
             key: "k.env".into(),
         };
-        assert_eq!(subject(&secret, "eu-west-1"), (Routing::Owner, None));
-        let (routing, id) = subject(&parameter, "eu-west-1");
-        assert_eq!(routing, Routing::OriginAccount);
-        let id = id.expect("a parameter names itself");
-        assert!(same_source(&parameter, &id, "eu-west-1"));
-        assert!(!same_source(&secret, &id, "eu-west-1"));
-        assert_eq!(subject(&object, "eu-west-1").0, Routing::Everyone);
+        assert_eq!(routing(&secret), Routing::Owner);
+        assert_eq!(subject_identity(&secret, "eu-west-1"), None);
+        assert_eq!(routing(&parameter), Routing::OriginAccount);
+        let id = subject_identity(&parameter, "eu-west-1").expect("a parameter names itself");
+        assert!(same_source(&parameter, &id));
+        assert!(!same_source(&secret, &id));
+        assert_eq!(routing(&object), Routing::Everyone);
+        assert!(subject_identity(&object, "eu-west-1").is_some());
+        // Every subject is exactly one source's.
+        for s in [&secret, &parameter, &object] {
+            assert_eq!(SOURCES.iter().filter(|x| x.routing(s).is_some()).count(), 1);
+        }
     }
 }

@@ -129,7 +129,13 @@ impl Source for S3 {
         )
     }
 
-    fn subject(&self, s: &Subject, own_region: &str) -> Option<(Routing, Option<SecretIdentity>)> {
+    fn routing(&self, s: &Subject) -> Option<Routing> {
+        // Any target's services may name any bucket (another account's included), and each
+        // lists it with its own credentials.
+        matches!(s, Subject::S3Object { .. }).then_some(Routing::Everyone)
+    }
+
+    fn subject_identity(&self, s: &Subject, own_region: &str) -> Option<SecretIdentity> {
         let Subject::S3Object {
             region,
             bucket,
@@ -138,16 +144,25 @@ impl Source for S3 {
         else {
             return None;
         };
-        // Any target's services may name any bucket (another account's included), and each
-        // lists it with its own credentials.
-        Some((
-            Routing::Everyone,
-            Some(SecretIdentity::S3Object(S3ObjectId::in_region(
-                region.as_deref().unwrap_or(own_region),
-                bucket,
-                key,
-            ))),
-        ))
+        Some(SecretIdentity::S3Object(S3ObjectId::in_region(
+            region.as_deref().unwrap_or(own_region),
+            bucket,
+            key,
+        )))
+    }
+
+    fn owner(&self, _s: &Subject) -> Option<String> {
+        // A bucket's name says nothing of its account.
+        None
+    }
+
+    fn pin(&self, _id: &SecretIdentity) -> Option<String> {
+        None
+    }
+
+    fn labels_moved<'k>(&self, kind: &'k ChangeKind) -> Option<Vec<&'k str>> {
+        // An object has no labels: its every write is dated by the listing.
+        matches!(kind, ChangeKind::S3Object { .. }).then(Vec::new)
     }
 
     fn watch_keys(&self, r: &SecretRef, _home: &Home) -> Option<Vec<String>> {

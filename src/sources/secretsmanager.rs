@@ -26,6 +26,7 @@ use crate::aws::{all_pages, AwsError, Clients, ErrorKind};
 use crate::decide::{needs_version_dates, Fetched, RefState, SmState, Unresolved};
 use crate::reference::{
     arn_account, Home, SecretIdentity, SecretRef, SecretsManagerId, SmRef, VersionSelector,
+    AWSCURRENT, AWSPREVIOUS,
 };
 
 use super::ChangeKind;
@@ -139,9 +140,49 @@ impl Source for SecretsManager {
         }
     }
 
-    fn subject(&self, s: &Subject, _own_region: &str) -> Option<(Routing, Option<SecretIdentity>)> {
+    fn routing(&self, s: &Subject) -> Option<Routing> {
         // A name or partial ARN: only a `DescribeSecret` in its own account tells what it is.
-        matches!(s, Subject::Secret(_)).then_some((Routing::Owner, None))
+        matches!(s, Subject::Secret(_)).then_some(Routing::Owner)
+    }
+
+    fn subject_identity(&self, _s: &Subject, _own_region: &str) -> Option<SecretIdentity> {
+        None
+    }
+
+    fn owner(&self, s: &Subject) -> Option<String> {
+        let Subject::Secret(id) = s else {
+            return None;
+        };
+        arn_account(id).map(String::from)
+    }
+
+    fn pin(&self, id: &SecretIdentity) -> Option<String> {
+        let SecretIdentity::SecretsManager(s) = id else {
+            return None;
+        };
+        Some(s.arn.clone())
+    }
+
+    /// `Secret Label Updated` dates its label; `RotationSucceeded` dates `AWSCURRENT` and
+    /// `AWSPREVIOUS` (completing a rotation moves both); `UpdateSecretVersionStage` dates the
+    /// label it moved, and `AWSPREVIOUS` with `AWSCURRENT`. `PutSecretValue` and `UpdateSecret`
+    /// date nothing: a new version carries its own creation date, and an edit without a value (a
+    /// description, a KMS key) moves no label a task follows.
+    fn labels_moved<'k>(&self, kind: &'k ChangeKind) -> Option<Vec<&'k str>> {
+        Some(match kind {
+            ChangeKind::LabelUpdated { label, .. } => vec![label.as_str()],
+            ChangeKind::RotationSucceeded => vec![AWSCURRENT, AWSPREVIOUS],
+            ChangeKind::ApiCall {
+                moved_stage: Some(stage),
+                ..
+            } if stage == AWSCURRENT => vec![AWSCURRENT, AWSPREVIOUS],
+            ChangeKind::ApiCall {
+                moved_stage: Some(stage),
+                ..
+            } => vec![stage.as_str()],
+            ChangeKind::ApiCall { .. } => Vec::new(),
+            _ => return None,
+        })
     }
 
     fn watch_keys(&self, r: &SecretRef, home: &Home) -> Option<Vec<String>> {

@@ -132,19 +132,37 @@ impl Source for Ssm {
         }
     }
 
-    fn subject(&self, s: &Subject, own_region: &str) -> Option<(Routing, Option<SecretIdentity>)> {
+    fn routing(&self, s: &Subject) -> Option<Routing> {
+        // A name means a parameter of each account: the event's account's.
+        matches!(s, Subject::Parameter { .. }).then_some(Routing::OriginAccount)
+    }
+
+    fn subject_identity(&self, s: &Subject, own_region: &str) -> Option<SecretIdentity> {
         let Subject::Parameter { region, name } = s else {
             return None;
         };
-        // A name means a parameter of each account: the event's account's.
-        Some((
-            Routing::OriginAccount,
-            Some(SecretIdentity::Parameter(ParameterId::own(
-                region.as_deref().unwrap_or(own_region),
-                &canonical_param_name(name),
-                own_region,
-            ))),
-        ))
+        Some(SecretIdentity::Parameter(ParameterId::own(
+            region.as_deref().unwrap_or(own_region),
+            &canonical_param_name(name),
+            own_region,
+        )))
+    }
+
+    fn owner(&self, _s: &Subject) -> Option<String> {
+        // Its events name a parameter by name, in the account that sent them.
+        None
+    }
+
+    fn pin(&self, _id: &SecretIdentity) -> Option<String> {
+        None
+    }
+
+    fn labels_moved<'k>(&self, kind: &'k ChangeKind) -> Option<Vec<&'k str>> {
+        Some(match kind {
+            ChangeKind::ParameterLabels { labels } => labels.iter().map(String::as_str).collect(),
+            ChangeKind::Parameter { .. } => Vec::new(),
+            _ => return None,
+        })
     }
 
     fn watch_keys(&self, r: &SecretRef, home: &Home) -> Option<Vec<String>> {
