@@ -10,7 +10,8 @@
 //! [`Limits`], the rollout engine's and the reconciler's settings, the staleness [`Policy`], the
 //! SDK's settings), and read from there below: so a unit test of that module on its defaults and
 //! a run on the default configuration cannot disagree. Only what no module has a default for
-//! (`[events]`, `[resync]`, `[serve]`, `[lease]`, `reads_per_second`) is written here.
+//! (`[events]`, `[serve]`, `[lease]`, `reads_per_second`) is written here; `[resync] interval` is
+//! the reconciler's `RESYNC_INTERVAL`, which its watch cache's trust is derived from.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -56,9 +56,10 @@ enum Command {
     /// Exit 0 if `serve` answers on its health endpoint: the container health check of an image
     /// with no shell or curl.
     Healthcheck {
-        /// Address of `serve`'s endpoints.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: String,
+        /// Address of `serve`'s endpoints (default: `[serve] listen`, on loopback when it
+        /// listens on every address).
+        #[arg(long)]
+        addr: Option<String>,
     },
 }
 
@@ -304,13 +305,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Healthcheck { addr } => {
+            let addr = addr.unwrap_or_else(|| healthcheck::local(&config.serve.listen));
             return Ok(match healthcheck::probe(&addr).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(why) => {
                     say(format_args!("healthcheck: {addr}: {why}"));
                     ExitCode::from(1)
                 }
-            })
+            });
         }
     };
     let sdk = setup::sdk(&config, &aws).await?;

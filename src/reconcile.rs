@@ -485,7 +485,8 @@ impl Default for Settings {
             canary: crate::rollout::engine::Settings::default().canary,
             clusters: Vec::new(),
             settle_wait: Duration::from_secs(15),
-            settle_recheck: Duration::from_secs(30),
+            // As often as a rollout in flight is looked at (`[rollout] poll_interval`).
+            settle_recheck: crate::rollout::engine::Settings::default().poll_interval,
             windows: Windows::any(),
             image_drift: Default::default(),
             notify_only: false,

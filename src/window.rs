@@ -61,11 +61,22 @@ pub enum Opening {
     },
 }
 
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const DAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 
+/// A day by its name or its three-letter abbreviation, in any case: not any word that merely
+/// starts like one (`Monkey` is a typo, and a typo must not silently open a window).
 fn day(text: &str) -> Option<usize> {
     let t = text.trim().to_ascii_lowercase();
-    DAYS.iter().position(|d| t.starts_with(d) && t.len() >= 3)
+    DAYS.iter()
+        .position(|d| t == *d || (t.len() == 3 && d.starts_with(t.as_str())))
 }
 
 fn parse_days(spec: &str) -> Result<[bool; 7], String> {
@@ -417,6 +428,24 @@ mod tests {
             let e = Windows::parse(text).expect_err(text).to_string();
             assert!(e.contains(says), "{text}: {e}");
             assert!(e.contains(text), "{e}");
+        }
+    }
+
+    /// A day is its name (`Mon`, `Monday`, any case), not any word that starts like one: these
+    /// are read as Monday, Monday, Sunday and Monday-Friday, silently.
+    #[test]
+    fn a_word_that_only_starts_like_a_day_is_not_a_day() {
+        for text in [
+            "Monkey 02:00-05:00 UTC",
+            "Month 02:00-05:00 UTC",
+            "Sunshine 02:00-05:00 UTC",
+            "Mon-Frisbee 02:00-05:00 UTC",
+        ] {
+            assert!(
+                Windows::parse(text).is_err(),
+                "{text:?} read as {:?}",
+                Windows::parse(text)
+            );
         }
     }
 }

@@ -685,3 +685,51 @@ async fn region_and_profile_flags_and_whole_reasons() {
         "same reason as piped:\n{reason}\n{rows:?}"
     );
 }
+
+/// Without `--addr`, the health check asks `serve` where the configuration says it listens (on
+/// loopback when it listens on every address), so a changed `[serve] listen` does not make a
+/// healthy container look dead.
+#[tokio::test]
+async fn healthcheck_asks_where_the_configuration_says_serve_listens() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let answering = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let bare = Bare::new();
+    let config = bare.home.file(
+        "listen.toml",
+        &format!("[serve]\nlisten = \"0.0.0.0:{port}\"\n"),
+    );
+    let bare = bare.set("ECS_RELOADER_CONFIG", config);
+    let ran = bare.run(&["healthcheck"]).await;
+    assert_eq!(ran.code, 0, "stderr:\n{}", ran.stderr);
+
+    // Elsewhere, nobody answers: exit 1, naming where it asked.
+    let closed = closed_port();
+    let bare = Bare::new();
+    let config = bare.home.file(
+        "closed.toml",
+        &format!("[serve]\nlisten = \"0.0.0.0:{closed}\"\n"),
+    );
+    let ran = bare
+        .set("ECS_RELOADER_CONFIG", config)
+        .run(&["healthcheck"])
+        .await;
+    assert_eq!(ran.code, 1, "stderr:\n{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("127.0.0.1:{closed}")),
+        "{}",
+        ran.stderr
+    );
+    answering.abort();
+}

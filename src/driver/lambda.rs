@@ -301,8 +301,8 @@ impl Handler {
             keeper: None,
             sent: std::sync::Mutex::default(),
             margin: Duration::from_secs(5),
-            // Remembered for the default resync period (the template's), with the default
-            // allowed skew; `with_clock_skew` sets both from the configuration.
+            // Remembered for `[resync] interval`'s default, with the default allowed skew;
+            // `with_clock_skew` sets both from the configuration.
             recent: intake::Recent::new(
                 crate::config::ResyncConfig::default().interval.0,
                 crate::config::DecideConfig::default().clock_skew.0,

@@ -474,4 +474,17 @@ mod tests {
         assert_eq!(ours.watch_max_age, theirs.watch_max_age);
         assert_eq!(ours.tasks, theirs.tasks);
     }
+
+    /// `settle_recheck`, which the test above left out, was a default written twice and
+    /// disagreeing: 30 s in the reconciler's own default, `[rollout] poll_interval` (15 s) from
+    /// the default configuration.
+    #[test]
+    fn the_default_configuration_rechecks_settling_services_at_the_reconcilers_default() {
+        let ours = reconcile_settings(&Config::default(), Mode::Watch);
+        assert_eq!(
+            ours.settle_recheck,
+            Settings::default().settle_recheck,
+            "the default configuration and reconcile::Settings::default() disagree"
+        );
+    }
 }
