@@ -3,9 +3,10 @@
 //!
 //! A source knows, for the references of its kind: which call answers for one and how to make
 //! those calls for many at once ([`Source::lookup`], [`Source::look_up`]: metadata only, never a
-//! value), which events announce a change and what they name ([`Source::read_event`],
-//! [`Source::subject`]), how an identity is matched ([`Source::names`], [`Source::watch_keys`]),
-//! and what a user's `--secret` names ([`Source::identify`]). What it knows ends at evidence: the
+//! value), which events announce a change, what they name and how the change is routed among
+//! accounts ([`Source::read_event`], [`Source::subject_identity`], [`Source::routing`],
+//! [`Source::owner`], [`Source::labels_moved`]), how an identity is matched ([`Source::names`],
+//! [`Source::watch_keys`]), and what a user's `--secret` names ([`Source::identify`]). What it knows ends at evidence: the
 //! state it builds ([`RefState`]) is judged by the rule in [`crate::decide`], which stays pure and
 //! is the only place that says "stale".
 //!
