@@ -431,10 +431,14 @@ mod tests {
         }
     }
 
-    /// A day is its name (`Mon`, `Monday`, any case), not any word that starts like one: these
-    /// are read as Monday, Monday, Sunday and Monday-Friday, silently.
+    /// A day is its name (`Mon`, `Monday`, any case), not any word that starts like one: a typo
+    /// such as `Monkey` must not silently open a Monday window.
     #[test]
     fn a_word_that_only_starts_like_a_day_is_not_a_day() {
+        for (name, index) in [("Monday", 0), ("mon", 0), ("SUNDAY", 6), ("thursday", 3)] {
+            assert_eq!(super::day(name), Some(index), "{name}");
+        }
+        assert!(Windows::parse("Tue-thursday 02:00-05:00 UTC").is_ok());
         for text in [
             "Monkey 02:00-05:00 UTC",
             "Month 02:00-05:00 UTC",
